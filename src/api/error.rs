@@ -1,0 +1,117 @@
+//! The one place where errors become HTTP responses.
+//!
+//! Bodies are `{"error", "error_description", "request_id"}`. Server-side failures
+//! are logged in full (they never contain secrets) and answered with a fixed, boring
+//! description so no internals leak.
+
+use actix_web::http::{header, StatusCode};
+use actix_web::{HttpResponse, ResponseError};
+use serde_json::json;
+
+use crate::model::ValidationError;
+use crate::store::StoreError;
+use crate::vault::VaultError;
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub description: String,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
+        ApiError { status, code, description: description.into() }
+    }
+
+    pub fn invalid(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "invalid_request", description)
+    }
+
+    pub fn unauthorized() -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "a valid bearer token is required")
+    }
+
+    pub fn not_found(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", description)
+    }
+
+    pub fn internal() -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log for this request id")
+    }
+
+    pub fn unavailable() -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault is temporarily unavailable; retry shortly")
+    }
+
+    /// The response, with the request id filled in by the request middleware.
+    pub fn to_response(&self, request_id: &str) -> HttpResponse {
+        let mut b = HttpResponse::build(self.status);
+        b.insert_header((header::CACHE_CONTROL, "no-store"));
+        if self.status == StatusCode::UNAUTHORIZED {
+            b.insert_header((header::WWW_AUTHENTICATE, format!("Bearer error=\"{}\"", self.code)));
+        }
+        b.json(json!({"error": self.code, "error_description": self.description, "request_id": request_id}))
+    }
+}
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.code, self.description)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        self.status
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        // Replaced by the request middleware, which knows the request id.
+        self.to_response("")
+    }
+}
+
+impl From<ValidationError> for ApiError {
+    fn from(e: ValidationError) -> Self {
+        ApiError::invalid(e.0)
+    }
+}
+
+impl From<VaultError> for ApiError {
+    fn from(e: VaultError) -> Self {
+        match e {
+            VaultError::Invalid(v) => v.into(),
+            VaultError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            VaultError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
+            VaultError::Unauthorized => ApiError::unauthorized(),
+            VaultError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                tracing::warn!("database busy");
+                ApiError::unavailable()
+            }
+            other => {
+                tracing::error!(error = %other, "request failed");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<actix_web::error::JsonPayloadError> for ApiError {
+    fn from(e: actix_web::error::JsonPayloadError) -> Self {
+        use actix_web::error::JsonPayloadError as J;
+        match e {
+            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body exceeds {limit} bytes"))
+            }
+            J::ContentType => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json"),
+            J::Deserialize(d) => ApiError::invalid(format!("invalid JSON body: {}", crate::model::clean_serde_error(&d.to_string()))),
+            J::Payload(actix_web::error::PayloadError::Overflow) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+            }
+            _ => ApiError::invalid("the request body could not be read"),
+        }
+    }
+}

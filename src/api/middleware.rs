@@ -1,0 +1,119 @@
+//! Request middleware: a request id on every response (and in every error body), one
+//! access-log line per request (method, path without query, status, duration), and the
+//! admin-token gate for `/v1/admin`.
+
+use std::future::{ready, Future, Ready};
+use std::pin::Pin;
+use std::rc::Rc;
+use std::time::Instant;
+
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
+use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use actix_web::middleware::Next;
+use actix_web::{web, Error, HttpMessage};
+
+use super::{blocking, ApiError, AppState};
+
+/// The request id of the current request (in request extensions).
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// Middleware factory: request ids, error bodies, access log.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RequestContext;
+
+impl<S, B> Transform<S, ServiceRequest> for RequestContext
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Transform = RequestContextService<S>;
+    type InitError = ();
+    type Future = Ready<Result<Self::Transform, Self::InitError>>;
+
+    fn new_transform(&self, service: S) -> Self::Future {
+        ready(Ok(RequestContextService { service: Rc::new(service) }))
+    }
+}
+
+pub struct RequestContextService<S> {
+    service: Rc<S>,
+}
+
+impl<S, B> Service<ServiceRequest> for RequestContextService<S>
+where
+    S: Service<ServiceRequest, Response = ServiceResponse<B>, Error = Error> + 'static,
+    B: MessageBody + 'static,
+{
+    type Response = ServiceResponse<BoxBody>;
+    type Error = Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>>>>;
+
+    actix_web::dev::forward_ready!(service);
+
+    fn call(&self, req: ServiceRequest) -> Self::Future {
+        let service = self.service.clone();
+        Box::pin(async move {
+            let started = Instant::now();
+            let id = new_request_id();
+            req.extensions_mut().insert(RequestId(id.clone()));
+            let (method, path) = (req.method().clone(), req.path().to_owned());
+            // Inner layers answer errors as responses carrying the `ApiError`; rebuild
+            // those with the request id. Anything else passes through untouched.
+            let res = service.call(req).await?;
+            let mut res = match res.response().error().and_then(|e| e.as_error::<ApiError>()).cloned() {
+                Some(api) => {
+                    let (http_req, _) = res.into_parts();
+                    ServiceResponse::new(http_req, api.to_response(&id))
+                }
+                None => res.map_into_boxed_body(),
+            };
+            if let Ok(v) = HeaderValue::from_str(&id) {
+                res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
+            }
+            tracing::info!(
+                request_id = %id,
+                method = %method,
+                path = %path,
+                status = res.status().as_u16(),
+                duration_ms = started.elapsed().as_secs_f64() * 1000.0,
+                "request"
+            );
+            Ok(res)
+        })
+    }
+}
+
+fn new_request_id() -> String {
+    let mut b = [0u8; 8];
+    let _ = crate::crypto::random_bytes(&mut b);
+    crate::vault::hex(&b)
+}
+
+/// `Authorization: Bearer <token>`, if present and well-formed.
+pub fn bearer(req: &ServiceRequest) -> Option<String> {
+    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 512).then(|| token.trim().to_owned())
+}
+
+/// Admin gate: only requests with a valid admin token reach `/v1/admin` handlers, which
+/// receive the [`crate::vault::AdminPrincipal`] through request data.
+pub async fn require_admin(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
+    let Some(token) = bearer(&req) else {
+        return Ok(req.error_response(ApiError::unauthorized()));
+    };
+    let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.get_ref().clone()) else {
+        return Ok(req.error_response(ApiError::internal()));
+    };
+    match blocking(&state, move |v| v.authenticate_admin(&token)).await {
+        Ok(principal) => {
+            req.extensions_mut().insert(principal);
+            Ok(next.call(req).await?.map_into_boxed_body())
+        }
+        Err(e) => Ok(req.error_response(e)),
+    }
+}

@@ -1,0 +1,23 @@
+//! Operations endpoints: liveness and readiness.
+
+use actix_web::{web, HttpResponse};
+use serde_json::json;
+
+use super::{blocking, method_not_allowed, ApiError, AppState};
+
+pub fn routes(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(web::to(method_not_allowed)));
+}
+
+async fn healthz() -> HttpResponse {
+    HttpResponse::Ok().json(json!({"status": "ok"}))
+}
+
+/// Ready when the database answers and the active master key is loaded.
+async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    match blocking(&state, |v| v.ready()).await {
+        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
+        Err(_) => Err(ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database or the active master key is not available")),
+    }
+}

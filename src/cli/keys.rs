@@ -1,0 +1,93 @@
+//! `latchkey keys status|rotate|verify|retire|destroy`.
+
+use clap::Subcommand;
+
+use super::{open_vault, CliError, CliResult, Progress};
+use crate::config::Settings;
+use crate::vault::Actor;
+
+#[derive(Debug, Subcommand)]
+pub enum KeysCmd {
+    /// Show master-key versions, their states, data-key counts and rotation progress.
+    Status {
+        #[arg(long)]
+        json: bool,
+    },
+    /// Create and activate a new master key and re-wrap every data key (online, resumable).
+    Rotate,
+    /// Unwrap every data key and authenticate every secret.
+    Verify,
+    /// Retire a decrypt-only version that no data key references.
+    Retire { version: u32 },
+    /// Destroy a retired version and delete its key file (irreversible).
+    Destroy {
+        version: u32,
+        /// Confirm the irreversible deletion.
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
+    let vault = open_vault(settings)?;
+    let actor = Actor::cli();
+    match cmd {
+        KeysCmd::Status { json } => {
+            let s = vault.key_status()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+                return Ok(());
+            }
+            println!("active version: {}", s.active_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()));
+            println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file", "version", "state", "deks", "wraps", "created");
+            for v in &s.versions {
+                println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  {}", v.version, v.state, v.deks, v.wraps, v.created_at, v.file);
+                if let Some(w) = &v.warning {
+                    println!("         warning: {w}");
+                }
+            }
+            match &s.rotation {
+                Some(r) => println!("rotation to v{} in progress: {}/{} data keys (run `latchkey keys rotate` to finish)", r.target_version, r.done, r.total),
+                None => println!("no rotation in progress"),
+            }
+            Ok(())
+        }
+        KeysCmd::Rotate => {
+            let mut p = Progress::new();
+            let r = vault.rotate_keys(&actor, &mut |pr| p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total))?;
+            let verb = if r.resumed { "finished the interrupted rotation to" } else { "rotated to" };
+            println!("{verb} master key v{}: {} data keys re-wrapped ({} changed concurrently and were already current)", r.to_version, r.rewrapped, r.skipped_concurrent);
+            if !r.from_versions.is_empty() {
+                let list: Vec<String> = r.from_versions.iter().map(|v| v.to_string()).collect();
+                println!("previous version(s) {} are now decrypt-only; retire them with `latchkey keys retire N`", list.join(", "));
+            }
+            Ok(())
+        }
+        KeysCmd::Verify => {
+            let mut p = Progress::new();
+            let r = vault.verify_keys(&actor, &mut |d, t| p.show("verifying", d, t))?;
+            if r.failures.is_empty() {
+                println!("ok: {} credentials and {} connection secrets authenticated; {} data keys", r.credentials, r.connection_secrets, r.deks);
+                Ok(())
+            } else {
+                for f in &r.failures {
+                    println!("FAILED {f}");
+                }
+                Err(CliError::from(format!("{} record(s) failed verification; restore them from backup or re-enter the credentials", r.failures.len())))
+            }
+        }
+        KeysCmd::Retire { version } => {
+            vault.retire_key(&actor, version)?;
+            println!("master key v{version} retired; `latchkey keys destroy {version} --yes` deletes its file");
+            Ok(())
+        }
+        KeysCmd::Destroy { version, yes } => {
+            if !yes {
+                return Err(CliError::usage(format!("destroying master key v{version} deletes its file for good; pass --yes to confirm")));
+            }
+            vault.destroy_key(&actor, version)?;
+            println!("master key v{version} destroyed and its file removed");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! The `latchkey` command line. Each subcommand converts its arguments and calls the
+//! library; settings are resolved first (CLI > environment > file > defaults).
+//!
+//! Exit codes: 0 success, 1 the operation failed (the message says why and what to do),
+//! 2 bad usage (clap's own exit code for usage errors, and bad configuration).
+
+mod admin;
+mod keys;
+mod serve;
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Settings;
+use crate::keys::PassphraseSource;
+use crate::secret::Secret;
+use crate::time::Clock;
+use crate::vault::Vault;
+
+#[derive(Debug, Parser)]
+#[command(name = "latchkey", version, about = "Self-hosted credential vault for AI agents", propagate_version = true)]
+pub struct Cli {
+    /// Configuration file (TOML). Default: ./latchkey.toml if present.
+    #[arg(long, env = "LATCHKEY_CONFIG", global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the HTTP server.
+    Serve {
+        /// Development: initialise an empty data/keys directory without a passphrase.
+        #[arg(long)]
+        dev: bool,
+    },
+    /// Create the data directory, master key v1 and the first admin token.
+    Init {
+        /// Development only: store the master key without passphrase protection.
+        #[arg(long)]
+        no_passphrase: bool,
+        /// Write the admin token to FILE (mode 0600) instead of printing it.
+        #[arg(long, value_name = "FILE")]
+        admin_token_file: Option<PathBuf>,
+    },
+    /// Apply pending database migrations.
+    Migrate,
+    /// Master-key lifecycle.
+    #[command(subcommand)]
+    Keys(keys::KeysCmd),
+    /// Admin tokens for the HTTP admin API.
+    #[command(subcommand, name = "admin-token")]
+    AdminToken(admin::AdminTokenCmd),
+    /// Connections (third-party services).
+    #[command(subcommand)]
+    Connections(admin::ConnectionsCmd),
+    /// Stored credentials.
+    #[command(subcommand)]
+    Credentials(admin::CredentialsCmd),
+    /// The audit trail.
+    #[command(subcommand)]
+    Audit(admin::AuditCmd),
+}
+
+/// A failed command: the message is printed as `error: …` and the exit code is 1
+/// (or 2 for usage).
+#[derive(Debug)]
+pub struct CliError {
+    message: String,
+    code: u8,
+}
+
+impl CliError {
+    pub fn usage(msg: impl Into<String>) -> Self {
+        CliError { message: msg.into(), code: 2 }
+    }
+}
+
+impl<E: std::fmt::Display> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError { message: e.to_string(), code: 1 }
+    }
+}
+
+pub type CliResult = Result<(), CliError>;
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let settings = match Settings::from_env(cli.config.as_deref()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let result = match cli.command {
+        Command::Serve { dev } => serve::exec(&settings, dev),
+        Command::Init { no_passphrase, admin_token_file } => init(&settings, no_passphrase, admin_token_file.as_deref()),
+        Command::Migrate => migrate(&settings),
+        Command::Keys(cmd) => keys::exec(&settings, cmd),
+        Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
+        Command::Connections(cmd) => admin::connections(&settings, cmd),
+        Command::Credentials(cmd) => admin::credentials(&settings, cmd),
+        Command::Audit(cmd) => admin::audit(&settings, cmd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", e.message);
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+/// Where the passphrase comes from: the file setting, else a prompt on a terminal.
+pub fn passphrase_source(settings: &Settings) -> PassphraseSource {
+    match &settings.passphrase_file {
+        Some(p) => PassphraseSource::File(p.clone()),
+        None if std::io::stdin().is_terminal() => PassphraseSource::Prompt,
+        None => PassphraseSource::None,
+    }
+}
+
+pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
+    Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
+}
+
+const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \
+directory can decrypt every secret. Use this for development only.";
+
+fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> CliResult {
+    if let Some(f) = token_file {
+        if f.exists() {
+            return Err(CliError::from(format!("{} already exists; choose a new file for the admin token", f.display())));
+        }
+    }
+    let passphrase = if no_passphrase {
+        eprintln!("{NO_PASSPHRASE_WARNING}");
+        None
+    } else {
+        match passphrase_source(settings) {
+            PassphraseSource::None => {
+                return Err(CliError::from(
+                    "a passphrase is needed: set LATCHKEY_PASSPHRASE_FILE to a file holding it, run from a terminal to be prompted, or pass --no-passphrase for development",
+                ))
+            }
+            src => src.resolve(true)?,
+        }
+    };
+    let init = Vault::init(&settings.data_dir, &settings.keys_dir, passphrase, Clock::system(), &crate::vault::Actor::cli())?;
+    eprintln!("initialised {} (database) and {} (master key v1)", settings.data_dir.display(), settings.keys_dir.display());
+    deliver_token(&init.admin_token, token_file)
+}
+
+/// Prints an admin token once, or writes it to a new file with mode 0600.
+pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
+    match file {
+        Some(f) => {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(f)
+                .map_err(|e| CliError::from(format!("cannot create {}: {e}", f.display())))?;
+            out.write_all(token.expose().as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.sync_all())?;
+            eprintln!("admin token written to {} (mode 0600)", f.display());
+        }
+        None => {
+            eprintln!("admin token (shown once; store it safely):");
+            println!("{}", token.expose());
+        }
+    }
+    Ok(())
+}
+
+fn migrate(settings: &Settings) -> CliResult {
+    let store = crate::store::Store::open(&settings.data_dir)?;
+    let v = store.read(|c| crate::store::db_schema_version(c))?;
+    println!("database schema is at version {v} (latest known: {})", crate::store::schema_version());
+    Ok(())
+}
+
+/// Reads a whole file, or standard input for `-`.
+pub fn read_input(path: &Path) -> Result<zeroize::Zeroizing<String>, CliError> {
+    let mut s = zeroize::Zeroizing::new(String::new());
+    if path == Path::new("-") {
+        std::io::stdin().read_to_string(&mut s)?;
+    } else {
+        std::fs::File::open(path)
+            .and_then(|mut f| f.read_to_string(&mut s))
+            .map_err(|e| CliError::from(format!("cannot read {}: {e}", path.display())))?;
+    }
+    Ok(s)
+}
+
+/// Progress on a terminal: one rewritten line on stderr.
+pub struct Progress {
+    enabled: bool,
+    last: std::time::Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress { enabled: std::io::stderr().is_terminal(), last: std::time::Instant::now() }
+    }
+
+    pub fn show(&mut self, label: &str, done: u64, total: u64) {
+        if !self.enabled || (self.last.elapsed().as_millis() < 100 && done < total) {
+            return;
+        }
+        self.last = std::time::Instant::now();
+        let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+        eprint!("\r{label}: {done}/{total} ({pct:.1}%)   ");
+        if done >= total {
+            eprintln!();
+        }
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}

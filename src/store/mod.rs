@@ -1,0 +1,167 @@
+//! SQLite storage. Owns the schema, migrations and every SQL statement. Sees only
+//! ciphertext and metadata; never decrypts, never logs row contents.
+//!
+//! One writer connection and a small pool of readers (WAL). Writes run in
+//! `BEGIN IMMEDIATE` transactions so that the CLI and a running server can write to the
+//! same file safely; `busy_timeout` makes them wait for each other instead of failing.
+
+pub mod audit;
+pub mod rows;
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+
+pub use rusqlite::OptionalExtension;
+
+/// Schema migrations, applied in order; the index + 1 is the schema version.
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const DB_FILE: &str = "latchkey.db";
+const MAX_IDLE_READERS: usize = 16;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("data directory {0} is not initialised: run `latchkey init` (or `latchkey serve --dev` for development)")]
+    NotInitialised(String),
+    #[error("data directory {0} already holds a database; refusing to initialise over it")]
+    AlreadyInitialised(String),
+    #[error("the database schema is version {found}, newer than this latchkey knows ({known}); refusing to downgrade: run a newer latchkey")]
+    TooNew { found: u32, known: u32 },
+    #[error("the row changed concurrently")]
+    Conflict,
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("{0}")]
+    Io(String),
+    #[error("stored data is corrupt: {0}")]
+    Corrupt(String),
+}
+
+pub struct Store {
+    path: PathBuf,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+fn configure(c: &Connection) -> Result<(), StoreError> {
+    c.busy_timeout(Duration::from_secs(10))?;
+    // FULL: a refreshed token must survive power loss before it is released.
+    c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
+    Ok(())
+}
+
+impl Store {
+    pub fn db_path(data_dir: &Path) -> PathBuf {
+        data_dir.join(DB_FILE)
+    }
+
+    pub fn is_initialised(data_dir: &Path) -> bool {
+        Self::db_path(data_dir).exists()
+    }
+
+    /// Creates the data directory (0700) and a new database with the schema applied.
+    pub fn create(data_dir: &Path) -> Result<Self, StoreError> {
+        use std::os::unix::fs::DirBuilderExt;
+        let path = Self::db_path(data_dir);
+        if path.exists() {
+            return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()));
+        }
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(data_dir)
+            .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
+        c.execute_batch("PRAGMA journal_mode = WAL;")?;
+        drop(c);
+        Self::open(data_dir)
+    }
+
+    /// Opens an existing database and applies pending migrations.
+    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
+        let path = Self::db_path(data_dir);
+        if !path.exists() {
+            return Err(StoreError::NotInitialised(data_dir.display().to_string()));
+        }
+        let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+        configure(&writer)?;
+        writer.execute_batch("PRAGMA journal_mode = WAL;")?;
+        migrate(&mut writer)?;
+        Ok(Store { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
+                configure(&c)?;
+                c
+            }
+        };
+        let out = f(&conn);
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
+        out
+    }
+
+    /// Runs `f` in one `BEGIN IMMEDIATE` transaction; commits if it returns `Ok`.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E> {
+        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
+        let out = f(&tx)?;
+        tx.commit().map_err(StoreError::from)?;
+        Ok(out)
+    }
+
+    /// Cheap liveness check for `/readyz`.
+    pub fn ping(&self) -> Result<(), StoreError> {
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from))
+    }
+}
+
+fn migrate(c: &mut Connection) -> Result<(), StoreError> {
+    let current: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    let known = MIGRATIONS.len() as u32;
+    if current > known {
+        return Err(StoreError::TooNew { found: current, known });
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
+        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        // Another process may have migrated while we waited for the lock.
+        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if now > i as u32 {
+            continue;
+        }
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+        tx.commit()?;
+    }
+    Ok(())
+}
+
+/// The schema version this binary knows.
+pub fn schema_version() -> u32 {
+    MIGRATIONS.len() as u32
+}
+
+/// The schema version of an open database.
+pub fn db_schema_version(c: &Connection) -> Result<u32, StoreError> {
+    Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+}

@@ -1,0 +1,425 @@
+//! Row types and statements for master keys, data keys, connections, credentials and
+//! admin tokens. Secret columns are opaque byte strings here.
+
+use std::collections::BTreeMap;
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::StoreError;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+// ---------------------------------------------------------------- master keys
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MasterKeyRow {
+    pub version: u32,
+    pub state: String,
+    pub created_at: i64,
+    pub activated_at: Option<i64>,
+    pub retired_at: Option<i64>,
+    pub destroyed_at: Option<i64>,
+    pub wraps: u64,
+}
+
+pub fn master_keys(c: &Connection) -> Result<Vec<MasterKeyRow>> {
+    let mut st = c.prepare_cached("SELECT version, state, created_at, activated_at, retired_at, destroyed_at, wraps FROM master_keys ORDER BY version")?;
+    let rows = st.query_map([], |r| {
+        Ok(MasterKeyRow {
+            version: r.get(0)?,
+            state: r.get(1)?,
+            created_at: r.get(2)?,
+            activated_at: r.get(3)?,
+            retired_at: r.get(4)?,
+            destroyed_at: r.get(5)?,
+            wraps: r.get::<_, i64>(6)? as u64,
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn active_key_version(c: &Connection) -> Result<Option<u32>> {
+    Ok(c.prepare_cached("SELECT version FROM master_keys WHERE state = 'active'")?.query_row([], |r| r.get(0)).optional()?)
+}
+
+pub fn insert_master_key(c: &Connection, version: u32, state: &str, now: i64) -> Result<()> {
+    let activated = (state == "active").then_some(now);
+    c.execute(
+        "INSERT INTO master_keys (version, state, created_at, activated_at) VALUES (?1, ?2, ?3, ?4)",
+        params![version, state, now, activated],
+    )?;
+    Ok(())
+}
+
+/// Moves a key to `state` if it is currently in `from`; returns whether it did.
+pub fn set_master_key_state(c: &Connection, version: u32, from: &str, state: &str, now: i64) -> Result<bool> {
+    let col = match state {
+        "active" => "activated_at",
+        "retired" => "retired_at",
+        "destroyed" => "destroyed_at",
+        _ => "created_at",
+    };
+    let sql = if col == "created_at" {
+        "UPDATE master_keys SET state = ?2 WHERE version = ?1 AND state = ?3".to_owned()
+    } else {
+        format!("UPDATE master_keys SET state = ?2, {col} = ?4 WHERE version = ?1 AND state = ?3")
+    };
+    let n = if col == "created_at" {
+        c.execute(&sql, params![version, state, from])?
+    } else {
+        c.execute(&sql, params![version, state, from, now])?
+    };
+    Ok(n == 1)
+}
+
+pub fn add_wraps(c: &Connection, version: u32, n: u64) -> Result<()> {
+    c.prepare_cached("UPDATE master_keys SET wraps = wraps + ?2 WHERE version = ?1")?.execute(params![version, n as i64])?;
+    Ok(())
+}
+
+/// Number of data keys wrapped under each version.
+pub fn dek_counts(c: &Connection) -> Result<BTreeMap<u32, u64>> {
+    let mut st = c.prepare_cached("SELECT key_version, count(*) FROM deks GROUP BY key_version")?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn dek_count_for(c: &Connection, version: u32) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM deks WHERE key_version = ?1", [version], |r| r.get::<_, i64>(0))? as u64)
+}
+
+// ---------------------------------------------------------------- data keys
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DekRow {
+    pub id: i64,
+    pub key_version: u32,
+    pub binding: Vec<u8>,
+    pub wrapped: Vec<u8>,
+}
+
+fn dek_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DekRow> {
+    Ok(DekRow { id: r.get(at)?, key_version: r.get(at + 1)?, binding: r.get(at + 2)?, wrapped: r.get(at + 3)? })
+}
+
+pub fn insert_dek(c: &Connection, key_version: u32, binding: &[u8], wrapped: &[u8]) -> Result<i64> {
+    c.prepare_cached("INSERT INTO deks (key_version, binding, wrapped) VALUES (?1, ?2, ?3)")?.execute(params![key_version, binding, wrapped])?;
+    add_wraps(c, key_version, 1)?;
+    Ok(c.last_insert_rowid())
+}
+
+pub fn delete_dek(c: &Connection, id: i64) -> Result<()> {
+    c.prepare_cached("DELETE FROM deks WHERE id = ?1")?.execute([id])?;
+    Ok(())
+}
+
+/// Up to `limit` data keys under `version` with id > `after`, in id order (index order).
+pub fn deks_under(c: &Connection, version: u32, after: i64, limit: usize) -> Result<Vec<DekRow>> {
+    let mut st = c.prepare_cached("SELECT id, key_version, binding, wrapped FROM deks WHERE key_version = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+    let rows = st.query_map(params![version, after, limit as i64], |r| dek_row(r, 0))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Compare-and-swap re-wrap: replaces the wrap only if the key is still under
+/// `old_version`. Returns whether the row was updated.
+pub fn rewrap_dek(c: &Connection, id: i64, old_version: u32, new_version: u32, wrapped: &[u8]) -> Result<bool> {
+    let n = c
+        .prepare_cached("UPDATE deks SET key_version = ?3, wrapped = ?4 WHERE id = ?1 AND key_version = ?2")?
+        .execute(params![id, old_version, new_version, wrapped])?;
+    Ok(n == 1)
+}
+
+pub fn count_deks(c: &Connection) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM deks", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+// ---------------------------------------------------------------- connections
+
+#[derive(Debug, Clone)]
+pub struct ConnectionRow {
+    pub id: String,
+    pub kind: String,
+    pub spec: String,
+    pub secret_version: i64,
+    pub secret: Option<SealedSecret>,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+/// A sealed value and the data key it is sealed under.
+#[derive(Debug, Clone)]
+pub struct SealedSecret {
+    pub dek: DekRow,
+    pub ciphertext: Vec<u8>,
+}
+
+const CONNECTION_COLS: &str = "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped";
+
+fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
+    let ciphertext: Option<Vec<u8>> = r.get(4)?;
+    let dek_id: Option<i64> = r.get(7)?;
+    let secret = match (ciphertext, dek_id) {
+        (Some(ciphertext), Some(_)) => Some(SealedSecret { dek: dek_row(r, 7)?, ciphertext }),
+        _ => None,
+    };
+    Ok(ConnectionRow { id: r.get(0)?, kind: r.get(1)?, spec: r.get(2)?, secret_version: r.get(3)?, secret, created_at: r.get(5)?, updated_at: r.get(6)? })
+}
+
+pub fn get_connection(c: &Connection, id: &str) -> Result<Option<ConnectionRow>> {
+    let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1");
+    Ok(c.prepare_cached(&sql)?.query_row([id], connection_row).optional()?)
+}
+
+pub fn list_connections(c: &Connection) -> Result<Vec<ConnectionRow>> {
+    let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id ORDER BY c.id");
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map([], connection_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// What a new connection stores.
+#[derive(Debug)]
+pub struct NewConnectionRow<'a> {
+    pub id: &'a str,
+    pub kind: &'a str,
+    pub spec: &'a str,
+    pub secret_version: i64,
+    /// (data key id, sealed client secret)
+    pub secret: Option<(i64, &'a [u8])>,
+    pub now: i64,
+}
+
+/// Inserts a connection; `Conflict` if the id is taken.
+pub fn insert_connection(c: &Connection, row: &NewConnectionRow<'_>) -> Result<()> {
+    let res = c.execute(
+        "INSERT INTO connections (id, kind, spec, secret_version, dek_id, client_secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
+        params![row.id, row.kind, row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now],
+    );
+    match res {
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+/// Replaces a connection's spec (and secret, when `secret` is given) if its
+/// secret_version is still `expected_version`.
+pub fn update_connection(c: &Connection, id: &str, spec: &str, expected_version: i64, secret: Option<(i64, &[u8])>, now: i64) -> Result<()> {
+    let n = match secret {
+        Some((dek_id, ct)) => c.execute(
+            "UPDATE connections SET spec = ?2, secret_version = secret_version + 1, dek_id = ?4, client_secret = ?5, updated_at = ?6 WHERE id = ?1 AND secret_version = ?3",
+            params![id, spec, expected_version, dek_id, ct, now],
+        )?,
+        None => c.execute(
+            "UPDATE connections SET spec = ?2, updated_at = ?4 WHERE id = ?1 AND secret_version = ?3",
+            params![id, spec, expected_version, now],
+        )?,
+    };
+    if n == 1 {
+        Ok(())
+    } else {
+        Err(StoreError::Conflict)
+    }
+}
+
+pub fn delete_connection(c: &Connection, id: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1)
+}
+
+pub fn count_credentials(c: &Connection, connection_id: &str) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM credentials WHERE connection_id = ?1", [connection_id], |r| r.get::<_, i64>(0))? as u64)
+}
+
+// ---------------------------------------------------------------- credentials
+
+#[derive(Debug, Clone)]
+pub struct CredentialMeta {
+    pub id: String,
+    pub connection_id: String,
+    pub owner: String,
+    pub kind: String,
+    pub status: String,
+    pub secret_version: i64,
+    pub token_type: Option<String>,
+    pub scopes: String,
+    pub expires_at: Option<i64>,
+    pub has_refresh_token: bool,
+    pub key_version: u32,
+    pub created_at: i64,
+    pub updated_at: i64,
+    pub last_refresh_at: Option<i64>,
+    pub last_error: Option<String>,
+    pub refresh_failures: i64,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialRow {
+    pub meta: CredentialMeta,
+    pub dek: DekRow,
+    pub primary: Vec<u8>,
+    pub refresh: Option<Vec<u8>>,
+}
+
+const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures";
+
+fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
+    Ok(CredentialMeta {
+        id: r.get(o)?,
+        connection_id: r.get(o + 1)?,
+        owner: r.get(o + 2)?,
+        kind: r.get(o + 3)?,
+        status: r.get(o + 4)?,
+        secret_version: r.get(o + 5)?,
+        token_type: r.get(o + 6)?,
+        scopes: r.get(o + 7)?,
+        expires_at: r.get(o + 8)?,
+        has_refresh_token: r.get(o + 9)?,
+        key_version: r.get(o + 10)?,
+        created_at: r.get(o + 11)?,
+        updated_at: r.get(o + 12)?,
+        last_refresh_at: r.get(o + 13)?,
+        last_error: r.get(o + 14)?,
+        refresh_failures: r.get(o + 15)?,
+    })
+}
+
+fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 16)?, primary: r.get(o + 20)?, refresh: r.get(o + 21)? })
+}
+
+const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, \
+    d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
+
+pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
+    let sql = format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
+    Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| credential_row(r, 0)).optional()?)
+}
+
+/// Credentials in rowid order after `after` (for verification sweeps).
+pub fn credentials_page(c: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, CredentialRow)>> {
+    let sql = format!("SELECT k.rowid, {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.rowid > ?1 ORDER BY k.rowid LIMIT ?2");
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(params![after, limit as i64], |r| Ok((r.get(0)?, credential_row(r, 1)?)))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn list_credentials(c: &Connection, connection_id: &str, after_owner: &str, limit: usize) -> Result<Vec<CredentialMeta>> {
+    let sql = format!("SELECT {META_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner > ?2 ORDER BY k.owner LIMIT ?3");
+    let mut st = c.prepare_cached(&sql)?;
+    let rows = st.query_map(params![connection_id, after_owner, limit as i64], |r| meta_row(r, 0))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// What a credential write stores.
+#[derive(Debug)]
+pub struct CredentialWrite<'a> {
+    pub id: &'a str,
+    pub connection_id: &'a str,
+    pub owner: &'a str,
+    pub kind: &'a str,
+    pub secret_version: i64,
+    pub dek_id: i64,
+    pub primary: &'a [u8],
+    pub refresh: Option<&'a [u8]>,
+    pub token_type: Option<&'a str>,
+    pub scopes: &'a str,
+    pub expires_at: Option<i64>,
+    pub now: i64,
+}
+
+/// Inserts the credential (when `previous` is `None`) or replaces it if its
+/// secret_version is still `previous`; deletes the replaced data key. A write resets
+/// the status to active and clears refresh errors.
+pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
+    match previous {
+        None => {
+            let res = c.prepare_cached(
+                "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, expires_at, created_at, updated_at) \
+                 VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+            )?
+            .execute(params![w.id, w.connection_id, w.owner, w.kind, w.secret_version, w.dek_id, w.primary, w.refresh, w.token_type, w.scopes, w.expires_at, w.now]);
+            match res {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
+                other => other.map(|_| ()).map_err(Into::into),
+            }
+        }
+        Some((prev_version, prev_dek)) => {
+            let n = c
+                .prepare_cached(
+                    "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
+                     scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0 WHERE id = ?1 AND secret_version = ?10",
+                )?
+                .execute(params![w.id, w.secret_version, w.dek_id, w.primary, w.refresh, w.token_type, w.scopes, w.expires_at, w.now, prev_version])?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+            delete_dek(c, prev_dek)
+        }
+    }
+}
+
+/// Deletes a credential and its data key; returns whether it existed.
+pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<bool> {
+    let dek: Option<i64> = c
+        .query_row("DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id", [connection_id, owner], |r| r.get(0))
+        .optional()?;
+    match dek {
+        Some(id) => delete_dek(c, id).map(|_| true),
+        None => Ok(false),
+    }
+}
+
+/// Deletes every credential of a connection and their data keys; returns how many.
+pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64> {
+    let mut st = c.prepare("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id")?;
+    let ids: Vec<i64> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    for id in &ids {
+        delete_dek(c, *id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
+pub fn count_all_credentials(c: &Connection) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM credentials", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+// ---------------------------------------------------------------- admin tokens
+
+#[derive(Debug, Clone)]
+pub struct AdminTokenRow {
+    pub id: String,
+    pub secret_hash: Vec<u8>,
+    pub label: Option<String>,
+    pub created_at: i64,
+    pub created_by: String,
+    pub revoked_at: Option<i64>,
+}
+
+fn admin_row(r: &Row<'_>) -> rusqlite::Result<AdminTokenRow> {
+    Ok(AdminTokenRow { id: r.get(0)?, secret_hash: r.get(1)?, label: r.get(2)?, created_at: r.get(3)?, created_by: r.get(4)?, revoked_at: r.get(5)? })
+}
+
+pub fn insert_admin_token(c: &Connection, row: &AdminTokenRow) -> Result<()> {
+    c.execute(
+        "INSERT INTO admin_tokens (id, secret_hash, label, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![row.id, row.secret_hash, row.label, row.created_at, row.created_by],
+    )?;
+    Ok(())
+}
+
+pub fn get_admin_token(c: &Connection, id: &str) -> Result<Option<AdminTokenRow>> {
+    Ok(c.prepare_cached("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1")?
+        .query_row([id], admin_row)
+        .optional()?)
+}
+
+pub fn list_admin_tokens(c: &Connection) -> Result<Vec<AdminTokenRow>> {
+    let mut st = c.prepare("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id")?;
+    let rows = st.query_map([], admin_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
+    Ok(c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? == 1)
+}

@@ -1,0 +1,237 @@
+//! The vault: the one service layer that both the HTTP API and the CLI call.
+//!
+//! Owns the rules: what is sealed under which binding, which master key is active,
+//! what is audited. Composes the store (ciphertext only) with crypto (no I/O) and the
+//! key ring. Every change and its audit record commit in one transaction.
+
+mod admin_tokens;
+mod connections;
+mod credentials;
+mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use rusqlite::Connection;
+
+use crate::audit::{self, Event};
+use crate::crypto::{Binding, CryptoError, Dek, MasterKey};
+use crate::keys::{KeyError, KeyRing, PassphraseSource};
+use crate::model::ValidationError;
+use crate::secret::Secret;
+use crate::store::{self, rows, Store, StoreError};
+use crate::time::Clock;
+
+pub use admin_tokens::{AdminPrincipal, AdminTokenView};
+pub use connections::ConnectionView;
+pub use credentials::{CredentialView, OpenedCredential};
+pub use keys::{KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport};
+
+/// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
+/// and to exit codes in the CLI.
+#[derive(Debug, thiserror::Error)]
+pub enum VaultError {
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    #[error("{0} not found")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("invalid or revoked admin token")]
+    Unauthorized,
+    #[error("{0}")]
+    Integrity(String),
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    #[error(transparent)]
+    Store(StoreError),
+    #[error("{0}")]
+    Crypto(#[from] CryptoError),
+}
+
+impl From<StoreError> for VaultError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Conflict => VaultError::Conflict("the record changed concurrently; retry".into()),
+            other => VaultError::Store(other),
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, VaultError>;
+
+/// Who is acting, for the audit trail.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Actor {
+    /// The CLI, run by a local user.
+    Cli(String),
+    /// An admin API call, by admin token id.
+    Admin(String),
+    /// latchkey itself (background work).
+    System,
+}
+
+impl Actor {
+    pub fn cli() -> Self {
+        Actor::Cli(std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+    }
+
+    pub fn name(&self) -> String {
+        match self {
+            Actor::Cli(u) => format!("cli:{u}"),
+            Actor::Admin(id) => format!("admin:{id}"),
+            Actor::System => "system".into(),
+        }
+    }
+}
+
+pub struct Vault {
+    store: Store,
+    keys: KeyRing,
+    clock: Clock,
+}
+
+impl std::fmt::Debug for Vault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Vault").field("store", &self.store).field("keys", &self.keys).finish()
+    }
+}
+
+/// A freshly initialised vault and its first admin token (shown once).
+pub struct Initialised {
+    pub vault: Vault,
+    pub admin_token: Secret,
+}
+
+impl Vault {
+    /// Whether `data_dir` holds a database already.
+    pub fn is_initialised(data_dir: &Path) -> bool {
+        Store::is_initialised(data_dir)
+    }
+
+    /// Creates the keys directory with master key v1 and the database, and issues the
+    /// first admin token. Refuses if either directory is initialised already.
+    pub fn init(data_dir: &Path, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
+        if Store::is_initialised(data_dir) {
+            return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()).into());
+        }
+        let keys = KeyRing::init(keys_dir, passphrase)?;
+        let store = match Store::create(data_dir) {
+            Ok(s) => s,
+            Err(e) => {
+                // Leave nothing half-made: the key was never used.
+                let _ = keys.destroy(1);
+                return Err(e.into());
+            }
+        };
+        let vault = Vault { store, keys, clock };
+        let now = vault.clock.now();
+        let protected = vault.keys.protected();
+        let admin_token = vault.store.write(|tx| {
+            rows::insert_master_key(tx, 1, "active", now)?;
+            vault.audit(tx, Event::new(&actor.name(), "vault.init", "vault", audit::Outcome::Ok, serde_json::json!({"master_key_version": 1, "passphrase": protected})))?;
+            admin_tokens::create_in(&vault, tx, actor, Some("initial"))
+        })?;
+        Ok(Initialised { vault, admin_token: admin_token.1 })
+    }
+
+    /// Opens an initialised vault. Key files are checked (type, mode, header) now;
+    /// the passphrase is asked for when a key is first needed.
+    pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
+        let keys = KeyRing::open(keys_dir, passphrase)?;
+        let store = Store::open(data_dir)?;
+        Ok(Vault { store, keys, clock })
+    }
+
+    /// Loads every master key that data may be wrapped under, so a server refuses to
+    /// start (rather than fail later) on a missing file or a wrong passphrase.
+    pub fn load_keys(&self) -> Result<u32> {
+        let versions = self.store.read(|c| rows::master_keys(c))?;
+        let mut active = None;
+        for k in versions.iter().filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged")) {
+            self.keys.get(k.version)?;
+            if k.state == "active" {
+                active = Some(k.version);
+            }
+        }
+        active.ok_or_else(|| VaultError::Integrity("no active master key is recorded in the database".into()))
+    }
+
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Liveness of the database and the active key, for `/readyz`.
+    pub fn ready(&self) -> Result<()> {
+        self.store.ping()?;
+        let v = self.store.read(|c| rows::active_key_version(c))?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        self.keys.get(v)?;
+        Ok(())
+    }
+
+    fn audit(&self, c: &Connection, event: Event) -> std::result::Result<i64, StoreError> {
+        store::audit::append(c, &event, self.clock.now_millis())
+    }
+
+    /// Starts a fresh data key for the record named by `binding`, wrapped under the
+    /// active master key as read inside the caller's write transaction: a write that
+    /// commits after a rotation's activation can never use the old version.
+    fn new_dek(&self, tx: &Connection, binding: &Binding) -> Result<(Dek, i64)> {
+        let version = rows::active_key_version(tx)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        let mk = self.keys.get(version)?;
+        let dek = Dek::generate()?;
+        let wrapped = mk.wrap(&dek, binding)?;
+        let id = rows::insert_dek(tx, version, binding.as_bytes(), &wrapped)?;
+        Ok((dek, id))
+    }
+
+    /// Unwraps a stored data key after checking it belongs to `binding`.
+    fn open_dek(&self, dek: &rows::DekRow, binding: &Binding) -> Result<Dek> {
+        if dek.binding != binding.as_bytes() {
+            return Err(VaultError::Integrity(format!("data key {} is bound to another record", dek.id)));
+        }
+        let header_version = crate::crypto::wrapped_key_version(&dek.wrapped)?;
+        if header_version != dek.key_version {
+            return Err(VaultError::Integrity(format!("data key {} names master key v{header_version} but is recorded under v{}", dek.id, dek.key_version)));
+        }
+        let mk: Arc<MasterKey> = self.keys.get(dek.key_version)?;
+        mk.unwrap(&dek.wrapped, binding).map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
+    }
+
+    /// Audit trail: the last `n` records.
+    pub fn audit_tail(&self, n: usize) -> Result<Vec<audit::Record>> {
+        Ok(self.store.read(|c| store::audit::tail(c, n))?)
+    }
+
+    /// Walks the whole audit chain. `Ok((records, head hash))`, or the first break.
+    pub fn audit_verify(&self) -> Result<std::result::Result<(u64, Vec<u8>), audit::Break>> {
+        let mut v = audit::Verifier::default();
+        let mut after = 0;
+        loop {
+            let page = self.store.read(|c| store::audit::page(c, after, 5_000))?;
+            let Some(last) = page.last() else { break };
+            after = last.seq;
+            for r in &page {
+                if let Err(b) = v.check(r) {
+                    return Ok(Err(b));
+                }
+            }
+        }
+        Ok(Ok((v.checked, v.head().to_vec())))
+    }
+}
+
+/// A random identifier: `prefix` + 16 hex characters (64 bits).
+pub(crate) fn new_id(prefix: &str) -> Result<String> {
+    let mut b = [0u8; 8];
+    crate::crypto::random_bytes(&mut b)?;
+    Ok(format!("{prefix}{}", hex(&b)))
+}
+
+pub(crate) fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
