@@ -41,8 +41,20 @@ impl Outcome {
 }
 
 impl Event {
-    pub fn new(actor: &str, action: &'static str, target: impl Into<String>, outcome: Outcome, detail: serde_json::Value) -> Self {
-        Event { actor: actor.to_owned(), action, target: target.into(), outcome, detail }
+    pub fn new(
+        actor: &str,
+        action: &'static str,
+        target: impl Into<String>,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) -> Self {
+        Event {
+            actor: actor.to_owned(),
+            action,
+            target: target.into(),
+            outcome,
+            detail,
+        }
     }
 }
 
@@ -62,7 +74,16 @@ pub struct Record {
 
 /// The chain hash of a record's content following `prev_hash`.
 #[allow(clippy::too_many_arguments)]
-pub fn chain_hash(seq: i64, ts_ms: i64, actor: &str, action: &str, target: &str, outcome: &str, detail: &str, prev_hash: &[u8]) -> [u8; 32] {
+pub fn chain_hash(
+    seq: i64,
+    ts_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+    prev_hash: &[u8],
+) -> [u8; 32] {
     let mut buf = Vec::with_capacity(128 + detail.len());
     buf.extend_from_slice(b"latchkey/audit/v1");
     buf.extend_from_slice(&seq.to_be_bytes());
@@ -92,7 +113,11 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier { prev_seq: 0, prev_hash: GENESIS.to_vec(), checked: 0 }
+        Verifier {
+            prev_seq: 0,
+            prev_hash: GENESIS.to_vec(),
+            checked: 0,
+        }
     }
 }
 
@@ -105,7 +130,16 @@ impl Verifier {
         if r.prev_hash != self.prev_hash {
             return fail("prev_hash does not match the previous record's hash");
         }
-        let h = chain_hash(r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &r.prev_hash);
+        let h = chain_hash(
+            r.seq,
+            r.ts_ms,
+            &r.actor,
+            &r.action,
+            &r.target,
+            &r.outcome,
+            &r.detail,
+            &r.prev_hash,
+        );
         if r.hash != h {
             return fail("the record's content does not match its hash (modified)");
         }
@@ -127,7 +161,17 @@ mod tests {
 
     fn record(seq: i64, prev: &[u8], detail: &str) -> Record {
         let hash = chain_hash(seq, 1, "cli:root", "keys.rotate", "v2", "ok", detail, prev).to_vec();
-        Record { seq, ts_ms: 1, actor: "cli:root".into(), action: "keys.rotate".into(), target: "v2".into(), outcome: "ok".into(), detail: detail.into(), prev_hash: prev.to_vec(), hash }
+        Record {
+            seq,
+            ts_ms: 1,
+            actor: "cli:root".into(),
+            action: "keys.rotate".into(),
+            target: "v2".into(),
+            outcome: "ok".into(),
+            detail: detail.into(),
+            prev_hash: prev.to_vec(),
+            hash,
+        }
     }
 
     #[test]
@@ -149,6 +193,9 @@ mod tests {
 
         let mut v = Verifier::default();
         v.check(&a).unwrap();
-        assert_eq!(v.check(&c).unwrap_err().reason, "a record is missing before this one (sequence gap)");
+        assert_eq!(
+            v.check(&c).unwrap_err().reason,
+            "a record is missing before this one (sequence gap)"
+        );
     }
 }

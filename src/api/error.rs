@@ -21,7 +21,11 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        ApiError { status, code, description: description.into() }
+        ApiError {
+            status,
+            code,
+            description: description.into(),
+        }
     }
 
     pub fn invalid(description: impl Into<String>) -> Self {
@@ -29,7 +33,11 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "a valid bearer token is required")
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "a valid bearer token is required",
+        )
     }
 
     pub fn not_found(description: impl Into<String>) -> Self {
@@ -37,11 +45,19 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log for this request id")
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "internal error; see the server log for this request id",
+        )
     }
 
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault is temporarily unavailable; retry shortly")
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the vault is temporarily unavailable; retry shortly",
+        )
     }
 
     /// The response, with the request id filled in by the request middleware.
@@ -49,7 +65,10 @@ impl ApiError {
         let mut b = HttpResponse::build(self.status);
         b.insert_header((header::CACHE_CONTROL, "no-store"));
         if self.status == StatusCode::UNAUTHORIZED {
-            b.insert_header((header::WWW_AUTHENTICATE, format!("Bearer error=\"{}\"", self.code)));
+            b.insert_header((
+                header::WWW_AUTHENTICATE,
+                format!("Bearer error=\"{}\"", self.code),
+            ));
         }
         b.json(json!({"error": self.code, "error_description": self.description, "request_id": request_id}))
     }
@@ -86,7 +105,10 @@ impl From<VaultError> for ApiError {
             VaultError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             VaultError::Unauthorized => ApiError::unauthorized(),
             VaultError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+                if matches!(
+                    f.code,
+                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
+                ) =>
             {
                 tracing::warn!("database busy");
                 ApiError::unavailable()
@@ -103,14 +125,25 @@ impl From<actix_web::error::JsonPayloadError> for ApiError {
     fn from(e: actix_web::error::JsonPayloadError) -> Self {
         use actix_web::error::JsonPayloadError as J;
         match e {
-            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body exceeds {limit} bytes"))
-            }
-            J::ContentType => ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json"),
-            J::Deserialize(d) => ApiError::invalid(format!("invalid JSON body: {}", crate::model::clean_serde_error(&d.to_string()))),
-            J::Payload(actix_web::error::PayloadError::Overflow) => {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
-            }
+            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                format!("the request body exceeds {limit} bytes"),
+            ),
+            J::ContentType => ApiError::new(
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "unsupported_media_type",
+                "send the body as application/json",
+            ),
+            J::Deserialize(d) => ApiError::invalid(format!(
+                "invalid JSON body: {}",
+                crate::model::clean_serde_error(&d.to_string())
+            )),
+            J::Payload(actix_web::error::PayloadError::Overflow) => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "payload_too_large",
+                "the request body is too large",
+            ),
             _ => ApiError::invalid("the request body could not be read"),
         }
     }

@@ -6,8 +6,16 @@ use serde_json::json;
 use super::{blocking, method_not_allowed, ApiError, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(web::to(method_not_allowed)));
+    cfg.service(
+        web::resource("/healthz")
+            .route(web::get().to(healthz))
+            .default_service(web::to(method_not_allowed)),
+    )
+    .service(
+        web::resource("/readyz")
+            .route(web::get().to(readyz))
+            .default_service(web::to(method_not_allowed)),
+    );
 }
 
 async fn healthz() -> HttpResponse {
@@ -18,6 +26,10 @@ async fn healthz() -> HttpResponse {
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     match blocking(&state, |v| v.ready()).await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
-        Err(_) => Err(ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", "the database or the active master key is not available")),
+        Err(_) => Err(ApiError::new(
+            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
+            "not_ready",
+            "the database or the active master key is not available",
+        )),
     }
 }

@@ -93,7 +93,10 @@ pub fn admin_token(settings: &Settings, cmd: AdminTokenCmd) -> CliResult {
         AdminTokenCmd::Create { label, file } => {
             if let Some(f) = &file {
                 if f.exists() {
-                    return Err(CliError::from(format!("{} already exists; choose a new file", f.display())));
+                    return Err(CliError::from(format!(
+                        "{} already exists; choose a new file",
+                        f.display()
+                    )));
                 }
             }
             let (id, token) = vault.create_admin_token(&Actor::cli(), label.as_deref())?;
@@ -114,12 +117,19 @@ pub fn connections(settings: &Settings, cmd: ConnectionsCmd) -> CliResult {
     match cmd {
         ConnectionsCmd::Add { from } => {
             let text = read_input(&from)?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| CliError::from(format!("invalid JSON: {}", crate::model::clean_serde_error(&e.to_string()))))?;
+            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
+                CliError::from(format!(
+                    "invalid JSON: {}",
+                    crate::model::clean_serde_error(&e.to_string())
+                ))
+            })?;
             let view = vault.create_connection(&Actor::cli(), NewConnection::from_json(value)?)?;
             print_json(&view)
         }
         ConnectionsCmd::List => print_json(&vault.list_connections()?),
-        ConnectionsCmd::Show { id } => print_json(&vault.get_connection(&ConnectionId::parse(&id)?)?),
+        ConnectionsCmd::Show { id } => {
+            print_json(&vault.get_connection(&ConnectionId::parse(&id)?)?)
+        }
         ConnectionsCmd::Rm { id, cascade } => {
             let n = vault.delete_connection(&Actor::cli(), &ConnectionId::parse(&id)?, cascade)?;
             println!("connection {id} deleted ({n} credentials deleted)");
@@ -131,25 +141,51 @@ pub fn connections(settings: &Settings, cmd: ConnectionsCmd) -> CliResult {
 pub fn credentials(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
     let vault = open_vault(settings)?;
     match cmd {
-        CredentialsCmd::Put { connection, owner, from, api_key_file } => {
+        CredentialsCmd::Put {
+            connection,
+            owner,
+            from,
+            api_key_file,
+        } => {
             let (id, owner) = (ConnectionId::parse(&connection)?, Owner::parse(&owner)?);
             let input: CredentialInput = match (from, api_key_file) {
                 (Some(f), None) => {
                     let text = read_input(&f)?;
-                    serde_json::from_str(&text).map_err(|e| CliError::from(format!("invalid credential JSON: {}", crate::model::clean_serde_error(&e.to_string()))))?
+                    serde_json::from_str(&text).map_err(|e| {
+                        CliError::from(format!(
+                            "invalid credential JSON: {}",
+                            crate::model::clean_serde_error(&e.to_string())
+                        ))
+                    })?
                 }
                 (None, Some(f)) => {
                     let text = read_input(&f)?;
                     let key = text.strip_suffix('\n').unwrap_or(&text);
-                    CredentialInput { api_key: Some(Secret::new(key.to_owned())), access_token: None, refresh_token: None, expires_in: None, expires_at: None, scope: None, token_type: None }
+                    CredentialInput {
+                        api_key: Some(Secret::new(key.to_owned())),
+                        access_token: None,
+                        refresh_token: None,
+                        expires_in: None,
+                        expires_at: None,
+                        scope: None,
+                        token_type: None,
+                    }
                 }
-                _ => return Err(CliError::usage("give --from FILE (JSON body) or --api-key-file FILE; use - for standard input")),
+                _ => return Err(CliError::usage(
+                    "give --from FILE (JSON body) or --api-key-file FILE; use - for standard input",
+                )),
             };
             print_json(&vault.put_credential(&Actor::cli(), &id, &owner, input)?)
         }
-        CredentialsCmd::List { connection } => print_json(&vault.list_credentials(&ConnectionId::parse(&connection)?, None, 1000)?),
+        CredentialsCmd::List { connection } => {
+            print_json(&vault.list_credentials(&ConnectionId::parse(&connection)?, None, 1000)?)
+        }
         CredentialsCmd::Rm { connection, owner } => {
-            vault.delete_credential(&Actor::cli(), &ConnectionId::parse(&connection)?, &Owner::parse(&owner)?)?;
+            vault.delete_credential(
+                &Actor::cli(),
+                &ConnectionId::parse(&connection)?,
+                &Owner::parse(&owner)?,
+            )?;
             println!("credential of {owner} for {connection} deleted");
             Ok(())
         }
@@ -166,19 +202,34 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> CliResult {
                         "outcome": r.outcome, "detail": serde_json::from_str::<serde_json::Value>(&r.detail).unwrap_or_default()});
                     println!("{v}");
                 } else {
-                    println!("{:>6}  {}  {:<22}  {:<16}  {:<7}  {}  {}", r.seq, rfc3339_millis(r.ts_ms), r.action, r.actor, r.outcome, r.target, r.detail);
+                    println!(
+                        "{:>6}  {}  {:<22}  {:<16}  {:<7}  {}  {}",
+                        r.seq,
+                        rfc3339_millis(r.ts_ms),
+                        r.action,
+                        r.actor,
+                        r.outcome,
+                        r.target,
+                        r.detail
+                    );
                 }
             }
             Ok(())
         }
         AuditCmd::Verify => match vault.audit_verify()? {
             Ok((n, head)) => {
-                println!("ok: {n} audit records, chain intact; head hash {}", crate::vault::hex(&head));
+                println!(
+                    "ok: {n} audit records, chain intact; head hash {}",
+                    crate::vault::hex(&head)
+                );
                 Ok(())
             }
             Err(b) => {
                 println!("BROKEN at record {}: {}", b.seq, b.reason);
-                Err(CliError::from(format!("the audit chain is broken at record {}", b.seq)))
+                Err(CliError::from(format!(
+                    "the audit chain is broken at record {}",
+                    b.seq
+                )))
             }
         },
     }

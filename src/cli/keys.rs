@@ -14,14 +14,22 @@ pub enum KeysCmd {
         json: bool,
     },
     /// Create and activate a new master key and re-wrap every data key (online, resumable).
-    Rotate,
+    Rotate {
+        /// Data keys re-wrapped per transaction (smaller: shorter write locks).
+        #[arg(long, default_value_t = crate::vault::DEFAULT_ROTATE_BATCH)]
+        batch_size: usize,
+    },
     /// Unwrap every data key and authenticate every secret.
     Verify,
     /// Retire a decrypt-only version that no data key references.
-    Retire { version: u32 },
+    Retire {
+        #[arg(value_name = "N")]
+        key_version: u32,
+    },
     /// Destroy a retired version and delete its key file (irreversible).
     Destroy {
-        version: u32,
+        #[arg(value_name = "N")]
+        key_version: u32,
         /// Confirm the irreversible deletion.
         #[arg(long)]
         yes: bool,
@@ -38,10 +46,21 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
             }
-            println!("active version: {}", s.active_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()));
-            println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file", "version", "state", "deks", "wraps", "created");
+            println!(
+                "active version: {}",
+                s.active_version
+                    .map(|v| v.to_string())
+                    .unwrap_or_else(|| "none".into())
+            );
+            println!(
+                "{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file",
+                "version", "state", "deks", "wraps", "created"
+            );
             for v in &s.versions {
-                println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  {}", v.version, v.state, v.deks, v.wraps, v.created_at, v.file);
+                println!(
+                    "{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  {}",
+                    v.version, v.state, v.deks, v.wraps, v.created_at, v.file
+                );
                 if let Some(w) = &v.warning {
                     println!("         warning: {w}");
                 }
@@ -52,10 +71,23 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             }
             Ok(())
         }
-        KeysCmd::Rotate => {
+        KeysCmd::Rotate { batch_size } => {
+            if batch_size == 0 {
+                return Err(CliError::usage("--batch-size must be at least 1"));
+            }
             let mut p = Progress::new();
-            let r = vault.rotate_keys(&actor, &mut |pr| p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total))?;
-            let verb = if r.resumed { "finished the interrupted rotation to" } else { "rotated to" };
+            let r = vault.rotate_keys(&actor, batch_size, &mut |pr| {
+                p.show(
+                    &format!("re-wrapping under v{}", pr.target_version),
+                    pr.done,
+                    pr.total,
+                )
+            })?;
+            let verb = if r.resumed {
+                "finished the interrupted rotation to"
+            } else {
+                "rotated to"
+            };
             println!("{verb} master key v{}: {} data keys re-wrapped ({} changed concurrently and were already current)", r.to_version, r.rewrapped, r.skipped_concurrent);
             if !r.from_versions.is_empty() {
                 let list: Vec<String> = r.from_versions.iter().map(|v| v.to_string()).collect();
@@ -67,7 +99,10 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             let mut p = Progress::new();
             let r = vault.verify_keys(&actor, &mut |d, t| p.show("verifying", d, t))?;
             if r.failures.is_empty() {
-                println!("ok: {} credentials and {} connection secrets authenticated; {} data keys", r.credentials, r.connection_secrets, r.deks);
+                println!(
+                    "ok: {} credentials and {} connection secrets authenticated; {} data keys",
+                    r.credentials, r.connection_secrets, r.deks
+                );
                 Ok(())
             } else {
                 for f in &r.failures {
@@ -76,12 +111,17 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
                 Err(CliError::from(format!("{} record(s) failed verification; restore them from backup or re-enter the credentials", r.failures.len())))
             }
         }
-        KeysCmd::Retire { version } => {
+        KeysCmd::Retire {
+            key_version: version,
+        } => {
             vault.retire_key(&actor, version)?;
             println!("master key v{version} retired; `latchkey keys destroy {version} --yes` deletes its file");
             Ok(())
         }
-        KeysCmd::Destroy { version, yes } => {
+        KeysCmd::Destroy {
+            key_version: version,
+            yes,
+        } => {
             if !yes {
                 return Err(CliError::usage(format!("destroying master key v{version} deletes its file for good; pass --yes to confirm")));
             }

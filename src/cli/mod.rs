@@ -21,7 +21,12 @@ use crate::time::Clock;
 use crate::vault::Vault;
 
 #[derive(Debug, Parser)]
-#[command(name = "latchkey", version, about = "Self-hosted credential vault for AI agents", propagate_version = true)]
+#[command(
+    name = "latchkey",
+    version,
+    about = "Self-hosted credential vault for AI agents",
+    propagate_version = true
+)]
 pub struct Cli {
     /// Configuration file (TOML). Default: ./latchkey.toml if present.
     #[arg(long, env = "LATCHKEY_CONFIG", global = true, value_name = "FILE")]
@@ -76,13 +81,19 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(msg: impl Into<String>) -> Self {
-        CliError { message: msg.into(), code: 2 }
+        CliError {
+            message: msg.into(),
+            code: 2,
+        }
     }
 }
 
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(e: E) -> Self {
-        CliError { message: e.to_string(), code: 1 }
+        CliError {
+            message: e.to_string(),
+            code: 1,
+        }
     }
 }
 
@@ -99,7 +110,10 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { dev } => serve::exec(&settings, dev),
-        Command::Init { no_passphrase, admin_token_file } => init(&settings, no_passphrase, admin_token_file.as_deref()),
+        Command::Init {
+            no_passphrase,
+            admin_token_file,
+        } => init(&settings, no_passphrase, admin_token_file.as_deref()),
         Command::Migrate => migrate(&settings),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
         Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
@@ -126,7 +140,12 @@ pub fn passphrase_source(settings: &Settings) -> PassphraseSource {
 }
 
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
-    Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
+    Ok(Vault::open(
+        &settings.data_dir,
+        &settings.keys_dir,
+        passphrase_source(settings),
+        Clock::system(),
+    )?)
 }
 
 const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \
@@ -135,7 +154,10 @@ directory can decrypt every secret. Use this for development only.";
 fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> CliResult {
     if let Some(f) = token_file {
         if f.exists() {
-            return Err(CliError::from(format!("{} already exists; choose a new file for the admin token", f.display())));
+            return Err(CliError::from(format!(
+                "{} already exists; choose a new file for the admin token",
+                f.display()
+            )));
         }
     }
     let passphrase = if no_passphrase {
@@ -151,8 +173,18 @@ fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> 
             src => src.resolve(true)?,
         }
     };
-    let init = Vault::init(&settings.data_dir, &settings.keys_dir, passphrase, Clock::system(), &crate::vault::Actor::cli())?;
-    eprintln!("initialised {} (database) and {} (master key v1)", settings.data_dir.display(), settings.keys_dir.display());
+    let init = Vault::init(
+        &settings.data_dir,
+        &settings.keys_dir,
+        passphrase,
+        Clock::system(),
+        &crate::vault::Actor::cli(),
+    )?;
+    eprintln!(
+        "initialised {} (database) and {} (master key v1)",
+        settings.data_dir.display(),
+        settings.keys_dir.display()
+    );
     deliver_token(&init.admin_token, token_file)
 }
 
@@ -168,7 +200,9 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
                 .mode(0o600)
                 .open(f)
                 .map_err(|e| CliError::from(format!("cannot create {}: {e}", f.display())))?;
-            out.write_all(token.expose().as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.sync_all())?;
+            out.write_all(token.expose().as_bytes())
+                .and_then(|_| out.write_all(b"\n"))
+                .and_then(|_| out.sync_all())?;
             eprintln!("admin token written to {} (mode 0600)", f.display());
         }
         None => {
@@ -182,7 +216,10 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
 fn migrate(settings: &Settings) -> CliResult {
     let store = crate::store::Store::open(&settings.data_dir)?;
     let v = store.read(|c| crate::store::db_schema_version(c))?;
-    println!("database schema is at version {v} (latest known: {})", crate::store::schema_version());
+    println!(
+        "database schema is at version {v} (latest known: {})",
+        crate::store::schema_version()
+    );
     Ok(())
 }
 
@@ -207,7 +244,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        Progress { enabled: std::io::stderr().is_terminal(), last: std::time::Instant::now() }
+        Progress {
+            enabled: std::io::stderr().is_terminal(),
+            last: std::time::Instant::now(),
+        }
     }
 
     pub fn show(&mut self, label: &str, done: u64, total: u64) {
@@ -215,7 +255,11 @@ impl Progress {
             return;
         }
         self.last = std::time::Instant::now();
-        let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
+        let pct = if total == 0 {
+            100.0
+        } else {
+            done as f64 * 100.0 / total as f64
+        };
         eprint!("\r{label}: {done}/{total} ({pct:.1}%)   ");
         if done >= total {
             eprintln!();
@@ -226,5 +270,14 @@ impl Progress {
 impl Default for Progress {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        super::Cli::command().debug_assert();
     }
 }

@@ -12,18 +12,30 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     crate::telemetry::init(&settings.log, settings.log_format);
     if dev && !Vault::is_initialised(&settings.data_dir) {
         eprintln!("{NO_PASSPHRASE_WARNING}");
-        let init = Vault::init(&settings.data_dir, &settings.keys_dir, None, Clock::system(), &Actor::cli())?;
-        eprintln!("development vault initialised in {} and {}", settings.data_dir.display(), settings.keys_dir.display());
+        let init = Vault::init(
+            &settings.data_dir,
+            &settings.keys_dir,
+            None,
+            Clock::system(),
+            &Actor::cli(),
+        )?;
+        eprintln!(
+            "development vault initialised in {} and {}",
+            settings.data_dir.display(),
+            settings.keys_dir.display()
+        );
         super::deliver_token(&init.admin_token, None)?;
     }
     let vault = open_vault(settings)?;
     let active = vault.load_keys()?;
-    let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
+    let listener = TcpListener::bind(&settings.bind)
+        .map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, public_url = %settings.public_url, master_key_version = active, "latchkey listening");
     let vault = Arc::new(vault);
     let max_body = settings.max_body_bytes;
-    actix_web::rt::System::new().block_on(async move { crate::startup::server(vault, listener, max_body, None)?.await })?;
+    actix_web::rt::System::new()
+        .block_on(async move { crate::startup::server(vault, listener, max_body, None)?.await })?;
     tracing::info!("latchkey stopped");
     Ok(())
 }

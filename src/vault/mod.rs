@@ -25,7 +25,10 @@ use crate::time::Clock;
 pub use admin_tokens::{AdminPrincipal, AdminTokenView};
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
-pub use keys::{KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport};
+pub use keys::{
+    KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport,
+    DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
+};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in the CLI.
@@ -52,7 +55,9 @@ pub enum VaultError {
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict => VaultError::Conflict("the record changed concurrently; retry".into()),
+            StoreError::Conflict => {
+                VaultError::Conflict("the record changed concurrently; retry".into())
+            }
             other => VaultError::Store(other),
         }
     }
@@ -73,7 +78,15 @@ pub enum Actor {
 
 impl Actor {
     pub fn cli() -> Self {
-        Actor::Cli(std::env::var("USER").unwrap_or_else(|_| "unknown".into()))
+        use std::os::unix::fs::MetadataExt;
+        let user = std::env::var("USER")
+            .or_else(|_| std::env::var("LOGNAME"))
+            .unwrap_or_else(|_| {
+                std::fs::metadata("/proc/self")
+                    .map(|m| format!("uid{}", m.uid()))
+                    .unwrap_or_else(|_| "unknown".into())
+            });
+        Actor::Cli(user)
     }
 
     pub fn name(&self) -> String {
@@ -93,7 +106,10 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault").field("store", &self.store).field("keys", &self.keys).finish()
+        f.debug_struct("Vault")
+            .field("store", &self.store)
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 
@@ -111,7 +127,13 @@ impl Vault {
 
     /// Creates the keys directory with master key v1 and the database, and issues the
     /// first admin token. Refuses if either directory is initialised already.
-    pub fn init(data_dir: &Path, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
+    pub fn init(
+        data_dir: &Path,
+        keys_dir: &Path,
+        passphrase: Option<Secret>,
+        clock: Clock,
+        actor: &Actor,
+    ) -> Result<Initialised> {
         if Store::is_initialised(data_dir) {
             return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()).into());
         }
@@ -129,15 +151,32 @@ impl Vault {
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
             rows::insert_master_key(tx, 1, "active", now)?;
-            vault.audit(tx, Event::new(&actor.name(), "vault.init", "vault", audit::Outcome::Ok, serde_json::json!({"master_key_version": 1, "passphrase": protected})))?;
+            vault.audit(
+                tx,
+                Event::new(
+                    &actor.name(),
+                    "vault.init",
+                    "vault",
+                    audit::Outcome::Ok,
+                    serde_json::json!({"master_key_version": 1, "passphrase": protected}),
+                ),
+            )?;
             admin_tokens::create_in(&vault, tx, actor, Some("initial"))
         })?;
-        Ok(Initialised { vault, admin_token: admin_token.1 })
+        Ok(Initialised {
+            vault,
+            admin_token: admin_token.1,
+        })
     }
 
     /// Opens an initialised vault. Key files are checked (type, mode, header) now;
     /// the passphrase is asked for when a key is first needed.
-    pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
+    pub fn open(
+        data_dir: &Path,
+        keys_dir: &Path,
+        passphrase: PassphraseSource,
+        clock: Clock,
+    ) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
         let store = Store::open(data_dir)?;
         Ok(Vault { store, keys, clock })
@@ -148,13 +187,18 @@ impl Vault {
     pub fn load_keys(&self) -> Result<u32> {
         let versions = self.store.read(|c| rows::master_keys(c))?;
         let mut active = None;
-        for k in versions.iter().filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged")) {
+        for k in versions
+            .iter()
+            .filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged"))
+        {
             self.keys.get(k.version)?;
             if k.state == "active" {
                 active = Some(k.version);
             }
         }
-        active.ok_or_else(|| VaultError::Integrity("no active master key is recorded in the database".into()))
+        active.ok_or_else(|| {
+            VaultError::Integrity("no active master key is recorded in the database".into())
+        })
     }
 
     pub fn clock(&self) -> &Clock {
@@ -168,7 +212,10 @@ impl Vault {
     /// Liveness of the database and the active key, for `/readyz`.
     pub fn ready(&self) -> Result<()> {
         self.store.ping()?;
-        let v = self.store.read(|c| rows::active_key_version(c))?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        let v = self
+            .store
+            .read(|c| rows::active_key_version(c))?
+            .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         self.keys.get(v)?;
         Ok(())
     }
@@ -181,7 +228,8 @@ impl Vault {
     /// active master key as read inside the caller's write transaction: a write that
     /// commits after a rotation's activation can never use the old version.
     fn new_dek(&self, tx: &Connection, binding: &Binding) -> Result<(Dek, i64)> {
-        let version = rows::active_key_version(tx)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        let version = rows::active_key_version(tx)?
+            .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         let mk = self.keys.get(version)?;
         let dek = Dek::generate()?;
         let wrapped = mk.wrap(&dek, binding)?;
@@ -192,14 +240,21 @@ impl Vault {
     /// Unwraps a stored data key after checking it belongs to `binding`.
     fn open_dek(&self, dek: &rows::DekRow, binding: &Binding) -> Result<Dek> {
         if dek.binding != binding.as_bytes() {
-            return Err(VaultError::Integrity(format!("data key {} is bound to another record", dek.id)));
+            return Err(VaultError::Integrity(format!(
+                "data key {} is bound to another record",
+                dek.id
+            )));
         }
         let header_version = crate::crypto::wrapped_key_version(&dek.wrapped)?;
         if header_version != dek.key_version {
-            return Err(VaultError::Integrity(format!("data key {} names master key v{header_version} but is recorded under v{}", dek.id, dek.key_version)));
+            return Err(VaultError::Integrity(format!(
+                "data key {} names master key v{header_version} but is recorded under v{}",
+                dek.id, dek.key_version
+            )));
         }
         let mk: Arc<MasterKey> = self.keys.get(dek.key_version)?;
-        mk.unwrap(&dek.wrapped, binding).map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
+        mk.unwrap(&dek.wrapped, binding)
+            .map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
     }
 
     /// Audit trail: the last `n` records.

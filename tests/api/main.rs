@@ -1,1 +1,8 @@
-fn main(){}
+//! The one integration-test binary (modules keep build time down).
+
+mod admin_api;
+mod cli;
+mod helpers;
+mod keyfiles;
+mod plaintext;
+mod rotation;

@@ -1,0 +1,211 @@
+//! The CLI: exit codes, operator commands on the same database, audit verification,
+//! schema downgrade refusal, and `serve --dev`.
+
+use std::io::Write;
+use std::process::Stdio;
+
+use serde_json::Value;
+
+use crate::helpers::{stderr, stdout, Dirs, ServerProcess};
+
+fn init(dirs: &Dirs) {
+    let out = dirs.run(&["init", "--no-passphrase"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).trim().starts_with("lka_"),
+        "the admin token is printed once on stdout"
+    );
+}
+
+#[test]
+fn usage_errors_exit_2_and_failures_exit_1() {
+    let dirs = Dirs::new();
+    assert_eq!(dirs.run(&["no-such-command"]).status.code(), Some(2));
+    assert_eq!(dirs.run(&["keys"]).status.code(), Some(2));
+    let out = dirs.run(&["keys", "status"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("latchkey init"), "{}", stderr(&out));
+    init(&dirs);
+    assert_eq!(
+        dirs.run(&["keys", "destroy", "1"]).status.code(),
+        Some(2),
+        "destroy needs --yes"
+    );
+    let out = dirs.run(&["keys", "retire", "1"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("active"), "{}", stderr(&out));
+    let cfg = dirs.root.path().join("bad.toml");
+    std::fs::write(&cfg, "bind = \"127.0.0.1:1\"\nsurprise = 1\n").unwrap();
+    let out = dirs.run(&["--config", cfg.to_str().unwrap(), "keys", "status"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("surprise"), "{}", stderr(&out));
+}
+
+#[test]
+fn operator_commands_manage_connections_credentials_and_tokens() {
+    let dirs = Dirs::new();
+    init(&dirs);
+    let mut child = dirs
+        .cmd(&["connections", "add", "--from", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(br#"{"id": "reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"}}"#)
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let key = dirs.root.path().join("k");
+    std::fs::write(&key, "rk-secret-value\n").unwrap();
+    let out = dirs.run(&[
+        "credentials",
+        "put",
+        "reporting",
+        "tenant:acme",
+        "--api-key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!stdout(&out).contains("rk-secret-value"));
+    let out = dirs.run(&["credentials", "list", "reporting"]);
+    let list: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(list[0]["owner"], "tenant:acme");
+    let out = dirs.run(&["credentials", "put", "reporting", "tenant:acme"]);
+    assert_eq!(out.status.code(), Some(2));
+    let out = dirs.run(&["connections", "rm", "reporting"]);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "refused while credentials exist"
+    );
+    let out = dirs.run(&["credentials", "rm", "reporting", "tenant:acme"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(dirs
+        .run(&["connections", "rm", "reporting"])
+        .status
+        .success());
+
+    let tok_file = dirs.root.path().join("second-token");
+    let out = dirs.run(&[
+        "admin-token",
+        "create",
+        "--label",
+        "ci",
+        "--file",
+        tok_file.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = dirs.run(&["admin-token", "list"]);
+    let tokens: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(tokens.as_array().unwrap().len(), 2);
+    assert!(
+        !stdout(&out).contains(std::fs::read_to_string(&tok_file).unwrap().trim()),
+        "list shows no secrets"
+    );
+    let id = tokens[1]["id"].as_str().unwrap();
+    assert!(dirs.run(&["admin-token", "revoke", id]).status.success());
+    assert_eq!(
+        dirs.run(&["admin-token", "revoke", id]).status.code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn audit_verify_finds_the_first_broken_record() {
+    let dirs = Dirs::new();
+    init(&dirs);
+    for _ in 0..3 {
+        assert!(dirs.run(&["admin-token", "create"]).status.success());
+    }
+    let out = dirs.run(&["audit", "verify"]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    assert!(stdout(&out).contains("5 audit records"), "{}", stdout(&out));
+    let out = dirs.run(&["audit", "tail", "--json"]);
+    assert_eq!(stdout(&out).lines().count(), 5);
+
+    let c = rusqlite::Connection::open(dirs.db()).unwrap();
+    c.execute(
+        "UPDATE audit SET actor = 'cli:someone-else' WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    let out = dirs.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("BROKEN at record 3"),
+        "{}",
+        stdout(&out)
+    );
+    c.execute(
+        "UPDATE audit SET actor = (SELECT actor FROM audit WHERE seq = 2) WHERE seq = 3",
+        [],
+    )
+    .unwrap();
+    assert!(
+        dirs.run(&["audit", "verify"]).status.success(),
+        "restoring the record restores the chain"
+    );
+    c.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
+    let out = dirs.run(&["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stdout(&out).contains("BROKEN at record 5"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn a_newer_schema_is_refused() {
+    let dirs = Dirs::new();
+    init(&dirs);
+    let out = dirs.run(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    rusqlite::Connection::open(dirs.db())
+        .unwrap()
+        .execute_batch("PRAGMA user_version = 99")
+        .unwrap();
+    let out = dirs.run(&["migrate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("refusing to downgrade"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn serve_dev_initialises_once_and_serves() {
+    let dirs = Dirs::new();
+    let mut first = ServerProcess::start_args(&dirs, &["serve", "--dev"], &[]);
+    assert!(
+        first.log_text().contains("development vault initialised"),
+        "{}",
+        first.log_text()
+    );
+    let status = first.terminate();
+    assert!(status.success());
+    drop(first);
+    // `serve` alone (no --dev) fails on an empty directory with a helpful message.
+    let empty = Dirs::new();
+    let out = empty
+        .cmd(&["serve"])
+        .env("LATCHKEY_BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("serve --dev"), "{}", stderr(&out));
+    // Second --dev start reuses the initialised directory.
+    let mut second = ServerProcess::start_args(&dirs, &["serve", "--dev"], &[]);
+    assert!(
+        !second.log_text().contains("initialised"),
+        "{}",
+        second.log_text()
+    );
+    assert!(second.terminate().success());
+}

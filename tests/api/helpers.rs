@@ -1,0 +1,250 @@
+//! Shared test harness: an in-process server on port 0, and the real binary.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use latchkey::time::Clock;
+use latchkey::vault::{Actor, Vault};
+use serde_json::Value;
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
+
+/// A temporary data + keys directory.
+pub struct Dirs {
+    pub root: tempfile::TempDir,
+}
+
+impl Dirs {
+    pub fn new() -> Self {
+        Dirs {
+            root: tempfile::tempdir().expect("tempdir"),
+        }
+    }
+    pub fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+    pub fn keys(&self) -> PathBuf {
+        self.root.path().join("keys")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.data().join("latchkey.db")
+    }
+
+    /// The binary with this directory's settings and no inherited config.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(self.root.path())
+            .env_remove("LATCHKEY_CONFIG")
+            .env_remove("LATCHKEY_PASSPHRASE_FILE")
+            .env("LATCHKEY_DATA_DIR", self.data())
+            .env("LATCHKEY_KEYS_DIR", self.keys())
+            .stdin(Stdio::null());
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run latchkey")
+    }
+}
+
+pub fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+pub fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// An in-process server with a fresh vault (no passphrase) and an admin token.
+pub struct TestApp {
+    /// Kept alive for the lifetime of the app (dropping it deletes the directories).
+    pub _dirs: Dirs,
+    pub addr: String,
+    pub token: String,
+    pub vault: Arc<Vault>,
+    pub http: reqwest::Client,
+}
+
+impl TestApp {
+    pub async fn spawn() -> TestApp {
+        let dirs = Dirs::new();
+        let init = Vault::init(
+            &dirs.data(),
+            &dirs.keys(),
+            None,
+            Clock::system(),
+            &Actor::Cli("test".into()),
+        )
+        .expect("init");
+        let token = init.admin_token.expose().to_owned();
+        let vault = Arc::new(init.vault);
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = format!("http://{}", listener.local_addr().expect("addr"));
+        let server =
+            latchkey::startup::server(vault.clone(), listener, 64 * 1024, Some(1)).expect("server");
+        tokio::spawn(server);
+        TestApp {
+            _dirs: dirs,
+            addr,
+            token,
+            vault,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.addr)
+    }
+
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(method, self.url(path))
+            .bearer_auth(&self.token)
+    }
+
+    pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.admin(reqwest::Method::POST, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn put_json(&self, path: &str, body: Value) -> reqwest::Response {
+        self.admin(reqwest::Method::PUT, path)
+            .json(&body)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.admin(reqwest::Method::GET, path)
+            .send()
+            .await
+            .expect("request")
+    }
+
+    pub async fn api_key_connection(&self, id: &str) {
+        let r = self.post_json("/v1/admin/connections", serde_json::json!({"id": id, "kind": "api_key", "api_key": {"header": "X-API-Key"}})).await;
+        assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
+    }
+
+    pub fn audit_count(&self) -> usize {
+        self.vault.audit_tail(1_000_000).expect("audit").len()
+    }
+}
+
+/// The real binary serving on an ephemeral port; killed on drop.
+pub struct ServerProcess {
+    pub child: Child,
+    pub addr: String,
+    pub log: PathBuf,
+}
+
+impl ServerProcess {
+    pub fn start(dirs: &Dirs, extra_env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_args(dirs, &["serve"], extra_env)
+    }
+
+    pub fn start_args(dirs: &Dirs, args: &[&str], extra_env: &[(&str, &str)]) -> ServerProcess {
+        static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let log = dirs.root.path().join(format!("server-{n}.log"));
+        let out = std::fs::File::create(&log).expect("log file");
+        let mut cmd = dirs.cmd(args);
+        cmd.env("LATCHKEY_BIND", "127.0.0.1:0")
+            .env("LATCHKEY_LOG_FORMAT", "json")
+            .stdout(Stdio::null())
+            .stderr(out);
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().expect("spawn server");
+        let addr = wait_for_listen(&log, Duration::from_secs(20));
+        ServerProcess { child, addr, log }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// SIGTERM, then wait for exit; returns the exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(s) = self.child.try_wait().expect("wait") {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop after SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn wait_for_listen(log: &Path, timeout: Duration) -> String {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        for line in text.lines() {
+            if let Ok(v) = serde_json::from_str::<Value>(line) {
+                if v["message"] == "latchkey listening" {
+                    return format!("http://{}", v["addr"].as_str().expect("addr"));
+                }
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "server did not start; log:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Deterministic, seedable pseudo-random numbers for fault timing (xorshift64*).
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn from_env_or_time() -> Rng {
+        let seed = std::env::var("LATCHKEY_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_nanos() as u64)
+                    .unwrap_or(1)
+                    | 1
+            });
+        eprintln!("fault-timing seed: LATCHKEY_TEST_SEED={seed}");
+        Rng(seed)
+    }
+    pub fn below(&mut self, n: u64) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
+    }
+}
+
+/// Whether `needle` occurs anywhere in `hay`.
+pub fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
