@@ -54,6 +54,8 @@ enum Command {
     },
     /// Apply pending database migrations.
     Migrate,
+    /// Exit 0 if the local server answers GET /healthz (for container health checks).
+    Healthcheck,
     /// Master-key lifecycle.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -115,6 +117,7 @@ pub fn main() -> ExitCode {
             admin_token_file,
         } => init(&settings, no_passphrase, admin_token_file.as_deref()),
         Command::Migrate => migrate(&settings),
+        Command::Healthcheck => healthcheck(&settings),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
         Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
         Command::Connections(cmd) => admin::connections(&settings, cmd),
@@ -215,12 +218,48 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
 
 fn migrate(settings: &Settings) -> CliResult {
     let store = crate::store::Store::open(&settings.data_dir)?;
-    let v = store.read(|c| crate::store::db_schema_version(c))?;
+    let v = store.read(crate::store::db_schema_version)?;
     println!(
         "database schema is at version {v} (latest known: {})",
         crate::store::schema_version()
     );
     Ok(())
+}
+
+/// GET /healthz on the configured bind address (a wildcard address means loopback).
+fn healthcheck(settings: &Settings) -> CliResult {
+    use std::io::Write;
+    use std::net::{SocketAddr, TcpStream};
+    use std::time::Duration;
+    let mut addr: SocketAddr = settings
+        .bind
+        .parse()
+        .map_err(|_| CliError::usage("invalid bind address"))?;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            [127, 0, 0, 1].into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| CliError::from(format!("cannot connect to {addr}: {e}")))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(
+        s,
+        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head)?;
+    if &head[9..12] == b"200" {
+        println!("ok");
+        Ok(())
+    } else {
+        Err(CliError::from(format!(
+            "unhealthy: {}",
+            String::from_utf8_lossy(&head)
+        )))
+    }
 }
 
 /// Reads a whole file, or standard input for `-`.

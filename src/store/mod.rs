@@ -55,6 +55,8 @@ impl std::fmt::Debug for Store {
 
 fn configure(c: &Connection) -> Result<(), StoreError> {
     c.busy_timeout(Duration::from_secs(10))?;
+    // More than the default 16: the write paths alone use ~20 distinct statements.
+    c.set_prepared_statement_cache_capacity(64);
     // FULL: a refreshed token must survive power loss before it is released.
     c.execute_batch(
         "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;",

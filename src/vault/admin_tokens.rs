@@ -104,7 +104,7 @@ impl Vault {
     pub fn list_admin_tokens(&self) -> Result<Vec<AdminTokenView>> {
         Ok(self
             .store
-            .read(|c| rows::list_admin_tokens(c))?
+            .read(rows::list_admin_tokens)?
             .into_iter()
             .map(Into::into)
             .collect())

@@ -138,7 +138,7 @@ impl Vault {
 
     pub fn list_connections(&self) -> Result<Vec<ConnectionView>> {
         self.store
-            .read(|c| rows::list_connections(c))?
+            .read(rows::list_connections)?
             .iter()
             .map(view)
             .collect()

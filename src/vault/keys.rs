@@ -150,12 +150,12 @@ impl Vault {
         progress: &mut dyn FnMut(RotateProgress),
     ) -> Result<RotateReport> {
         let batch = batch.clamp(1, 100_000);
-        let keys = self.store.read(|c| rows::master_keys(c))?;
+        let keys = self.store.read(rows::master_keys)?;
         let active = keys.iter().find(|k| k.state == "active").map(|k| k.version);
         let staged = keys.iter().find(|k| k.state == "staged").map(|k| k.version);
         let pending = self
             .store
-            .read(|c| rows::dek_counts(c))?
+            .read(rows::dek_counts)?
             .into_iter()
             .any(|(v, n)| n > 0 && Some(v) != active);
         let resumed = staged.is_some() || pending;
@@ -247,7 +247,7 @@ impl Vault {
         progress: &mut dyn FnMut(RotateProgress),
     ) -> Result<RotateReport> {
         let new_key = self.keys.get(target)?;
-        let counts = self.store.read(|c| rows::dek_counts(c))?;
+        let counts = self.store.read(rows::dek_counts)?;
         let total: u64 = counts.values().sum();
         let mut done = counts.get(&target).copied().unwrap_or(0);
         let from: Vec<u32> = counts
@@ -328,7 +328,7 @@ impl Vault {
     ) -> Result<VerifyReport> {
         // Every version that may hold data must unlock, even if nothing uses it yet.
         self.load_keys()?;
-        let total_creds = self.store.read(|c| rows::count_all_credentials(c))?;
+        let total_creds = self.store.read(rows::count_all_credentials)?;
         let mut report = VerifyReport {
             credentials: 0,
             connection_secrets: 0,
@@ -354,7 +354,7 @@ impl Vault {
             }
             progress(report.credentials, total_creds);
         }
-        for row in self.store.read(|c| rows::list_connections(c))? {
+        for row in self.store.read(rows::list_connections)? {
             if row.secret.is_some() {
                 report.connection_secrets += 1;
                 if let Err(e) = self.open_client_secret(&row) {
@@ -364,7 +364,7 @@ impl Vault {
                 }
             }
         }
-        report.deks = self.store.read(|c| rows::count_deks(c))?;
+        report.deks = self.store.read(rows::count_deks)?;
         let referenced = report.credentials + report.connection_secrets;
         if report.deks != referenced {
             report.failures.push(format!(

@@ -185,7 +185,7 @@ impl Vault {
     /// Loads every master key that data may be wrapped under, so a server refuses to
     /// start (rather than fail later) on a missing file or a wrong passphrase.
     pub fn load_keys(&self) -> Result<u32> {
-        let versions = self.store.read(|c| rows::master_keys(c))?;
+        let versions = self.store.read(rows::master_keys)?;
         let mut active = None;
         for k in versions
             .iter()
@@ -214,7 +214,7 @@ impl Vault {
         self.store.ping()?;
         let v = self
             .store
-            .read(|c| rows::active_key_version(c))?
+            .read(rows::active_key_version)?
             .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         self.keys.get(v)?;
         Ok(())

@@ -126,7 +126,9 @@ async fn bad_input_is_a_clear_4xx_and_stores_nothing() {
             .send()
     };
     let long_id = "a".repeat(5000);
-    let cases: Vec<(Method, String, Vec<u8>, &str, u16, &str)> = vec![
+    // (method, path, body, content type, expected status, expected error code)
+    type Case<'a> = (Method, String, Vec<u8>, &'a str, u16, &'a str);
+    let cases: Vec<Case> = vec![
         (
             Method::POST,
             "/v1/admin/connections".into(),

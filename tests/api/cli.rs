@@ -207,5 +207,22 @@ fn serve_dev_initialises_once_and_serves() {
         "{}",
         second.log_text()
     );
+    let bind = second.addr.trim_start_matches("http://").to_owned();
+    let out = dirs
+        .cmd(&["healthcheck"])
+        .env("LATCHKEY_BIND", &bind)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
     assert!(second.terminate().success());
+    let out = dirs
+        .cmd(&["healthcheck"])
+        .env("LATCHKEY_BIND", &bind)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "healthcheck fails once the server is gone"
+    );
 }
