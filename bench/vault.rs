@@ -95,15 +95,9 @@ fn rotate_at(n: usize) {
     while i < n {
         let items = (i..(i + chunk).min(n))
             .map(|k| {
-                let input = CredentialInput {
-                    api_key: Some(Secret::new(format!("sk-live-{k:012}-abcdefghijklmnop"))),
-                    access_token: None,
-                    refresh_token: None,
-                    expires_in: None,
-                    expires_at: None,
-                    scope: None,
-                    token_type: None,
-                };
+                let input = CredentialInput::api_key(Secret::new(format!(
+                    "sk-live-{k:012}-abcdefghijklmnop"
+                )));
                 (Owner::parse(&format!("user:u{k}")).expect("owner"), input)
             })
             .collect();

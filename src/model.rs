@@ -473,6 +473,19 @@ pub enum CredentialSecret {
 const MAX_SECRET_LEN: usize = 16 * 1024;
 
 impl CredentialInput {
+    /// A body holding only an API key.
+    pub fn api_key(key: Secret) -> Self {
+        CredentialInput {
+            api_key: Some(key),
+            access_token: None,
+            refresh_token: None,
+            expires_in: None,
+            expires_at: None,
+            scope: None,
+            token_type: None,
+        }
+    }
+
     /// Validates the body against the connection's kind; `now` resolves `expires_in`.
     pub fn into_secret(
         self,
@@ -665,15 +678,7 @@ mod tests {
     #[test]
     fn credential_bodies() {
         let now = 1_000;
-        let k = CredentialInput {
-            api_key: Some(Secret::new("k".into())),
-            access_token: None,
-            refresh_token: None,
-            expires_in: None,
-            expires_at: None,
-            scope: None,
-            token_type: None,
-        };
+        let k = CredentialInput::api_key(Secret::new("k".into()));
         assert!(matches!(
             k.into_secret(ConnectionKind::ApiKey, now).unwrap(),
             CredentialSecret::ApiKey(_)

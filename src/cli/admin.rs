@@ -161,15 +161,7 @@ pub fn credentials(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
                 (None, Some(f)) => {
                     let text = read_input(&f)?;
                     let key = text.strip_suffix('\n').unwrap_or(&text);
-                    CredentialInput {
-                        api_key: Some(Secret::new(key.to_owned())),
-                        access_token: None,
-                        refresh_token: None,
-                        expires_in: None,
-                        expires_at: None,
-                        scope: None,
-                        token_type: None,
-                    }
+                    CredentialInput::api_key(Secret::new(key.to_owned()))
                 }
                 _ => return Err(CliError::usage(
                     "give --from FILE (JSON body) or --api-key-file FILE; use - for standard input",

@@ -530,37 +530,18 @@ async fn credentials_round_trip_metadata_only() {
 
     // Delete credential, then the connection; cascade needed while credentials exist.
     let r = app
-        .admin(
-            Method::DELETE,
-            "/v1/admin/connections/reporting/credentials/tenant:acme",
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/admin/connections/reporting/credentials/tenant:acme")
+        .await;
     assert_eq!(r.status(), 204);
     let r = app
-        .admin(
-            Method::DELETE,
-            "/v1/admin/connections/reporting/credentials/tenant:acme",
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/admin/connections/reporting/credentials/tenant:acme")
+        .await;
     assert_eq!(r.status(), 404);
-    let r = app
-        .admin(Method::DELETE, "/v1/admin/connections/reporting")
-        .send()
-        .await
-        .unwrap();
+    let r = app.delete("/v1/admin/connections/reporting").await;
     assert_eq!(r.status(), 409);
     let r = app
-        .admin(
-            Method::DELETE,
-            "/v1/admin/connections/reporting?cascade=true",
-        )
-        .send()
-        .await
-        .unwrap();
+        .delete("/v1/admin/connections/reporting?cascade=true")
+        .await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["credentials_deleted"], 1);
     let status = app.vault.key_status().unwrap();

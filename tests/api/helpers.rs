@@ -121,6 +121,13 @@ impl TestApp {
             .expect("request")
     }
 
+    pub async fn delete(&self, path: &str) -> reqwest::Response {
+        self.admin(reqwest::Method::DELETE, path)
+            .send()
+            .await
+            .expect("request")
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.admin(reqwest::Method::GET, path)
             .send()

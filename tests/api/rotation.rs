@@ -47,15 +47,7 @@ fn seed(dirs: &Dirs) -> String {
     let svc = ConnectionId::parse("svc").unwrap();
     let items: Vec<_> = (0..CREDENTIALS)
         .map(|i| {
-            let input = CredentialInput {
-                api_key: Some(Secret::new(format!("key-{i}"))),
-                access_token: None,
-                refresh_token: None,
-                expires_in: None,
-                expires_at: None,
-                scope: None,
-                token_type: None,
-            };
+            let input = CredentialInput::api_key(Secret::new(format!("key-{i}")));
             (Owner::parse(&format!("user:u{i}")).unwrap(), input)
         })
         .collect();
