@@ -11,11 +11,13 @@
 
 pub mod api;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
 pub mod keys;
 pub mod model;
+pub mod policy;
 pub mod secret;
 pub mod startup;
 pub mod store;

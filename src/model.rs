@@ -74,6 +74,29 @@ impl fmt::Display for ConnectionId {
     }
 }
 
+/// An agent id (also its OAuth `client_id`): same rule as connection ids.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(transparent)]
+pub struct AgentId(String);
+
+impl AgentId {
+    pub fn parse(s: &str) -> Result<Self, ValidationError> {
+        ConnectionId::parse(s)
+            .map(|c| AgentId(c.0))
+            .map_err(|_| ValidationError(format!("invalid agent id '{}': use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit", preview(s))))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for AgentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum OwnerKind {
     User,

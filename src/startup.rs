@@ -7,20 +7,37 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, AppState, RequestContext};
+use crate::auth::subject::JwksCache;
+use crate::auth::TokenService;
 use crate::vault::Vault;
 
 /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
 const SHUTDOWN_GRACE_SECS: u64 = 10;
 
+/// What the server needs beyond the vault.
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    /// `iss` and `aud` of agent tokens; base of the well-known documents.
+    pub public_url: String,
+    pub max_body_bytes: usize,
+    pub workers: Option<usize>,
+}
+
+/// Loads the token-signing keys (creating the first) and builds the server.
 pub fn server(
     vault: Arc<Vault>,
     listener: TcpListener,
-    max_body_bytes: usize,
-    workers: Option<usize>,
+    opts: ServerOptions,
 ) -> std::io::Result<Server> {
+    let keys = vault
+        .signing_keys()
+        .map_err(|e| std::io::Error::other(format!("cannot load token-signing keys: {e}")))?;
+    let tokens = Arc::new(TokenService::new(opts.public_url.clone(), keys));
     let state = AppState {
         vault,
-        max_body_bytes,
+        tokens,
+        jwks: Arc::new(JwksCache::new()),
+        max_body_bytes: opts.max_body_bytes,
     };
     let mut http = HttpServer::new(move || {
         App::new()
@@ -29,7 +46,7 @@ pub fn server(
     })
     .shutdown_timeout(SHUTDOWN_GRACE_SECS)
     .listen(listener)?;
-    if let Some(n) = workers {
+    if let Some(n) = opts.workers {
         http = http.workers(n);
     }
     Ok(http.run())

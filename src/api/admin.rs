@@ -5,8 +5,9 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::{blocking, method_not_allowed, ApiError, AppState};
-use crate::model::{ConnectionId, CredentialInput, NewConnection, Owner};
-use crate::vault::AdminPrincipal;
+use crate::auth::subject::IssuerConfig;
+use crate::model::{AgentId, ConnectionId, CredentialInput, NewConnection, Owner};
+use crate::vault::{AdminPrincipal, NewAgent};
 
 type Admin = web::ReqData<AdminPrincipal>;
 type Reply = Result<HttpResponse, ApiError>;
@@ -36,6 +37,50 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::put().to(put_credential))
             .route(web::get().to(get_credential))
             .route(web::delete().to(delete_credential))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents")
+            .route(web::post().to(create_agent))
+            .route(web::get().to(list_agents))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents/{id}")
+            .route(web::get().to(get_agent))
+            .route(web::delete().to(delete_agent))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents/{id}/policy")
+            .route(web::put().to(set_policy))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents/{id}/secret")
+            .route(web::post().to(rotate_secret))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents/{id}/disable")
+            .route(web::post().to(disable_agent))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/agents/{id}/enable")
+            .route(web::post().to(enable_agent))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/issuers")
+            .route(web::post().to(put_issuer))
+            .route(web::get().to(list_issuers))
+            .route(web::delete().to(delete_issuer))
+            .default_service(not_allowed()),
+    )
+    .service(
+        web::resource("/audit")
+            .route(web::get().to(audit))
             .default_service(not_allowed()),
     );
 }
@@ -160,4 +205,165 @@ async fn list_credentials(
         .then(|| page.last().map(|c| c.owner.clone()))
         .flatten();
     ok(json!({"credentials": page, "next_after": next}))
+}
+
+async fn create_agent(
+    state: web::Data<AppState>,
+    admin: Admin,
+    body: web::Json<NewAgent>,
+) -> Reply {
+    let actor = admin.actor();
+    let (agent, secret) =
+        blocking(&state, move |v| v.create_agent(&actor, body.into_inner())).await?;
+    Ok(HttpResponse::Created()
+        .insert_header(("Cache-Control", "no-store"))
+        .json(
+            json!({"client_id": agent.client_id, "client_secret": secret.expose(), "agent": agent}),
+        ))
+}
+
+async fn list_agents(state: web::Data<AppState>) -> Reply {
+    ok(json!({"agents": blocking(&state, |v| v.list_agents()).await?}))
+}
+
+async fn get_agent(state: web::Data<AppState>, id: web::Path<String>) -> Reply {
+    let id = AgentId::parse(&id)?;
+    ok(blocking(&state, move |v| v.get_agent(&id)).await?)
+}
+
+async fn delete_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
+    let id = AgentId::parse(&id)?;
+    let actor = admin.actor();
+    blocking(&state, move |v| v.delete_agent(&actor, &id)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+async fn set_policy(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    body: web::Json<Value>,
+) -> Reply {
+    let id = AgentId::parse(&id)?;
+    let actor = admin.actor();
+    ok(blocking(&state, move |v| {
+        v.set_agent_policy(&actor, &id, body.into_inner())
+    })
+    .await?)
+}
+
+async fn rotate_secret(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
+    let id = AgentId::parse(&id)?;
+    let actor = admin.actor();
+    let client_id = id.to_string();
+    let secret = blocking(&state, move |v| v.rotate_agent_secret(&actor, &id)).await?;
+    ok(json!({"client_id": client_id, "client_secret": secret.expose()}))
+}
+
+async fn set_disabled(
+    state: web::Data<AppState>,
+    admin: Admin,
+    id: web::Path<String>,
+    disabled: bool,
+) -> Reply {
+    let id = AgentId::parse(&id)?;
+    let actor = admin.actor();
+    ok(blocking(&state, move |v| v.set_agent_disabled(&actor, &id, disabled)).await?)
+}
+
+async fn disable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
+    set_disabled(state, admin, id, true).await
+}
+
+async fn enable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
+    set_disabled(state, admin, id, false).await
+}
+
+async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<Value>) -> Reply {
+    let cfg = IssuerConfig::from_json(body.into_inner())?;
+    let actor = admin.actor();
+    let cfg = blocking(&state, move |v| v.put_issuer(&actor, cfg)).await?;
+    Ok(HttpResponse::Created().json(cfg))
+}
+
+async fn list_issuers(state: web::Data<AppState>) -> Reply {
+    ok(json!({"issuers": blocking(&state, |v| v.list_issuers()).await?}))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerQuery {
+    issuer: String,
+}
+
+async fn delete_issuer(
+    state: web::Data<AppState>,
+    admin: Admin,
+    q: web::Query<IssuerQuery>,
+) -> Reply {
+    let actor = admin.actor();
+    let issuer = q.into_inner().issuer;
+    blocking(&state, move |v| v.delete_issuer(&actor, &issuer)).await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AuditQuery {
+    after: Option<i64>,
+    limit: Option<usize>,
+    connection: Option<String>,
+    agent: Option<String>,
+    owner: Option<String>,
+    decision: Option<String>,
+}
+
+async fn audit(state: web::Data<AppState>, q: web::Query<AuditQuery>) -> Reply {
+    let q = q.into_inner();
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid("limit must be between 1 and 1000"));
+    }
+    let outcome = match q.decision.as_deref() {
+        None => None,
+        Some("allow" | "ok") => Some("ok".to_owned()),
+        Some("deny" | "denied") => Some("denied".to_owned()),
+        Some("failed") => Some("failed".to_owned()),
+        Some(_) => return Err(ApiError::invalid("decision must be allow, deny or failed")),
+    };
+    let query = crate::store::audit::Query {
+        after: q.after.unwrap_or(0),
+        limit,
+        connection: q
+            .connection
+            .as_deref()
+            .map(ConnectionId::parse)
+            .transpose()?
+            .map(|c| c.to_string()),
+        agent: q
+            .agent
+            .as_deref()
+            .map(AgentId::parse)
+            .transpose()?
+            .map(|a| a.to_string()),
+        owner: q
+            .owner
+            .as_deref()
+            .map(Owner::parse)
+            .transpose()?
+            .map(|o| o.to_string()),
+        outcome,
+    };
+    let records = blocking(&state, move |v| v.audit_query(&query)).await?;
+    let next_after = (records.len() == limit)
+        .then(|| records.last().map(|r| r.seq))
+        .flatten();
+    let records: Vec<Value> = records
+        .into_iter()
+        .map(|r| {
+            json!({"seq": r.seq, "ts": crate::time::rfc3339_millis(r.ts_ms), "actor": r.actor, "action": r.action, "target": r.target,
+                "outcome": r.outcome, "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or_default()})
+        })
+        .collect();
+    ok(json!({"records": records, "next_after": next_after}))
 }

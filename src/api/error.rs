@@ -10,13 +10,16 @@ use serde_json::json;
 
 use crate::model::ValidationError;
 use crate::store::StoreError;
-use crate::vault::VaultError;
+use crate::vault::{ReleaseError, VaultError};
 
 #[derive(Debug, Clone)]
 pub struct ApiError {
     pub status: StatusCode,
     pub code: &'static str,
     pub description: String,
+    /// Extra body members (e.g. `refused_scopes`).
+    pub extra: serde_json::Map<String, serde_json::Value>,
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -25,7 +28,14 @@ impl ApiError {
             status,
             code,
             description: description.into(),
+            extra: serde_json::Map::new(),
+            retry_after: None,
         }
+    }
+
+    pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
+        self.extra.insert(key.to_owned(), value);
+        self
     }
 
     pub fn invalid(description: impl Into<String>) -> Self {
@@ -65,12 +75,20 @@ impl ApiError {
         let mut b = HttpResponse::build(self.status);
         b.insert_header((header::CACHE_CONTROL, "no-store"));
         if self.status == StatusCode::UNAUTHORIZED {
-            b.insert_header((
-                header::WWW_AUTHENTICATE,
-                format!("Bearer error=\"{}\"", self.code),
-            ));
+            let challenge = match self.code {
+                "invalid_client" => "Basic realm=\"latchkey\"".to_owned(),
+                code => format!("Bearer error=\"{code}\""),
+            };
+            b.insert_header((header::WWW_AUTHENTICATE, challenge));
         }
-        b.json(json!({"error": self.code, "error_description": self.description, "request_id": request_id}))
+        if let Some(s) = self.retry_after {
+            b.insert_header((header::RETRY_AFTER, s.to_string()));
+        }
+        let mut body = json!({"error": self.code, "error_description": self.description, "request_id": request_id});
+        if let Some(obj) = body.as_object_mut() {
+            obj.extend(self.extra.clone());
+        }
+        b.json(body)
     }
 }
 
@@ -104,6 +122,7 @@ impl From<VaultError> for ApiError {
             VaultError::NotFound(what) => ApiError::not_found(format!("{what} not found")),
             VaultError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             VaultError::Unauthorized => ApiError::unauthorized(),
+            VaultError::Release(r) => r.into(),
             VaultError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
                 if matches!(
                     f.code,
@@ -116,6 +135,31 @@ impl From<VaultError> for ApiError {
             other => {
                 tracing::error!(error = %other, "request failed");
                 ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<ReleaseError> for ApiError {
+    fn from(e: ReleaseError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ReleaseError::InvalidToken => Self::new(StatusCode::UNAUTHORIZED, "invalid_token", msg),
+            ReleaseError::InvalidRequest(m) => Self::invalid(m),
+            ReleaseError::AccessDenied => Self::new(StatusCode::FORBIDDEN, "access_denied", msg),
+            ReleaseError::InsufficientScope(refused) => {
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", msg)
+                    .with("refused_scopes", json!(refused))
+            }
+            ReleaseError::NotConnected => Self::new(StatusCode::NOT_FOUND, "not_connected", msg),
+            ReleaseError::ReauthRequired => Self::new(StatusCode::CONFLICT, "reauth_required", msg),
+            ReleaseError::ProviderUnavailable { retry_after } => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "provider_unavailable", msg);
+                e.retry_after = Some(retry_after);
+                e
+            }
+            ReleaseError::AuditUnavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg)
             }
         }
     }

@@ -2,6 +2,7 @@
 //! the blocking pool, map the error. Routes and their order live in [`routes`].
 
 mod admin;
+mod agent;
 pub mod error;
 mod middleware;
 mod ops;
@@ -18,6 +19,8 @@ use crate::vault::{self, Vault};
 #[derive(Clone)]
 pub struct AppState {
     pub vault: Arc<Vault>,
+    pub tokens: Arc<crate::auth::TokenService>,
+    pub jwks: Arc<crate::auth::subject::JwksCache>,
     pub max_body_bytes: usize,
 }
 
@@ -69,7 +72,16 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
                 ))
                 .into()
             }))
+            .app_data(
+                web::FormConfig::default()
+                    .limit(limit)
+                    .error_handler(|_, _| {
+                        ApiError::invalid("the body must be application/x-www-form-urlencoded")
+                            .into()
+                    }),
+            )
             .configure(ops::routes)
+            .configure(agent::routes)
             .service(
                 web::scope("/v1/admin")
                     .wrap(actix_web::middleware::from_fn(middleware::require_admin))

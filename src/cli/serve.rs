@@ -31,11 +31,18 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     let listener = TcpListener::bind(&settings.bind)
         .map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, public_url = %settings.public_url, master_key_version = active, "latchkey listening");
     let vault = Arc::new(vault);
-    let max_body = settings.max_body_bytes;
-    actix_web::rt::System::new()
-        .block_on(async move { crate::startup::server(vault, listener, max_body, None)?.await })?;
+    let opts = crate::startup::ServerOptions {
+        public_url: settings.public_url.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        workers: None,
+    };
+    let public_url = opts.public_url.clone();
+    actix_web::rt::System::new().block_on(async move {
+        let server = crate::startup::server(vault, listener, opts)?;
+        tracing::info!(%addr, %public_url, master_key_version = active, "latchkey listening");
+        server.await
+    })?;
     tracing::info!("latchkey stopped");
     Ok(())
 }

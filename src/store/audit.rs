@@ -81,3 +81,41 @@ pub fn tail(c: &Connection, n: usize) -> Result<Vec<Record>, StoreError> {
     rows.reverse();
     Ok(rows)
 }
+
+/// Filters for `GET /v1/admin/audit`.
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    pub after: i64,
+    pub limit: usize,
+    pub connection: Option<String>,
+    pub agent: Option<String>,
+    pub owner: Option<String>,
+    /// `ok`, `denied` or `failed`.
+    pub outcome: Option<String>,
+}
+
+/// Records matching `q`, ascending by sequence.
+pub fn query(c: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
+    // Releases have target "<connection>/<owner>"; admin changes "<connection>" or
+    // "<connection>/<owner>" as well, so both filters work on either.
+    let mut st = c.prepare_cached(&format!(
+        "SELECT {COLS} FROM audit WHERE seq > ?1 \
+         AND (?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/') \
+         AND (?3 IS NULL OR actor = 'agent:' || ?3) \
+         AND (?4 IS NULL OR substr(target, length(target) - length(?4)) = '/' || ?4) \
+         AND (?5 IS NULL OR outcome = ?5) \
+         ORDER BY seq LIMIT ?6"
+    ))?;
+    let rows = st.query_map(
+        params![
+            q.after,
+            q.connection,
+            q.agent,
+            q.owner,
+            q.outcome,
+            q.limit as i64
+        ],
+        record,
+    )?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}

@@ -5,6 +5,7 @@
 //! `BEGIN IMMEDIATE` transactions so that the CLI and a running server can write to the
 //! same file safely; `busy_timeout` makes them wait for each other instead of failing.
 
+pub mod agents;
 pub mod audit;
 pub mod rows;
 
@@ -17,7 +18,10 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use rusqlite::OptionalExtension;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_agents.sql"),
+];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
 

@@ -364,8 +364,10 @@ impl Vault {
                 }
             }
         }
+        let (signing_keys, failures) = self.verify_signing_keys()?;
+        report.failures.extend(failures);
         report.deks = self.store.read(rows::count_deks)?;
-        let referenced = report.credentials + report.connection_secrets;
+        let referenced = report.credentials + report.connection_secrets + signing_keys;
         if report.deks != referenced {
             report.failures.push(format!(
                 "{} data keys are stored but {referenced} records reference one",

@@ -5,9 +5,14 @@
 //! key ring. Every change and its audit record commit in one transaction.
 
 mod admin_tokens;
+mod agents;
+mod audit_sink;
 mod connections;
 mod credentials;
+mod issuers;
 mod keys;
+mod release;
+mod signing;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,12 +28,14 @@ use crate::store::{self, rows, Store, StoreError};
 use crate::time::Clock;
 
 pub use admin_tokens::{AdminPrincipal, AdminTokenView};
+pub use agents::{AgentState, AgentView, NewAgent};
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport,
     DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
+pub use release::{ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in the CLI.
@@ -50,6 +57,8 @@ pub enum VaultError {
     Store(StoreError),
     #[error("{0}")]
     Crypto(#[from] CryptoError),
+    #[error(transparent)]
+    Release(#[from] ReleaseError),
 }
 
 impl From<StoreError> for VaultError {
@@ -99,9 +108,10 @@ impl Actor {
 }
 
 pub struct Vault {
-    store: Store,
+    store: Arc<Store>,
     keys: KeyRing,
     clock: Clock,
+    audit_sink: std::sync::OnceLock<audit_sink::AuditSink>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -146,7 +156,12 @@ impl Vault {
                 return Err(e.into());
             }
         };
-        let vault = Vault { store, keys, clock };
+        let vault = Vault {
+            store: Arc::new(store),
+            keys,
+            clock,
+            audit_sink: Default::default(),
+        };
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
@@ -179,7 +194,12 @@ impl Vault {
     ) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
         let store = Store::open(data_dir)?;
-        Ok(Vault { store, keys, clock })
+        Ok(Vault {
+            store: Arc::new(store),
+            keys,
+            clock,
+            audit_sink: Default::default(),
+        })
     }
 
     /// Loads every master key that data may be wrapped under, so a server refuses to
@@ -218,6 +238,12 @@ impl Vault {
             .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         self.keys.get(v)?;
         Ok(())
+    }
+
+    /// The group-commit audit writer (started on first use).
+    fn audit_sink(&self) -> &audit_sink::AuditSink {
+        self.audit_sink
+            .get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
     }
 
     fn audit(&self, c: &Connection, event: Event) -> std::result::Result<i64, StoreError> {
@@ -281,7 +307,7 @@ impl Vault {
 }
 
 /// A random identifier: `prefix` + 16 hex characters (64 bits).
-pub(crate) fn new_id(prefix: &str) -> Result<String> {
+pub fn new_id(prefix: &str) -> Result<String> {
     let mut b = [0u8; 8];
     crate::crypto::random_bytes(&mut b)?;
     Ok(format!("{prefix}{}", hex(&b)))

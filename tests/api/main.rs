@@ -1,6 +1,7 @@
 //! The one integration-test binary (modules keep build time down).
 
 mod admin_api;
+mod agents;
 mod cli;
 mod helpers;
 mod keyfiles;

@@ -1,0 +1,480 @@
+//! Agent policy: deny by default, a list of grants, and the release decision as pure
+//! functions (no I/O, no clock) so every rule is unit-tested here.
+//!
+//! A release is decided in two steps: [`authorize`] picks the grant and the owner
+//! before anything is read (so a refusal cannot depend on whether the connection or
+//! credential exists), then [`release_scopes`] intersects what was asked for with the
+//! grant, the credential's granted scopes and the connection's `scope_roles`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::model::{ConnectionId, Owner, OwnerKind, Scope, ValidationError};
+
+/// Default lease for API keys (which do not expire) when the grant sets no `max_ttl`.
+pub const DEFAULT_API_KEY_LEASE: i64 = 900;
+const MAX_GRANTS: usize = 256;
+const MAX_TTL: u64 = 86_400;
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Policy {
+    #[serde(default)]
+    pub grants: Vec<Grant>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grant {
+    pub connection: ConnectionId,
+    /// Scopes this agent may receive; absent means "whatever the credential holds".
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scopes: Option<Vec<Scope>>,
+    pub owners: OwnerRule,
+    /// Upper bound on a lease, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_ttl: Option<u64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OwnerRule {
+    /// Only the user (or tenant) the agent token speaks for.
+    #[serde(rename = "self")]
+    SelfOnly,
+    /// The tenant credential of the token's tenant.
+    Tenant,
+    /// A service agent may name any `user_id` / `tenant_id`.
+    Any,
+}
+
+impl Policy {
+    pub fn from_json(value: serde_json::Value) -> Result<Policy, ValidationError> {
+        let p: Policy = serde_json::from_value(value).map_err(|e| {
+            ValidationError(format!(
+                "invalid policy: {}",
+                crate::model::clean_serde_error(&e.to_string())
+            ))
+        })?;
+        if p.grants.len() > MAX_GRANTS {
+            return Err(ValidationError(format!(
+                "a policy holds at most {MAX_GRANTS} grants"
+            )));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for g in &p.grants {
+            if !seen.insert(&g.connection) {
+                return Err(ValidationError(format!(
+                    "two grants for connection '{}'; merge them into one",
+                    g.connection
+                )));
+            }
+            if let Some(t) = g.max_ttl {
+                if !(1..=MAX_TTL).contains(&t) {
+                    return Err(ValidationError(format!(
+                        "max_ttl must be between 1 and {MAX_TTL} seconds"
+                    )));
+                }
+            }
+        }
+        Ok(p)
+    }
+
+    pub fn grant_for(&self, connection: &ConnectionId) -> Option<&Grant> {
+        self.grants.iter().find(|g| &g.connection == connection)
+    }
+}
+
+/// Who a verified agent token speaks for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Principal {
+    pub agent_id: String,
+    /// The user bound by token exchange; `None` for a client-credentials token.
+    pub user: Option<String>,
+    pub tenant: Option<String>,
+    pub roles: Vec<String>,
+}
+
+/// What the caller asked for.
+#[derive(Debug, Clone, Default)]
+pub struct ReleaseRequest {
+    pub scopes: Vec<Scope>,
+    pub user_id: Option<String>,
+    pub tenant_id: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// No grant covers this connection for this owner (also: unknown connection).
+    AccessDenied(&'static str),
+    /// The request itself is malformed (message safe to show).
+    InvalidRequest(String),
+}
+
+/// Step 1: the grant and the owner. Reads nothing but the policy and the token.
+pub fn authorize<'p>(
+    policy: &'p Policy,
+    connection: &ConnectionId,
+    who: &Principal,
+    req: &ReleaseRequest,
+) -> Result<(&'p Grant, Owner), Refusal> {
+    let grant = policy
+        .grant_for(connection)
+        .ok_or(Refusal::AccessDenied("no grant for this connection"))?;
+    let deny = |why| Err(Refusal::AccessDenied(why));
+    let (kind, id) = match (&req.user_id, &req.tenant_id, grant.owners) {
+        (Some(_), Some(_), _) => {
+            return Err(Refusal::InvalidRequest(
+                "give user_id or tenant_id, not both".into(),
+            ))
+        }
+        (Some(u), None, OwnerRule::Any) => (OwnerKind::User, u.clone()),
+        (Some(u), None, OwnerRule::SelfOnly) if who.user.as_ref() == Some(u) => {
+            (OwnerKind::User, u.clone())
+        }
+        (Some(_), None, _) => return deny("the grant does not allow naming this user"),
+        (None, Some(t), OwnerRule::Any) => (OwnerKind::Tenant, t.clone()),
+        (None, Some(t), OwnerRule::SelfOnly | OwnerRule::Tenant)
+            if who.tenant.as_ref() == Some(t) =>
+        {
+            (OwnerKind::Tenant, t.clone())
+        }
+        (None, Some(_), _) => return deny("the grant does not allow naming this tenant"),
+        (None, None, OwnerRule::SelfOnly | OwnerRule::Any) => match &who.user {
+            Some(u) => (OwnerKind::User, u.clone()),
+            None if grant.owners == OwnerRule::Any => {
+                return Err(Refusal::InvalidRequest(
+                    "name the owner with user_id or tenant_id".into(),
+                ))
+            }
+            None => return deny("the token speaks for no user"),
+        },
+        (None, None, OwnerRule::Tenant) => match &who.tenant {
+            Some(t) => (OwnerKind::Tenant, t.clone()),
+            None => return deny("the token carries no tenant"),
+        },
+    };
+    let owner = Owner::new(kind, &id).map_err(|e| Refusal::InvalidRequest(e.0))?;
+    Ok((grant, owner))
+}
+
+/// Step 2: the scopes to release. `credential_scopes` is `None` when the credential
+/// records none (API keys, tokens imported without `scope`). `Err` lists refused scopes.
+pub fn release_scopes(
+    grant: &Grant,
+    requested: &[Scope],
+    credential_scopes: Option<&[Scope]>,
+    scope_roles: &BTreeMap<Scope, Vec<String>>,
+    roles: &[String],
+) -> Result<Vec<Scope>, Vec<Scope>> {
+    let allowed = |s: &Scope| {
+        grant.scopes.as_ref().is_none_or(|g| g.contains(s))
+            && credential_scopes.is_none_or(|c| c.contains(s))
+            && scope_roles
+                .get(s)
+                .is_none_or(|need| need.iter().any(|r| roles.contains(r)))
+    };
+    if requested.is_empty() {
+        // Nothing asked: everything the credential holds that this caller may have.
+        let base: Vec<Scope> = match (credential_scopes, &grant.scopes) {
+            (Some(c), _) => c.to_vec(),
+            (None, Some(g)) => g.clone(),
+            (None, None) => Vec::new(),
+        };
+        return Ok(base.into_iter().filter(|s| allowed(s)).collect());
+    }
+    let refused: Vec<Scope> = requested.iter().filter(|s| !allowed(s)).cloned().collect();
+    if refused.is_empty() {
+        Ok(requested.to_vec())
+    } else {
+        Err(refused)
+    }
+}
+
+/// Lease length: the grant's `max_ttl`, the credential's remaining life, whichever is
+/// shorter. API keys do not expire, so their lease defaults to [`DEFAULT_API_KEY_LEASE`].
+pub fn lease_ttl(grant: &Grant, remaining: Option<i64>) -> i64 {
+    let cap = grant.max_ttl.map(|t| t as i64);
+    match (cap, remaining) {
+        (Some(c), Some(r)) => c.min(r),
+        (Some(c), None) => c,
+        (None, Some(r)) => r,
+        (None, None) => DEFAULT_API_KEY_LEASE,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn scopes(s: &str) -> Vec<Scope> {
+        Scope::parse_list(s).unwrap()
+    }
+    fn conn(s: &str) -> ConnectionId {
+        ConnectionId::parse(s).unwrap()
+    }
+    fn policy(v: serde_json::Value) -> Policy {
+        Policy::from_json(v).unwrap()
+    }
+    fn user(u: &str, tenant: Option<&str>, roles: &[&str]) -> Principal {
+        Principal {
+            agent_id: "a".into(),
+            user: Some(u.into()),
+            tenant: tenant.map(Into::into),
+            roles: roles.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+    fn service() -> Principal {
+        Principal {
+            agent_id: "svc".into(),
+            user: None,
+            tenant: None,
+            roles: vec![],
+        }
+    }
+    fn req(user: Option<&str>, tenant: Option<&str>) -> ReleaseRequest {
+        ReleaseRequest {
+            scopes: vec![],
+            user_id: user.map(Into::into),
+            tenant_id: tenant.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn parse_rejects_bad_policies() {
+        assert!(
+            Policy::from_json(json!({"grants": [{"connection": "x", "owners": "everyone"}]}))
+                .is_err()
+        );
+        assert!(
+            Policy::from_json(json!({"grants": [{"connection": "../x", "owners": "self"}]}))
+                .is_err()
+        );
+        assert!(Policy::from_json(
+            json!({"grants": [{"connection": "x", "owners": "self", "max_ttl": 0}]})
+        )
+        .is_err());
+        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err());
+        assert!(Policy::from_json(json!({"grants": [], "extra": 1})).is_err());
+        assert_eq!(Policy::from_json(json!({})).unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn deny_by_default_and_unknown_connection_look_alike() {
+        let p = policy(json!({"grants": [{"connection": "cal", "owners": "self"}]}));
+        assert_eq!(
+            authorize(
+                &p,
+                &conn("mail"),
+                &user("alice", None, &[]),
+                &req(None, None)
+            )
+            .unwrap_err(),
+            Refusal::AccessDenied("no grant for this connection")
+        );
+        assert!(authorize(
+            &Policy::default(),
+            &conn("cal"),
+            &user("alice", None, &[]),
+            &req(None, None)
+        )
+        .is_err());
+    }
+
+    #[test]
+    fn self_grants_release_only_the_token_user() {
+        let p = policy(json!({"grants": [{"connection": "cal", "owners": "self"}]}));
+        let alice = user("alice", Some("acme"), &[]);
+        assert_eq!(
+            authorize(&p, &conn("cal"), &alice, &req(None, None))
+                .unwrap()
+                .1
+                .to_string(),
+            "user:alice"
+        );
+        assert_eq!(
+            authorize(&p, &conn("cal"), &alice, &req(Some("alice"), None))
+                .unwrap()
+                .1
+                .to_string(),
+            "user:alice"
+        );
+        assert!(matches!(
+            authorize(&p, &conn("cal"), &alice, &req(Some("bob"), None)),
+            Err(Refusal::AccessDenied(_))
+        ));
+        assert!(matches!(
+            authorize(&p, &conn("cal"), &service(), &req(None, None)),
+            Err(Refusal::AccessDenied(_))
+        ));
+        // Its own tenant is allowed under self; another tenant is not.
+        assert_eq!(
+            authorize(&p, &conn("cal"), &alice, &req(None, Some("acme")))
+                .unwrap()
+                .1
+                .to_string(),
+            "tenant:acme"
+        );
+        assert!(authorize(&p, &conn("cal"), &alice, &req(None, Some("globex"))).is_err());
+    }
+
+    #[test]
+    fn tenant_grants_release_only_the_token_tenant() {
+        let p = policy(json!({"grants": [{"connection": "reports", "owners": "tenant"}]}));
+        let alice = user("alice", Some("acme"), &[]);
+        assert_eq!(
+            authorize(&p, &conn("reports"), &alice, &req(None, None))
+                .unwrap()
+                .1
+                .to_string(),
+            "tenant:acme"
+        );
+        assert_eq!(
+            authorize(&p, &conn("reports"), &alice, &req(None, Some("acme")))
+                .unwrap()
+                .1
+                .to_string(),
+            "tenant:acme"
+        );
+        assert!(matches!(
+            authorize(&p, &conn("reports"), &alice, &req(None, Some("globex"))),
+            Err(Refusal::AccessDenied(_))
+        ));
+        assert!(matches!(
+            authorize(&p, &conn("reports"), &alice, &req(Some("alice"), None)),
+            Err(Refusal::AccessDenied(_))
+        ));
+        assert!(matches!(
+            authorize(
+                &p,
+                &conn("reports"),
+                &user("bob", None, &[]),
+                &req(None, None)
+            ),
+            Err(Refusal::AccessDenied(_))
+        ));
+    }
+
+    #[test]
+    fn any_grants_let_a_service_agent_name_owners() {
+        let p = policy(json!({"grants": [{"connection": "crm", "owners": "any"}]}));
+        assert_eq!(
+            authorize(&p, &conn("crm"), &service(), &req(Some("bob"), None))
+                .unwrap()
+                .1
+                .to_string(),
+            "user:bob"
+        );
+        assert_eq!(
+            authorize(&p, &conn("crm"), &service(), &req(None, Some("globex")))
+                .unwrap()
+                .1
+                .to_string(),
+            "tenant:globex"
+        );
+        assert!(matches!(
+            authorize(&p, &conn("crm"), &service(), &req(None, None)),
+            Err(Refusal::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            authorize(&p, &conn("crm"), &service(), &req(Some("a"), Some("b"))),
+            Err(Refusal::InvalidRequest(_))
+        ));
+        assert!(matches!(
+            authorize(&p, &conn("crm"), &service(), &req(Some("bad/id"), None)),
+            Err(Refusal::InvalidRequest(_))
+        ));
+    }
+
+    #[test]
+    fn scopes_are_the_intersection_of_grant_credential_and_roles() {
+        let p = policy(
+            json!({"grants": [{"connection": "crm", "owners": "self", "scopes": ["crm:read", "crm:write"]}]}),
+        );
+        let g = p.grant_for(&conn("crm")).unwrap();
+        let held = scopes("crm:read crm:write crm:admin");
+        let roles_rule: BTreeMap<Scope, Vec<String>> = [(
+            Scope::parse("crm:write").unwrap(),
+            vec!["sales-admin".to_string()],
+        )]
+        .into();
+        let none: Vec<String> = vec![];
+        let admin = vec!["sales-admin".to_string()];
+        // Allowed.
+        assert_eq!(
+            release_scopes(g, &scopes("crm:read"), Some(&held), &roles_rule, &none).unwrap(),
+            scopes("crm:read")
+        );
+        // Escalation beyond the grant.
+        assert_eq!(
+            release_scopes(
+                g,
+                &scopes("crm:read crm:admin"),
+                Some(&held),
+                &roles_rule,
+                &none
+            )
+            .unwrap_err(),
+            scopes("crm:admin")
+        );
+        // Role-gated scope without and with the role.
+        assert_eq!(
+            release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &none).unwrap_err(),
+            scopes("crm:write")
+        );
+        assert_eq!(
+            release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &admin).unwrap(),
+            scopes("crm:write")
+        );
+        // Beyond what the credential was granted.
+        assert_eq!(
+            release_scopes(
+                g,
+                &scopes("crm:read"),
+                Some(&scopes("other")),
+                &roles_rule,
+                &admin
+            )
+            .unwrap_err(),
+            scopes("crm:read")
+        );
+        // Nothing requested: what the credential holds, filtered.
+        assert_eq!(
+            release_scopes(g, &[], Some(&held), &roles_rule, &none).unwrap(),
+            scopes("crm:read")
+        );
+        assert_eq!(
+            release_scopes(g, &[], Some(&held), &roles_rule, &admin).unwrap(),
+            scopes("crm:read crm:write")
+        );
+        // API keys: no credential scopes, no grant scopes → nothing to intersect.
+        let open = policy(json!({"grants": [{"connection": "k", "owners": "self"}]}));
+        assert!(release_scopes(
+            open.grant_for(&conn("k")).unwrap(),
+            &[],
+            None,
+            &BTreeMap::new(),
+            &none
+        )
+        .unwrap()
+        .is_empty());
+    }
+
+    #[test]
+    fn lease_is_the_shorter_of_grant_and_credential() {
+        let p = policy(
+            json!({"grants": [{"connection": "a", "owners": "self", "max_ttl": 300}, {"connection": "b", "owners": "self"}]}),
+        );
+        let (a, b) = (
+            p.grant_for(&conn("a")).unwrap(),
+            p.grant_for(&conn("b")).unwrap(),
+        );
+        assert_eq!(lease_ttl(a, Some(3600)), 300);
+        assert_eq!(lease_ttl(a, Some(100)), 100);
+        assert_eq!(lease_ttl(a, None), 300);
+        assert_eq!(lease_ttl(b, Some(100)), 100);
+        assert_eq!(lease_ttl(b, None), DEFAULT_API_KEY_LEASE);
+    }
+}

@@ -1,0 +1,206 @@
+//! Statements for agents, trusted issuers and latchkey's signing keys.
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+
+use super::StoreError;
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+#[derive(Debug, Clone)]
+pub struct AgentRow {
+    pub id: String,
+    pub name: String,
+    pub secret_hash: String,
+    pub policy: String,
+    pub disabled: bool,
+    pub generation: i64,
+    pub created_at: i64,
+    pub updated_at: i64,
+}
+
+fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+    Ok(AgentRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        secret_hash: r.get(2)?,
+        policy: r.get(3)?,
+        disabled: r.get(4)?,
+        generation: r.get(5)?,
+        created_at: r.get(6)?,
+        updated_at: r.get(7)?,
+    })
+}
+
+const AGENT_COLS: &str =
+    "id, name, secret_hash, policy, disabled, generation, created_at, updated_at";
+
+pub fn insert_agent(c: &Connection, a: &AgentRow) -> Result<()> {
+    let res = c.execute(
+        &format!("INSERT INTO agents ({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            a.id,
+            a.name,
+            a.secret_hash,
+            a.policy,
+            a.disabled,
+            a.generation,
+            a.created_at,
+            a.updated_at
+        ],
+    );
+    match res {
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            Err(StoreError::Conflict)
+        }
+        other => other.map(|_| ()).map_err(Into::into),
+    }
+}
+
+pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
+    Ok(
+        c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?
+            .query_row([id], agent_row)
+            .optional()?,
+    )
+}
+
+pub fn list_agents(c: &Connection) -> Result<Vec<AgentRow>> {
+    let mut st = c.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
+    let rows = st.query_map([], agent_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// Updates one column set of an agent; returns whether it exists.
+pub fn update_agent_policy(c: &Connection, id: &str, policy: &str, now: i64) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE agents SET policy = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, policy, now],
+    )? == 1)
+}
+
+pub fn update_agent_secret(c: &Connection, id: &str, hash: &str, now: i64) -> Result<bool> {
+    Ok(c.execute("UPDATE agents SET secret_hash = ?2, generation = generation + 1, updated_at = ?3 WHERE id = ?1", params![id, hash, now])? == 1)
+}
+
+pub fn set_agent_disabled(c: &Connection, id: &str, disabled: bool, now: i64) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE agents SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
+        params![id, disabled, now],
+    )? == 1)
+}
+
+pub fn delete_agent(c: &Connection, id: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM agents WHERE id = ?1", [id])? == 1)
+}
+
+#[derive(Debug, Clone)]
+pub struct IssuerRow {
+    pub issuer: String,
+    pub jwks_uri: Option<String>,
+    pub jwks: Option<String>,
+    pub audience: String,
+    pub tenant_claim: Option<String>,
+    pub roles_claim: Option<String>,
+    pub created_at: i64,
+}
+
+fn issuer_row(r: &Row<'_>) -> rusqlite::Result<IssuerRow> {
+    Ok(IssuerRow {
+        issuer: r.get(0)?,
+        jwks_uri: r.get(1)?,
+        jwks: r.get(2)?,
+        audience: r.get(3)?,
+        tenant_claim: r.get(4)?,
+        roles_claim: r.get(5)?,
+        created_at: r.get(6)?,
+    })
+}
+
+const ISSUER_COLS: &str = "issuer, jwks_uri, jwks, audience, tenant_claim, roles_claim, created_at";
+
+/// Inserts or replaces an issuer (keyed by its URL).
+pub fn put_issuer(c: &Connection, i: &IssuerRow) -> Result<()> {
+    c.execute(
+        &format!(
+            "INSERT OR REPLACE INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
+        ),
+        params![
+            i.issuer,
+            i.jwks_uri,
+            i.jwks,
+            i.audience,
+            i.tenant_claim,
+            i.roles_claim,
+            i.created_at
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get_issuer(c: &Connection, issuer: &str) -> Result<Option<IssuerRow>> {
+    Ok(c.prepare_cached(&format!(
+        "SELECT {ISSUER_COLS} FROM issuers WHERE issuer = ?1"
+    ))?
+    .query_row([issuer], issuer_row)
+    .optional()?)
+}
+
+pub fn list_issuers(c: &Connection) -> Result<Vec<IssuerRow>> {
+    let mut st = c.prepare(&format!(
+        "SELECT {ISSUER_COLS} FROM issuers ORDER BY issuer"
+    ))?;
+    let rows = st.query_map([], issuer_row)?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn delete_issuer(c: &Connection, issuer: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM issuers WHERE issuer = ?1", [issuer])? == 1)
+}
+
+#[derive(Debug, Clone)]
+pub struct SigningKeyRow {
+    pub kid: String,
+    pub public_key: Vec<u8>,
+    pub dek: super::rows::DekRow,
+    pub private_key: Vec<u8>,
+    pub state: String,
+}
+
+pub fn signing_keys(c: &Connection) -> Result<Vec<SigningKeyRow>> {
+    let mut st = c.prepare(
+        "SELECT s.kid, s.public_key, s.private_key, s.state, d.id, d.key_version, d.binding, d.wrapped \
+         FROM signing_keys s JOIN deks d ON d.id = s.dek_id WHERE s.state != 'retired' ORDER BY s.state = 'active' DESC, s.created_at DESC",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(SigningKeyRow {
+            kid: r.get(0)?,
+            public_key: r.get(1)?,
+            private_key: r.get(2)?,
+            state: r.get(3)?,
+            dek: super::rows::DekRow {
+                id: r.get(4)?,
+                key_version: r.get(5)?,
+                binding: r.get(6)?,
+                wrapped: r.get(7)?,
+            },
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+pub fn insert_signing_key(
+    c: &Connection,
+    kid: &str,
+    public_key: &[u8],
+    dek_id: i64,
+    private_key: &[u8],
+    now: i64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO signing_keys (kid, alg, public_key, dek_id, private_key, state, created_at) VALUES (?1, 'EdDSA', ?2, ?3, ?4, 'active', ?5)",
+        params![kid, public_key, dek_id, private_key, now],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,295 @@
+//! The release of a short-lived copy of a credential to an agent.
+//!
+//! Order matters: the grant and owner are decided from the policy alone, before the
+//! connection or credential is read, so a refusal looks the same whether or not they
+//! exist. Every decision (release or refusal) is audited; a release whose audit record
+//! cannot be committed is refused (`AuditUnavailable`): audit fails closed.
+
+use serde::Serialize;
+
+use super::{new_id, Result, Vault, VaultError};
+use crate::audit::{Event, Outcome};
+use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, Owner, Scope};
+use crate::policy::{self, Principal, Refusal, ReleaseRequest};
+use crate::secret::Secret;
+use crate::store::rows;
+
+/// Why a release was refused; mapped to the contract's error codes by the API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReleaseError {
+    #[error("the agent token is invalid or the agent is disabled")]
+    InvalidToken,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the agent's policy does not permit this release")]
+    AccessDenied,
+    #[error("scopes not permitted: {}", .0.join(" "))]
+    InsufficientScope(Vec<String>),
+    #[error("no credential is connected for this owner")]
+    NotConnected,
+    #[error("the provider refused the stored grant; the owner must reconnect")]
+    ReauthRequired,
+    #[error("no token valid for the requested time is available; retry later")]
+    ProviderUnavailable { retry_after: u64 },
+    #[error("the audit trail cannot be written; nothing is released")]
+    AuditUnavailable,
+}
+
+/// The secret part of a release.
+#[derive(Debug)]
+pub enum ReleasedSecret {
+    ApiKey {
+        api_key: Secret,
+        header_name: String,
+        header_value: Secret,
+    },
+    OAuth2 {
+        access_token: Secret,
+        token_type: String,
+        scope: Vec<Scope>,
+        expires_at: Option<i64>,
+        expires_in: Option<i64>,
+    },
+}
+
+#[derive(Debug)]
+pub struct Released {
+    pub connection_id: ConnectionId,
+    pub owner: Owner,
+    pub secret: ReleasedSecret,
+    pub lease_id: String,
+    pub lease_expires_in: i64,
+}
+
+/// The inputs of one release, as audited.
+#[derive(Debug, Clone)]
+pub struct ReleaseInput {
+    pub principal: Principal,
+    pub connection: ConnectionId,
+    pub request: ReleaseRequest,
+    pub min_ttl: i64,
+    pub request_id: String,
+}
+
+#[derive(Serialize, Default)]
+struct Record<'a> {
+    agent: &'a str,
+    user: Option<&'a str>,
+    connection: &'a str,
+    owner: Option<String>,
+    scopes_requested: Vec<&'a str>,
+    scopes_granted: Vec<String>,
+    scopes_refused: Vec<String>,
+    decision: &'static str,
+    reason: &'static str,
+    lease_id: Option<String>,
+    request_id: &'a str,
+}
+
+impl Vault {
+    pub fn release(&self, input: &ReleaseInput) -> Result<Released> {
+        let p = &input.principal;
+        let mut rec = Record {
+            agent: &p.agent_id,
+            user: p.user.as_deref(),
+            connection: input.connection.as_str(),
+            scopes_requested: input.request.scopes.iter().map(|s| s.as_str()).collect(),
+            request_id: &input.request_id,
+            ..Record::default()
+        };
+        let outcome = self.decide(input, &mut rec);
+        let decision = match &outcome {
+            Ok(_) => Outcome::Ok,
+            Err(ReleaseError::ProviderUnavailable { .. }) => Outcome::Failed,
+            Err(_) => Outcome::Denied,
+        };
+        rec.decision = match decision {
+            Outcome::Ok => "allow",
+            _ => "deny",
+        };
+        let target = match &rec.owner {
+            Some(o) => format!("{}/{o}", input.connection),
+            None => input.connection.to_string(),
+        };
+        let detail = serde_json::to_value(&rec).unwrap_or_default();
+        let event = Event::new(
+            &format!("agent:{}", p.agent_id),
+            "token.release",
+            target,
+            decision,
+            detail,
+        );
+        if let Err(e) = self.audit_sink().append(event, self.clock.now_millis()) {
+            tracing::error!(error = %e, request_id = %input.request_id, "audit write failed; refusing release");
+            return Err(ReleaseError::AuditUnavailable.into());
+        }
+        outcome.map_err(VaultError::Release)
+    }
+
+    fn decide(
+        &self,
+        input: &ReleaseInput,
+        rec: &mut Record<'_>,
+    ) -> std::result::Result<Released, ReleaseError> {
+        let internal = |e: VaultError| {
+            tracing::error!(error = %e, "release failed");
+            ReleaseError::AuditUnavailable
+        };
+        let Some(agent) = self
+            .active_agent(&input.principal.agent_id)
+            .map_err(internal)?
+        else {
+            rec.reason = "agent disabled or deleted";
+            return Err(ReleaseError::InvalidToken);
+        };
+        // Until the policy decides, audit the owner the caller named (or speaks for).
+        let req = &input.request;
+        rec.owner = match (&req.user_id, &req.tenant_id, &input.principal.user) {
+            (Some(u), _, _) => Some(format!("user:{u}")),
+            (None, Some(t), _) => Some(format!("tenant:{t}")),
+            (None, None, Some(u)) => Some(format!("user:{u}")),
+            _ => None,
+        }
+        .filter(|o| Owner::parse(o).is_ok());
+        let (grant, owner) = match policy::authorize(
+            &agent.policy,
+            &input.connection,
+            &input.principal,
+            &input.request,
+        ) {
+            Ok(x) => x,
+            Err(Refusal::AccessDenied(why)) => {
+                rec.reason = why;
+                return Err(ReleaseError::AccessDenied);
+            }
+            Err(Refusal::InvalidRequest(msg)) => {
+                rec.reason = "invalid request";
+                return Err(ReleaseError::InvalidRequest(msg));
+            }
+        };
+        rec.owner = Some(owner.to_string());
+        let (conn, cred) = self
+            .store
+            .read(|c| {
+                Ok::<_, VaultError>((
+                    rows::get_connection(c, input.connection.as_str())?,
+                    rows::get_credential(c, input.connection.as_str(), &owner.to_string())?,
+                ))
+            })
+            .map_err(internal)?;
+        let Some(conn) = conn else {
+            // A grant naming a connection that does not exist: same answer as no grant.
+            rec.reason = "no grant for this connection";
+            return Err(ReleaseError::AccessDenied);
+        };
+        let spec: ConnectionSpec = serde_json::from_str(&conn.spec)
+            .map_err(|e| internal(VaultError::Integrity(e.to_string())))?;
+        let Some(cred) = cred else {
+            rec.reason = "not connected";
+            return Err(ReleaseError::NotConnected);
+        };
+        match cred.meta.status.as_str() {
+            "active" => {}
+            "needs_reauth" => {
+                rec.reason = "needs reauthorization";
+                return Err(ReleaseError::ReauthRequired);
+            }
+            _ => {
+                rec.reason = "credential revoked";
+                return Err(ReleaseError::NotConnected);
+            }
+        }
+        let opened = self.open_credential_row(cred).map_err(internal)?;
+        let now = self.clock.now();
+        let (held, remaining) = match &opened.secret {
+            CredentialSecret::ApiKey(_) => (None, None),
+            CredentialSecret::OAuth2 {
+                scopes, expires_at, ..
+            } => (
+                (!scopes.is_empty()).then_some(scopes.as_slice()),
+                expires_at.map(|e| e - now),
+            ),
+        };
+        let scopes = match policy::release_scopes(
+            grant,
+            &input.request.scopes,
+            held,
+            &spec.scope_roles,
+            &input.principal.roles,
+        ) {
+            Ok(s) => s,
+            Err(refused) => {
+                rec.reason = "scope not permitted";
+                rec.scopes_refused = refused.iter().map(|s| s.as_str().to_owned()).collect();
+                return Err(ReleaseError::InsufficientScope(rec.scopes_refused.clone()));
+            }
+        };
+        rec.scopes_granted = scopes.iter().map(|s| s.as_str().to_owned()).collect();
+        if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
+            // Refresh arrives with the OAuth lifecycle (issue 4); until then, no token.
+            rec.reason = "token expires before min_ttl";
+            return Err(ReleaseError::ProviderUnavailable { retry_after: 30 });
+        }
+        let lease_expires_in = policy::lease_ttl(grant, remaining);
+        let lease_id = new_id("lease_").map_err(internal)?;
+        rec.reason = "granted";
+        rec.lease_id = Some(lease_id.clone());
+        let secret = match opened.secret {
+            CredentialSecret::ApiKey(k) => {
+                let api = spec.api_key.as_ref().ok_or_else(|| {
+                    internal(VaultError::Integrity(
+                        "api_key connection without presentation".into(),
+                    ))
+                })?;
+                let value = Secret::new(api.format.replace("{key}", k.expose()));
+                ReleasedSecret::ApiKey {
+                    api_key: k,
+                    header_name: api.header.clone(),
+                    header_value: value,
+                }
+            }
+            CredentialSecret::OAuth2 {
+                access_token,
+                token_type,
+                expires_at,
+                ..
+            } => ReleasedSecret::OAuth2 {
+                access_token,
+                token_type,
+                scope: scopes,
+                expires_at,
+                expires_in: remaining,
+            },
+        };
+        Ok(Released {
+            connection_id: input.connection.clone(),
+            owner,
+            secret,
+            lease_id,
+            lease_expires_in,
+        })
+    }
+
+    /// Audits an agent-token decision at the token endpoint (issue or refusal).
+    pub fn audit_token_decision(
+        &self,
+        agent: &str,
+        action: &'static str,
+        outcome: Outcome,
+        detail: serde_json::Value,
+    ) -> Result<()> {
+        let event = Event::new(&format!("agent:{agent}"), action, agent, outcome, detail);
+        self.audit_sink()
+            .append(event, self.clock.now_millis())
+            .map(|_| ())
+            .map_err(|e| {
+                tracing::error!(error = %e, "audit write failed");
+                VaultError::Release(ReleaseError::AuditUnavailable)
+            })
+    }
+
+    /// Audit records, newest last, with the admin API's filters.
+    pub fn audit_query(&self, q: &crate::store::audit::Query) -> Result<Vec<crate::audit::Record>> {
+        Ok(self.store.read(|c| crate::store::audit::query(c, q))?)
+    }
+}
