@@ -32,22 +32,14 @@ fn main() {
 
 fn crypto_only() {
     let mk = MasterKey::generate(1).expect("key");
-    let b = Binding::new(
-        "credential",
-        "crm",
-        "user:alice",
-        "cred_0123456789abcdef",
-        1,
-    );
+    let b = Binding::new("credential", "crm", "user:alice", "cred_0123456789abcdef", 1);
     let dek = Dek::generate().expect("dek");
     let wrapped = mk.wrap(&dek, &b).expect("wrap");
     let sealed = dek.seal(&[b'x'; 64], &b, "api_key").expect("seal");
     let iters = 200_000u32;
     let t = Instant::now();
     for _ in 0..iters {
-        let d = mk
-            .unwrap(std::hint::black_box(&wrapped), &b)
-            .expect("unwrap");
+        let d = mk.unwrap(std::hint::black_box(&wrapped), &b).expect("unwrap");
         std::hint::black_box(d.open(&sealed, &b, "api_key").expect("open"));
     }
     let per = t.elapsed() / iters;
@@ -59,35 +51,22 @@ fn crypto_only() {
     }
     let per_seal = t.elapsed() / iters;
     println!("| operation | µs |\n|---|---:|");
-    println!(
-        "| unwrap DEK + decrypt 64-byte secret | {:.2} |",
-        per.as_secs_f64() * 1e6
-    );
-    println!(
-        "| new DEK + wrap + encrypt 64-byte secret | {:.2} |",
-        per_seal.as_secs_f64() * 1e6
-    );
+    println!("| unwrap DEK + decrypt 64-byte secret | {:.2} |", per.as_secs_f64() * 1e6);
+    println!("| new DEK + wrap + encrypt 64-byte secret | {:.2} |", per_seal.as_secs_f64() * 1e6);
 }
 
 fn rotate_at(n: usize) {
-    let dir = tempfile::tempdir_in(
-        std::env::var("LATCHKEY_BENCH_DIR")
-            .unwrap_or_else(|_| std::env::temp_dir().display().to_string()),
-    )
-    .expect("tempdir");
+    let dir = tempfile::tempdir_in(std::env::var("LATCHKEY_BENCH_DIR").unwrap_or_else(|_| std::env::temp_dir().display().to_string()))
+        .expect("tempdir");
     let actor = Actor::Cli("bench".into());
-    let vault = Vault::init(
-        &dir.path().join("data"),
-        &dir.path().join("keys"),
-        None,
-        Clock::system(),
-        &actor,
-    )
-    .expect("init")
-    .vault;
+    let vault = Vault::init(&dir.path().join("data"), &dir.path().join("keys"), None, Clock::system(), &actor).expect("init").vault;
     let conn = ConnectionId::parse("svc").expect("id");
     vault
-        .create_connection(&actor, NewConnection::from_json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}})).expect("spec"))
+        .create_connection(
+            &actor,
+            NewConnection::from_json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}}))
+                .expect("spec"),
+        )
         .expect("connection");
     let t = Instant::now();
     let chunk = 20_000;
@@ -95,15 +74,11 @@ fn rotate_at(n: usize) {
     while i < n {
         let items = (i..(i + chunk).min(n))
             .map(|k| {
-                let input = CredentialInput::api_key(Secret::new(format!(
-                    "sk-live-{k:012}-abcdefghijklmnop"
-                )));
+                let input = CredentialInput::api_key(Secret::new(format!("sk-live-{k:012}-abcdefghijklmnop")));
                 (Owner::parse(&format!("user:u{k}")).expect("owner"), input)
             })
             .collect();
-        vault
-            .import_credentials(&actor, &conn, items)
-            .expect("import");
+        vault.import_credentials(&actor, &conn, items).expect("import");
         i += chunk;
     }
     let seed = t.elapsed();
@@ -117,12 +92,7 @@ fn rotate_at(n: usize) {
             x ^= x << 17;
             let owner = Owner::parse(&format!("user:u{}", x % n as u64)).expect("owner");
             let t = Instant::now();
-            std::hint::black_box(
-                vault
-                    .open_credential(&conn, &owner)
-                    .expect("open")
-                    .expect("present"),
-            );
+            std::hint::black_box(vault.open_credential(&conn, &owner).expect("open").expect("present"));
             t.elapsed()
         })
         .collect();
@@ -130,15 +100,10 @@ fn rotate_at(n: usize) {
     let p50 = samples[samples.len() / 2];
 
     let t = Instant::now();
-    let report = vault
-        .rotate_keys(&actor, DEFAULT_ROTATE_BATCH, &mut |_| {})
-        .expect("rotate");
+    let report = vault.rotate_keys(&actor, DEFAULT_ROTATE_BATCH, &mut |_| {}).expect("rotate");
     let rotate = t.elapsed();
     assert_eq!(report.rewrapped as usize, n);
-    let size = std::fs::metadata(dir.path().join("data/latchkey.db"))
-        .map(|m| m.len())
-        .unwrap_or(0) as f64
-        / (1024.0 * 1024.0);
+    let size = std::fs::metadata(dir.path().join("data/latchkey.db")).map(|m| m.len()).unwrap_or(0) as f64 / (1024.0 * 1024.0);
     println!(
         "| {n} | {:.1} | {:.1} | {:.2} | {:.0} | {size:.0} |",
         seed.as_secs_f64(),

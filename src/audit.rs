@@ -41,20 +41,8 @@ impl Outcome {
 }
 
 impl Event {
-    pub fn new(
-        actor: &str,
-        action: &'static str,
-        target: impl Into<String>,
-        outcome: Outcome,
-        detail: serde_json::Value,
-    ) -> Self {
-        Event {
-            actor: actor.to_owned(),
-            action,
-            target: target.into(),
-            outcome,
-            detail,
-        }
+    pub fn new(actor: &str, action: &'static str, target: impl Into<String>, outcome: Outcome, detail: serde_json::Value) -> Self {
+        Event { actor: actor.to_owned(), action, target: target.into(), outcome, detail }
     }
 }
 
@@ -113,11 +101,7 @@ pub struct Verifier {
 
 impl Default for Verifier {
     fn default() -> Self {
-        Verifier {
-            prev_seq: 0,
-            prev_hash: GENESIS.to_vec(),
-            checked: 0,
-        }
+        Verifier { prev_seq: 0, prev_hash: GENESIS.to_vec(), checked: 0 }
     }
 }
 
@@ -130,16 +114,7 @@ impl Verifier {
         if r.prev_hash != self.prev_hash {
             return fail("prev_hash does not match the previous record's hash");
         }
-        let h = chain_hash(
-            r.seq,
-            r.ts_ms,
-            &r.actor,
-            &r.action,
-            &r.target,
-            &r.outcome,
-            &r.detail,
-            &r.prev_hash,
-        );
+        let h = chain_hash(r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &r.prev_hash);
         if r.hash != h {
             return fail("the record's content does not match its hash (modified)");
         }
@@ -193,9 +168,6 @@ mod tests {
 
         let mut v = Verifier::default();
         v.check(&a).unwrap();
-        assert_eq!(
-            v.check(&c).unwrap_err().reason,
-            "a record is missing before this one (sequence gap)"
-        );
+        assert_eq!(v.check(&c).unwrap_err().reason, "a record is missing before this one (sequence gap)");
     }
 }

@@ -4,10 +4,7 @@
 //! `vault` (the service: rules, sealing, audit), `store` (SQLite, ciphertext only),
 //! `keys` (key files and the key ring) and `crypto` (pure primitives, no I/O).
 #![forbid(unsafe_code)]
-#![cfg_attr(
-    not(test),
-    deny(clippy::unwrap_used, clippy::expect_used, clippy::panic)
-)]
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used, clippy::panic))]
 
 pub mod api;
 pub mod audit;

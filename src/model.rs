@@ -50,9 +50,7 @@ impl ConnectionId {
         let b = s.as_bytes();
         let ok = (1..=63).contains(&b.len())
             && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
-            && b.iter().all(|c| {
-                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-')
-            });
+            && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, b'.' | b'_' | b'-'));
         if ok {
             Ok(ConnectionId(s.to_owned()))
         } else {
@@ -81,9 +79,12 @@ pub struct AgentId(String);
 
 impl AgentId {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        ConnectionId::parse(s)
-            .map(|c| AgentId(c.0))
-            .map_err(|_| ValidationError(format!("invalid agent id '{}': use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit", preview(s))))
+        ConnectionId::parse(s).map(|c| AgentId(c.0)).map_err(|_| {
+            ValidationError(format!(
+                "invalid agent id '{}': use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit",
+                preview(s)
+            ))
+        })
     }
 
     pub fn as_str(&self) -> &str {
@@ -115,26 +116,15 @@ impl Owner {
         let (kind, id) = match s.split_once(':') {
             Some(("user", id)) => (OwnerKind::User, id),
             Some(("tenant", id)) => (OwnerKind::Tenant, id),
-            _ => {
-                return invalid(format!(
-                    "invalid owner '{}': expected 'user:<id>' or 'tenant:<id>'",
-                    preview(s)
-                ))
-            }
+            _ => return invalid(format!("invalid owner '{}': expected 'user:<id>' or 'tenant:<id>'", preview(s))),
         };
         Self::new(kind, id)
     }
 
     pub fn new(kind: OwnerKind, id: &str) -> Result<Self, ValidationError> {
-        let ok = (1..=128).contains(&id.len())
-            && id
-                .bytes()
-                .all(|c| (0x21..=0x7e).contains(&c) && !matches!(c, b'/' | b'?' | b'#' | b'%'));
+        let ok = (1..=128).contains(&id.len()) && id.bytes().all(|c| (0x21..=0x7e).contains(&c) && !matches!(c, b'/' | b'?' | b'#' | b'%'));
         if ok {
-            Ok(Owner {
-                kind,
-                id: id.to_owned(),
-            })
+            Ok(Owner { kind, id: id.to_owned() })
         } else {
             invalid(format!(
                 "invalid owner id '{}': use 1-128 printable ASCII characters without '/', '?', '#', '%' or spaces",
@@ -175,9 +165,7 @@ pub struct Scope(String);
 
 impl Scope {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
-        let ok = (1..=256).contains(&s.len())
-            && s.bytes()
-                .all(|c| c == 0x21 || (0x23..=0x5b).contains(&c) || (0x5d..=0x7e).contains(&c));
+        let ok = (1..=256).contains(&s.len()) && s.bytes().all(|c| c == 0x21 || (0x23..=0x5b).contains(&c) || (0x5d..=0x7e).contains(&c));
         if ok {
             Ok(Scope(s.to_owned()))
         } else {
@@ -191,11 +179,7 @@ impl Scope {
 
     /// Parses a space-separated scope string; empty input gives no scopes.
     pub fn parse_list(s: &str) -> Result<Vec<Scope>, ValidationError> {
-        let mut out: Vec<Scope> = s
-            .split(' ')
-            .filter(|p| !p.is_empty())
-            .map(Scope::parse)
-            .collect::<Result<_, _>>()?;
+        let mut out: Vec<Scope> = s.split(' ').filter(|p| !p.is_empty()).map(Scope::parse).collect::<Result<_, _>>()?;
         out.sort();
         out.dedup();
         Ok(out)
@@ -315,33 +299,25 @@ impl NewConnection {
         if client_secret.is_some() && spec.kind != ConnectionKind::Oauth2 {
             return invalid("client_secret is only valid for oauth2 connections");
         }
-        Ok(NewConnection {
-            spec,
-            client_secret,
-        })
+        Ok(NewConnection { spec, client_secret })
     }
 }
 
 /// Removes `oauth2.client_secret` from a JSON body, as a [`Secret`].
-pub fn take_client_secret(
-    value: &mut serde_json::Value,
-) -> Result<Option<Secret>, ValidationError> {
+pub fn take_client_secret(value: &mut serde_json::Value) -> Result<Option<Secret>, ValidationError> {
     let Some(oauth2) = value.get_mut("oauth2").and_then(|o| o.as_object_mut()) else {
         return Ok(None);
     };
     match oauth2.remove("client_secret") {
         None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) if (1..=4096).contains(&s.len()) => {
-            Ok(Some(Secret::new(s)))
-        }
+        Some(serde_json::Value::String(s)) if (1..=4096).contains(&s.len()) => Ok(Some(Secret::new(s))),
         Some(_) => invalid("oauth2.client_secret must be a string of 1-4096 characters"),
     }
 }
 
 impl ConnectionSpec {
     pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let spec: ConnectionSpec = serde_json::from_value(value)
-            .map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
+        let spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
         spec.validate()?;
         Ok(spec)
     }
@@ -359,40 +335,26 @@ impl ConnectionSpec {
         }
         for (scope, roles) in &self.scope_roles {
             if roles.is_empty() {
-                return invalid(format!(
-                    "scope_roles.{}: list at least one role",
-                    scope.as_str()
-                ));
+                return invalid(format!("scope_roles.{}: list at least one role", scope.as_str()));
             }
             for r in roles {
                 if !(1..=128).contains(&r.len()) || !r.bytes().all(|c| (0x21..=0x7e).contains(&c)) {
-                    return invalid(format!(
-                        "scope_roles.{}: invalid role '{}'",
-                        scope.as_str(),
-                        preview(r)
-                    ));
+                    return invalid(format!("scope_roles.{}: invalid role '{}'", scope.as_str(), preview(r)));
                 }
             }
         }
         match (self.kind, &self.oauth2, &self.api_key) {
             (ConnectionKind::Oauth2, Some(o), None) => o.validate(self.provider.is_some()),
             (ConnectionKind::ApiKey, None, Some(a)) => a.validate(),
-            (ConnectionKind::Oauth2, _, _) => {
-                invalid("an oauth2 connection needs an 'oauth2' object and no 'api_key' object")
-            }
-            (ConnectionKind::ApiKey, _, _) => {
-                invalid("an api_key connection needs an 'api_key' object and no 'oauth2' object")
-            }
+            (ConnectionKind::Oauth2, _, _) => invalid("an oauth2 connection needs an 'oauth2' object and no 'api_key' object"),
+            (ConnectionKind::ApiKey, _, _) => invalid("an api_key connection needs an 'api_key' object and no 'oauth2' object"),
         }
     }
 }
 
 impl OAuth2Spec {
     fn validate(&self, has_provider: bool) -> Result<(), ValidationError> {
-        if self.client_id.is_empty()
-            || self.client_id.len() > 512
-            || !self.client_id.bytes().all(|c| (0x20..=0x7e).contains(&c))
-        {
+        if self.client_id.is_empty() || self.client_id.len() > 512 || !self.client_id.bytes().all(|c| (0x20..=0x7e).contains(&c)) {
             return invalid("oauth2.client_id must be 1-512 printable ASCII characters");
         }
         for (name, url) in [
@@ -412,24 +374,13 @@ impl OAuth2Spec {
         if !explicit && self.discovery_url.is_none() && !has_provider {
             return invalid("oauth2 needs 'authorization_endpoint' and 'token_endpoint', or 'discovery_url', or a 'provider'");
         }
-        const RESERVED: [&str; 7] = [
-            "response_type",
-            "client_id",
-            "redirect_uri",
-            "state",
-            "scope",
-            "code_challenge",
-            "code_challenge_method",
-        ];
+        const RESERVED: [&str; 7] =
+            ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
         for (k, v) in &self.extra_authorize_params {
             if RESERVED.contains(&k.as_str()) {
                 return invalid(format!("extra_authorize_params may not set '{k}'"));
             }
-            if k.is_empty()
-                || k.len() > 128
-                || v.len() > 1024
-                || k.chars().chain(v.chars()).any(char::is_control)
-            {
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.chars().chain(v.chars()).any(char::is_control) {
                 return invalid("extra_authorize_params: keys 1-128 and values up to 1024 characters, no control characters");
             }
         }
@@ -439,15 +390,12 @@ impl OAuth2Spec {
 
 /// URLs must be absolute https; plain http only for loopback (local providers, tests).
 fn check_url(field: &str, raw: &str) -> Result<(), ValidationError> {
-    let url = url::Url::parse(raw)
-        .map_err(|_| ValidationError(format!("oauth2.{field}: not an absolute URL")))?;
+    let url = url::Url::parse(raw).map_err(|_| ValidationError(format!("oauth2.{field}: not an absolute URL")))?;
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
-        _ => invalid(format!(
-            "oauth2.{field}: must use https (http only for localhost)"
-        )),
+        _ => invalid(format!("oauth2.{field}: must use https (http only for localhost)")),
     }
 }
 
@@ -457,9 +405,7 @@ impl ApiKeySpec {
         if self.header.is_empty() || self.header.len() > 128 || !self.header.bytes().all(token) {
             return invalid("api_key.header must be a valid HTTP header name");
         }
-        if self.format.matches("{key}").count() != 1
-            || self.format.len() > 512
-            || !self.format.bytes().all(|c| (0x20..=0x7e).contains(&c))
+        if self.format.matches("{key}").count() != 1 || self.format.len() > 512 || !self.format.bytes().all(|c| (0x20..=0x7e).contains(&c))
         {
             return invalid("api_key.format must contain '{key}' exactly once, in printable ASCII (e.g. 'Bearer {key}')");
         }
@@ -484,13 +430,7 @@ pub struct CredentialInput {
 #[derive(Debug)]
 pub enum CredentialSecret {
     ApiKey(Secret),
-    OAuth2 {
-        access_token: Secret,
-        refresh_token: Option<Secret>,
-        expires_at: Option<i64>,
-        scopes: Vec<Scope>,
-        token_type: String,
-    },
+    OAuth2 { access_token: Secret, refresh_token: Option<Secret>, expires_at: Option<i64>, scopes: Vec<Scope>, token_type: String },
 }
 
 const MAX_SECRET_LEN: usize = 16 * 1024;
@@ -510,11 +450,7 @@ impl CredentialInput {
     }
 
     /// Validates the body against the connection's kind; `now` resolves `expires_in`.
-    pub fn into_secret(
-        self,
-        kind: ConnectionKind,
-        now: i64,
-    ) -> Result<CredentialSecret, ValidationError> {
+    pub fn into_secret(self, kind: ConnectionKind, now: i64) -> Result<CredentialSecret, ValidationError> {
         let check = |name: &str, s: &Secret| {
             if s.is_empty() || s.len() > MAX_SECRET_LEN {
                 invalid(format!("{name} must be 1-{MAX_SECRET_LEN} bytes"))
@@ -540,9 +476,7 @@ impl CredentialInput {
             }
             ConnectionKind::Oauth2 => {
                 if self.api_key.is_some() {
-                    return invalid(
-                        "an oauth2 connection takes an OAuth token import, not 'api_key'",
-                    );
+                    return invalid("an oauth2 connection takes an OAuth token import, not 'api_key'");
                 }
                 let Some(access_token) = self.access_token else {
                     return invalid("access_token is required for an oauth2 credential");
@@ -552,13 +486,9 @@ impl CredentialInput {
                     check("refresh_token", r)?;
                 }
                 let expires_at = match (self.expires_in, self.expires_at) {
-                    (Some(_), Some(_)) => {
-                        return invalid("give expires_in or expires_at, not both")
-                    }
+                    (Some(_), Some(_)) => return invalid("give expires_in or expires_at, not both"),
                     (Some(s), None) if (1..=10 * 365 * 86_400).contains(&s) => Some(now + s),
-                    (Some(_), None) => {
-                        return invalid("expires_in must be between 1 second and 10 years")
-                    }
+                    (Some(_), None) => return invalid("expires_in must be between 1 second and 10 years"),
                     (None, Some(t)) if t > now => Some(t),
                     (None, Some(_)) => return invalid("expires_at (unix seconds) is in the past"),
                     (None, None) => None,
@@ -567,19 +497,11 @@ impl CredentialInput {
                 let token_type = self.token_type.unwrap_or_else(|| "Bearer".to_owned());
                 if token_type.is_empty()
                     || token_type.len() > 32
-                    || !token_type
-                        .bytes()
-                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                    || !token_type.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
                 {
                     return invalid("token_type must be a short word such as 'Bearer'");
                 }
-                Ok(CredentialSecret::OAuth2 {
-                    access_token,
-                    refresh_token: self.refresh_token,
-                    expires_at,
-                    scopes,
-                    token_type,
-                })
+                Ok(CredentialSecret::OAuth2 { access_token, refresh_token: self.refresh_token, expires_at, scopes, token_type })
             }
         }
     }
@@ -619,31 +541,14 @@ mod tests {
         for ok in ["a", "google-calendar", "crm.v2", "0_x", &"a".repeat(63)] {
             assert!(ConnectionId::parse(ok).is_ok(), "{ok}");
         }
-        for bad in [
-            "",
-            "../x",
-            "A",
-            "-a",
-            ".a",
-            "a/b",
-            "a b",
-            "é",
-            &"a".repeat(64),
-            &"a".repeat(5000),
-        ] {
+        for bad in ["", "../x", "A", "-a", ".a", "a/b", "a b", "é", &"a".repeat(64), &"a".repeat(5000)] {
             assert!(ConnectionId::parse(bad).is_err(), "{bad}");
         }
     }
 
     #[test]
     fn owners() {
-        for ok in [
-            "user:alice",
-            "tenant:acme",
-            "user:auth0|abc123",
-            "user:a@b.example",
-            &format!("user:{}", "x".repeat(128)),
-        ] {
+        for ok in ["user:alice", "tenant:acme", "user:auth0|abc123", "user:a@b.example", &format!("user:{}", "x".repeat(128))] {
             assert_eq!(Owner::parse(ok).unwrap().to_string(), ok);
         }
         for bad in [
@@ -664,22 +569,23 @@ mod tests {
 
     #[test]
     fn scopes() {
-        assert_eq!(
-            Scope::parse_list("b a  a").unwrap(),
-            vec![Scope::parse("a").unwrap(), Scope::parse("b").unwrap()]
-        );
+        assert_eq!(Scope::parse_list("b a  a").unwrap(), vec![Scope::parse("a").unwrap(), Scope::parse("b").unwrap()]);
         assert!(Scope::parse("a\"b").is_err());
         assert!(Scope::parse("https://www.googleapis.com/auth/calendar.readonly").is_ok());
     }
 
     #[test]
     fn connection_bodies() {
-        let c = NewConnection::from_json(json!({"id": "internal-reporting", "kind": "api_key", "api_key": {"header": "X-API-Key", "format": "{key}"}})).unwrap();
+        let c = NewConnection::from_json(
+            json!({"id": "internal-reporting", "kind": "api_key", "api_key": {"header": "X-API-Key", "format": "{key}"}}),
+        )
+        .unwrap();
         assert_eq!(c.spec.kind, ConnectionKind::ApiKey);
         let c = NewConnection::from_json(json!({"id": "crm", "kind": "oauth2", "oauth2": {
             "authorization_endpoint": "https://crm.example/authorize", "token_endpoint": "https://crm.example/token",
             "client_id": "abc", "client_secret": "shh", "scopes": ["crm:read"], "token_endpoint_auth_method": "client_secret_post"},
-            "scope_roles": {"crm:write": ["sales-admin"]}})).unwrap();
+            "scope_roles": {"crm:write": ["sales-admin"]}}))
+        .unwrap();
         assert_eq!(c.client_secret.unwrap().expose(), "shh");
         assert!(c.spec.oauth2.unwrap().pkce);
         let bad = [
@@ -702,18 +608,11 @@ mod tests {
     fn credential_bodies() {
         let now = 1_000;
         let k = CredentialInput::api_key(Secret::new("k".into()));
-        assert!(matches!(
-            k.into_secret(ConnectionKind::ApiKey, now).unwrap(),
-            CredentialSecret::ApiKey(_)
-        ));
-        let t: CredentialInput = serde_json::from_value(
-            json!({"access_token": "a", "refresh_token": "r", "expires_in": 3600, "scope": "x y"}),
-        )
-        .unwrap();
+        assert!(matches!(k.into_secret(ConnectionKind::ApiKey, now).unwrap(), CredentialSecret::ApiKey(_)));
+        let t: CredentialInput =
+            serde_json::from_value(json!({"access_token": "a", "refresh_token": "r", "expires_in": 3600, "scope": "x y"})).unwrap();
         match t.into_secret(ConnectionKind::Oauth2, now).unwrap() {
-            CredentialSecret::OAuth2 {
-                expires_at, scopes, ..
-            } => {
+            CredentialSecret::OAuth2 { expires_at, scopes, .. } => {
                 assert_eq!(expires_at, Some(4_600));
                 assert_eq!(scopes.len(), 2);
             }
@@ -721,21 +620,14 @@ mod tests {
         }
         let t: CredentialInput = serde_json::from_value(json!({"access_token": "a"})).unwrap();
         assert!(t.into_secret(ConnectionKind::ApiKey, now).is_err());
-        let t: CredentialInput =
-            serde_json::from_value(json!({"access_token": "a", "expires_at": 10})).unwrap();
+        let t: CredentialInput = serde_json::from_value(json!({"access_token": "a", "expires_at": 10})).unwrap();
         assert!(t.into_secret(ConnectionKind::Oauth2, now).is_err());
         assert!(serde_json::from_value::<CredentialInput>(json!({"apikey": "a"})).is_err());
     }
 
     #[test]
     fn serde_errors_do_not_echo_values() {
-        let e = serde_json::from_str::<CredentialInput>(r#"{"expires_in": "sekrit"}"#)
-            .unwrap_err()
-            .to_string();
-        assert!(
-            !clean_serde_error(&e).contains("sekrit"),
-            "{}",
-            clean_serde_error(&e)
-        );
+        let e = serde_json::from_str::<CredentialInput>(r#"{"expires_in": "sekrit"}"#).unwrap_err().to_string();
+        assert!(!clean_serde_error(&e).contains("sekrit"), "{}", clean_serde_error(&e));
     }
 }

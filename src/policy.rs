@@ -51,30 +51,19 @@ pub enum OwnerRule {
 
 impl Policy {
     pub fn from_json(value: serde_json::Value) -> Result<Policy, ValidationError> {
-        let p: Policy = serde_json::from_value(value).map_err(|e| {
-            ValidationError(format!(
-                "invalid policy: {}",
-                crate::model::clean_serde_error(&e.to_string())
-            ))
-        })?;
+        let p: Policy = serde_json::from_value(value)
+            .map_err(|e| ValidationError(format!("invalid policy: {}", crate::model::clean_serde_error(&e.to_string()))))?;
         if p.grants.len() > MAX_GRANTS {
-            return Err(ValidationError(format!(
-                "a policy holds at most {MAX_GRANTS} grants"
-            )));
+            return Err(ValidationError(format!("a policy holds at most {MAX_GRANTS} grants")));
         }
         let mut seen = std::collections::BTreeSet::new();
         for g in &p.grants {
             if !seen.insert(&g.connection) {
-                return Err(ValidationError(format!(
-                    "two grants for connection '{}'; merge them into one",
-                    g.connection
-                )));
+                return Err(ValidationError(format!("two grants for connection '{}'; merge them into one", g.connection)));
             }
             if let Some(t) = g.max_ttl {
                 if !(1..=MAX_TTL).contains(&t) {
-                    return Err(ValidationError(format!(
-                        "max_ttl must be between 1 and {MAX_TTL} seconds"
-                    )));
+                    return Err(ValidationError(format!("max_ttl must be between 1 and {MAX_TTL} seconds")));
                 }
             }
         }
@@ -119,34 +108,20 @@ pub fn authorize<'p>(
     who: &Principal,
     req: &ReleaseRequest,
 ) -> Result<(&'p Grant, Owner), Refusal> {
-    let grant = policy
-        .grant_for(connection)
-        .ok_or(Refusal::AccessDenied("no grant for this connection"))?;
+    let grant = policy.grant_for(connection).ok_or(Refusal::AccessDenied("no grant for this connection"))?;
     let deny = |why| Err(Refusal::AccessDenied(why));
     let (kind, id) = match (&req.user_id, &req.tenant_id, grant.owners) {
-        (Some(_), Some(_), _) => {
-            return Err(Refusal::InvalidRequest(
-                "give user_id or tenant_id, not both".into(),
-            ))
-        }
+        (Some(_), Some(_), _) => return Err(Refusal::InvalidRequest("give user_id or tenant_id, not both".into())),
         (Some(u), None, OwnerRule::Any) => (OwnerKind::User, u.clone()),
-        (Some(u), None, OwnerRule::SelfOnly) if who.user.as_ref() == Some(u) => {
-            (OwnerKind::User, u.clone())
-        }
+        (Some(u), None, OwnerRule::SelfOnly) if who.user.as_ref() == Some(u) => (OwnerKind::User, u.clone()),
         (Some(_), None, _) => return deny("the grant does not allow naming this user"),
         (None, Some(t), OwnerRule::Any) => (OwnerKind::Tenant, t.clone()),
-        (None, Some(t), OwnerRule::SelfOnly | OwnerRule::Tenant)
-            if who.tenant.as_ref() == Some(t) =>
-        {
-            (OwnerKind::Tenant, t.clone())
-        }
+        (None, Some(t), OwnerRule::SelfOnly | OwnerRule::Tenant) if who.tenant.as_ref() == Some(t) => (OwnerKind::Tenant, t.clone()),
         (None, Some(_), _) => return deny("the grant does not allow naming this tenant"),
         (None, None, OwnerRule::SelfOnly | OwnerRule::Any) => match &who.user {
             Some(u) => (OwnerKind::User, u.clone()),
             None if grant.owners == OwnerRule::Any => {
-                return Err(Refusal::InvalidRequest(
-                    "name the owner with user_id or tenant_id".into(),
-                ))
+                return Err(Refusal::InvalidRequest("name the owner with user_id or tenant_id".into()))
             }
             None => return deny("the token speaks for no user"),
         },
@@ -171,9 +146,7 @@ pub fn release_scopes(
     let allowed = |s: &Scope| {
         grant.scopes.as_ref().is_none_or(|g| g.contains(s))
             && credential_scopes.is_none_or(|c| c.contains(s))
-            && scope_roles
-                .get(s)
-                .is_none_or(|need| need.iter().any(|r| roles.contains(r)))
+            && scope_roles.get(s).is_none_or(|need| need.iter().any(|r| roles.contains(r)))
     };
     if requested.is_empty() {
         // Nothing asked: everything the credential holds that this caller may have.
@@ -227,36 +200,20 @@ mod tests {
         }
     }
     fn service() -> Principal {
-        Principal {
-            agent_id: "svc".into(),
-            user: None,
-            tenant: None,
-            roles: vec![],
-        }
+        Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![] }
     }
     fn req(user: Option<&str>, tenant: Option<&str>) -> ReleaseRequest {
-        ReleaseRequest {
-            scopes: vec![],
-            user_id: user.map(Into::into),
-            tenant_id: tenant.map(Into::into),
-        }
+        ReleaseRequest { scopes: vec![], user_id: user.map(Into::into), tenant_id: tenant.map(Into::into) }
     }
 
     #[test]
     fn parse_rejects_bad_policies() {
+        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "everyone"}]})).is_err());
+        assert!(Policy::from_json(json!({"grants": [{"connection": "../x", "owners": "self"}]})).is_err());
+        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self", "max_ttl": 0}]})).is_err());
         assert!(
-            Policy::from_json(json!({"grants": [{"connection": "x", "owners": "everyone"}]}))
-                .is_err()
+            Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err()
         );
-        assert!(
-            Policy::from_json(json!({"grants": [{"connection": "../x", "owners": "self"}]}))
-                .is_err()
-        );
-        assert!(Policy::from_json(
-            json!({"grants": [{"connection": "x", "owners": "self", "max_ttl": 0}]})
-        )
-        .is_err());
-        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err());
         assert!(Policy::from_json(json!({"grants": [], "extra": 1})).is_err());
         assert_eq!(Policy::from_json(json!({})).unwrap(), Policy::default());
     }
@@ -265,58 +222,22 @@ mod tests {
     fn deny_by_default_and_unknown_connection_look_alike() {
         let p = policy(json!({"grants": [{"connection": "cal", "owners": "self"}]}));
         assert_eq!(
-            authorize(
-                &p,
-                &conn("mail"),
-                &user("alice", None, &[]),
-                &req(None, None)
-            )
-            .unwrap_err(),
+            authorize(&p, &conn("mail"), &user("alice", None, &[]), &req(None, None)).unwrap_err(),
             Refusal::AccessDenied("no grant for this connection")
         );
-        assert!(authorize(
-            &Policy::default(),
-            &conn("cal"),
-            &user("alice", None, &[]),
-            &req(None, None)
-        )
-        .is_err());
+        assert!(authorize(&Policy::default(), &conn("cal"), &user("alice", None, &[]), &req(None, None)).is_err());
     }
 
     #[test]
     fn self_grants_release_only_the_token_user() {
         let p = policy(json!({"grants": [{"connection": "cal", "owners": "self"}]}));
         let alice = user("alice", Some("acme"), &[]);
-        assert_eq!(
-            authorize(&p, &conn("cal"), &alice, &req(None, None))
-                .unwrap()
-                .1
-                .to_string(),
-            "user:alice"
-        );
-        assert_eq!(
-            authorize(&p, &conn("cal"), &alice, &req(Some("alice"), None))
-                .unwrap()
-                .1
-                .to_string(),
-            "user:alice"
-        );
-        assert!(matches!(
-            authorize(&p, &conn("cal"), &alice, &req(Some("bob"), None)),
-            Err(Refusal::AccessDenied(_))
-        ));
-        assert!(matches!(
-            authorize(&p, &conn("cal"), &service(), &req(None, None)),
-            Err(Refusal::AccessDenied(_))
-        ));
+        assert_eq!(authorize(&p, &conn("cal"), &alice, &req(None, None)).unwrap().1.to_string(), "user:alice");
+        assert_eq!(authorize(&p, &conn("cal"), &alice, &req(Some("alice"), None)).unwrap().1.to_string(), "user:alice");
+        assert!(matches!(authorize(&p, &conn("cal"), &alice, &req(Some("bob"), None)), Err(Refusal::AccessDenied(_))));
+        assert!(matches!(authorize(&p, &conn("cal"), &service(), &req(None, None)), Err(Refusal::AccessDenied(_))));
         // Its own tenant is allowed under self; another tenant is not.
-        assert_eq!(
-            authorize(&p, &conn("cal"), &alice, &req(None, Some("acme")))
-                .unwrap()
-                .1
-                .to_string(),
-            "tenant:acme"
-        );
+        assert_eq!(authorize(&p, &conn("cal"), &alice, &req(None, Some("acme"))).unwrap().1.to_string(), "tenant:acme");
         assert!(authorize(&p, &conn("cal"), &alice, &req(None, Some("globex"))).is_err());
     }
 
@@ -324,153 +245,52 @@ mod tests {
     fn tenant_grants_release_only_the_token_tenant() {
         let p = policy(json!({"grants": [{"connection": "reports", "owners": "tenant"}]}));
         let alice = user("alice", Some("acme"), &[]);
-        assert_eq!(
-            authorize(&p, &conn("reports"), &alice, &req(None, None))
-                .unwrap()
-                .1
-                .to_string(),
-            "tenant:acme"
-        );
-        assert_eq!(
-            authorize(&p, &conn("reports"), &alice, &req(None, Some("acme")))
-                .unwrap()
-                .1
-                .to_string(),
-            "tenant:acme"
-        );
-        assert!(matches!(
-            authorize(&p, &conn("reports"), &alice, &req(None, Some("globex"))),
-            Err(Refusal::AccessDenied(_))
-        ));
-        assert!(matches!(
-            authorize(&p, &conn("reports"), &alice, &req(Some("alice"), None)),
-            Err(Refusal::AccessDenied(_))
-        ));
-        assert!(matches!(
-            authorize(
-                &p,
-                &conn("reports"),
-                &user("bob", None, &[]),
-                &req(None, None)
-            ),
-            Err(Refusal::AccessDenied(_))
-        ));
+        assert_eq!(authorize(&p, &conn("reports"), &alice, &req(None, None)).unwrap().1.to_string(), "tenant:acme");
+        assert_eq!(authorize(&p, &conn("reports"), &alice, &req(None, Some("acme"))).unwrap().1.to_string(), "tenant:acme");
+        assert!(matches!(authorize(&p, &conn("reports"), &alice, &req(None, Some("globex"))), Err(Refusal::AccessDenied(_))));
+        assert!(matches!(authorize(&p, &conn("reports"), &alice, &req(Some("alice"), None)), Err(Refusal::AccessDenied(_))));
+        assert!(matches!(authorize(&p, &conn("reports"), &user("bob", None, &[]), &req(None, None)), Err(Refusal::AccessDenied(_))));
     }
 
     #[test]
     fn any_grants_let_a_service_agent_name_owners() {
         let p = policy(json!({"grants": [{"connection": "crm", "owners": "any"}]}));
-        assert_eq!(
-            authorize(&p, &conn("crm"), &service(), &req(Some("bob"), None))
-                .unwrap()
-                .1
-                .to_string(),
-            "user:bob"
-        );
-        assert_eq!(
-            authorize(&p, &conn("crm"), &service(), &req(None, Some("globex")))
-                .unwrap()
-                .1
-                .to_string(),
-            "tenant:globex"
-        );
-        assert!(matches!(
-            authorize(&p, &conn("crm"), &service(), &req(None, None)),
-            Err(Refusal::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            authorize(&p, &conn("crm"), &service(), &req(Some("a"), Some("b"))),
-            Err(Refusal::InvalidRequest(_))
-        ));
-        assert!(matches!(
-            authorize(&p, &conn("crm"), &service(), &req(Some("bad/id"), None)),
-            Err(Refusal::InvalidRequest(_))
-        ));
+        assert_eq!(authorize(&p, &conn("crm"), &service(), &req(Some("bob"), None)).unwrap().1.to_string(), "user:bob");
+        assert_eq!(authorize(&p, &conn("crm"), &service(), &req(None, Some("globex"))).unwrap().1.to_string(), "tenant:globex");
+        assert!(matches!(authorize(&p, &conn("crm"), &service(), &req(None, None)), Err(Refusal::InvalidRequest(_))));
+        assert!(matches!(authorize(&p, &conn("crm"), &service(), &req(Some("a"), Some("b"))), Err(Refusal::InvalidRequest(_))));
+        assert!(matches!(authorize(&p, &conn("crm"), &service(), &req(Some("bad/id"), None)), Err(Refusal::InvalidRequest(_))));
     }
 
     #[test]
     fn scopes_are_the_intersection_of_grant_credential_and_roles() {
-        let p = policy(
-            json!({"grants": [{"connection": "crm", "owners": "self", "scopes": ["crm:read", "crm:write"]}]}),
-        );
+        let p = policy(json!({"grants": [{"connection": "crm", "owners": "self", "scopes": ["crm:read", "crm:write"]}]}));
         let g = p.grant_for(&conn("crm")).unwrap();
         let held = scopes("crm:read crm:write crm:admin");
-        let roles_rule: BTreeMap<Scope, Vec<String>> = [(
-            Scope::parse("crm:write").unwrap(),
-            vec!["sales-admin".to_string()],
-        )]
-        .into();
+        let roles_rule: BTreeMap<Scope, Vec<String>> = [(Scope::parse("crm:write").unwrap(), vec!["sales-admin".to_string()])].into();
         let none: Vec<String> = vec![];
         let admin = vec!["sales-admin".to_string()];
         // Allowed.
-        assert_eq!(
-            release_scopes(g, &scopes("crm:read"), Some(&held), &roles_rule, &none).unwrap(),
-            scopes("crm:read")
-        );
+        assert_eq!(release_scopes(g, &scopes("crm:read"), Some(&held), &roles_rule, &none).unwrap(), scopes("crm:read"));
         // Escalation beyond the grant.
-        assert_eq!(
-            release_scopes(
-                g,
-                &scopes("crm:read crm:admin"),
-                Some(&held),
-                &roles_rule,
-                &none
-            )
-            .unwrap_err(),
-            scopes("crm:admin")
-        );
+        assert_eq!(release_scopes(g, &scopes("crm:read crm:admin"), Some(&held), &roles_rule, &none).unwrap_err(), scopes("crm:admin"));
         // Role-gated scope without and with the role.
-        assert_eq!(
-            release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &none).unwrap_err(),
-            scopes("crm:write")
-        );
-        assert_eq!(
-            release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &admin).unwrap(),
-            scopes("crm:write")
-        );
+        assert_eq!(release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &none).unwrap_err(), scopes("crm:write"));
+        assert_eq!(release_scopes(g, &scopes("crm:write"), Some(&held), &roles_rule, &admin).unwrap(), scopes("crm:write"));
         // Beyond what the credential was granted.
-        assert_eq!(
-            release_scopes(
-                g,
-                &scopes("crm:read"),
-                Some(&scopes("other")),
-                &roles_rule,
-                &admin
-            )
-            .unwrap_err(),
-            scopes("crm:read")
-        );
+        assert_eq!(release_scopes(g, &scopes("crm:read"), Some(&scopes("other")), &roles_rule, &admin).unwrap_err(), scopes("crm:read"));
         // Nothing requested: what the credential holds, filtered.
-        assert_eq!(
-            release_scopes(g, &[], Some(&held), &roles_rule, &none).unwrap(),
-            scopes("crm:read")
-        );
-        assert_eq!(
-            release_scopes(g, &[], Some(&held), &roles_rule, &admin).unwrap(),
-            scopes("crm:read crm:write")
-        );
+        assert_eq!(release_scopes(g, &[], Some(&held), &roles_rule, &none).unwrap(), scopes("crm:read"));
+        assert_eq!(release_scopes(g, &[], Some(&held), &roles_rule, &admin).unwrap(), scopes("crm:read crm:write"));
         // API keys: no credential scopes, no grant scopes → nothing to intersect.
         let open = policy(json!({"grants": [{"connection": "k", "owners": "self"}]}));
-        assert!(release_scopes(
-            open.grant_for(&conn("k")).unwrap(),
-            &[],
-            None,
-            &BTreeMap::new(),
-            &none
-        )
-        .unwrap()
-        .is_empty());
+        assert!(release_scopes(open.grant_for(&conn("k")).unwrap(), &[], None, &BTreeMap::new(), &none).unwrap().is_empty());
     }
 
     #[test]
     fn lease_is_the_shorter_of_grant_and_credential() {
-        let p = policy(
-            json!({"grants": [{"connection": "a", "owners": "self", "max_ttl": 300}, {"connection": "b", "owners": "self"}]}),
-        );
-        let (a, b) = (
-            p.grant_for(&conn("a")).unwrap(),
-            p.grant_for(&conn("b")).unwrap(),
-        );
+        let p = policy(json!({"grants": [{"connection": "a", "owners": "self", "max_ttl": 300}, {"connection": "b", "owners": "self"}]}));
+        let (a, b) = (p.grant_for(&conn("a")).unwrap(), p.grant_for(&conn("b")).unwrap());
         assert_eq!(lease_ttl(a, Some(3600)), 300);
         assert_eq!(lease_ttl(a, Some(100)), 100);
         assert_eq!(lease_ttl(a, None), 300);

@@ -24,28 +24,13 @@ pub struct ServerOptions {
 }
 
 /// Loads the token-signing keys (creating the first) and builds the server.
-pub fn server(
-    vault: Arc<Vault>,
-    listener: TcpListener,
-    opts: ServerOptions,
-) -> std::io::Result<Server> {
-    let keys = vault
-        .signing_keys()
-        .map_err(|e| std::io::Error::other(format!("cannot load token-signing keys: {e}")))?;
+pub fn server(vault: Arc<Vault>, listener: TcpListener, opts: ServerOptions) -> std::io::Result<Server> {
+    let keys = vault.signing_keys().map_err(|e| std::io::Error::other(format!("cannot load token-signing keys: {e}")))?;
     let tokens = Arc::new(TokenService::new(opts.public_url.clone(), keys));
-    let state = AppState {
-        vault,
-        tokens,
-        jwks: Arc::new(JwksCache::new()),
-        max_body_bytes: opts.max_body_bytes,
-    };
-    let mut http = HttpServer::new(move || {
-        App::new()
-            .wrap(RequestContext)
-            .configure(api::routes(state.clone()))
-    })
-    .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-    .listen(listener)?;
+    let state = AppState { vault, tokens, jwks: Arc::new(JwksCache::new()), max_body_bytes: opts.max_body_bytes };
+    let mut http = HttpServer::new(move || App::new().wrap(RequestContext).configure(api::routes(state.clone())))
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .listen(listener)?;
     if let Some(n) = opts.workers {
         http = http.workers(n);
     }

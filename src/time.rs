@@ -29,10 +29,7 @@ impl Clock {
     pub fn now_millis(&self) -> i64 {
         match &self.0 {
             Some(t) => t.load(Ordering::SeqCst),
-            None => SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_millis() as i64)
-                .unwrap_or(0),
+            None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
         }
     }
 
@@ -53,13 +50,7 @@ pub fn rfc3339_millis(ms: i64) -> String {
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60,
-        ms.rem_euclid(1000)
-    )
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}.{:03}Z", rem / 3600, rem % 3600 / 60, rem % 60, ms.rem_euclid(1000))
 }
 
 /// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
@@ -85,10 +76,7 @@ mod tests {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
-        assert_eq!(
-            rfc3339_millis(1_795_435_200_123),
-            "2026-11-23T12:00:00.123Z"
-        );
+        assert_eq!(rfc3339_millis(1_795_435_200_123), "2026-11-23T12:00:00.123Z");
     }
 
     #[test]

@@ -27,11 +27,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete_connection))
             .default_service(not_allowed()),
     )
-    .service(
-        web::resource("/connections/{id}/credentials")
-            .route(web::get().to(list_credentials))
-            .default_service(not_allowed()),
-    )
+    .service(web::resource("/connections/{id}/credentials").route(web::get().to(list_credentials)).default_service(not_allowed()))
     .service(
         web::resource("/connections/{id}/credentials/{owner}")
             .route(web::put().to(put_credential))
@@ -39,38 +35,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete_credential))
             .default_service(not_allowed()),
     )
+    .service(web::resource("/agents").route(web::post().to(create_agent)).route(web::get().to(list_agents)).default_service(not_allowed()))
     .service(
-        web::resource("/agents")
-            .route(web::post().to(create_agent))
-            .route(web::get().to(list_agents))
-            .default_service(not_allowed()),
+        web::resource("/agents/{id}").route(web::get().to(get_agent)).route(web::delete().to(delete_agent)).default_service(not_allowed()),
     )
-    .service(
-        web::resource("/agents/{id}")
-            .route(web::get().to(get_agent))
-            .route(web::delete().to(delete_agent))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/agents/{id}/policy")
-            .route(web::put().to(set_policy))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/agents/{id}/secret")
-            .route(web::post().to(rotate_secret))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/agents/{id}/disable")
-            .route(web::post().to(disable_agent))
-            .default_service(not_allowed()),
-    )
-    .service(
-        web::resource("/agents/{id}/enable")
-            .route(web::post().to(enable_agent))
-            .default_service(not_allowed()),
-    )
+    .service(web::resource("/agents/{id}/policy").route(web::put().to(set_policy)).default_service(not_allowed()))
+    .service(web::resource("/agents/{id}/secret").route(web::post().to(rotate_secret)).default_service(not_allowed()))
+    .service(web::resource("/agents/{id}/disable").route(web::post().to(disable_agent)).default_service(not_allowed()))
+    .service(web::resource("/agents/{id}/enable").route(web::post().to(enable_agent)).default_service(not_allowed()))
     .service(
         web::resource("/issuers")
             .route(web::post().to(put_issuer))
@@ -78,24 +50,14 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
             .route(web::delete().to(delete_issuer))
             .default_service(not_allowed()),
     )
-    .service(
-        web::resource("/audit")
-            .route(web::get().to(audit))
-            .default_service(not_allowed()),
-    );
+    .service(web::resource("/audit").route(web::get().to(audit)).default_service(not_allowed()));
 }
 
 fn ok(v: impl serde::Serialize) -> Reply {
-    Ok(HttpResponse::Ok()
-        .insert_header(("Cache-Control", "no-store"))
-        .json(v))
+    Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(v))
 }
 
-async fn create_connection(
-    state: web::Data<AppState>,
-    admin: Admin,
-    body: web::Json<Value>,
-) -> Reply {
+async fn create_connection(state: web::Data<AppState>, admin: Admin, body: web::Json<Value>) -> Reply {
     let new = NewConnection::from_json(body.into_inner())?;
     let actor = admin.actor();
     let view = blocking(&state, move |v| v.create_connection(&actor, new)).await?;
@@ -111,18 +73,10 @@ async fn get_connection(state: web::Data<AppState>, id: web::Path<String>) -> Re
     ok(blocking(&state, move |v| v.get_connection(&id)).await?)
 }
 
-async fn update_connection(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    body: web::Json<Value>,
-) -> Reply {
+async fn update_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Value>) -> Reply {
     let id = ConnectionId::parse(&id)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| {
-        v.update_connection(&actor, &id, body.into_inner())
-    })
-    .await?)
+    ok(blocking(&state, move |v| v.update_connection(&actor, &id, body.into_inner())).await?)
 }
 
 #[derive(Deserialize)]
@@ -132,12 +86,7 @@ struct DeleteQuery {
     cascade: bool,
 }
 
-async fn delete_connection(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    q: web::Query<DeleteQuery>,
-) -> Reply {
+async fn delete_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, q: web::Query<DeleteQuery>) -> Reply {
     let id = ConnectionId::parse(&id)?;
     let actor = admin.actor();
     let cascade = q.cascade;
@@ -157,10 +106,7 @@ async fn put_credential(
 ) -> Reply {
     let (id, owner) = cred_path(&path)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| {
-        v.put_credential(&actor, &id, &owner, body.into_inner())
-    })
-    .await?)
+    ok(blocking(&state, move |v| v.put_credential(&actor, &id, &owner, body.into_inner())).await?)
 }
 
 async fn get_credential(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Reply {
@@ -168,11 +114,7 @@ async fn get_credential(state: web::Data<AppState>, path: web::Path<(String, Str
     ok(blocking(&state, move |v| v.get_credential(&id, &owner)).await?)
 }
 
-async fn delete_credential(
-    state: web::Data<AppState>,
-    admin: Admin,
-    path: web::Path<(String, String)>,
-) -> Reply {
+async fn delete_credential(state: web::Data<AppState>, admin: Admin, path: web::Path<(String, String)>) -> Reply {
     let (id, owner) = cred_path(&path)?;
     let actor = admin.actor();
     blocking(&state, move |v| v.delete_credential(&actor, &id, &owner)).await?;
@@ -186,40 +128,24 @@ struct Page {
     limit: Option<usize>,
 }
 
-async fn list_credentials(
-    state: web::Data<AppState>,
-    id: web::Path<String>,
-    q: web::Query<Page>,
-) -> Reply {
+async fn list_credentials(state: web::Data<AppState>, id: web::Path<String>, q: web::Query<Page>) -> Reply {
     let id = ConnectionId::parse(&id)?;
     let after = q.after.as_deref().map(Owner::parse).transpose()?;
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
-    let page = blocking(&state, move |v| {
-        v.list_credentials(&id, after.as_ref(), limit)
-    })
-    .await?;
-    let next = (page.len() == limit)
-        .then(|| page.last().map(|c| c.owner.clone()))
-        .flatten();
+    let page = blocking(&state, move |v| v.list_credentials(&id, after.as_ref(), limit)).await?;
+    let next = (page.len() == limit).then(|| page.last().map(|c| c.owner.clone())).flatten();
     ok(json!({"credentials": page, "next_after": next}))
 }
 
-async fn create_agent(
-    state: web::Data<AppState>,
-    admin: Admin,
-    body: web::Json<NewAgent>,
-) -> Reply {
+async fn create_agent(state: web::Data<AppState>, admin: Admin, body: web::Json<NewAgent>) -> Reply {
     let actor = admin.actor();
-    let (agent, secret) =
-        blocking(&state, move |v| v.create_agent(&actor, body.into_inner())).await?;
+    let (agent, secret) = blocking(&state, move |v| v.create_agent(&actor, body.into_inner())).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
-        .json(
-            json!({"client_id": agent.client_id, "client_secret": secret.expose(), "agent": agent}),
-        ))
+        .json(json!({"client_id": agent.client_id, "client_secret": secret.expose(), "agent": agent})))
 }
 
 async fn list_agents(state: web::Data<AppState>) -> Reply {
@@ -238,18 +164,10 @@ async fn delete_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<St
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn set_policy(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    body: web::Json<Value>,
-) -> Reply {
+async fn set_policy(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Value>) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| {
-        v.set_agent_policy(&actor, &id, body.into_inner())
-    })
-    .await?)
+    ok(blocking(&state, move |v| v.set_agent_policy(&actor, &id, body.into_inner())).await?)
 }
 
 async fn rotate_secret(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
@@ -260,12 +178,7 @@ async fn rotate_secret(state: web::Data<AppState>, admin: Admin, id: web::Path<S
     ok(json!({"client_id": client_id, "client_secret": secret.expose()}))
 }
 
-async fn set_disabled(
-    state: web::Data<AppState>,
-    admin: Admin,
-    id: web::Path<String>,
-    disabled: bool,
-) -> Reply {
+async fn set_disabled(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, disabled: bool) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
     ok(blocking(&state, move |v| v.set_agent_disabled(&actor, &id, disabled)).await?)
@@ -296,11 +209,7 @@ struct IssuerQuery {
     issuer: String,
 }
 
-async fn delete_issuer(
-    state: web::Data<AppState>,
-    admin: Admin,
-    q: web::Query<IssuerQuery>,
-) -> Reply {
+async fn delete_issuer(state: web::Data<AppState>, admin: Admin, q: web::Query<IssuerQuery>) -> Reply {
     let actor = admin.actor();
     let issuer = q.into_inner().issuer;
     blocking(&state, move |v| v.delete_issuer(&actor, &issuer)).await?;
@@ -334,30 +243,13 @@ async fn audit(state: web::Data<AppState>, q: web::Query<AuditQuery>) -> Reply {
     let query = crate::store::audit::Query {
         after: q.after.unwrap_or(0),
         limit,
-        connection: q
-            .connection
-            .as_deref()
-            .map(ConnectionId::parse)
-            .transpose()?
-            .map(|c| c.to_string()),
-        agent: q
-            .agent
-            .as_deref()
-            .map(AgentId::parse)
-            .transpose()?
-            .map(|a| a.to_string()),
-        owner: q
-            .owner
-            .as_deref()
-            .map(Owner::parse)
-            .transpose()?
-            .map(|o| o.to_string()),
+        connection: q.connection.as_deref().map(ConnectionId::parse).transpose()?.map(|c| c.to_string()),
+        agent: q.agent.as_deref().map(AgentId::parse).transpose()?.map(|a| a.to_string()),
+        owner: q.owner.as_deref().map(Owner::parse).transpose()?.map(|o| o.to_string()),
         outcome,
     };
     let records = blocking(&state, move |v| v.audit_query(&query)).await?;
-    let next_after = (records.len() == limit)
-        .then(|| records.last().map(|r| r.seq))
-        .flatten();
+    let next_after = (records.len() == limit).then(|| records.last().map(|r| r.seq)).flatten();
     let records: Vec<Value> = records
         .into_iter()
         .map(|r| {

@@ -16,41 +16,23 @@ use crate::time::rfc3339;
 use crate::vault::{new_id, ReleaseInput, ReleasedSecret};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
-const JWT_TYPES: [&str; 3] = [
-    "urn:ietf:params:oauth:token-type:jwt",
-    "urn:ietf:params:oauth:token-type:access_token",
-    "urn:ietf:params:oauth:token-type:id_token",
-];
+const JWT_TYPES: [&str; 3] =
+    ["urn:ietf:params:oauth:token-type:jwt", "urn:ietf:params:oauth:token-type:access_token", "urn:ietf:params:oauth:token-type:id_token"];
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(
-        web::resource("/oauth2/token")
-            .route(web::post().to(token))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(
-        web::resource("/v1/connections/{id}/token")
-            .route(web::get().to(release))
-            .default_service(web::to(method_not_allowed)),
-    )
-    .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)))
-    .service(
-        web::resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)),
-    );
+    cfg.service(web::resource("/oauth2/token").route(web::post().to(token)).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/v1/connections/{id}/token").route(web::get().to(release)).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)))
+        .service(web::resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)));
 }
 
 fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {
-    b.insert_header((header::CACHE_CONTROL, "no-store"))
-        .insert_header((header::PRAGMA, "no-cache"));
+    b.insert_header((header::CACHE_CONTROL, "no-store")).insert_header((header::PRAGMA, "no-cache"));
     b
 }
 
 fn oauth_error(status: u16, code: &'static str, description: &str) -> ApiError {
-    ApiError::new(
-        actix_web::http::StatusCode::from_u16(status).unwrap_or_default(),
-        code,
-        description,
-    )
+    ApiError::new(actix_web::http::StatusCode::from_u16(status).unwrap_or_default(), code, description)
 }
 
 #[derive(Debug, Deserialize)]
@@ -63,76 +45,37 @@ struct TokenForm {
 }
 
 /// `client_secret_basic` or `client_secret_post`, exactly one.
-fn client_credentials(
-    req: &HttpRequest,
-    form: &TokenForm,
-) -> Result<(String, crate::secret::Secret), ApiError> {
+fn client_credentials(req: &HttpRequest, form: &TokenForm) -> Result<(String, crate::secret::Secret), ApiError> {
     let basic = req
         .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.strip_prefix("Basic ")
-                .or_else(|| v.strip_prefix("basic "))
-        });
-    let decode = |s: &str| {
-        url::form_urlencoded::parse(format!("v={s}").as_bytes())
-            .next()
-            .map(|(_, v)| v.into_owned())
-    };
+        .and_then(|v| v.strip_prefix("Basic ").or_else(|| v.strip_prefix("basic ")));
+    let decode = |s: &str| url::form_urlencoded::parse(format!("v={s}").as_bytes()).next().map(|(_, v)| v.into_owned());
     match (basic, &form.client_id, &form.client_secret) {
-        (Some(_), _, Some(_)) => Err(oauth_error(
-            400,
-            "invalid_request",
-            "use one client authentication method, not two",
-        )),
+        (Some(_), _, Some(_)) => Err(oauth_error(400, "invalid_request", "use one client authentication method, not two")),
         (Some(b), _, None) => {
-            let raw = crate::auth::b64url_decode(
-                b.trim()
-                    .trim_end_matches('=')
-                    .replace('+', "-")
-                    .replace('/', "_")
-                    .as_str(),
-            )
-            .and_then(|v| String::from_utf8(v).ok())
-            .ok_or_else(|| oauth_error(401, "invalid_client", "malformed Basic credentials"))?;
-            let raw = zeroize::Zeroizing::new(raw);
-            let (id, secret) = raw
-                .split_once(':')
+            let raw = crate::auth::b64url_decode(b.trim().trim_end_matches('=').replace('+', "-").replace('/', "_").as_str())
+                .and_then(|v| String::from_utf8(v).ok())
                 .ok_or_else(|| oauth_error(401, "invalid_client", "malformed Basic credentials"))?;
-            let (id, secret) = (
-                decode(id).unwrap_or_default(),
-                decode(secret).unwrap_or_default(),
-            );
+            let raw = zeroize::Zeroizing::new(raw);
+            let (id, secret) = raw.split_once(':').ok_or_else(|| oauth_error(401, "invalid_client", "malformed Basic credentials"))?;
+            let (id, secret) = (decode(id).unwrap_or_default(), decode(secret).unwrap_or_default());
             Ok((id, crate::secret::Secret::new(secret)))
         }
         (None, Some(id), Some(secret)) => Ok((id.clone(), secret.clone())),
-        _ => Err(oauth_error(
-            401,
-            "invalid_client",
-            "client authentication is required",
-        )),
+        _ => Err(oauth_error(401, "invalid_client", "client authentication is required")),
     }
 }
 
-async fn token(
-    req: HttpRequest,
-    state: web::Data<AppState>,
-    form: web::Form<TokenForm>,
-) -> Result<HttpResponse, ApiError> {
+async fn token(req: HttpRequest, state: web::Data<AppState>, form: web::Form<TokenForm>) -> Result<HttpResponse, ApiError> {
     let form = form.into_inner();
     let (client_id, secret) = client_credentials(&req, &form)?;
     let grant_type = form.grant_type.clone().unwrap_or_default();
     if grant_type != "client_credentials" && grant_type != TOKEN_EXCHANGE {
-        return Err(oauth_error(
-            400,
-            "unsupported_grant_type",
-            "grant_type must be client_credentials or token exchange",
-        ));
+        return Err(oauth_error(400, "unsupported_grant_type", "grant_type must be client_credentials or token exchange"));
     }
-    let audit_id = AgentId::parse(&client_id)
-        .map(|a| a.to_string())
-        .unwrap_or_else(|_| "?".into());
+    let audit_id = AgentId::parse(&client_id).map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
     let cid = client_id.clone();
     let agent = blocking(&state, move |v| v.authenticate_agent(&cid, secret.expose())).await;
     let agent = match agent {
@@ -148,11 +91,7 @@ async fn token(
                 )
             })
             .await?;
-            return Err(oauth_error(
-                401,
-                "invalid_client",
-                "client authentication failed",
-            ));
+            return Err(oauth_error(401, "invalid_client", "client authentication failed"));
         }
     };
     let now = state.vault.clock().now();
@@ -175,33 +114,18 @@ async fn token(
             Ok(()) => {}
             Err(reason) => {
                 let (aid, r) = (agent.id.clone(), reason.clone());
-                blocking(&state, move |v| {
-                    v.audit_token_decision(
-                        &aid,
-                        "token.exchange",
-                        Outcome::Denied,
-                        json!({"reason": r}),
-                    )
-                })
-                .await?;
+                blocking(&state, move |v| v.audit_token_decision(&aid, "token.exchange", Outcome::Denied, json!({"reason": r}))).await?;
                 return Err(oauth_error(400, "invalid_grant", &reason));
             }
         }
     }
-    let action = if grant_type == TOKEN_EXCHANGE {
-        "token.exchange"
-    } else {
-        "token.issue"
-    };
-    let detail = json!({"grant_type": grant_type, "user": claims.act.as_ref().map(|_| claims.sub.clone()), "jti": claims.jti, "exp": claims.exp});
+    let action = if grant_type == TOKEN_EXCHANGE { "token.exchange" } else { "token.issue" };
+    let detail =
+        json!({"grant_type": grant_type, "user": claims.act.as_ref().map(|_| claims.sub.clone()), "jti": claims.jti, "exp": claims.exp});
     let aid = agent.id.clone();
-    blocking(&state, move |v| {
-        v.audit_token_decision(&aid, action, Outcome::Ok, detail)
-    })
-    .await?;
+    blocking(&state, move |v| v.audit_token_decision(&aid, action, Outcome::Ok, detail)).await?;
     let token = state.tokens.sign(&claims).ok_or_else(ApiError::internal)?;
-    let mut body =
-        json!({"access_token": token, "token_type": "Bearer", "expires_in": claims.exp - now});
+    let mut body = json!({"access_token": token, "token_type": "Bearer", "expires_in": claims.exp - now});
     if grant_type == TOKEN_EXCHANGE {
         body["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
     }
@@ -210,22 +134,9 @@ async fn token(
 
 /// Verifies the subject token and binds `claims` to its user. `Err` is a reason safe
 /// to return as `invalid_grant`.
-async fn exchange(
-    state: &AppState,
-    form: &TokenForm,
-    claims: &mut AgentClaims,
-    now: i64,
-) -> Result<(), String> {
-    let token = form
-        .subject_token
-        .clone()
-        .filter(|t| !t.is_empty() && t.len() <= 16 * 1024)
-        .ok_or("subject_token is required")?;
-    if !form
-        .subject_token_type
-        .as_deref()
-        .is_some_and(|t| JWT_TYPES.contains(&t))
-    {
+async fn exchange(state: &AppState, form: &TokenForm, claims: &mut AgentClaims, now: i64) -> Result<(), String> {
+    let token = form.subject_token.clone().filter(|t| !t.is_empty() && t.len() <= 16 * 1024).ok_or("subject_token is required")?;
+    if !form.subject_token_type.as_deref().is_some_and(|t| JWT_TYPES.contains(&t)) {
         return Err("subject_token_type must be a JWT, access_token or id_token type".into());
     }
     let iss = unverified_issuer(&token).map_err(|e| e.to_string())?;
@@ -234,20 +145,13 @@ async fn exchange(
         .await
         .map_err(|_| "issuer lookup failed".to_owned())?
         .ok_or_else(|| SubjectError::UnknownIssuer.to_string())?;
-    let subject = state
-        .jwks
-        .verify(&cfg, &token)
-        .await
-        .map_err(|e| e.to_string())?;
-    Owner::new(OwnerKind::User, &subject.sub)
-        .map_err(|_| "the subject's sub cannot name a latchkey owner".to_owned())?;
+    let subject = state.jwks.verify(&cfg, &token).await.map_err(|e| e.to_string())?;
+    Owner::new(OwnerKind::User, &subject.sub).map_err(|_| "the subject's sub cannot name a latchkey owner".to_owned())?;
     let exp = claims.exp.min(subject.exp);
     if exp <= now {
         return Err("the subject token has expired".into());
     }
-    claims.act = Some(Act {
-        sub: claims.client_id.clone(),
-    });
+    claims.act = Some(Act { sub: claims.client_id.clone() });
     claims.sub = subject.sub;
     claims.exp = exp;
     claims.tenant = subject.tenant;
@@ -278,23 +182,14 @@ async fn release(
         .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
         .map(|(_, t)| t.trim().to_owned())
         .ok_or_else(ApiError::unauthorized)?;
-    let claims = state
-        .tokens
-        .verify(&token, state.vault.clock().now())
-        .map_err(|e| {
-            tracing::debug!(reason = %e, "agent token refused");
-            ApiError::new(
-                actix_web::http::StatusCode::UNAUTHORIZED,
-                "invalid_token",
-                "the agent token is invalid or expired",
-            )
-        })?;
+    let claims = state.tokens.verify(&token, state.vault.clock().now()).map_err(|e| {
+        tracing::debug!(reason = %e, "agent token refused");
+        ApiError::new(actix_web::http::StatusCode::UNAUTHORIZED, "invalid_token", "the agent token is invalid or expired")
+    })?;
     let q = q.into_inner();
     let min_ttl = q.min_ttl.unwrap_or(60);
     if !(0..=86_400).contains(&min_ttl) {
-        return Err(ApiError::invalid(
-            "min_ttl must be between 0 and 86400 seconds",
-        ));
+        return Err(ApiError::invalid("min_ttl must be between 0 and 86400 seconds"));
     }
     let input = ReleaseInput {
         principal: claims.principal(),
@@ -305,30 +200,16 @@ async fn release(
             tenant_id: q.tenant_id,
         },
         min_ttl,
-        request_id: req
-            .extensions()
-            .get::<RequestId>()
-            .map(|r| r.0.clone())
-            .unwrap_or_default(),
+        request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
     };
     let r = blocking(&state, move |v| v.release(&input)).await?;
     let lease = json!({"id": r.lease_id, "expires_in": r.lease_expires_in});
     let body = match r.secret {
-        ReleasedSecret::ApiKey {
-            api_key,
-            header_name,
-            header_value,
-        } => json!({
+        ReleasedSecret::ApiKey { api_key, header_name, header_value } => json!({
             "connection_id": r.connection_id, "type": "api_key", "owner": r.owner, "api_key": api_key.expose(),
             "header": {"name": header_name, "value": header_value.expose()}, "lease": lease,
         }),
-        ReleasedSecret::OAuth2 {
-            access_token,
-            token_type,
-            scope,
-            expires_at,
-            expires_in,
-        } => json!({
+        ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in } => json!({
             "connection_id": r.connection_id, "type": "oauth2", "owner": r.owner, "access_token": access_token.expose(),
             "token_type": token_type, "scope": scope.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
             "expires_at": expires_at.map(rfc3339), "expires_in": expires_in, "lease": lease,
@@ -338,9 +219,7 @@ async fn release(
 }
 
 async fn jwks(state: web::Data<AppState>) -> HttpResponse {
-    HttpResponse::Ok()
-        .insert_header((header::CACHE_CONTROL, "public, max-age=300"))
-        .json(state.tokens.jwks())
+    HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(state.tokens.jwks())
 }
 
 async fn metadata(state: web::Data<AppState>) -> HttpResponse {

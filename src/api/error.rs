@@ -24,13 +24,7 @@ pub struct ApiError {
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            code,
-            description: description.into(),
-            extra: serde_json::Map::new(),
-            retry_after: None,
-        }
+        ApiError { status, code, description: description.into(), extra: serde_json::Map::new(), retry_after: None }
     }
 
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
@@ -43,11 +37,7 @@ impl ApiError {
     }
 
     pub fn unauthorized() -> Self {
-        Self::new(
-            StatusCode::UNAUTHORIZED,
-            "invalid_token",
-            "a valid bearer token is required",
-        )
+        Self::new(StatusCode::UNAUTHORIZED, "invalid_token", "a valid bearer token is required")
     }
 
     pub fn not_found(description: impl Into<String>) -> Self {
@@ -55,19 +45,11 @@ impl ApiError {
     }
 
     pub fn internal() -> Self {
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "internal error; see the server log for this request id",
-        )
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log for this request id")
     }
 
     pub fn unavailable() -> Self {
-        Self::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
-            "the vault is temporarily unavailable; retry shortly",
-        )
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault is temporarily unavailable; retry shortly")
     }
 
     /// The response, with the request id filled in by the request middleware.
@@ -124,10 +106,7 @@ impl From<VaultError> for ApiError {
             VaultError::Unauthorized => ApiError::unauthorized(),
             VaultError::Release(r) => r.into(),
             VaultError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-                if matches!(
-                    f.code,
-                    rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked
-                ) =>
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
             {
                 tracing::warn!("database busy");
                 ApiError::unavailable()
@@ -148,8 +127,7 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::InvalidRequest(m) => Self::invalid(m),
             ReleaseError::AccessDenied => Self::new(StatusCode::FORBIDDEN, "access_denied", msg),
             ReleaseError::InsufficientScope(refused) => {
-                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", msg)
-                    .with("refused_scopes", json!(refused))
+                Self::new(StatusCode::FORBIDDEN, "insufficient_scope", msg).with("refused_scopes", json!(refused))
             }
             ReleaseError::NotConnected => Self::new(StatusCode::NOT_FOUND, "not_connected", msg),
             ReleaseError::ReauthRequired => Self::new(StatusCode::CONFLICT, "reauth_required", msg),
@@ -158,9 +136,7 @@ impl From<ReleaseError> for ApiError {
                 e.retry_after = Some(retry_after);
                 e
             }
-            ReleaseError::AuditUnavailable => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg)
-            }
+            ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
         }
     }
 }
@@ -169,25 +145,16 @@ impl From<actix_web::error::JsonPayloadError> for ApiError {
     fn from(e: actix_web::error::JsonPayloadError) -> Self {
         use actix_web::error::JsonPayloadError as J;
         match e {
-            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                format!("the request body exceeds {limit} bytes"),
-            ),
-            J::ContentType => ApiError::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                "send the body as application/json",
-            ),
-            J::Deserialize(d) => ApiError::invalid(format!(
-                "invalid JSON body: {}",
-                crate::model::clean_serde_error(&d.to_string())
-            )),
-            J::Payload(actix_web::error::PayloadError::Overflow) => ApiError::new(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "payload_too_large",
-                "the request body is too large",
-            ),
+            J::OverflowKnownLength { limit, .. } | J::Overflow { limit } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body exceeds {limit} bytes"))
+            }
+            J::ContentType => {
+                ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "send the body as application/json")
+            }
+            J::Deserialize(d) => ApiError::invalid(format!("invalid JSON body: {}", crate::model::clean_serde_error(&d.to_string()))),
+            J::Payload(actix_web::error::PayloadError::Overflow) => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+            }
             _ => ApiError::invalid("the request body could not be read"),
         }
     }

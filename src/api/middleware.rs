@@ -35,9 +35,7 @@ where
     type Future = Ready<Result<Self::Transform, Self::InitError>>;
 
     fn new_transform(&self, service: S) -> Self::Future {
-        ready(Ok(RequestContextService {
-            service: Rc::new(service),
-        }))
+        ready(Ok(RequestContextService { service: Rc::new(service) }))
     }
 }
 
@@ -66,12 +64,7 @@ where
             // Inner layers answer errors as responses carrying the `ApiError`; rebuild
             // those with the request id. Anything else passes through untouched.
             let res = service.call(req).await?;
-            let mut res = match res
-                .response()
-                .error()
-                .and_then(|e| e.as_error::<ApiError>())
-                .cloned()
-            {
+            let mut res = match res.response().error().and_then(|e| e.as_error::<ApiError>()).cloned() {
                 Some(api) => {
                     let (http_req, _) = res.into_parts();
                     ServiceResponse::new(http_req, api.to_response(&id))
@@ -79,8 +72,7 @@ where
                 None => res.map_into_boxed_body(),
             };
             if let Ok(v) = HeaderValue::from_str(&id) {
-                res.headers_mut()
-                    .insert(HeaderName::from_static("x-request-id"), v);
+                res.headers_mut().insert(HeaderName::from_static("x-request-id"), v);
             }
             tracing::info!(
                 request_id = %id,
@@ -105,23 +97,16 @@ fn new_request_id() -> String {
 pub fn bearer(req: &ServiceRequest) -> Option<String> {
     let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 512)
-        .then(|| token.trim().to_owned())
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 512).then(|| token.trim().to_owned())
 }
 
 /// Admin gate: only requests with a valid admin token reach `/v1/admin` handlers, which
 /// receive the [`crate::vault::AdminPrincipal`] through request data.
-pub async fn require_admin(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-) -> Result<ServiceResponse<BoxBody>, Error> {
+pub async fn require_admin(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
     let Some(token) = bearer(&req) else {
         return Ok(req.error_response(ApiError::unauthorized()));
     };
-    let Some(state) = req
-        .app_data::<web::Data<AppState>>()
-        .map(|d| d.get_ref().clone())
-    else {
+    let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.get_ref().clone()) else {
         return Ok(req.error_response(ApiError::internal()));
     };
     match blocking(&state, move |v| v.authenticate_admin(&token)).await {

@@ -38,9 +38,7 @@ where
 }
 
 fn json_config(limit: usize) -> web::JsonConfig {
-    web::JsonConfig::default()
-        .limit(limit)
-        .error_handler(|e, _| ApiError::from(e).into())
+    web::JsonConfig::default().limit(limit).error_handler(|e, _| ApiError::from(e).into())
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
@@ -48,11 +46,7 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(
-        actix_web::http::StatusCode::METHOD_NOT_ALLOWED,
-        "method_not_allowed",
-        "method not allowed on this route",
-    ))
+    Err(ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route"))
 }
 
 /// Registers every route. The request-id middleware wraps the whole app.
@@ -61,32 +55,18 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
         let limit = state.max_body_bytes;
         cfg.app_data(web::Data::new(state))
             .app_data(json_config(limit))
-            .app_data(
-                web::PathConfig::default()
-                    .error_handler(|_, _| ApiError::invalid("invalid path parameter").into()),
-            )
+            .app_data(web::PathConfig::default().error_handler(|_, _| ApiError::invalid("invalid path parameter").into()))
             .app_data(web::QueryConfig::default().error_handler(|e, _| {
-                ApiError::invalid(format!(
-                    "invalid query: {}",
-                    crate::model::clean_serde_error(&e.to_string())
-                ))
-                .into()
+                ApiError::invalid(format!("invalid query: {}", crate::model::clean_serde_error(&e.to_string()))).into()
             }))
             .app_data(
                 web::FormConfig::default()
                     .limit(limit)
-                    .error_handler(|_, _| {
-                        ApiError::invalid("the body must be application/x-www-form-urlencoded")
-                            .into()
-                    }),
+                    .error_handler(|_, _| ApiError::invalid("the body must be application/x-www-form-urlencoded").into()),
             )
             .configure(ops::routes)
             .configure(agent::routes)
-            .service(
-                web::scope("/v1/admin")
-                    .wrap(actix_web::middleware::from_fn(middleware::require_admin))
-                    .configure(admin::routes),
-            )
+            .service(web::scope("/v1/admin").wrap(actix_web::middleware::from_fn(middleware::require_admin)).configure(admin::routes))
             .default_service(web::to(not_found));
     }
 }

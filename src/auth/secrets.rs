@@ -24,10 +24,7 @@ pub fn generate() -> Result<(Secret, String), CryptoError> {
     let mut salt = [0u8; 16];
     random_bytes(&mut salt)?;
     let salt = SaltString::encode_b64(&salt).map_err(|_| CryptoError::Random)?;
-    let hash = hasher()
-        .hash_password(secret.expose().as_bytes(), &salt)
-        .map_err(|_| CryptoError::Random)?
-        .to_string();
+    let hash = hasher().hash_password(secret.expose().as_bytes(), &salt).map_err(|_| CryptoError::Random)?.to_string();
     Ok((secret, hash))
 }
 

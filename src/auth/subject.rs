@@ -40,54 +40,33 @@ pub struct IssuerConfig {
 
 impl IssuerConfig {
     pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let c: IssuerConfig = serde_json::from_value(value).map_err(|e| {
-            ValidationError(format!(
-                "invalid issuer: {}",
-                crate::model::clean_serde_error(&e.to_string())
-            ))
-        })?;
+        let c: IssuerConfig = serde_json::from_value(value)
+            .map_err(|e| ValidationError(format!("invalid issuer: {}", crate::model::clean_serde_error(&e.to_string()))))?;
         let url_ok = |u: &str| {
             url::Url::parse(u).is_ok_and(|u| {
-                u.scheme() == "https"
-                    || (u.scheme() == "http"
-                        && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")))
+                u.scheme() == "https" || (u.scheme() == "http" && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")))
             })
         };
         if c.issuer.len() > 512 || !url_ok(&c.issuer) {
-            return Err(ValidationError(
-                "issuer must be an https URL (http only for localhost)".into(),
-            ));
+            return Err(ValidationError("issuer must be an https URL (http only for localhost)".into()));
         }
         match (&c.jwks_uri, &c.jwks) {
             (Some(u), None) if url_ok(u) => {}
-            (Some(_), None) => {
-                return Err(ValidationError(
-                    "jwks_uri must be an https URL (http only for localhost)".into(),
-                ))
-            }
+            (Some(_), None) => return Err(ValidationError("jwks_uri must be an https URL (http only for localhost)".into())),
             (None, Some(j)) => {
-                let set: JwkSet = serde_json::from_value(j.clone())
-                    .map_err(|_| ValidationError("jwks is not a JWK Set".into()))?;
+                let set: JwkSet = serde_json::from_value(j.clone()).map_err(|_| ValidationError("jwks is not a JWK Set".into()))?;
                 if set.keys.is_empty() || set.keys.iter().any(|k| pinned_algorithm(k).is_none()) {
-                    return Err(ValidationError(
-                        "jwks must hold RSA, P-256 or Ed25519 public keys only".into(),
-                    ));
+                    return Err(ValidationError("jwks must hold RSA, P-256 or Ed25519 public keys only".into()));
                 }
             }
-            _ => {
-                return Err(ValidationError(
-                    "give exactly one of jwks_uri and jwks".into(),
-                ))
-            }
+            _ => return Err(ValidationError("give exactly one of jwks_uri and jwks".into())),
         }
         if c.audience.is_empty() || c.audience.len() > 512 {
             return Err(ValidationError("audience must be 1-512 characters".into()));
         }
         for claim in [&c.tenant_claim, &c.roles_claim].into_iter().flatten() {
             if claim.is_empty() || claim.len() > 128 {
-                return Err(ValidationError(
-                    "claim names must be 1-128 characters".into(),
-                ));
+                return Err(ValidationError("claim names must be 1-128 characters".into()));
             }
         }
         Ok(c)
@@ -127,9 +106,7 @@ pub fn unverified_issuer(token: &str) -> Result<String, SubjectError> {
     }
     let payload = token.split('.').nth(1).ok_or(SubjectError::Malformed)?;
     let bytes = super::b64url_decode(payload).ok_or(SubjectError::Malformed)?;
-    serde_json::from_slice::<Iss>(&bytes)
-        .map(|i| i.iss)
-        .map_err(|_| SubjectError::Malformed)
+    serde_json::from_slice::<Iss>(&bytes).map(|i| i.iss).map_err(|_| SubjectError::Malformed)
 }
 
 /// The one algorithm a key may verify.
@@ -137,9 +114,7 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     let alg = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
-            Algorithm::EdDSA
-        }
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
         _ => return None,
     };
     let declared_ok = match jwk.common.key_algorithm {
@@ -172,15 +147,9 @@ impl Default for JwksCache {
 
 impl JwksCache {
     pub fn new() -> Self {
-        let http = reqwest::Client::builder()
-            .timeout(FETCH_TIMEOUT)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap_or_default();
-        JwksCache {
-            http,
-            entries: Mutex::new(HashMap::new()),
-        }
+        let http =
+            reqwest::Client::builder().timeout(FETCH_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
+        JwksCache { http, entries: Mutex::new(HashMap::new()) }
     }
 
     /// The issuer's key `kid` (or its only key when the token names none).
@@ -191,8 +160,7 @@ impl JwksCache {
             None => None,
         };
         if let Some(inline) = &cfg.jwks {
-            let set: JwkSet =
-                serde_json::from_value(inline.clone()).map_err(|_| SubjectError::UnknownKey)?;
+            let set: JwkSet = serde_json::from_value(inline.clone()).map_err(|_| SubjectError::UnknownKey)?;
             return find(&set).ok_or(SubjectError::UnknownKey);
         }
         let uri = cfg.jwks_uri.as_deref().ok_or(SubjectError::UnknownKey)?;
@@ -201,10 +169,7 @@ impl JwksCache {
             match entries.get(&cfg.issuer) {
                 Some(c) => {
                     let fresh = c.fetched.is_some_and(|f| f.elapsed() < JWKS_TTL);
-                    (
-                        c.set.clone().filter(|_| fresh),
-                        c.attempted.elapsed() >= MIN_REFETCH,
-                    )
+                    (c.set.clone().filter(|_| fresh), c.attempted.elapsed() >= MIN_REFETCH)
                 }
                 None => (None, true),
             }
@@ -213,19 +178,11 @@ impl JwksCache {
             return Ok(k);
         }
         if !may_fetch {
-            return Err(if cached.is_some() {
-                SubjectError::UnknownKey
-            } else {
-                SubjectError::JwksUnavailable
-            });
+            return Err(if cached.is_some() { SubjectError::UnknownKey } else { SubjectError::JwksUnavailable });
         }
         let fetched = self.fetch(uri).await;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(cfg.issuer.clone()).or_insert(Cached {
-            set: None,
-            fetched: None,
-            attempted: Instant::now(),
-        });
+        let entry = entries.entry(cfg.issuer.clone()).or_insert(Cached { set: None, fetched: None, attempted: Instant::now() });
         entry.attempted = Instant::now();
         match fetched {
             Some(set) => {
@@ -258,10 +215,7 @@ impl JwksCache {
     /// Verifies a subject token from the issuer described by `cfg`.
     pub async fn verify(&self, cfg: &IssuerConfig, token: &str) -> Result<Subject, SubjectError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| SubjectError::Malformed)?;
-        if !matches!(
-            header.alg,
-            Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA
-        ) {
+        if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
             return Err(SubjectError::Algorithm);
         }
         let jwk = self.key(cfg, header.kid.as_deref()).await?;
@@ -276,40 +230,16 @@ impl JwksCache {
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = super::tokens::LEEWAY as u64;
         v.validate_nbf = true;
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v)
-            .map_err(|e| SubjectError::Invalid(e.to_string()))?;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| SubjectError::Invalid(e.to_string()))?;
         let claims = data.claims;
-        let sub = claims["sub"]
-            .as_str()
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| SubjectError::Invalid("missing sub".into()))?
-            .to_owned();
-        let exp = claims["exp"]
-            .as_i64()
-            .ok_or_else(|| SubjectError::Invalid("missing exp".into()))?;
-        let tenant = cfg
-            .tenant_claim
-            .as_ref()
-            .and_then(|c| claims.get(c))
-            .and_then(|v| v.as_str())
-            .map(str::to_owned);
+        let sub = claims["sub"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| SubjectError::Invalid("missing sub".into()))?.to_owned();
+        let exp = claims["exp"].as_i64().ok_or_else(|| SubjectError::Invalid("missing exp".into()))?;
+        let tenant = cfg.tenant_claim.as_ref().and_then(|c| claims.get(c)).and_then(|v| v.as_str()).map(str::to_owned);
         let roles = match cfg.roles_claim.as_ref().and_then(|c| claims.get(c)) {
-            Some(serde_json::Value::Array(a)) => a
-                .iter()
-                .filter_map(|r| r.as_str().map(str::to_owned))
-                .collect(),
-            Some(serde_json::Value::String(s)) => s
-                .split(' ')
-                .filter(|r| !r.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),
+            Some(serde_json::Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Ok(Subject {
-            sub,
-            exp,
-            tenant,
-            roles,
-        })
+        Ok(Subject { sub, exp, tenant, roles })
     }
 }

@@ -88,11 +88,7 @@ impl KeyPair {
     pub fn from_seed(kid: String, seed: &[u8; 32]) -> Self {
         let signing = SigningKey::from_bytes(seed);
         let verifying = signing.verifying_key();
-        KeyPair {
-            kid,
-            signing,
-            verifying,
-        }
+        KeyPair { kid, signing, verifying }
     }
 
     pub fn public_key(&self) -> [u8; 32] {
@@ -106,9 +102,7 @@ impl KeyPair {
 
 impl std::fmt::Debug for KeyPair {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyPair")
-            .field("kid", &self.kid)
-            .finish_non_exhaustive()
+        f.debug_struct("KeyPair").field("kid", &self.kid).finish_non_exhaustive()
     }
 }
 
@@ -128,19 +122,13 @@ pub struct TokenService {
 
 impl std::fmt::Debug for TokenService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenService")
-            .field("public_url", &self.public_url)
-            .finish_non_exhaustive()
+        f.debug_struct("TokenService").field("public_url", &self.public_url).finish_non_exhaustive()
     }
 }
 
 impl TokenService {
     pub fn new(public_url: String, keys: Vec<KeyPair>) -> Self {
-        TokenService {
-            public_url,
-            keys: RwLock::new(keys.into_iter().map(Arc::new).collect()),
-            cache: Mutex::new(HashMap::new()),
-        }
+        TokenService { public_url, keys: RwLock::new(keys.into_iter().map(Arc::new).collect()), cache: Mutex::new(HashMap::new()) }
     }
 
     pub fn public_url(&self) -> &str {
@@ -149,18 +137,9 @@ impl TokenService {
 
     /// Signs `claims` with the active key.
     pub fn sign(&self, claims: &AgentClaims) -> Option<String> {
-        let key = self
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .first()
-            .cloned()?;
+        let key = self.keys.read().unwrap_or_else(|p| p.into_inner()).first().cloned()?;
         let header = json!({"alg": "EdDSA", "typ": "JWT", "kid": key.kid});
-        let mut out = format!(
-            "{}.{}",
-            b64url(header.to_string().as_bytes()),
-            b64url(serde_json::to_string(claims).ok()?.as_bytes())
-        );
+        let mut out = format!("{}.{}", b64url(header.to_string().as_bytes()), b64url(serde_json::to_string(claims).ok()?.as_bytes()));
         let sig = key.signing.sign(out.as_bytes());
         out.push('.');
         out.push_str(&b64url(&sig.to_bytes()));
@@ -170,12 +149,7 @@ impl TokenService {
     /// Verifies a token at time `now` (unix seconds).
     pub fn verify(&self, token: &str, now: i64) -> Result<Arc<AgentClaims>, TokenError> {
         let digest = sha256(token.as_bytes());
-        let cached = self
-            .cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&digest)
-            .cloned();
+        let cached = self.cache.lock().unwrap_or_else(|p| p.into_inner()).get(&digest).cloned();
         let claims = match cached {
             Some(c) => c,
             None => {
@@ -205,41 +179,22 @@ impl TokenService {
             return Err(TokenError::Malformed);
         }
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) =
-            (parts.next(), parts.next(), parts.next(), parts.next())
-        else {
+        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
             return Err(TokenError::Malformed);
         };
-        let header: Header = b64url_decode(h)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
+        let header: Header = b64url_decode(h).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(TokenError::Malformed)?;
         if header.alg != "EdDSA" {
             return Err(TokenError::Algorithm);
         }
         let kid = header.kid.ok_or(TokenError::UnknownKey)?;
-        let key = self
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .find(|k| k.kid == kid)
-            .cloned()
-            .ok_or(TokenError::UnknownKey)?;
-        let sig_bytes: [u8; 64] = b64url_decode(s)
-            .and_then(|b| b.try_into().ok())
-            .ok_or(TokenError::Malformed)?;
+        let key =
+            self.keys.read().unwrap_or_else(|p| p.into_inner()).iter().find(|k| k.kid == kid).cloned().ok_or(TokenError::UnknownKey)?;
+        let sig_bytes: [u8; 64] = b64url_decode(s).and_then(|b| b.try_into().ok()).ok_or(TokenError::Malformed)?;
         let signed = &token[..h.len() + 1 + p.len()];
-        key.verifying
-            .verify(
-                signed.as_bytes(),
-                &ed25519_dalek::Signature::from_bytes(&sig_bytes),
-            )
-            .map_err(|_| TokenError::Signature)?;
+        key.verifying.verify(signed.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig_bytes)).map_err(|_| TokenError::Signature)?;
         // `verify` on dalek rejects non-canonical S; `verify_strict` also weak keys,
         // which cannot be ours.
-        let claims: AgentClaims = b64url_decode(p)
-            .and_then(|b| serde_json::from_slice(&b).ok())
-            .ok_or(TokenError::Malformed)?;
+        let claims: AgentClaims = b64url_decode(p).and_then(|b| serde_json::from_slice(&b).ok()).ok_or(TokenError::Malformed)?;
         if claims.iss != self.public_url || claims.aud != self.public_url {
             return Err(TokenError::IssuerOrAudience);
         }
@@ -248,13 +203,7 @@ impl TokenService {
 
     /// The public keys, as a JWK Set.
     pub fn jwks(&self) -> serde_json::Value {
-        let keys: Vec<_> = self
-            .keys
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .iter()
-            .map(|k| k.jwk())
-            .collect();
+        let keys: Vec<_> = self.keys.read().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.jwk()).collect();
         json!({ "keys": keys })
     }
 }
@@ -264,10 +213,7 @@ mod tests {
     use super::*;
 
     fn service() -> TokenService {
-        TokenService::new(
-            "http://vault.test".into(),
-            vec![KeyPair::from_seed("k1".into(), &[7u8; 32])],
-        )
+        TokenService::new("http://vault.test".into(), vec![KeyPair::from_seed("k1".into(), &[7u8; 32])])
     }
 
     fn claims(exp: i64) -> AgentClaims {
@@ -288,15 +234,9 @@ mod tests {
 
     fn tamper_payload(token: &str, f: impl FnOnce(&mut serde_json::Value)) -> String {
         let parts: Vec<&str> = token.split('.').collect();
-        let mut v: serde_json::Value =
-            serde_json::from_slice(&b64url_decode(parts[1]).unwrap()).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&b64url_decode(parts[1]).unwrap()).unwrap();
         f(&mut v);
-        format!(
-            "{}.{}.{}",
-            parts[0],
-            b64url(v.to_string().as_bytes()),
-            parts[2]
-        )
+        format!("{}.{}.{}", parts[0], b64url(v.to_string().as_bytes()), parts[2])
     }
 
     #[test]
@@ -305,14 +245,8 @@ mod tests {
         let t = s.sign(&claims(2000)).unwrap();
         assert_eq!(s.verify(&t, 1500).unwrap().sub, "agent-1");
         assert_eq!(s.verify(&t, 1500).unwrap().sub, "agent-1", "cached path");
-        assert_eq!(
-            s.verify(&t, 2000 + LEEWAY).unwrap_err(),
-            TokenError::Expired
-        );
-        assert_eq!(
-            s.verify(&t, 1000 - LEEWAY - 1).unwrap_err(),
-            TokenError::NotYetValid
-        );
+        assert_eq!(s.verify(&t, 2000 + LEEWAY).unwrap_err(), TokenError::Expired);
+        assert_eq!(s.verify(&t, 1000 - LEEWAY - 1).unwrap_err(), TokenError::NotYetValid);
     }
 
     #[test]
@@ -320,44 +254,19 @@ mod tests {
         let s = service();
         let t = s.sign(&claims(2000)).unwrap();
         let tampered = tamper_payload(&t, |v| v["sub"] = "someone-else".into());
-        assert_eq!(
-            s.verify(&tampered, 1500).unwrap_err(),
-            TokenError::Signature
-        );
+        assert_eq!(s.verify(&tampered, 1500).unwrap_err(), TokenError::Signature);
         let parts: Vec<&str> = t.split('.').collect();
         let none = format!("{}.{}.", b64url(br#"{"alg":"none","kid":"k1"}"#), parts[1]);
         assert_eq!(s.verify(&none, 1500).unwrap_err(), TokenError::Algorithm);
-        let hs = format!(
-            "{}.{}.{}",
-            b64url(br#"{"alg":"HS256","kid":"k1"}"#),
-            parts[1],
-            parts[2]
-        );
+        let hs = format!("{}.{}.{}", b64url(br#"{"alg":"HS256","kid":"k1"}"#), parts[1], parts[2]);
         assert_eq!(s.verify(&hs, 1500).unwrap_err(), TokenError::Algorithm);
-        let other_kid = format!(
-            "{}.{}.{}",
-            b64url(br#"{"alg":"EdDSA","kid":"k2"}"#),
-            parts[1],
-            parts[2]
-        );
-        assert_eq!(
-            s.verify(&other_kid, 1500).unwrap_err(),
-            TokenError::UnknownKey
-        );
-        let other_key = TokenService::new(
-            "http://vault.test".into(),
-            vec![KeyPair::from_seed("k1".into(), &[8u8; 32])],
-        );
-        assert_eq!(
-            other_key.verify(&t, 1500).unwrap_err(),
-            TokenError::Signature
-        );
+        let other_kid = format!("{}.{}.{}", b64url(br#"{"alg":"EdDSA","kid":"k2"}"#), parts[1], parts[2]);
+        assert_eq!(s.verify(&other_kid, 1500).unwrap_err(), TokenError::UnknownKey);
+        let other_key = TokenService::new("http://vault.test".into(), vec![KeyPair::from_seed("k1".into(), &[8u8; 32])]);
+        assert_eq!(other_key.verify(&t, 1500).unwrap_err(), TokenError::Signature);
         let mut wrong_aud = claims(2000);
         wrong_aud.aud = "http://elsewhere".into();
-        assert_eq!(
-            s.verify(&s.sign(&wrong_aud).unwrap(), 1500).unwrap_err(),
-            TokenError::IssuerOrAudience
-        );
+        assert_eq!(s.verify(&s.sign(&wrong_aud).unwrap(), 1500).unwrap_err(), TokenError::IssuerOrAudience);
         assert_eq!(s.verify("a.b", 1500).unwrap_err(), TokenError::Malformed);
     }
 
@@ -366,9 +275,7 @@ mod tests {
         let mut c = claims(2000);
         assert_eq!(c.principal().user, None);
         c.sub = "alice".into();
-        c.act = Some(Act {
-            sub: "agent-1".into(),
-        });
+        c.act = Some(Act { sub: "agent-1".into() });
         assert_eq!(c.principal().user.as_deref(), Some("alice"));
         assert_eq!(c.principal().agent_id, "agent-1");
     }

@@ -8,10 +8,10 @@ use clap::Subcommand;
 
 use super::{deliver_token, open_vault, read_input, CliError, CliResult};
 use crate::config::Settings;
-use crate::model::{ConnectionId, CredentialInput, NewConnection, Owner};
+use crate::model::{AgentId, ConnectionId, CredentialInput, NewConnection, Owner};
 use crate::secret::Secret;
 use crate::time::rfc3339_millis;
-use crate::vault::Actor;
+use crate::vault::{Actor, NewAgent};
 
 #[derive(Debug, Subcommand)]
 pub enum AdminTokenCmd {
@@ -70,6 +70,34 @@ pub enum CredentialsCmd {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum AgentsCmd {
+    /// Register an agent from a JSON body `{id, name, policy}`; prints the client secret once.
+    Add {
+        /// JSON file, or - for standard input.
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// List agents.
+    List,
+    /// Show one agent.
+    Show { id: String },
+    /// Replace an agent's policy with `{"grants": [...]}` from FILE (or -).
+    Policy {
+        id: String,
+        #[arg(long, value_name = "FILE")]
+        from: PathBuf,
+    },
+    /// Issue a new client secret (printed once); the old one stops working.
+    RotateSecret { id: String },
+    /// Disable an agent: its tokens stop working at once.
+    Disable { id: String },
+    /// Re-enable a disabled agent.
+    Enable { id: String },
+    /// Delete an agent.
+    Rm { id: String },
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AuditCmd {
     /// Print the most recent audit records.
     Tail {
@@ -93,10 +121,7 @@ pub fn admin_token(settings: &Settings, cmd: AdminTokenCmd) -> CliResult {
         AdminTokenCmd::Create { label, file } => {
             if let Some(f) = &file {
                 if f.exists() {
-                    return Err(CliError::from(format!(
-                        "{} already exists; choose a new file",
-                        f.display()
-                    )));
+                    return Err(CliError::from(format!("{} already exists; choose a new file", f.display())));
                 }
             }
             let (id, token) = vault.create_admin_token(&Actor::cli(), label.as_deref())?;
@@ -117,19 +142,13 @@ pub fn connections(settings: &Settings, cmd: ConnectionsCmd) -> CliResult {
     match cmd {
         ConnectionsCmd::Add { from } => {
             let text = read_input(&from)?;
-            let value: serde_json::Value = serde_json::from_str(&text).map_err(|e| {
-                CliError::from(format!(
-                    "invalid JSON: {}",
-                    crate::model::clean_serde_error(&e.to_string())
-                ))
-            })?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| CliError::from(format!("invalid JSON: {}", crate::model::clean_serde_error(&e.to_string()))))?;
             let view = vault.create_connection(&Actor::cli(), NewConnection::from_json(value)?)?;
             print_json(&view)
         }
         ConnectionsCmd::List => print_json(&vault.list_connections()?),
-        ConnectionsCmd::Show { id } => {
-            print_json(&vault.get_connection(&ConnectionId::parse(&id)?)?)
-        }
+        ConnectionsCmd::Show { id } => print_json(&vault.get_connection(&ConnectionId::parse(&id)?)?),
         ConnectionsCmd::Rm { id, cascade } => {
             let n = vault.delete_connection(&Actor::cli(), &ConnectionId::parse(&id)?, cascade)?;
             println!("connection {id} deleted ({n} credentials deleted)");
@@ -141,21 +160,13 @@ pub fn connections(settings: &Settings, cmd: ConnectionsCmd) -> CliResult {
 pub fn credentials(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
     let vault = open_vault(settings)?;
     match cmd {
-        CredentialsCmd::Put {
-            connection,
-            owner,
-            from,
-            api_key_file,
-        } => {
+        CredentialsCmd::Put { connection, owner, from, api_key_file } => {
             let (id, owner) = (ConnectionId::parse(&connection)?, Owner::parse(&owner)?);
             let input: CredentialInput = match (from, api_key_file) {
                 (Some(f), None) => {
                     let text = read_input(&f)?;
                     serde_json::from_str(&text).map_err(|e| {
-                        CliError::from(format!(
-                            "invalid credential JSON: {}",
-                            crate::model::clean_serde_error(&e.to_string())
-                        ))
+                        CliError::from(format!("invalid credential JSON: {}", crate::model::clean_serde_error(&e.to_string())))
                     })?
                 }
                 (None, Some(f)) => {
@@ -163,22 +174,50 @@ pub fn credentials(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
                     let key = text.strip_suffix('\n').unwrap_or(&text);
                     CredentialInput::api_key(Secret::new(key.to_owned()))
                 }
-                _ => return Err(CliError::usage(
-                    "give --from FILE (JSON body) or --api-key-file FILE; use - for standard input",
-                )),
+                _ => return Err(CliError::usage("give --from FILE (JSON body) or --api-key-file FILE; use - for standard input")),
             };
             print_json(&vault.put_credential(&Actor::cli(), &id, &owner, input)?)
         }
-        CredentialsCmd::List { connection } => {
-            print_json(&vault.list_credentials(&ConnectionId::parse(&connection)?, None, 1000)?)
-        }
+        CredentialsCmd::List { connection } => print_json(&vault.list_credentials(&ConnectionId::parse(&connection)?, None, 1000)?),
         CredentialsCmd::Rm { connection, owner } => {
-            vault.delete_credential(
-                &Actor::cli(),
-                &ConnectionId::parse(&connection)?,
-                &Owner::parse(&owner)?,
-            )?;
+            vault.delete_credential(&Actor::cli(), &ConnectionId::parse(&connection)?, &Owner::parse(&owner)?)?;
             println!("credential of {owner} for {connection} deleted");
+            Ok(())
+        }
+    }
+}
+
+fn read_json(path: &std::path::Path) -> Result<serde_json::Value, CliError> {
+    let text = read_input(path)?;
+    serde_json::from_str(&text).map_err(|e| CliError::from(format!("invalid JSON: {}", crate::model::clean_serde_error(&e.to_string()))))
+}
+
+pub fn agents(settings: &Settings, cmd: AgentsCmd) -> CliResult {
+    let vault = open_vault(settings)?;
+    let actor = Actor::cli();
+    match cmd {
+        AgentsCmd::Add { from } => {
+            let new: NewAgent = serde_json::from_value(read_json(&from)?)
+                .map_err(|e| CliError::from(format!("invalid agent: {}", crate::model::clean_serde_error(&e.to_string()))))?;
+            let (agent, secret) = vault.create_agent(&actor, new)?;
+            eprintln!("agent {} created; client secret (shown once):", agent.id);
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        AgentsCmd::List => print_json(&vault.list_agents()?),
+        AgentsCmd::Show { id } => print_json(&vault.get_agent(&AgentId::parse(&id)?)?),
+        AgentsCmd::Policy { id, from } => print_json(&vault.set_agent_policy(&actor, &AgentId::parse(&id)?, read_json(&from)?)?),
+        AgentsCmd::RotateSecret { id } => {
+            let secret = vault.rotate_agent_secret(&actor, &AgentId::parse(&id)?)?;
+            eprintln!("new client secret for {id} (shown once; the old one no longer works):");
+            println!("{}", secret.expose());
+            Ok(())
+        }
+        AgentsCmd::Disable { id } => print_json(&vault.set_agent_disabled(&actor, &AgentId::parse(&id)?, true)?),
+        AgentsCmd::Enable { id } => print_json(&vault.set_agent_disabled(&actor, &AgentId::parse(&id)?, false)?),
+        AgentsCmd::Rm { id } => {
+            vault.delete_agent(&actor, &AgentId::parse(&id)?)?;
+            println!("agent {id} deleted");
             Ok(())
         }
     }
@@ -210,18 +249,12 @@ pub fn audit(settings: &Settings, cmd: AuditCmd) -> CliResult {
         }
         AuditCmd::Verify => match vault.audit_verify()? {
             Ok((n, head)) => {
-                println!(
-                    "ok: {n} audit records, chain intact; head hash {}",
-                    crate::vault::hex(&head)
-                );
+                println!("ok: {n} audit records, chain intact; head hash {}", crate::vault::hex(&head));
                 Ok(())
             }
             Err(b) => {
                 println!("BROKEN at record {}: {}", b.seq, b.reason);
-                Err(CliError::from(format!(
-                    "the audit chain is broken at record {}",
-                    b.seq
-                )))
+                Err(CliError::from(format!("the audit chain is broken at record {}", b.seq)))
             }
         },
     }

@@ -46,27 +46,19 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
                 println!("{}", serde_json::to_string_pretty(&s)?);
                 return Ok(());
             }
-            println!(
-                "active version: {}",
-                s.active_version
-                    .map(|v| v.to_string())
-                    .unwrap_or_else(|| "none".into())
-            );
-            println!(
-                "{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file",
-                "version", "state", "deks", "wraps", "created"
-            );
+            println!("active version: {}", s.active_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()));
+            println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file", "version", "state", "deks", "wraps", "created");
             for v in &s.versions {
-                println!(
-                    "{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  {}",
-                    v.version, v.state, v.deks, v.wraps, v.created_at, v.file
-                );
+                println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  {}", v.version, v.state, v.deks, v.wraps, v.created_at, v.file);
                 if let Some(w) = &v.warning {
                     println!("         warning: {w}");
                 }
             }
             match &s.rotation {
-                Some(r) => println!("rotation to v{} in progress: {}/{} data keys (run `latchkey keys rotate` to finish)", r.target_version, r.done, r.total),
+                Some(r) => println!(
+                    "rotation to v{} in progress: {}/{} data keys (run `latchkey keys rotate` to finish)",
+                    r.target_version, r.done, r.total
+                ),
                 None => println!("no rotation in progress"),
             }
             Ok(())
@@ -77,18 +69,13 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             }
             let mut p = Progress::new();
             let r = vault.rotate_keys(&actor, batch_size, &mut |pr| {
-                p.show(
-                    &format!("re-wrapping under v{}", pr.target_version),
-                    pr.done,
-                    pr.total,
-                )
+                p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total)
             })?;
-            let verb = if r.resumed {
-                "finished the interrupted rotation to"
-            } else {
-                "rotated to"
-            };
-            println!("{verb} master key v{}: {} data keys re-wrapped ({} changed concurrently and were already current)", r.to_version, r.rewrapped, r.skipped_concurrent);
+            let verb = if r.resumed { "finished the interrupted rotation to" } else { "rotated to" };
+            println!(
+                "{verb} master key v{}: {} data keys re-wrapped ({} changed concurrently and were already current)",
+                r.to_version, r.rewrapped, r.skipped_concurrent
+            );
             if !r.from_versions.is_empty() {
                 let list: Vec<String> = r.from_versions.iter().map(|v| v.to_string()).collect();
                 println!("previous version(s) {} are now decrypt-only; retire them with `latchkey keys retire N`", list.join(", "));
@@ -108,20 +95,18 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
                 for f in &r.failures {
                     println!("FAILED {f}");
                 }
-                Err(CliError::from(format!("{} record(s) failed verification; restore them from backup or re-enter the credentials", r.failures.len())))
+                Err(CliError::from(format!(
+                    "{} record(s) failed verification; restore them from backup or re-enter the credentials",
+                    r.failures.len()
+                )))
             }
         }
-        KeysCmd::Retire {
-            key_version: version,
-        } => {
+        KeysCmd::Retire { key_version: version } => {
             vault.retire_key(&actor, version)?;
             println!("master key v{version} retired; `latchkey keys destroy {version} --yes` deletes its file");
             Ok(())
         }
-        KeysCmd::Destroy {
-            key_version: version,
-            yes,
-        } => {
+        KeysCmd::Destroy { key_version: version, yes } => {
             if !yes {
                 return Err(CliError::usage(format!("destroying master key v{version} deletes its file for good; pass --yes to confirm")));
             }

@@ -21,12 +21,7 @@ use crate::time::Clock;
 use crate::vault::Vault;
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "latchkey",
-    version,
-    about = "Self-hosted credential vault for AI agents",
-    propagate_version = true
-)]
+#[command(name = "latchkey", version, about = "Self-hosted credential vault for AI agents", propagate_version = true)]
 pub struct Cli {
     /// Configuration file (TOML). Default: ./latchkey.toml if present.
     #[arg(long, env = "LATCHKEY_CONFIG", global = true, value_name = "FILE")]
@@ -68,6 +63,9 @@ enum Command {
     /// Stored credentials.
     #[command(subcommand)]
     Credentials(admin::CredentialsCmd),
+    /// Agents and their policies.
+    #[command(subcommand)]
+    Agents(admin::AgentsCmd),
     /// The audit trail.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
@@ -83,19 +81,13 @@ pub struct CliError {
 
 impl CliError {
     pub fn usage(msg: impl Into<String>) -> Self {
-        CliError {
-            message: msg.into(),
-            code: 2,
-        }
+        CliError { message: msg.into(), code: 2 }
     }
 }
 
 impl<E: std::fmt::Display> From<E> for CliError {
     fn from(e: E) -> Self {
-        CliError {
-            message: e.to_string(),
-            code: 1,
-        }
+        CliError { message: e.to_string(), code: 1 }
     }
 }
 
@@ -112,16 +104,14 @@ pub fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Serve { dev } => serve::exec(&settings, dev),
-        Command::Init {
-            no_passphrase,
-            admin_token_file,
-        } => init(&settings, no_passphrase, admin_token_file.as_deref()),
+        Command::Init { no_passphrase, admin_token_file } => init(&settings, no_passphrase, admin_token_file.as_deref()),
         Command::Migrate => migrate(&settings),
         Command::Healthcheck => healthcheck(&settings),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
         Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
         Command::Connections(cmd) => admin::connections(&settings, cmd),
         Command::Credentials(cmd) => admin::credentials(&settings, cmd),
+        Command::Agents(cmd) => admin::agents(&settings, cmd),
         Command::Audit(cmd) => admin::audit(&settings, cmd),
     };
     match result {
@@ -143,12 +133,7 @@ pub fn passphrase_source(settings: &Settings) -> PassphraseSource {
 }
 
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
-    Ok(Vault::open(
-        &settings.data_dir,
-        &settings.keys_dir,
-        passphrase_source(settings),
-        Clock::system(),
-    )?)
+    Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
 }
 
 const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \
@@ -157,10 +142,7 @@ directory can decrypt every secret. Use this for development only.";
 fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> CliResult {
     if let Some(f) = token_file {
         if f.exists() {
-            return Err(CliError::from(format!(
-                "{} already exists; choose a new file for the admin token",
-                f.display()
-            )));
+            return Err(CliError::from(format!("{} already exists; choose a new file for the admin token", f.display())));
         }
     }
     let passphrase = if no_passphrase {
@@ -176,18 +158,8 @@ fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> 
             src => src.resolve(true)?,
         }
     };
-    let init = Vault::init(
-        &settings.data_dir,
-        &settings.keys_dir,
-        passphrase,
-        Clock::system(),
-        &crate::vault::Actor::cli(),
-    )?;
-    eprintln!(
-        "initialised {} (database) and {} (master key v1)",
-        settings.data_dir.display(),
-        settings.keys_dir.display()
-    );
+    let init = Vault::init(&settings.data_dir, &settings.keys_dir, passphrase, Clock::system(), &crate::vault::Actor::cli())?;
+    eprintln!("initialised {} (database) and {} (master key v1)", settings.data_dir.display(), settings.keys_dir.display());
     deliver_token(&init.admin_token, token_file)
 }
 
@@ -203,9 +175,7 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
                 .mode(0o600)
                 .open(f)
                 .map_err(|e| CliError::from(format!("cannot create {}: {e}", f.display())))?;
-            out.write_all(token.expose().as_bytes())
-                .and_then(|_| out.write_all(b"\n"))
-                .and_then(|_| out.sync_all())?;
+            out.write_all(token.expose().as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.sync_all())?;
             eprintln!("admin token written to {} (mode 0600)", f.display());
         }
         None => {
@@ -219,10 +189,7 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
 fn migrate(settings: &Settings) -> CliResult {
     let store = crate::store::Store::open(&settings.data_dir)?;
     let v = store.read(crate::store::db_schema_version)?;
-    println!(
-        "database schema is at version {v} (latest known: {})",
-        crate::store::schema_version()
-    );
+    println!("database schema is at version {v} (latest known: {})", crate::store::schema_version());
     Ok(())
 }
 
@@ -231,34 +198,21 @@ fn healthcheck(settings: &Settings) -> CliResult {
     use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
-    let mut addr: SocketAddr = settings
-        .bind
-        .parse()
-        .map_err(|_| CliError::usage("invalid bind address"))?;
+    let mut addr: SocketAddr = settings.bind.parse().map_err(|_| CliError::usage("invalid bind address"))?;
     if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            [127, 0, 0, 1].into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
+        addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
-    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
-        .map_err(|e| CliError::from(format!("cannot connect to {addr}: {e}")))?;
+    let mut s =
+        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| CliError::from(format!("cannot connect to {addr}: {e}")))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(
-        s,
-        "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )?;
+    write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     if &head[9..12] == b"200" {
         println!("ok");
         Ok(())
     } else {
-        Err(CliError::from(format!(
-            "unhealthy: {}",
-            String::from_utf8_lossy(&head)
-        )))
+        Err(CliError::from(format!("unhealthy: {}", String::from_utf8_lossy(&head))))
     }
 }
 
@@ -283,10 +237,7 @@ pub struct Progress {
 
 impl Progress {
     pub fn new() -> Self {
-        Progress {
-            enabled: std::io::stderr().is_terminal(),
-            last: std::time::Instant::now(),
-        }
+        Progress { enabled: std::io::stderr().is_terminal(), last: std::time::Instant::now() }
     }
 
     pub fn show(&mut self, label: &str, done: u64, total: u64) {
@@ -294,11 +245,7 @@ impl Progress {
             return;
         }
         self.last = std::time::Instant::now();
-        let pct = if total == 0 {
-            100.0
-        } else {
-            done as f64 * 100.0 / total as f64
-        };
+        let pct = if total == 0 { 100.0 } else { done as f64 * 100.0 / total as f64 };
         eprint!("\r{label}: {done}/{total} ({pct:.1}%)   ");
         if done >= total {
             eprintln!();

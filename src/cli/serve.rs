@@ -12,31 +12,17 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     crate::telemetry::init(&settings.log, settings.log_format);
     if dev && !Vault::is_initialised(&settings.data_dir) {
         eprintln!("{NO_PASSPHRASE_WARNING}");
-        let init = Vault::init(
-            &settings.data_dir,
-            &settings.keys_dir,
-            None,
-            Clock::system(),
-            &Actor::cli(),
-        )?;
-        eprintln!(
-            "development vault initialised in {} and {}",
-            settings.data_dir.display(),
-            settings.keys_dir.display()
-        );
+        let init = Vault::init(&settings.data_dir, &settings.keys_dir, None, Clock::system(), &Actor::cli())?;
+        eprintln!("development vault initialised in {} and {}", settings.data_dir.display(), settings.keys_dir.display());
         super::deliver_token(&init.admin_token, None)?;
     }
     let vault = open_vault(settings)?;
     let active = vault.load_keys()?;
-    let listener = TcpListener::bind(&settings.bind)
-        .map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
+    let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     let vault = Arc::new(vault);
-    let opts = crate::startup::ServerOptions {
-        public_url: settings.public_url.clone(),
-        max_body_bytes: settings.max_body_bytes,
-        workers: None,
-    };
+    let opts =
+        crate::startup::ServerOptions { public_url: settings.public_url.clone(), max_body_bytes: settings.max_body_bytes, workers: None };
     let public_url = opts.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
         let server = crate::startup::server(vault, listener, opts)?;

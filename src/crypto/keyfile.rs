@@ -36,18 +36,10 @@ pub struct KdfParams {
 
 impl KdfParams {
     /// The production parameters: 64 MiB, 3 passes, 4 lanes.
-    pub const RECOMMENDED: KdfParams = KdfParams {
-        m_cost_kib: 64 * 1024,
-        t_cost: 3,
-        p_cost: 4,
-    };
+    pub const RECOMMENDED: KdfParams = KdfParams { m_cost_kib: 64 * 1024, t_cost: 3, p_cost: 4 };
 
     /// Cheap parameters for tests only; refused by [`KdfLimits::PRODUCTION`].
-    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams {
-        m_cost_kib: 64,
-        t_cost: 1,
-        p_cost: 1,
-    };
+    pub const INSECURE_FOR_TESTS: KdfParams = KdfParams { m_cost_kib: 64, t_cost: 1, p_cost: 1 };
 }
 
 /// Bounds applied to the parameters read from a file before any KDF work is done.
@@ -58,22 +50,10 @@ pub struct KdfLimits {
 }
 
 impl KdfLimits {
-    pub const PRODUCTION: KdfLimits = KdfLimits {
-        min: KdfParams::RECOMMENDED,
-        max: KdfParams {
-            m_cost_kib: 1024 * 1024,
-            t_cost: 16,
-            p_cost: 16,
-        },
-    };
-    pub const TESTS: KdfLimits = KdfLimits {
-        min: KdfParams::INSECURE_FOR_TESTS,
-        max: KdfParams {
-            m_cost_kib: 1024 * 1024,
-            t_cost: 16,
-            p_cost: 16,
-        },
-    };
+    pub const PRODUCTION: KdfLimits =
+        KdfLimits { min: KdfParams::RECOMMENDED, max: KdfParams { m_cost_kib: 1024 * 1024, t_cost: 16, p_cost: 16 } };
+    pub const TESTS: KdfLimits =
+        KdfLimits { min: KdfParams::INSECURE_FOR_TESTS, max: KdfParams { m_cost_kib: 1024 * 1024, t_cost: 16, p_cost: 16 } };
 
     fn admits(&self, p: &KdfParams) -> bool {
         (self.min.m_cost_kib..=self.max.m_cost_kib).contains(&p.m_cost_kib)
@@ -126,46 +106,17 @@ fn parse_header(bytes: &[u8], limits: &KdfLimits) -> Result<Header, KeyFileError
     if bytes[4] != FORMAT {
         return Err(KeyFileError::UnsupportedFormat(bytes[4]));
     }
-    let u32_at =
-        |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
+    let u32_at = |i: usize| u32::from_be_bytes([bytes[i], bytes[i + 1], bytes[i + 2], bytes[i + 3]]);
     let version = u32_at(5);
-    let params = KdfParams {
-        m_cost_kib: u32_at(10),
-        t_cost: u32_at(14),
-        p_cost: u32_at(18),
-    };
+    let params = KdfParams { m_cost_kib: u32_at(10), t_cost: u32_at(14), p_cost: u32_at(18) };
     let protection = match bytes[9] {
-        KDF_NONE
-            if params
-                == (KdfParams {
-                    m_cost_kib: 0,
-                    t_cost: 0,
-                    p_cost: 0,
-                }) =>
-        {
-            Protection::None
-        }
-        KDF_NONE => {
-            return Err(KeyFileError::KdfParamsOutOfRange {
-                m: params.m_cost_kib,
-                t: params.t_cost,
-                p: params.p_cost,
-            })
-        }
+        KDF_NONE if params == (KdfParams { m_cost_kib: 0, t_cost: 0, p_cost: 0 }) => Protection::None,
+        KDF_NONE => return Err(KeyFileError::KdfParamsOutOfRange { m: params.m_cost_kib, t: params.t_cost, p: params.p_cost }),
         KDF_ARGON2ID if limits.admits(&params) => Protection::Passphrase(params),
-        KDF_ARGON2ID => {
-            return Err(KeyFileError::KdfParamsOutOfRange {
-                m: params.m_cost_kib,
-                t: params.t_cost,
-                p: params.p_cost,
-            })
-        }
+        KDF_ARGON2ID => return Err(KeyFileError::KdfParamsOutOfRange { m: params.m_cost_kib, t: params.t_cost, p: params.p_cost }),
         other => return Err(KeyFileError::UnknownKdf(other)),
     };
-    Ok(Header {
-        version,
-        protection,
-    })
+    Ok(Header { version, protection })
 }
 
 /// Reads the header of a key file (no passphrase needed, nothing authenticated yet).
@@ -173,11 +124,7 @@ pub fn header(bytes: &[u8], limits: &KdfLimits) -> Result<Header, KeyFileError> 
     parse_header(bytes, limits)
 }
 
-fn derive_kek(
-    protection: Protection,
-    passphrase: Option<&[u8]>,
-    salt: &[u8],
-) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+fn derive_kek(protection: Protection, passphrase: Option<&[u8]>, salt: &[u8]) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
     let mut kek = Zeroizing::new([0u8; KEY_LEN]);
     match protection {
         Protection::None => {
@@ -189,8 +136,7 @@ fn derive_kek(
         }
         Protection::Passphrase(p) => {
             let passphrase = passphrase.ok_or(KeyFileError::PassphraseRequired)?;
-            let params = argon2::Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(KEY_LEN))
-                .map_err(|_| KeyFileError::Kdf)?;
+            let params = argon2::Params::new(p.m_cost_kib, p.t_cost, p.p_cost, Some(KEY_LEN)).map_err(|_| KeyFileError::Kdf)?;
             argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
                 .hash_password_into(passphrase, salt, kek.as_mut())
                 .map_err(|_| KeyFileError::Kdf)?;
@@ -200,20 +146,9 @@ fn derive_kek(
 }
 
 /// Encrypts `key` into the key-file format.
-pub fn encode(
-    key: &MasterKey,
-    protection: Protection,
-    passphrase: Option<&[u8]>,
-) -> Result<Vec<u8>, KeyFileError> {
+pub fn encode(key: &MasterKey, protection: Protection, passphrase: Option<&[u8]>) -> Result<Vec<u8>, KeyFileError> {
     let (kdf, params) = match protection {
-        Protection::None => (
-            KDF_NONE,
-            KdfParams {
-                m_cost_kib: 0,
-                t_cost: 0,
-                p_cost: 0,
-            },
-        ),
+        Protection::None => (KDF_NONE, KdfParams { m_cost_kib: 0, t_cost: 0, p_cost: 0 }),
         Protection::Passphrase(p) => (KDF_ARGON2ID, p),
     };
     let mut out = Vec::with_capacity(FILE_LEN);
@@ -232,44 +167,24 @@ pub fn encode(
     out.extend_from_slice(&nonce);
     let kek = derive_kek(protection, passphrase, &salt)?;
     let ct = Aes256Gcm::new(kek.as_ref().into())
-        .encrypt(
-            Nonce::from_slice(&nonce),
-            Payload {
-                msg: key.expose(),
-                aad: &out,
-            },
-        )
+        .encrypt(Nonce::from_slice(&nonce), Payload { msg: key.expose(), aad: &out })
         .map_err(|_| KeyFileError::Crypto(CryptoError::Authentication))?;
     out.extend_from_slice(&ct);
     Ok(out)
 }
 
 /// Opens a key file that must hold `expected_version`.
-pub fn decode(
-    bytes: &[u8],
-    expected_version: u32,
-    passphrase: Option<&[u8]>,
-    limits: &KdfLimits,
-) -> Result<MasterKey, KeyFileError> {
+pub fn decode(bytes: &[u8], expected_version: u32, passphrase: Option<&[u8]>, limits: &KdfLimits) -> Result<MasterKey, KeyFileError> {
     let header = parse_header(bytes, limits)?;
     if header.version != expected_version {
-        return Err(KeyFileError::VersionMismatch {
-            expected: expected_version,
-            found: header.version,
-        });
+        return Err(KeyFileError::VersionMismatch { expected: expected_version, found: header.version });
     }
     let salt = &bytes[22..22 + SALT_LEN];
     let nonce = &bytes[22 + SALT_LEN..HEADER_LEN];
     let kek = derive_kek(header.protection, passphrase, salt)?;
     let plain = Zeroizing::new(
         Aes256Gcm::new(kek.as_ref().into())
-            .decrypt(
-                Nonce::from_slice(nonce),
-                Payload {
-                    msg: &bytes[HEADER_LEN..],
-                    aad: &bytes[..HEADER_LEN],
-                },
-            )
+            .decrypt(Nonce::from_slice(nonce), Payload { msg: &bytes[HEADER_LEN..], aad: &bytes[..HEADER_LEN] })
             .map_err(|_| KeyFileError::OpenFailed)?,
     );
     let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -294,10 +209,7 @@ mod tests {
         let back = decode(&file, 3, Some(b"correct horse"), &KdfLimits::TESTS).unwrap();
         assert_eq!(back.expose(), mk.expose());
         let open = encode(&mk, Protection::None, None).unwrap();
-        assert_eq!(
-            decode(&open, 3, None, &KdfLimits::TESTS).unwrap().expose(),
-            mk.expose()
-        );
+        assert_eq!(decode(&open, 3, None, &KdfLimits::TESTS).unwrap().expose(), mk.expose());
         assert!(!file.windows(KEY_LEN).any(|w| w == mk.expose()));
         assert!(!open.windows(KEY_LEN).any(|w| w == mk.expose()));
     }
@@ -306,20 +218,11 @@ mod tests {
     fn wrong_passphrase_missing_passphrase_and_wrong_version_are_refused() {
         let mk = MasterKey::generate(1).unwrap();
         let file = encode(&mk, FAST, Some(b"right")).unwrap();
-        assert_eq!(
-            decode(&file, 1, Some(b"wrong"), &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::OpenFailed
-        );
-        assert_eq!(
-            decode(&file, 1, None, &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::PassphraseRequired
-        );
+        assert_eq!(decode(&file, 1, Some(b"wrong"), &KdfLimits::TESTS).unwrap_err(), KeyFileError::OpenFailed);
+        assert_eq!(decode(&file, 1, None, &KdfLimits::TESTS).unwrap_err(), KeyFileError::PassphraseRequired);
         assert_eq!(
             decode(&file, 2, Some(b"right"), &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::VersionMismatch {
-                expected: 2,
-                found: 1
-            }
+            KeyFileError::VersionMismatch { expected: 2, found: 1 }
         );
     }
 
@@ -330,31 +233,19 @@ mod tests {
         // Lowered within limits: authentication of the header fails.
         let mut t = file.clone();
         t[14..18].copy_from_slice(&2u32.to_be_bytes());
-        assert_eq!(
-            decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::OpenFailed
-        );
+        assert_eq!(decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(), KeyFileError::OpenFailed);
         // Raised past the cap: refused before any work.
         let mut t = file.clone();
         t[10..14].copy_from_slice(&u32::MAX.to_be_bytes());
-        assert!(matches!(
-            decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::KdfParamsOutOfRange { .. }
-        ));
+        assert!(matches!(decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(), KeyFileError::KdfParamsOutOfRange { .. }));
         // Below the production floor.
-        assert!(matches!(
-            decode(&file, 1, Some(b"pw"), &KdfLimits::PRODUCTION).unwrap_err(),
-            KeyFileError::KdfParamsOutOfRange { .. }
-        ));
+        assert!(matches!(decode(&file, 1, Some(b"pw"), &KdfLimits::PRODUCTION).unwrap_err(), KeyFileError::KdfParamsOutOfRange { .. }));
         // Switched to "no KDF": refused, not silently opened.
         let mut t = file.clone();
         t[9] = KDF_NONE;
         assert!(decode(&t, 1, None, &KdfLimits::TESTS).is_err());
         let mut t = file;
         t[0] = b'X';
-        assert_eq!(
-            decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(),
-            KeyFileError::NotAKeyFile
-        );
+        assert_eq!(decode(&t, 1, Some(b"pw"), &KdfLimits::TESTS).unwrap_err(), KeyFileError::NotAKeyFile);
     }
 }

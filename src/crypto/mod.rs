@@ -92,8 +92,7 @@ fn push_part(out: &mut Vec<u8>, part: &[u8]) {
 }
 
 fn aad(label: &[u8], header: &[u8], binding: &Binding, field: &[u8]) -> Vec<u8> {
-    let mut out =
-        Vec::with_capacity(label.len() + header.len() + binding.0.len() + field.len() + 12);
+    let mut out = Vec::with_capacity(label.len() + header.len() + binding.0.len() + field.len() + 12);
     push_part(&mut out, label);
     push_part(&mut out, header);
     push_part(&mut out, &binding.0);
@@ -114,12 +113,7 @@ impl Dek {
     }
 
     /// Encrypts `plaintext` for `field` of the record named by `binding`.
-    pub fn seal(
-        &self,
-        plaintext: &[u8],
-        binding: &Binding,
-        field: &str,
-    ) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal(&self, plaintext: &[u8], binding: &Binding, field: &str) -> Result<Vec<u8>, CryptoError> {
         let mut out = Vec::with_capacity(SEALED_HEADER_LEN + plaintext.len() + TAG_LEN);
         out.extend_from_slice(&[FORMAT_V1, ALG_AES256_GCM]);
         let mut nonce = [0u8; NONCE_LEN];
@@ -127,25 +121,14 @@ impl Dek {
         out.extend_from_slice(&nonce);
         let aad = aad(b"latchkey/secret", &out, binding, field.as_bytes());
         let ct = cipher(&self.0)
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: plaintext,
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: plaintext, aad: &aad })
             .map_err(|_| CryptoError::Authentication)?;
         out.extend_from_slice(&ct);
         Ok(out)
     }
 
     /// Decrypts a ciphertext made by [`Dek::seal`] with the same binding and field.
-    pub fn open(
-        &self,
-        sealed: &[u8],
-        binding: &Binding,
-        field: &str,
-    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(&self, sealed: &[u8], binding: &Binding, field: &str) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         if sealed.len() < SEALED_HEADER_LEN + TAG_LEN {
             return Err(CryptoError::Malformed);
         }
@@ -155,10 +138,7 @@ impl Dek {
         let (header, ct) = sealed.split_at(SEALED_HEADER_LEN);
         let aad = aad(b"latchkey/secret", header, binding, field.as_bytes());
         cipher(&self.0)
-            .decrypt(
-                Nonce::from_slice(&header[2..]),
-                Payload { msg: ct, aad: &aad },
-            )
+            .decrypt(Nonce::from_slice(&header[2..]), Payload { msg: ct, aad: &aad })
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Authentication)
     }
@@ -179,10 +159,7 @@ pub struct MasterKey {
 
 impl MasterKey {
     pub fn generate(version: u32) -> Result<Self, CryptoError> {
-        Ok(MasterKey {
-            version,
-            key: random_key()?,
-        })
+        Ok(MasterKey { version, key: random_key()? })
     }
 
     pub(crate) fn from_bytes(version: u32, key: Zeroizing<[u8; KEY_LEN]>) -> Self {
@@ -208,13 +185,7 @@ impl MasterKey {
         out.extend_from_slice(&nonce);
         let aad = aad(b"latchkey/dek-wrap", &out, binding, b"");
         let ct = cipher(&self.key)
-            .encrypt(
-                Nonce::from_slice(&nonce),
-                Payload {
-                    msg: dek.0.as_slice(),
-                    aad: &aad,
-                },
-            )
+            .encrypt(Nonce::from_slice(&nonce), Payload { msg: dek.0.as_slice(), aad: &aad })
             .map_err(|_| CryptoError::Authentication)?;
         out.extend_from_slice(&ct);
         Ok(out)
@@ -229,10 +200,7 @@ impl MasterKey {
         let aad = aad(b"latchkey/dek-wrap", header, binding, b"");
         let plain = Zeroizing::new(
             cipher(&self.key)
-                .decrypt(
-                    Nonce::from_slice(&header[6..]),
-                    Payload { msg: ct, aad: &aad },
-                )
+                .decrypt(Nonce::from_slice(&header[6..]), Payload { msg: ct, aad: &aad })
                 .map_err(|_| CryptoError::Authentication)?,
         );
         let mut key = Zeroizing::new([0u8; KEY_LEN]);
@@ -246,10 +214,7 @@ impl MasterKey {
 
 impl std::fmt::Debug for MasterKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("MasterKey")
-            .field("version", &self.version)
-            .field("key", &"[redacted]")
-            .finish()
+        f.debug_struct("MasterKey").field("version", &self.version).field("key", &"[redacted]").finish()
     }
 }
 
@@ -262,9 +227,7 @@ pub fn wrapped_key_version(wrapped: &[u8]) -> Result<u32, CryptoError> {
     if wrapped[0] != FORMAT_V1 || wrapped[1] != ALG_AES256_GCM {
         return Err(CryptoError::Unsupported);
     }
-    Ok(u32::from_be_bytes([
-        wrapped[2], wrapped[3], wrapped[4], wrapped[5],
-    ]))
+    Ok(u32::from_be_bytes([wrapped[2], wrapped[3], wrapped[4], wrapped[5]]))
 }
 
 /// SHA-256 of `data`.
@@ -302,35 +265,15 @@ mod tests {
         let dek = Dek::generate().unwrap();
         let b = binding("user:alice", 1);
         let ct = dek.seal(b"token", &b, "access_token").unwrap();
-        assert_eq!(
-            dek.open(&ct, &binding("user:bob", 1), "access_token")
-                .unwrap_err(),
-            CryptoError::Authentication
-        );
-        assert_eq!(
-            dek.open(&ct, &b, "refresh_token").unwrap_err(),
-            CryptoError::Authentication
-        );
-        assert_eq!(
-            dek.open(&ct, &binding("user:alice", 2), "access_token")
-                .unwrap_err(),
-            CryptoError::Authentication
-        );
+        assert_eq!(dek.open(&ct, &binding("user:bob", 1), "access_token").unwrap_err(), CryptoError::Authentication);
+        assert_eq!(dek.open(&ct, &b, "refresh_token").unwrap_err(), CryptoError::Authentication);
+        assert_eq!(dek.open(&ct, &binding("user:alice", 2), "access_token").unwrap_err(), CryptoError::Authentication);
         let other_record = Binding::new("credential", "crm", "user:alice", "cred_2", 1);
-        assert_eq!(
-            dek.open(&ct, &other_record, "access_token").unwrap_err(),
-            CryptoError::Authentication
-        );
+        assert_eq!(dek.open(&ct, &other_record, "access_token").unwrap_err(), CryptoError::Authentication);
         let other_conn = Binding::new("credential", "mail", "user:alice", "cred_1", 1);
-        assert_eq!(
-            dek.open(&ct, &other_conn, "access_token").unwrap_err(),
-            CryptoError::Authentication
-        );
+        assert_eq!(dek.open(&ct, &other_conn, "access_token").unwrap_err(), CryptoError::Authentication);
         let other_purpose = Binding::new("connection", "crm", "user:alice", "cred_1", 1);
-        assert_eq!(
-            dek.open(&ct, &other_purpose, "access_token").unwrap_err(),
-            CryptoError::Authentication
-        );
+        assert_eq!(dek.open(&ct, &other_purpose, "access_token").unwrap_err(), CryptoError::Authentication);
     }
 
     #[test]
@@ -353,15 +296,9 @@ mod tests {
         for i in 0..ct.len() {
             let mut bad = ct.clone();
             bad[i] ^= 0x01;
-            assert!(
-                dek.open(&bad, &b, "api_key").is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+            assert!(dek.open(&bad, &b, "api_key").is_err(), "flip at byte {i} went unnoticed");
         }
-        assert_eq!(
-            dek.open(&ct[..10], &b, "api_key").unwrap_err(),
-            CryptoError::Malformed
-        );
+        assert_eq!(dek.open(&ct[..10], &b, "api_key").unwrap_err(), CryptoError::Malformed);
     }
 
     #[test]
@@ -387,10 +324,7 @@ mod tests {
         for i in 0..w1.len() {
             let mut bad = w1.clone();
             bad[i] ^= 0x80;
-            assert!(
-                v1.unwrap(&bad, &b).is_err(),
-                "flip at byte {i} went unnoticed"
-            );
+            assert!(v1.unwrap(&bad, &b).is_err(), "flip at byte {i} went unnoticed");
         }
     }
 
@@ -412,10 +346,7 @@ mod tests {
     fn debug_never_prints_key_material() {
         let mk = MasterKey::from_bytes(7, Zeroizing::new([0xAB; KEY_LEN]));
         let s = format!("{mk:?} {:?}", Dek(Zeroizing::new([0xAB; KEY_LEN])));
-        assert!(
-            !s.to_lowercase().contains("ab, ") && !s.contains("171"),
-            "{s}"
-        );
+        assert!(!s.to_lowercase().contains("ab, ") && !s.contains("171"), "{s}");
         assert!(s.contains("redacted"));
     }
 }

@@ -26,10 +26,7 @@ impl KeyDir {
     pub fn open(path: &Path) -> Result<Self, KeyError> {
         let meta = fs::symlink_metadata(path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => KeyError::NotInitialised(path.display().to_string()),
-            _ => KeyError::Io(format!(
-                "cannot read keys directory {}: {e}",
-                path.display()
-            )),
+            _ => KeyError::Io(format!("cannot read keys directory {}: {e}", path.display())),
         })?;
         if meta.file_type().is_symlink() {
             return Err(KeyError::Insecure(format!(
@@ -38,10 +35,7 @@ impl KeyDir {
             )));
         }
         if !meta.is_dir() {
-            return Err(KeyError::Insecure(format!(
-                "{} is not a directory",
-                path.display()
-            )));
+            return Err(KeyError::Insecure(format!("{} is not a directory", path.display())));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -51,9 +45,7 @@ impl KeyDir {
                 path.display()
             )));
         }
-        Ok(KeyDir {
-            path: path.to_owned(),
-        })
+        Ok(KeyDir { path: path.to_owned() })
     }
 
     /// Creates the keys directory (mode 0700). Fails if it holds key files already.
@@ -62,23 +54,13 @@ impl KeyDir {
             // An existing directory we are initialising (e.g. the repository's `keys/`,
             // checked out 0755) is tightened to 0700 before any key goes in.
             Ok(m) if m.is_dir() && !m.file_type().is_symlink() => {
-                fs::set_permissions(path, fs::Permissions::from_mode(0o700))
-                    .map_err(io(path, "cannot set mode 0700 on"))?;
+                fs::set_permissions(path, fs::Permissions::from_mode(0o700)).map_err(io(path, "cannot set mode 0700 on"))?;
             }
             Ok(_) => {}
             Err(e) if e.kind() == ErrorKind::NotFound => {
-                fs::DirBuilder::new()
-                    .recursive(true)
-                    .mode(0o700)
-                    .create(path)
-                    .map_err(io(path, "cannot create keys directory"))?;
+                fs::DirBuilder::new().recursive(true).mode(0o700).create(path).map_err(io(path, "cannot create keys directory"))?;
             }
-            Err(e) => {
-                return Err(KeyError::Io(format!(
-                    "cannot read keys directory {}: {e}",
-                    path.display()
-                )))
-            }
+            Err(e) => return Err(KeyError::Io(format!("cannot read keys directory {}: {e}", path.display()))),
         }
         let dir = Self::open(path)?;
         if !dir.versions()?.is_empty() {
@@ -102,11 +84,7 @@ impl KeyDir {
             let entry = entry.map_err(io(&self.path, "cannot list"))?;
             let name = entry.file_name();
             let Some(name) = name.to_str() else { continue };
-            if let Some(v) = name
-                .strip_prefix("master-v")
-                .and_then(|r| r.strip_suffix(".key"))
-                .and_then(|v| v.parse().ok())
-            {
+            if let Some(v) = name.strip_prefix("master-v").and_then(|r| r.strip_suffix(".key")).and_then(|v| v.parse().ok()) {
                 out.push(v);
             }
         }
@@ -118,23 +96,14 @@ impl KeyDir {
     pub fn check(&self, version: u32) -> Result<(), KeyError> {
         let path = self.file_path(version);
         let meta = fs::symlink_metadata(&path).map_err(|e| match e.kind() {
-            ErrorKind::NotFound => KeyError::Missing {
-                version,
-                path: path.display().to_string(),
-            },
+            ErrorKind::NotFound => KeyError::Missing { version, path: path.display().to_string() },
             _ => KeyError::Io(format!("cannot read {}: {e}", path.display())),
         })?;
         if meta.file_type().is_symlink() {
-            return Err(KeyError::Insecure(format!(
-                "key file {} is a symlink; replace it with the real file (mode 0600)",
-                path.display()
-            )));
+            return Err(KeyError::Insecure(format!("key file {} is a symlink; replace it with the real file (mode 0600)", path.display())));
         }
         if !meta.is_file() {
-            return Err(KeyError::Insecure(format!(
-                "key file {} is not a regular file",
-                path.display()
-            )));
+            return Err(KeyError::Insecure(format!("key file {} is not a regular file", path.display())));
         }
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
@@ -152,11 +121,7 @@ impl KeyDir {
     pub fn read(&self, version: u32) -> Result<Vec<u8>, KeyError> {
         self.check(version)?;
         let path = self.file_path(version);
-        let mut f = OpenOptions::new()
-            .read(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .map_err(io(&path, "cannot open key file"))?;
+        let mut f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io(&path, "cannot open key file"))?;
         let mut buf = Vec::with_capacity(128);
         std::io::Read::read_to_end(&mut f, &mut buf).map_err(io(&path, "cannot read key file"))?;
         Ok(buf)
@@ -167,10 +132,7 @@ impl KeyDir {
     pub fn write_new(&self, version: u32, bytes: &[u8]) -> Result<(), KeyError> {
         let path = self.file_path(version);
         if fs::symlink_metadata(&path).is_ok() {
-            return Err(KeyError::Io(format!(
-                "refusing to overwrite existing key file {}",
-                path.display()
-            )));
+            return Err(KeyError::Io(format!("refusing to overwrite existing key file {}", path.display())));
         }
         let tmp = self.path.join(format!(".master-v{version}.key.tmp"));
         let _ = fs::remove_file(&tmp);
@@ -194,16 +156,11 @@ impl KeyDir {
         match fs::remove_file(&path) {
             Ok(()) => self.sync(),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(KeyError::Io(format!(
-                "cannot remove {}: {e}",
-                path.display()
-            ))),
+            Err(e) => Err(KeyError::Io(format!("cannot remove {}: {e}", path.display()))),
         }
     }
 
     fn sync(&self) -> Result<(), KeyError> {
-        File::open(&self.path)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.path, "cannot fsync"))
+        File::open(&self.path).and_then(|d| d.sync_all()).map_err(io(&self.path, "cannot fsync"))
     }
 }

@@ -29,16 +29,10 @@ pub enum KeyError {
     #[error("{0}")]
     Io(String),
     #[error("master key file {path}: {source}{hint}")]
-    File {
-        path: String,
-        source: KeyFileError,
-        hint: &'static str,
-    },
+    File { path: String, source: KeyFileError, hint: &'static str },
     #[error("the master keys are passphrase-protected: set LATCHKEY_PASSPHRASE_FILE to a file holding the passphrase, or run from a terminal to be prompted")]
     PassphraseRequired,
-    #[error(
-        "the key written for version {0} did not read back identically; nothing was activated"
-    )]
+    #[error("the key written for version {0} did not read back identically; nothing was activated")]
     ReadBack(u32),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
@@ -69,22 +63,13 @@ impl PassphraseSource {
             PassphraseSource::None => Ok(None),
             PassphraseSource::File(p) => {
                 let raw = std::fs::read_to_string(p).map_err(|e| {
-                    KeyError::Io(format!(
-                        "cannot read the passphrase file {} (LATCHKEY_PASSPHRASE_FILE): {e}",
-                        p.display()
-                    ))
+                    KeyError::Io(format!("cannot read the passphrase file {} (LATCHKEY_PASSPHRASE_FILE): {e}", p.display()))
                 })?;
-                let s = raw
-                    .strip_suffix('\n')
-                    .map(|s| s.strip_suffix('\r').unwrap_or(s))
-                    .unwrap_or(&raw);
+                let s = raw.strip_suffix('\n').map(|s| s.strip_suffix('\r').unwrap_or(s)).unwrap_or(&raw);
                 let s = Secret::new(s.to_owned());
                 drop(zeroize::Zeroizing::new(raw));
                 if s.len() < 12 {
-                    return Err(KeyError::Io(format!(
-                        "the passphrase in {} is shorter than 12 characters; use a longer one",
-                        p.display()
-                    )));
+                    return Err(KeyError::Io(format!("the passphrase in {} is shorter than 12 characters; use a longer one", p.display())));
                 }
                 Ok(Some(s))
             }
@@ -95,13 +80,10 @@ impl PassphraseSource {
                 );
                 if confirm {
                     if first.len() < 12 {
-                        return Err(KeyError::Io(
-                            "the passphrase must be at least 12 characters".into(),
-                        ));
+                        return Err(KeyError::Io("the passphrase must be at least 12 characters".into()));
                     }
                     let again = Secret::new(
-                        rpassword::prompt_password("again: ")
-                            .map_err(|e| KeyError::Io(format!("cannot read passphrase: {e}")))?,
+                        rpassword::prompt_password("again: ").map_err(|e| KeyError::Io(format!("cannot read passphrase: {e}")))?,
                     );
                     if !ct_eq(first.expose().as_bytes(), again.expose().as_bytes()) {
                         return Err(KeyError::Io("the passphrases do not match".into()));
@@ -126,9 +108,7 @@ pub struct KeyRing {
 
 impl std::fmt::Debug for KeyRing {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("KeyRing")
-            .field("dir", &self.dir.path())
-            .finish_non_exhaustive()
+        f.debug_struct("KeyRing").field("dir", &self.dir.path()).finish_non_exhaustive()
     }
 }
 
@@ -140,8 +120,7 @@ impl KeyRing {
         let mut protected = false;
         for v in dir.versions()? {
             let bytes = dir.read(v)?;
-            let header = keyfile::header(&bytes, &KdfLimits::PRODUCTION)
-                .map_err(|source| file_error(&dir, v, source))?;
+            let header = keyfile::header(&bytes, &KdfLimits::PRODUCTION).map_err(|source| file_error(&dir, v, source))?;
             protected |= matches!(header.protection, Protection::Passphrase(_));
         }
         Ok(KeyRing {
@@ -174,17 +153,10 @@ impl KeyRing {
             return Ok(None);
         }
         if self.passphrase.get().is_none() {
-            let p = self
-                .source
-                .resolve(false)?
-                .ok_or(KeyError::PassphraseRequired)?;
+            let p = self.source.resolve(false)?.ok_or(KeyError::PassphraseRequired)?;
             let _ = self.passphrase.set(Some(p));
         }
-        Ok(self
-            .passphrase
-            .get()
-            .and_then(|p| p.as_ref())
-            .map(|p| p.expose().as_bytes()))
+        Ok(self.passphrase.get().and_then(|p| p.as_ref()).map(|p| p.expose().as_bytes()))
     }
 
     pub fn dir(&self) -> &KeyDir {
@@ -197,58 +169,38 @@ impl KeyRing {
 
     /// The key of `version`, loaded from its file on first use.
     pub fn get(&self, version: u32) -> Result<Arc<MasterKey>, KeyError> {
-        if let Some(k) = self
-            .loaded
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&version)
-        {
+        if let Some(k) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(&version) {
             return Ok(k.clone());
         }
         let bytes = self.dir.read(version)?;
-        let key = keyfile::decode(&bytes, version, self.passphrase()?, &self.limits)
-            .map_err(|source| file_error(&self.dir, version, source))?;
+        let key =
+            keyfile::decode(&bytes, version, self.passphrase()?, &self.limits).map_err(|source| file_error(&self.dir, version, source))?;
         let key = Arc::new(key);
-        self.loaded
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(version, key.clone());
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(version, key.clone());
         Ok(key)
     }
 
     /// Generates `version`, writes it atomically, reads it back and checks it, and only
     /// then makes it available.
     pub fn create_version(&self, version: u32) -> Result<Arc<MasterKey>, KeyError> {
-        let protection = if self.protected {
-            Protection::Passphrase(KdfParams::RECOMMENDED)
-        } else {
-            Protection::None
-        };
+        let protection = if self.protected { Protection::Passphrase(KdfParams::RECOMMENDED) } else { Protection::None };
         let key = MasterKey::generate(version)?;
         let pass = self.passphrase()?;
-        let bytes = keyfile::encode(&key, protection, pass)
-            .map_err(|source| file_error(&self.dir, version, source))?;
+        let bytes = keyfile::encode(&key, protection, pass).map_err(|source| file_error(&self.dir, version, source))?;
         self.dir.write_new(version, &bytes)?;
         let back = self.dir.read(version)?;
-        let reread = keyfile::decode(&back, version, pass, &self.limits)
-            .map_err(|source| file_error(&self.dir, version, source))?;
+        let reread = keyfile::decode(&back, version, pass, &self.limits).map_err(|source| file_error(&self.dir, version, source))?;
         if !ct_eq(reread.expose(), key.expose()) {
             return Err(KeyError::ReadBack(version));
         }
         let key = Arc::new(key);
-        self.loaded
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(version, key.clone());
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(version, key.clone());
         Ok(key)
     }
 
     /// Forgets a version (after it was destroyed) and removes its file.
     pub fn destroy(&self, version: u32) -> Result<(), KeyError> {
-        self.loaded
-            .write()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&version);
+        self.loaded.write().unwrap_or_else(|p| p.into_inner()).remove(&version);
         self.dir.remove(version)
     }
 
@@ -260,9 +212,5 @@ impl KeyRing {
 
 fn file_error(dir: &KeyDir, version: u32, source: KeyFileError) -> KeyError {
     let hint = hint(&source);
-    KeyError::File {
-        path: dir.file_path(version).display().to_string(),
-        source,
-        hint,
-    }
+    KeyError::File { path: dir.file_path(version).display().to_string(), source, hint }
 }

@@ -31,39 +31,21 @@ fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
     })
 }
 
-const AGENT_COLS: &str =
-    "id, name, secret_hash, policy, disabled, generation, created_at, updated_at";
+const AGENT_COLS: &str = "id, name, secret_hash, policy, disabled, generation, created_at, updated_at";
 
 pub fn insert_agent(c: &Connection, a: &AgentRow) -> Result<()> {
     let res = c.execute(
         &format!("INSERT INTO agents ({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![
-            a.id,
-            a.name,
-            a.secret_hash,
-            a.policy,
-            a.disabled,
-            a.generation,
-            a.created_at,
-            a.updated_at
-        ],
+        params![a.id, a.name, a.secret_hash, a.policy, a.disabled, a.generation, a.created_at, a.updated_at],
     );
     match res {
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(StoreError::Conflict)
-        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
         other => other.map(|_| ()).map_err(Into::into),
     }
 }
 
 pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
-    Ok(
-        c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?
-            .query_row([id], agent_row)
-            .optional()?,
-    )
+    Ok(c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?.query_row([id], agent_row).optional()?)
 }
 
 pub fn list_agents(c: &Connection) -> Result<Vec<AgentRow>> {
@@ -74,21 +56,16 @@ pub fn list_agents(c: &Connection) -> Result<Vec<AgentRow>> {
 
 /// Updates one column set of an agent; returns whether it exists.
 pub fn update_agent_policy(c: &Connection, id: &str, policy: &str, now: i64) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE agents SET policy = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, policy, now],
-    )? == 1)
+    Ok(c.execute("UPDATE agents SET policy = ?2, updated_at = ?3 WHERE id = ?1", params![id, policy, now])? == 1)
 }
 
 pub fn update_agent_secret(c: &Connection, id: &str, hash: &str, now: i64) -> Result<bool> {
-    Ok(c.execute("UPDATE agents SET secret_hash = ?2, generation = generation + 1, updated_at = ?3 WHERE id = ?1", params![id, hash, now])? == 1)
+    Ok(c.execute("UPDATE agents SET secret_hash = ?2, generation = generation + 1, updated_at = ?3 WHERE id = ?1", params![id, hash, now])?
+        == 1)
 }
 
 pub fn set_agent_disabled(c: &Connection, id: &str, disabled: bool, now: i64) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE agents SET disabled = ?2, updated_at = ?3 WHERE id = ?1",
-        params![id, disabled, now],
-    )? == 1)
+    Ok(c.execute("UPDATE agents SET disabled = ?2, updated_at = ?3 WHERE id = ?1", params![id, disabled, now])? == 1)
 }
 
 pub fn delete_agent(c: &Connection, id: &str) -> Result<bool> {
@@ -123,34 +100,18 @@ const ISSUER_COLS: &str = "issuer, jwks_uri, jwks, audience, tenant_claim, roles
 /// Inserts or replaces an issuer (keyed by its URL).
 pub fn put_issuer(c: &Connection, i: &IssuerRow) -> Result<()> {
     c.execute(
-        &format!(
-            "INSERT OR REPLACE INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"
-        ),
-        params![
-            i.issuer,
-            i.jwks_uri,
-            i.jwks,
-            i.audience,
-            i.tenant_claim,
-            i.roles_claim,
-            i.created_at
-        ],
+        &format!("INSERT OR REPLACE INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
+        params![i.issuer, i.jwks_uri, i.jwks, i.audience, i.tenant_claim, i.roles_claim, i.created_at],
     )?;
     Ok(())
 }
 
 pub fn get_issuer(c: &Connection, issuer: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.prepare_cached(&format!(
-        "SELECT {ISSUER_COLS} FROM issuers WHERE issuer = ?1"
-    ))?
-    .query_row([issuer], issuer_row)
-    .optional()?)
+    Ok(c.prepare_cached(&format!("SELECT {ISSUER_COLS} FROM issuers WHERE issuer = ?1"))?.query_row([issuer], issuer_row).optional()?)
 }
 
 pub fn list_issuers(c: &Connection) -> Result<Vec<IssuerRow>> {
-    let mut st = c.prepare(&format!(
-        "SELECT {ISSUER_COLS} FROM issuers ORDER BY issuer"
-    ))?;
+    let mut st = c.prepare(&format!("SELECT {ISSUER_COLS} FROM issuers ORDER BY issuer"))?;
     let rows = st.query_map([], issuer_row)?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
@@ -179,25 +140,13 @@ pub fn signing_keys(c: &Connection) -> Result<Vec<SigningKeyRow>> {
             public_key: r.get(1)?,
             private_key: r.get(2)?,
             state: r.get(3)?,
-            dek: super::rows::DekRow {
-                id: r.get(4)?,
-                key_version: r.get(5)?,
-                binding: r.get(6)?,
-                wrapped: r.get(7)?,
-            },
+            dek: super::rows::DekRow { id: r.get(4)?, key_version: r.get(5)?, binding: r.get(6)?, wrapped: r.get(7)? },
         })
     })?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
-pub fn insert_signing_key(
-    c: &Connection,
-    kid: &str,
-    public_key: &[u8],
-    dek_id: i64,
-    private_key: &[u8],
-    now: i64,
-) -> Result<()> {
+pub fn insert_signing_key(c: &Connection, kid: &str, public_key: &[u8], dek_id: i64, private_key: &[u8], now: i64) -> Result<()> {
     c.execute(
         "INSERT INTO signing_keys (kid, alg, public_key, dek_id, private_key, state, created_at) VALUES (?1, 'EdDSA', ?2, ?3, ?4, 'active', ?5)",
         params![kid, public_key, dek_id, private_key, now],

@@ -34,20 +34,8 @@ pub fn append(c: &Connection, event: &Event, ts_ms: i64) -> Result<i64, StoreErr
     };
     let detail = event.detail.to_string();
     let outcome = event.outcome.as_str();
-    let hash = chain_hash(
-        seq,
-        ts_ms,
-        &event.actor,
-        event.action,
-        &event.target,
-        outcome,
-        &detail,
-        &prev,
-    );
-    c.prepare_cached(&format!(
-        "INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"
-    ))?
-    .execute(params![
+    let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, &detail, &prev);
+    c.prepare_cached(&format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?.execute(params![
         seq,
         ts_ms,
         event.actor,
@@ -63,21 +51,15 @@ pub fn append(c: &Connection, event: &Event, ts_ms: i64) -> Result<i64, StoreErr
 
 /// Records with seq > `after`, ascending.
 pub fn page(c: &Connection, after: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"
-    ))?;
+    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
     let rows = st.query_map(params![after, limit as i64], record)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }
 
 /// The last `n` records, ascending.
 pub fn tail(c: &Connection, n: usize) -> Result<Vec<Record>, StoreError> {
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM audit ORDER BY seq DESC LIMIT ?1"
-    ))?;
-    let mut rows: Vec<Record> = st
-        .query_map([n as i64], record)?
-        .collect::<Result<_, _>>()?;
+    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM audit ORDER BY seq DESC LIMIT ?1"))?;
+    let mut rows: Vec<Record> = st.query_map([n as i64], record)?.collect::<Result<_, _>>()?;
     rows.reverse();
     Ok(rows)
 }
@@ -106,16 +88,6 @@ pub fn query(c: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
          AND (?5 IS NULL OR outcome = ?5) \
          ORDER BY seq LIMIT ?6"
     ))?;
-    let rows = st.query_map(
-        params![
-            q.after,
-            q.connection,
-            q.agent,
-            q.owner,
-            q.outcome,
-            q.limit as i64
-        ],
-        record,
-    )?;
+    let rows = st.query_map(params![q.after, q.connection, q.agent, q.owner, q.outcome, q.limit as i64], record)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -18,10 +18,7 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use rusqlite::OptionalExtension;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_init.sql"),
-    include_str!("../../migrations/0002_agents.sql"),
-];
+const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql"), include_str!("../../migrations/0002_agents.sql")];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
 
@@ -31,7 +28,9 @@ pub enum StoreError {
     NotInitialised(String),
     #[error("data directory {0} already holds a database; refusing to initialise over it")]
     AlreadyInitialised(String),
-    #[error("the database schema is version {found}, newer than this latchkey knows ({known}); refusing to downgrade: run a newer latchkey")]
+    #[error(
+        "the database schema is version {found}, newer than this latchkey knows ({known}); refusing to downgrade: run a newer latchkey"
+    )]
     TooNew { found: u32, known: u32 },
     #[error("the row changed concurrently")]
     Conflict,
@@ -51,9 +50,7 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
     }
 }
 
@@ -62,9 +59,7 @@ fn configure(c: &Connection) -> Result<(), StoreError> {
     // More than the default 16: the write paths alone use ~20 distinct statements.
     c.set_prepared_statement_cache_capacity(64);
     // FULL: a refreshed token must survive power loss before it is released.
-    c.execute_batch(
-        "PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;",
-    )?;
+    c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
     Ok(())
 }
 
@@ -82,24 +77,14 @@ impl Store {
         use std::os::unix::fs::DirBuilderExt;
         let path = Self::db_path(data_dir);
         if path.exists() {
-            return Err(StoreError::AlreadyInitialised(
-                data_dir.display().to_string(),
-            ));
+            return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()));
         }
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
             .create(data_dir)
-            .map_err(|e| {
-                StoreError::Io(format!(
-                    "cannot create data directory {}: {e}",
-                    data_dir.display()
-                ))
-            })?;
-        let c = Connection::open_with_flags(
-            &path,
-            OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE,
-        )?;
+            .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         c.execute_batch("PRAGMA journal_mode = WAL;")?;
         drop(c);
         Self::open(data_dir)
@@ -115,11 +100,7 @@ impl Store {
         configure(&writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL;")?;
         migrate(&mut writer)?;
-        Ok(Store {
-            path,
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
-        })
+        Ok(Store { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -127,16 +108,12 @@ impl Store {
     }
 
     /// Runs `f` on a pooled read connection.
-    pub fn read<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Connection) -> Result<T, E>,
-    ) -> Result<T, E> {
+    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
         let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY)
-                    .map_err(StoreError::from)?;
+                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
                 configure(&c)?;
                 c
             }
@@ -150,14 +127,9 @@ impl Store {
     }
 
     /// Runs `f` in one `BEGIN IMMEDIATE` transaction; commits if it returns `Ok`.
-    pub fn write<T, E: From<StoreError>>(
-        &self,
-        f: impl FnOnce(&Transaction<'_>) -> Result<T, E>,
-    ) -> Result<T, E> {
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E> {
         let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(StoreError::from)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
         let out = f(&tx)?;
         tx.commit().map_err(StoreError::from)?;
         Ok(out)
@@ -165,10 +137,7 @@ impl Store {
 
     /// Cheap liveness check for `/readyz`.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT 1", [], |_| Ok(()))
-                .map_err(StoreError::from)
-        })
+        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from))
     }
 }
 
@@ -176,10 +145,7 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let current: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as u32;
     if current > known {
-        return Err(StoreError::TooNew {
-            found: current,
-            known,
-        });
+        return Err(StoreError::TooNew { found: current, known });
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;

@@ -23,7 +23,9 @@ pub struct MasterKeyRow {
 }
 
 pub fn master_keys(c: &Connection) -> Result<Vec<MasterKeyRow>> {
-    let mut st = c.prepare_cached("SELECT version, state, created_at, activated_at, retired_at, destroyed_at, wraps FROM master_keys ORDER BY version")?;
+    let mut st = c.prepare_cached(
+        "SELECT version, state, created_at, activated_at, retired_at, destroyed_at, wraps FROM master_keys ORDER BY version",
+    )?;
     let rows = st.query_map([], |r| {
         Ok(MasterKeyRow {
             version: r.get(0)?,
@@ -39,11 +41,7 @@ pub fn master_keys(c: &Connection) -> Result<Vec<MasterKeyRow>> {
 }
 
 pub fn active_key_version(c: &Connection) -> Result<Option<u32>> {
-    Ok(
-        c.prepare_cached("SELECT version FROM master_keys WHERE state = 'active'")?
-            .query_row([], |r| r.get(0))
-            .optional()?,
-    )
+    Ok(c.prepare_cached("SELECT version FROM master_keys WHERE state = 'active'")?.query_row([], |r| r.get(0)).optional()?)
 }
 
 pub fn insert_master_key(c: &Connection, version: u32, state: &str, now: i64) -> Result<()> {
@@ -56,13 +54,7 @@ pub fn insert_master_key(c: &Connection, version: u32, state: &str, now: i64) ->
 }
 
 /// Moves a key to `state` if it is currently in `from`; returns whether it did.
-pub fn set_master_key_state(
-    c: &Connection,
-    version: u32,
-    from: &str,
-    state: &str,
-    now: i64,
-) -> Result<bool> {
+pub fn set_master_key_state(c: &Connection, version: u32, from: &str, state: &str, now: i64) -> Result<bool> {
     let col = match state {
         "active" => "activated_at",
         "retired" => "retired_at",
@@ -83,26 +75,19 @@ pub fn set_master_key_state(
 }
 
 pub fn add_wraps(c: &Connection, version: u32, n: u64) -> Result<()> {
-    c.prepare_cached("UPDATE master_keys SET wraps = wraps + ?2 WHERE version = ?1")?
-        .execute(params![version, n as i64])?;
+    c.prepare_cached("UPDATE master_keys SET wraps = wraps + ?2 WHERE version = ?1")?.execute(params![version, n as i64])?;
     Ok(())
 }
 
 /// Number of data keys wrapped under each version.
 pub fn dek_counts(c: &Connection) -> Result<BTreeMap<u32, u64>> {
     let mut st = c.prepare_cached("SELECT key_version, count(*) FROM deks GROUP BY key_version")?;
-    let rows = st.query_map([], |r| {
-        Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64))
-    })?;
+    let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
 pub fn dek_count_for(c: &Connection, version: u32) -> Result<u64> {
-    Ok(c.query_row(
-        "SELECT count(*) FROM deks WHERE key_version = ?1",
-        [version],
-        |r| r.get::<_, i64>(0),
-    )? as u64)
+    Ok(c.query_row("SELECT count(*) FROM deks WHERE key_version = ?1", [version], |r| r.get::<_, i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- data keys
@@ -116,48 +101,41 @@ pub struct DekRow {
 }
 
 fn dek_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DekRow> {
-    Ok(DekRow {
-        id: r.get(at)?,
-        key_version: r.get(at + 1)?,
-        binding: r.get(at + 2)?,
-        wrapped: r.get(at + 3)?,
-    })
+    Ok(DekRow { id: r.get(at)?, key_version: r.get(at + 1)?, binding: r.get(at + 2)?, wrapped: r.get(at + 3)? })
 }
 
 pub fn insert_dek(c: &Connection, key_version: u32, binding: &[u8], wrapped: &[u8]) -> Result<i64> {
-    c.prepare_cached("INSERT INTO deks (key_version, binding, wrapped) VALUES (?1, ?2, ?3)")?
-        .execute(params![key_version, binding, wrapped])?;
+    c.prepare_cached("INSERT INTO deks (key_version, binding, wrapped) VALUES (?1, ?2, ?3)")?.execute(params![
+        key_version,
+        binding,
+        wrapped
+    ])?;
     add_wraps(c, key_version, 1)?;
     Ok(c.last_insert_rowid())
 }
 
 pub fn delete_dek(c: &Connection, id: i64) -> Result<()> {
-    c.prepare_cached("DELETE FROM deks WHERE id = ?1")?
-        .execute([id])?;
+    c.prepare_cached("DELETE FROM deks WHERE id = ?1")?.execute([id])?;
     Ok(())
 }
 
 /// Up to `limit` data keys under `version` with id > `after`, in id order (index order).
 pub fn deks_under(c: &Connection, version: u32, after: i64, limit: usize) -> Result<Vec<DekRow>> {
-    let mut st = c.prepare_cached("SELECT id, key_version, binding, wrapped FROM deks WHERE key_version = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
+    let mut st =
+        c.prepare_cached("SELECT id, key_version, binding, wrapped FROM deks WHERE key_version = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
     let rows = st.query_map(params![version, after, limit as i64], |r| dek_row(r, 0))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
 /// Compare-and-swap re-wrap: replaces the wrap only if the key is still under
 /// `old_version`. Returns whether the row was updated.
-pub fn rewrap_dek(
-    c: &Connection,
-    id: i64,
-    old_version: u32,
-    new_version: u32,
-    wrapped: &[u8],
-) -> Result<bool> {
-    let n = c
-        .prepare_cached(
-            "UPDATE deks SET key_version = ?3, wrapped = ?4 WHERE id = ?1 AND key_version = ?2",
-        )?
-        .execute(params![id, old_version, new_version, wrapped])?;
+pub fn rewrap_dek(c: &Connection, id: i64, old_version: u32, new_version: u32, wrapped: &[u8]) -> Result<bool> {
+    let n = c.prepare_cached("UPDATE deks SET key_version = ?3, wrapped = ?4 WHERE id = ?1 AND key_version = ?2")?.execute(params![
+        id,
+        old_version,
+        new_version,
+        wrapped
+    ])?;
     Ok(n == 1)
 }
 
@@ -185,16 +163,14 @@ pub struct SealedSecret {
     pub ciphertext: Vec<u8>,
 }
 
-const CONNECTION_COLS: &str = "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped";
+const CONNECTION_COLS: &str =
+    "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped";
 
 fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     let ciphertext: Option<Vec<u8>> = r.get(4)?;
     let dek_id: Option<i64> = r.get(7)?;
     let secret = match (ciphertext, dek_id) {
-        (Some(ciphertext), Some(_)) => Some(SealedSecret {
-            dek: dek_row(r, 7)?,
-            ciphertext,
-        }),
+        (Some(ciphertext), Some(_)) => Some(SealedSecret { dek: dek_row(r, 7)?, ciphertext }),
         _ => None,
     };
     Ok(ConnectionRow {
@@ -210,9 +186,7 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
 
 pub fn get_connection(c: &Connection, id: &str) -> Result<Option<ConnectionRow>> {
     let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1");
-    Ok(c.prepare_cached(&sql)?
-        .query_row([id], connection_row)
-        .optional()?)
+    Ok(c.prepare_cached(&sql)?.query_row([id], connection_row).optional()?)
 }
 
 pub fn list_connections(c: &Connection) -> Result<Vec<ConnectionRow>> {
@@ -241,11 +215,7 @@ pub fn insert_connection(c: &Connection, row: &NewConnectionRow<'_>) -> Result<(
         params![row.id, row.kind, row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now],
     );
     match res {
-        Err(rusqlite::Error::SqliteFailure(e, _))
-            if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-        {
-            Err(StoreError::Conflict)
-        }
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
         other => other.map(|_| ()).map_err(Into::into),
     }
 }
@@ -282,11 +252,7 @@ pub fn delete_connection(c: &Connection, id: &str) -> Result<bool> {
 }
 
 pub fn count_credentials(c: &Connection, connection_id: &str) -> Result<u64> {
-    Ok(c.query_row(
-        "SELECT count(*) FROM credentials WHERE connection_id = ?1",
-        [connection_id],
-        |r| r.get::<_, i64>(0),
-    )? as u64)
+    Ok(c.query_row("SELECT count(*) FROM credentials WHERE connection_id = ?1", [connection_id], |r| r.get::<_, i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- credentials
@@ -344,54 +310,33 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow {
-        meta: meta_row(r, o)?,
-        dek: dek_row(r, o + 16)?,
-        primary: r.get(o + 20)?,
-        refresh: r.get(o + 21)?,
-    })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 16)?, primary: r.get(o + 20)?, refresh: r.get(o + 21)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
     k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, \
     d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
-pub fn get_credential(
-    c: &Connection,
-    connection_id: &str,
-    owner: &str,
-) -> Result<Option<CredentialRow>> {
-    let sql = format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
-    Ok(c.prepare_cached(&sql)?
-        .query_row([connection_id, owner], |r| credential_row(r, 0))
-        .optional()?)
+pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
+    let sql =
+        format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
+    Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| credential_row(r, 0)).optional()?)
 }
 
 /// Credentials in rowid order after `after` (for verification sweeps).
-pub fn credentials_page(
-    c: &Connection,
-    after: i64,
-    limit: usize,
-) -> Result<Vec<(i64, CredentialRow)>> {
-    let sql = format!("SELECT k.rowid, {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.rowid > ?1 ORDER BY k.rowid LIMIT ?2");
+pub fn credentials_page(c: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, CredentialRow)>> {
+    let sql = format!(
+        "SELECT k.rowid, {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.rowid > ?1 ORDER BY k.rowid LIMIT ?2"
+    );
     let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(params![after, limit as i64], |r| {
-        Ok((r.get(0)?, credential_row(r, 1)?))
-    })?;
+    let rows = st.query_map(params![after, limit as i64], |r| Ok((r.get(0)?, credential_row(r, 1)?)))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
-pub fn list_credentials(
-    c: &Connection,
-    connection_id: &str,
-    after_owner: &str,
-    limit: usize,
-) -> Result<Vec<CredentialMeta>> {
+pub fn list_credentials(c: &Connection, connection_id: &str, after_owner: &str, limit: usize) -> Result<Vec<CredentialMeta>> {
     let sql = format!("SELECT {META_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner > ?2 ORDER BY k.owner LIMIT ?3");
     let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(params![connection_id, after_owner, limit as i64], |r| {
-        meta_row(r, 0)
-    })?;
+    let rows = st.query_map(params![connection_id, after_owner, limit as i64], |r| meta_row(r, 0))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
@@ -415,11 +360,7 @@ pub struct CredentialWrite<'a> {
 /// Inserts the credential (when `previous` is `None`) or replaces it if its
 /// secret_version is still `previous`; deletes the replaced data key. A write resets
 /// the status to active and clears refresh errors.
-pub fn put_credential(
-    c: &Connection,
-    w: &CredentialWrite<'_>,
-    previous: Option<(i64, i64)>,
-) -> Result<()> {
+pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
     match previous {
         None => {
             let res = c.prepare_cached(
@@ -428,9 +369,7 @@ pub fn put_credential(
             )?
             .execute(params![w.id, w.connection_id, w.owner, w.kind, w.secret_version, w.dek_id, w.primary, w.refresh, w.token_type, w.scopes, w.expires_at, w.now]);
             match res {
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
+                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                     Err(StoreError::Conflict)
                 }
                 other => other.map(|_| ()).map_err(Into::into),
@@ -454,11 +393,7 @@ pub fn put_credential(
 /// Deletes a credential and its data key; returns whether it existed.
 pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<bool> {
     let dek: Option<i64> = c
-        .query_row(
-            "DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id",
-            [connection_id, owner],
-            |r| r.get(0),
-        )
+        .query_row("DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id", [connection_id, owner], |r| r.get(0))
         .optional()?;
     match dek {
         Some(id) => delete_dek(c, id).map(|_| true),
@@ -469,9 +404,7 @@ pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Re
 /// Deletes every credential of a connection and their data keys; returns how many.
 pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64> {
     let mut st = c.prepare("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id")?;
-    let ids: Vec<i64> = st
-        .query_map([connection_id], |r| r.get(0))?
-        .collect::<std::result::Result<_, _>>()?;
+    let ids: Vec<i64> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
     for id in &ids {
         delete_dek(c, *id)?;
     }
@@ -479,9 +412,7 @@ pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64>
 }
 
 pub fn count_all_credentials(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM credentials", [], |r| {
-        r.get::<_, i64>(0)
-    })? as u64)
+    Ok(c.query_row("SELECT count(*) FROM credentials", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- admin tokens
@@ -522,14 +453,12 @@ pub fn get_admin_token(c: &Connection, id: &str) -> Result<Option<AdminTokenRow>
 }
 
 pub fn list_admin_tokens(c: &Connection) -> Result<Vec<AdminTokenRow>> {
-    let mut st = c.prepare("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id")?;
+    let mut st =
+        c.prepare("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id")?;
     let rows = st.query_map([], admin_row)?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
 pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL",
-        params![id, now],
-    )? == 1)
+    Ok(c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? == 1)
 }

@@ -49,12 +49,7 @@ impl From<AdminTokenRow> for AdminTokenView {
 }
 
 /// Creates a token inside `tx` (with its audit record); returns (id, token).
-pub(super) fn create_in(
-    vault: &Vault,
-    tx: &Connection,
-    actor: &Actor,
-    label: Option<&str>,
-) -> Result<(String, Secret)> {
+pub(super) fn create_in(vault: &Vault, tx: &Connection, actor: &Actor, label: Option<&str>) -> Result<(String, Secret)> {
     let id = new_id("")?;
     let mut raw = zeroize::Zeroizing::new([0u8; 32]);
     random_bytes(raw.as_mut())?;
@@ -68,66 +63,30 @@ pub(super) fn create_in(
         revoked_at: None,
     };
     rows::insert_admin_token(tx, &row)?;
-    vault.audit(
-        tx,
-        Event::new(
-            &actor.name(),
-            "admin_token.create",
-            id.as_str(),
-            Outcome::Ok,
-            serde_json::json!({"label": label}),
-        ),
-    )?;
-    Ok((
-        id.clone(),
-        Secret::new(format!("{PREFIX}{id}.{}", secret.as_str())),
-    ))
+    vault.audit(tx, Event::new(&actor.name(), "admin_token.create", id.as_str(), Outcome::Ok, serde_json::json!({"label": label})))?;
+    Ok((id.clone(), Secret::new(format!("{PREFIX}{id}.{}", secret.as_str()))))
 }
 
 impl Vault {
-    pub fn create_admin_token(
-        &self,
-        actor: &Actor,
-        label: Option<&str>,
-    ) -> Result<(String, Secret)> {
+    pub fn create_admin_token(&self, actor: &Actor, label: Option<&str>) -> Result<(String, Secret)> {
         if let Some(l) = label {
             if l.is_empty() || l.len() > 100 || l.chars().any(char::is_control) {
-                return Err(crate::model::ValidationError(
-                    "label must be 1-100 characters without control characters".into(),
-                )
-                .into());
+                return Err(crate::model::ValidationError("label must be 1-100 characters without control characters".into()).into());
             }
         }
         self.store.write(|tx| create_in(self, tx, actor, label))
     }
 
     pub fn list_admin_tokens(&self) -> Result<Vec<AdminTokenView>> {
-        Ok(self
-            .store
-            .read(rows::list_admin_tokens)?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        Ok(self.store.read(rows::list_admin_tokens)?.into_iter().map(Into::into).collect())
     }
 
     pub fn revoke_admin_token(&self, actor: &Actor, id: &str) -> Result<()> {
         self.store.write(|tx| {
             if !rows::revoke_admin_token(tx, id, self.clock.now())? {
-                return Err(VaultError::NotFound(format!(
-                    "active admin token '{}'",
-                    id.chars().take(32).collect::<String>()
-                )));
+                return Err(VaultError::NotFound(format!("active admin token '{}'", id.chars().take(32).collect::<String>())));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "admin_token.revoke",
-                    id,
-                    Outcome::Ok,
-                    serde_json::json!({}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "admin_token.revoke", id, Outcome::Ok, serde_json::json!({})))?;
             Ok::<_, VaultError>(())
         })
     }
@@ -142,16 +101,11 @@ impl Vault {
         if id.len() != 16 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(VaultError::Unauthorized);
         }
-        let row = self
-            .store
-            .read(|c| rows::get_admin_token(c, id).map_err(VaultError::from))?;
+        let row = self.store.read(|c| rows::get_admin_token(c, id).map_err(VaultError::from))?;
         let presented = sha256(secret.as_bytes());
         // Compare against something even when the id is unknown, so timing does not
         // reveal which ids exist.
-        let stored = row
-            .as_ref()
-            .map(|r| r.secret_hash.clone())
-            .unwrap_or_else(|| vec![0u8; 32]);
+        let stored = row.as_ref().map(|r| r.secret_hash.clone()).unwrap_or_else(|| vec![0u8; 32]);
         let matches = ct_eq(&presented, &stored);
         match row {
             Some(r) if matches && r.revoked_at.is_none() => Ok(AdminPrincipal { token_id: r.id }),

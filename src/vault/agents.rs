@@ -34,9 +34,8 @@ pub struct NewAgent {
 }
 
 fn view(r: &AgentRow) -> Result<AgentView> {
-    let policy: Policy = serde_json::from_str(&r.policy).map_err(|e| {
-        VaultError::Integrity(format!("agent '{}' has an unreadable policy: {e}", r.id))
-    })?;
+    let policy: Policy =
+        serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(format!("agent '{}' has an unreadable policy: {e}", r.id)))?;
     Ok(AgentView {
         id: r.id.clone(),
         client_id: r.id.clone(),
@@ -63,28 +62,17 @@ impl Vault {
     /// Registers an agent; the client secret is returned once.
     pub fn create_agent(&self, actor: &Actor, new: NewAgent) -> Result<(AgentView, Secret)> {
         let id = AgentId::parse(&new.id)?;
-        if new.name.is_empty()
-            || new.name.chars().count() > 200
-            || new.name.chars().any(char::is_control)
-        {
-            return Err(ValidationError(
-                "name must be 1-200 characters without control characters".into(),
-            )
-            .into());
+        if new.name.is_empty() || new.name.chars().count() > 200 || new.name.chars().any(char::is_control) {
+            return Err(ValidationError("name must be 1-200 characters without control characters".into()).into());
         }
-        let policy = if new.policy.is_null() {
-            Policy::default()
-        } else {
-            Policy::from_json(new.policy)?
-        };
+        let policy = if new.policy.is_null() { Policy::default() } else { Policy::from_json(new.policy)? };
         let (secret, hash) = secrets::generate()?;
         let now = self.clock.now();
         let row = AgentRow {
             id: id.as_str().to_owned(),
             name: new.name,
             secret_hash: hash,
-            policy: serde_json::to_string(&policy)
-                .map_err(|e| VaultError::Integrity(e.to_string()))?,
+            policy: serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?,
             disabled: false,
             generation: 1,
             created_at: now,
@@ -92,66 +80,31 @@ impl Vault {
         };
         let view = self.store.write(|tx| {
             rows::insert_agent(tx, &row).map_err(|e| match e {
-                crate::store::StoreError::Conflict => {
-                    VaultError::Conflict(format!("agent '{id}' already exists"))
-                }
+                crate::store::StoreError::Conflict => VaultError::Conflict(format!("agent '{id}' already exists")),
                 other => other.into(),
             })?;
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "agent.create",
-                    id.as_str(),
-                    Outcome::Ok,
-                    json!({"grants": policy.grants.len()}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "agent.create", id.as_str(), Outcome::Ok, json!({"grants": policy.grants.len()})))?;
             view(&row)
         })?;
         Ok((view, secret))
     }
 
     pub fn list_agents(&self) -> Result<Vec<AgentView>> {
-        self.store
-            .read(rows::list_agents)?
-            .iter()
-            .map(view)
-            .collect()
+        self.store.read(rows::list_agents)?.iter().map(view).collect()
     }
 
     pub fn get_agent(&self, id: &AgentId) -> Result<AgentView> {
-        view(
-            &self
-                .store
-                .read(|c| rows::get_agent(c, id.as_str()))?
-                .ok_or_else(|| not_found(id))?,
-        )
+        view(&self.store.read(|c| rows::get_agent(c, id.as_str()))?.ok_or_else(|| not_found(id))?)
     }
 
-    pub fn set_agent_policy(
-        &self,
-        actor: &Actor,
-        id: &AgentId,
-        policy: serde_json::Value,
-    ) -> Result<AgentView> {
+    pub fn set_agent_policy(&self, actor: &Actor, id: &AgentId, policy: serde_json::Value) -> Result<AgentView> {
         let policy = Policy::from_json(policy)?;
-        let json =
-            serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
+        let json = serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
         self.store.write(|tx| {
             if !rows::update_agent_policy(tx, id.as_str(), &json, self.clock.now())? {
                 return Err(not_found(id));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "agent.policy",
-                    id.as_str(),
-                    Outcome::Ok,
-                    json!({"policy": policy}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "agent.policy", id.as_str(), Outcome::Ok, json!({"policy": policy})))?;
             view(&rows::get_agent(tx, id.as_str())?.ok_or_else(|| not_found(id))?)
         })
     }
@@ -163,40 +116,19 @@ impl Vault {
             if !rows::update_agent_secret(tx, id.as_str(), &hash, self.clock.now())? {
                 return Err(not_found(id));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "agent.rotate_secret",
-                    id.as_str(),
-                    Outcome::Ok,
-                    json!({}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "agent.rotate_secret", id.as_str(), Outcome::Ok, json!({})))?;
             Ok(())
         })?;
         Ok(secret)
     }
 
-    pub fn set_agent_disabled(
-        &self,
-        actor: &Actor,
-        id: &AgentId,
-        disabled: bool,
-    ) -> Result<AgentView> {
+    pub fn set_agent_disabled(&self, actor: &Actor, id: &AgentId, disabled: bool) -> Result<AgentView> {
         self.store.write(|tx| {
             if !rows::set_agent_disabled(tx, id.as_str(), disabled, self.clock.now())? {
                 return Err(not_found(id));
             }
-            let action = if disabled {
-                "agent.disable"
-            } else {
-                "agent.enable"
-            };
-            self.audit(
-                tx,
-                Event::new(&actor.name(), action, id.as_str(), Outcome::Ok, json!({})),
-            )?;
+            let action = if disabled { "agent.disable" } else { "agent.enable" };
+            self.audit(tx, Event::new(&actor.name(), action, id.as_str(), Outcome::Ok, json!({})))?;
             view(&rows::get_agent(tx, id.as_str())?.ok_or_else(|| not_found(id))?)
         })
     }
@@ -206,16 +138,7 @@ impl Vault {
             if !rows::delete_agent(tx, id.as_str())? {
                 return Err(not_found(id));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "agent.delete",
-                    id.as_str(),
-                    Outcome::Ok,
-                    json!({}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "agent.delete", id.as_str(), Outcome::Ok, json!({})))?;
             Ok(())
         })
     }
@@ -228,18 +151,11 @@ impl Vault {
             Ok(id) => self.store.read(|c| rows::get_agent(c, id.as_str()))?,
             Err(_) => None,
         };
-        let ok = secrets::verify(
-            secret,
-            row.as_ref()
-                .map(|r| r.secret_hash.as_str())
-                .unwrap_or(DUMMY),
-        );
+        let ok = secrets::verify(secret, row.as_ref().map(|r| r.secret_hash.as_str()).unwrap_or(DUMMY));
         match row {
-            Some(r) if ok && !r.disabled => Ok(AgentState {
-                policy: serde_json::from_str(&r.policy)
-                    .map_err(|e| VaultError::Integrity(e.to_string()))?,
-                id: r.id,
-            }),
+            Some(r) if ok && !r.disabled => {
+                Ok(AgentState { policy: serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(e.to_string()))?, id: r.id })
+            }
             _ => Err(VaultError::Unauthorized),
         }
     }
@@ -249,8 +165,7 @@ impl Vault {
         let row = self.store.read(|c| rows::get_agent(c, id))?;
         match row {
             Some(r) if !r.disabled => Ok(Some(AgentState {
-                policy: serde_json::from_str(&r.policy)
-                    .map_err(|e| VaultError::Integrity(e.to_string()))?,
+                policy: serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(e.to_string()))?,
                 id: r.id,
             })),
             _ => Ok(None),

@@ -26,9 +26,7 @@ pub struct AuditSink {
 impl AuditSink {
     pub fn start(store: Arc<Store>) -> AuditSink {
         let (tx, rx) = mpsc::channel::<Job>();
-        let spawned = std::thread::Builder::new()
-            .name("latchkey-audit".into())
-            .spawn(move || run(&store, rx));
+        let spawned = std::thread::Builder::new().name("latchkey-audit".into()).spawn(move || run(&store, rx));
         if let Err(e) = spawned {
             tracing::error!(error = %e, "cannot start the audit writer; releases will be refused");
         }

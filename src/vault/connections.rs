@@ -7,9 +7,7 @@ use serde_json::{json, Value};
 use super::{Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::crypto::Binding;
-use crate::model::{
-    take_client_secret, ConnectionId, ConnectionSpec, NewConnection, ValidationError,
-};
+use crate::model::{take_client_secret, ConnectionId, ConnectionSpec, NewConnection, ValidationError};
 use crate::secret::Secret;
 use crate::store::rows::{self, ConnectionRow};
 use crate::time::rfc3339;
@@ -31,12 +29,7 @@ fn binding(id: &str, version: i64) -> Binding {
 }
 
 fn parse_stored(row: &ConnectionRow) -> Result<ConnectionSpec> {
-    serde_json::from_str(&row.spec).map_err(|e| {
-        VaultError::Integrity(format!(
-            "connection '{}' has an unreadable spec: {e}",
-            row.id
-        ))
-    })
+    serde_json::from_str(&row.spec).map_err(|e| VaultError::Integrity(format!("connection '{}' has an unreadable spec: {e}", row.id)))
 }
 
 fn view(row: &ConnectionRow) -> Result<ConnectionView> {
@@ -70,31 +63,19 @@ fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 impl Vault {
-    fn seal_client_secret(
-        &self,
-        tx: &Connection,
-        id: &str,
-        version: i64,
-        secret: &Secret,
-    ) -> Result<(i64, Vec<u8>)> {
+    fn seal_client_secret(&self, tx: &Connection, id: &str, version: i64, secret: &Secret) -> Result<(i64, Vec<u8>)> {
         let b = binding(id, version);
         let (dek, dek_id) = self.new_dek(tx, &b)?;
-        Ok((
-            dek_id,
-            dek.seal(secret.expose().as_bytes(), &b, CLIENT_SECRET)?,
-        ))
+        Ok((dek_id, dek.seal(secret.expose().as_bytes(), &b, CLIENT_SECRET)?))
     }
 
     pub fn create_connection(&self, actor: &Actor, new: NewConnection) -> Result<ConnectionView> {
         let id = new.spec.id.as_str().to_owned();
-        let spec_json =
-            serde_json::to_string(&new.spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
+        let spec_json = serde_json::to_string(&new.spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
         let now = self.clock.now();
         self.store.write(|tx| {
             if rows::get_connection(tx, &id)?.is_some() {
-                return Err(VaultError::Conflict(format!(
-                    "connection '{id}' already exists"
-                )));
+                return Err(VaultError::Conflict(format!("connection '{id}' already exists")));
             }
             let (version, sealed) = match &new.client_secret {
                 Some(s) => (1, Some(self.seal_client_secret(tx, &id, 1, s)?)),
@@ -121,8 +102,7 @@ impl Vault {
                     json!({"kind": new.spec.kind, "client_secret_set": sealed.is_some()}),
                 ),
             )?;
-            let stored = rows::get_connection(tx, &id)?
-                .ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
+            let stored = rows::get_connection(tx, &id)?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
             view(&stored)
         })
     }
@@ -137,79 +117,40 @@ impl Vault {
     }
 
     pub fn list_connections(&self) -> Result<Vec<ConnectionView>> {
-        self.store
-            .read(rows::list_connections)?
-            .iter()
-            .map(view)
-            .collect()
+        self.store.read(rows::list_connections)?.iter().map(view).collect()
     }
 
     /// Applies a JSON merge patch (RFC 7396) to a connection. `id` and `kind` cannot
     /// change; `oauth2.client_secret` replaces the secret under a fresh data key.
-    pub fn update_connection(
-        &self,
-        actor: &Actor,
-        id: &ConnectionId,
-        mut patch: Value,
-    ) -> Result<ConnectionView> {
+    pub fn update_connection(&self, actor: &Actor, id: &ConnectionId, mut patch: Value) -> Result<ConnectionView> {
         if !patch.is_object() {
-            return Err(ValidationError(
-                "the body must be a JSON object (JSON merge patch)".into(),
-            )
-            .into());
+            return Err(ValidationError("the body must be a JSON object (JSON merge patch)".into()).into());
         }
         let new_secret = take_client_secret(&mut patch)?;
-        let changed: Vec<String> = patch
-            .as_object()
-            .map(|o| o.keys().cloned().collect())
-            .unwrap_or_default();
+        let changed: Vec<String> = patch.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
         let now = self.clock.now();
         self.store.write(|tx| {
-            let row = rows::get_connection(tx, id.as_str())?
-                .ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
-            let mut merged: Value = serde_json::from_str(&row.spec)
-                .map_err(|e| VaultError::Integrity(e.to_string()))?;
+            let row = rows::get_connection(tx, id.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
+            let mut merged: Value = serde_json::from_str(&row.spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
             merge_patch(&mut merged, &patch);
             let spec = ConnectionSpec::from_json(merged)?;
             let old = parse_stored(&row)?;
             if spec.id != old.id || spec.kind != old.kind {
-                return Err(ValidationError(
-                    "'id' and 'kind' of a connection cannot be changed".into(),
-                )
-                .into());
+                return Err(ValidationError("'id' and 'kind' of a connection cannot be changed".into()).into());
             }
             if new_secret.is_some() && spec.kind != crate::model::ConnectionKind::Oauth2 {
-                return Err(ValidationError(
-                    "client_secret is only valid for oauth2 connections".into(),
-                )
-                .into());
+                return Err(ValidationError("client_secret is only valid for oauth2 connections".into()).into());
             }
-            let spec_json =
-                serde_json::to_string(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
+            let spec_json = serde_json::to_string(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
             match &new_secret {
                 Some(s) => {
-                    let (dek_id, ct) =
-                        self.seal_client_secret(tx, id.as_str(), row.secret_version + 1, s)?;
-                    rows::update_connection(
-                        tx,
-                        id.as_str(),
-                        &spec_json,
-                        row.secret_version,
-                        Some((dek_id, &ct)),
-                        now,
-                    )?;
+                    let (dek_id, ct) = self.seal_client_secret(tx, id.as_str(), row.secret_version + 1, s)?;
+                    rows::update_connection(tx, id.as_str(), &spec_json, row.secret_version, Some((dek_id, &ct)), now)?;
                     if let Some(old) = &row.secret {
                         rows::delete_dek(tx, old.dek.id)?;
                     }
                 }
-                None => rows::update_connection(
-                    tx,
-                    id.as_str(),
-                    &spec_json,
-                    row.secret_version,
-                    None,
-                    now,
-                )?,
+                None => rows::update_connection(tx, id.as_str(), &spec_json, row.secret_version, None, now)?,
             }
             self.audit(
                 tx,
@@ -221,20 +162,14 @@ impl Vault {
                     json!({"fields": changed, "client_secret_replaced": new_secret.is_some()}),
                 ),
             )?;
-            let stored = rows::get_connection(tx, id.as_str())?
-                .ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
+            let stored = rows::get_connection(tx, id.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
             view(&stored)
         })
     }
 
     /// Deletes a connection. With credentials present it refuses unless `cascade`,
     /// because deleting them loses users' connections.
-    pub fn delete_connection(
-        &self,
-        actor: &Actor,
-        id: &ConnectionId,
-        cascade: bool,
-    ) -> Result<u64> {
+    pub fn delete_connection(&self, actor: &Actor, id: &ConnectionId, cascade: bool) -> Result<u64> {
         self.store.write(|tx| {
             let row = rows::get_connection(tx, id.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
             let n = rows::count_credentials(tx, id.as_str())?;
@@ -255,10 +190,8 @@ impl Vault {
 
     /// The connection's client secret (for the OAuth client), if set.
     pub fn client_secret(&self, id: &ConnectionId) -> Result<Option<Secret>> {
-        let row = self
-            .store
-            .read(|c| rows::get_connection(c, id.as_str()))?
-            .ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
+        let row =
+            self.store.read(|c| rows::get_connection(c, id.as_str()))?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
         self.open_client_secret(&row)
     }
 
@@ -270,14 +203,8 @@ impl Vault {
         let dek = self.open_dek(&sealed.dek, &b)?;
         let plain = dek
             .open(&sealed.ciphertext, &b, CLIENT_SECRET)
-            .map_err(|_| {
-                VaultError::Integrity(format!(
-                    "client secret of connection '{}' failed to decrypt",
-                    row.id
-                ))
-            })?;
-        let s = String::from_utf8(plain.to_vec())
-            .map_err(|_| VaultError::Integrity("client secret is not UTF-8".into()))?;
+            .map_err(|_| VaultError::Integrity(format!("client secret of connection '{}' failed to decrypt", row.id)))?;
+        let s = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Integrity("client secret is not UTF-8".into()))?;
         Ok(Some(Secret::new(s)))
     }
 }
@@ -290,13 +217,7 @@ mod tests {
     #[test]
     fn merge_patch_follows_rfc7396() {
         let mut t = json!({"a": 1, "o": {"x": 1, "y": 2}, "l": [1]});
-        merge_patch(
-            &mut t,
-            &json!({"a": null, "o": {"y": 3, "z": 4}, "l": [2], "n": "v"}),
-        );
-        assert_eq!(
-            t,
-            json!({"o": {"x": 1, "y": 3, "z": 4}, "l": [2], "n": "v"})
-        );
+        merge_patch(&mut t, &json!({"a": null, "o": {"y": 3, "z": 4}, "l": [2], "n": "v"}));
+        assert_eq!(t, json!({"o": {"x": 1, "y": 3, "z": 4}, "l": [2], "n": "v"}));
     }
 }

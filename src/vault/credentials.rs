@@ -48,12 +48,7 @@ impl From<CredentialMeta> for CredentialView {
             status: m.status,
             version: m.secret_version,
             token_type: m.token_type,
-            scopes: m
-                .scopes
-                .split(' ')
-                .filter(|s| !s.is_empty())
-                .map(str::to_owned)
-                .collect(),
+            scopes: m.scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
             expires_at: m.expires_at.map(rfc3339),
             has_refresh_token: m.has_refresh_token,
             master_key_version: m.key_version,
@@ -78,23 +73,14 @@ fn binding(connection: &str, owner: &str, id: &str, version: i64) -> Binding {
 }
 
 fn connection_kind(tx: &rusqlite::Connection, connection: &ConnectionId) -> Result<ConnectionKind> {
-    let conn = rows::get_connection(tx, connection.as_str())?
-        .ok_or_else(|| VaultError::NotFound(format!("connection '{connection}'")))?;
-    Ok(if conn.kind == "oauth2" {
-        ConnectionKind::Oauth2
-    } else {
-        ConnectionKind::ApiKey
-    })
+    let conn = rows::get_connection(tx, connection.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{connection}'")))?;
+    Ok(if conn.kind == "oauth2" { ConnectionKind::Oauth2 } else { ConnectionKind::ApiKey })
 }
 
 fn scope_string(secret: &CredentialSecret) -> String {
     match secret {
         CredentialSecret::ApiKey(_) => String::new(),
-        CredentialSecret::OAuth2 { scopes, .. } => scopes
-            .iter()
-            .map(|s| s.as_str())
-            .collect::<Vec<_>>()
-            .join(" "),
+        CredentialSecret::OAuth2 { scopes, .. } => scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
     }
 }
 
@@ -116,42 +102,30 @@ impl Vault {
             let kind = connection_kind(tx, connection)?;
             let secret = input.into_secret(kind, now)?;
             let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now)?;
-            let detail = json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": scope_string(&secret)});
+            let detail =
+                json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": scope_string(&secret)});
             self.audit(tx, Event::new(&actor.name(), "credential.put", target(connection, owner), Outcome::Ok, detail))?;
-            let stored = rows::get_credential(tx, connection.as_str(), &owner.to_string())?.ok_or_else(|| VaultError::NotFound("credential".into()))?;
+            let stored = rows::get_credential(tx, connection.as_str(), &owner.to_string())?
+                .ok_or_else(|| VaultError::NotFound("credential".into()))?;
             Ok(CredentialView::from(stored.meta))
         })
     }
 
     /// Stores many credentials of one connection in a single transaction with one
     /// audit record (bulk import, seeding). Each still gets its own data key.
-    pub fn import_credentials(
-        &self,
-        actor: &Actor,
-        connection: &ConnectionId,
-        items: Vec<(Owner, CredentialInput)>,
-    ) -> Result<u64> {
+    pub fn import_credentials(&self, actor: &Actor, connection: &ConnectionId, items: Vec<(Owner, CredentialInput)>) -> Result<u64> {
         let now = self.clock.now();
         self.store.write(|tx| {
             let kind = connection_kind(tx, connection)?;
             let mut n = 0u64;
             for (owner, input) in items {
-                let secret = input.into_secret(kind, now).map_err(|e| {
-                    VaultError::Invalid(crate::model::ValidationError(format!("{owner}: {}", e.0)))
-                })?;
+                let secret = input
+                    .into_secret(kind, now)
+                    .map_err(|e| VaultError::Invalid(crate::model::ValidationError(format!("{owner}: {}", e.0))))?;
                 self.write_credential(tx, connection, &owner, kind, &secret, now)?;
                 n += 1;
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "credential.import",
-                    connection.as_str(),
-                    Outcome::Ok,
-                    json!({"count": n}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "credential.import", connection.as_str(), Outcome::Ok, json!({"count": n})))?;
             Ok(n)
         })
     }
@@ -169,34 +143,16 @@ impl Vault {
         let (conn_s, owner_s) = (connection.as_str(), owner.to_string());
         let existing = rows::get_credential(tx, conn_s, &owner_s)?;
         let (id, version, previous) = match &existing {
-            Some(e) => (
-                e.meta.id.clone(),
-                e.meta.secret_version + 1,
-                Some((e.meta.secret_version, e.dek.id)),
-            ),
+            Some(e) => (e.meta.id.clone(), e.meta.secret_version + 1, Some((e.meta.secret_version, e.dek.id))),
             None => (new_id("cred_")?, 1, None),
         };
         let b = binding(conn_s, &owner_s, &id, version);
         let (dek, dek_id) = self.new_dek(tx, &b)?;
         let (primary, refresh, token_type, expires_at) = match secret {
-            CredentialSecret::ApiKey(k) => (
-                dek.seal(k.expose().as_bytes(), &b, F_API_KEY)?,
-                None,
-                None,
-                None,
-            ),
-            CredentialSecret::OAuth2 {
-                access_token,
-                refresh_token,
-                expires_at,
-                token_type,
-                ..
-            } => (
+            CredentialSecret::ApiKey(k) => (dek.seal(k.expose().as_bytes(), &b, F_API_KEY)?, None, None, None),
+            CredentialSecret::OAuth2 { access_token, refresh_token, expires_at, token_type, .. } => (
                 dek.seal(access_token.expose().as_bytes(), &b, F_ACCESS)?,
-                refresh_token
-                    .as_ref()
-                    .map(|r| dek.seal(r.expose().as_bytes(), &b, F_REFRESH))
-                    .transpose()?,
+                refresh_token.as_ref().map(|r| dek.seal(r.expose().as_bytes(), &b, F_REFRESH)).transpose()?,
                 Some(token_type.as_str()),
                 *expires_at,
             ),
@@ -221,80 +177,35 @@ impl Vault {
     }
 
     /// Credential metadata of a connection, by owner, `limit` at a time after `after`.
-    pub fn list_credentials(
-        &self,
-        connection: &ConnectionId,
-        after: Option<&Owner>,
-        limit: usize,
-    ) -> Result<Vec<CredentialView>> {
+    pub fn list_credentials(&self, connection: &ConnectionId, after: Option<&Owner>, limit: usize) -> Result<Vec<CredentialView>> {
         let after = after.map(|o| o.to_string()).unwrap_or_default();
         self.store.read(|c| {
             if rows::get_connection(c, connection.as_str())?.is_none() {
                 return Err(VaultError::NotFound(format!("connection '{connection}'")));
             }
-            Ok(
-                rows::list_credentials(c, connection.as_str(), &after, limit)?
-                    .into_iter()
-                    .map(CredentialView::from)
-                    .collect(),
-            )
+            Ok(rows::list_credentials(c, connection.as_str(), &after, limit)?.into_iter().map(CredentialView::from).collect())
         })
     }
 
-    pub fn get_credential(
-        &self,
-        connection: &ConnectionId,
-        owner: &Owner,
-    ) -> Result<CredentialView> {
-        let row = self
-            .store
-            .read(|c| rows::get_credential(c, connection.as_str(), &owner.to_string()))?;
-        Ok(row
-            .ok_or_else(|| {
-                VaultError::NotFound(format!(
-                    "credential of {owner} for connection '{connection}'"
-                ))
-            })?
-            .meta
-            .into())
+    pub fn get_credential(&self, connection: &ConnectionId, owner: &Owner) -> Result<CredentialView> {
+        let row = self.store.read(|c| rows::get_credential(c, connection.as_str(), &owner.to_string()))?;
+        Ok(row.ok_or_else(|| VaultError::NotFound(format!("credential of {owner} for connection '{connection}'")))?.meta.into())
     }
 
     /// Destroys a credential (ciphertext and data key).
-    pub fn delete_credential(
-        &self,
-        actor: &Actor,
-        connection: &ConnectionId,
-        owner: &Owner,
-    ) -> Result<()> {
+    pub fn delete_credential(&self, actor: &Actor, connection: &ConnectionId, owner: &Owner) -> Result<()> {
         self.store.write(|tx| {
             if !rows::delete_credential(tx, connection.as_str(), &owner.to_string())? {
-                return Err(VaultError::NotFound(format!(
-                    "credential of {owner} for connection '{connection}'"
-                )));
+                return Err(VaultError::NotFound(format!("credential of {owner} for connection '{connection}'")));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "credential.delete",
-                    target(connection, owner),
-                    Outcome::Ok,
-                    json!({}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "credential.delete", target(connection, owner), Outcome::Ok, json!({})))?;
             Ok(())
         })
     }
 
     /// Decrypts a credential. `None` if there is none for that owner.
-    pub fn open_credential(
-        &self,
-        connection: &ConnectionId,
-        owner: &Owner,
-    ) -> Result<Option<OpenedCredential>> {
-        let row = self
-            .store
-            .read(|c| rows::get_credential(c, connection.as_str(), &owner.to_string()))?;
+    pub fn open_credential(&self, connection: &ConnectionId, owner: &Owner) -> Result<Option<OpenedCredential>> {
+        let row = self.store.read(|c| rows::get_credential(c, connection.as_str(), &owner.to_string()))?;
         row.map(|r| self.open_credential_row(r)).transpose()
     }
 
@@ -303,33 +214,16 @@ impl Vault {
         let b = binding(&m.connection_id, &m.owner, &m.id, m.secret_version);
         let dek = self.open_dek(&row.dek, &b)?;
         let fail = |field: &str| {
-            VaultError::Integrity(format!(
-                "credential {} ({}/{}): {field} failed to decrypt",
-                m.id, m.connection_id, m.owner
-            ))
+            VaultError::Integrity(format!("credential {} ({}/{}): {field} failed to decrypt", m.id, m.connection_id, m.owner))
         };
-        let text = |bytes: zeroize::Zeroizing<Vec<u8>>, field: &str| {
-            String::from_utf8(bytes.to_vec())
-                .map(Secret::new)
-                .map_err(|_| fail(field))
-        };
+        let text =
+            |bytes: zeroize::Zeroizing<Vec<u8>>, field: &str| String::from_utf8(bytes.to_vec()).map(Secret::new).map_err(|_| fail(field));
         let secret = if m.kind == "api_key" {
-            CredentialSecret::ApiKey(text(
-                dek.open(&row.primary, &b, F_API_KEY)
-                    .map_err(|_| fail(F_API_KEY))?,
-                F_API_KEY,
-            )?)
+            CredentialSecret::ApiKey(text(dek.open(&row.primary, &b, F_API_KEY).map_err(|_| fail(F_API_KEY))?, F_API_KEY)?)
         } else {
-            let access_token = text(
-                dek.open(&row.primary, &b, F_ACCESS)
-                    .map_err(|_| fail(F_ACCESS))?,
-                F_ACCESS,
-            )?;
+            let access_token = text(dek.open(&row.primary, &b, F_ACCESS).map_err(|_| fail(F_ACCESS))?, F_ACCESS)?;
             let refresh_token = match &row.refresh {
-                Some(r) => Some(text(
-                    dek.open(r, &b, F_REFRESH).map_err(|_| fail(F_REFRESH))?,
-                    F_REFRESH,
-                )?),
+                Some(r) => Some(text(dek.open(r, &b, F_REFRESH).map_err(|_| fail(F_REFRESH))?, F_REFRESH)?),
                 None => None,
             };
             let scopes = crate::model::Scope::parse_list(&m.scopes).map_err(|_| fail("scopes"))?;
@@ -341,9 +235,6 @@ impl Vault {
                 token_type: m.token_type.clone().unwrap_or_else(|| "Bearer".into()),
             }
         };
-        Ok(OpenedCredential {
-            meta: row.meta,
-            secret,
-        })
+        Ok(OpenedCredential { meta: row.meta, secret })
     }
 }

@@ -8,12 +8,7 @@ use crate::auth::subject::IssuerConfig;
 use crate::store::agents::{self as rows, IssuerRow};
 
 fn config(r: IssuerRow) -> Result<IssuerConfig> {
-    let jwks = r
-        .jwks
-        .as_deref()
-        .map(serde_json::from_str)
-        .transpose()
-        .map_err(|e| VaultError::Integrity(e.to_string()))?;
+    let jwks = r.jwks.as_deref().map(serde_json::from_str).transpose().map_err(|e| VaultError::Integrity(e.to_string()))?;
     Ok(IssuerConfig {
         issuer: r.issuer,
         jwks_uri: r.jwks_uri,
@@ -54,18 +49,11 @@ impl Vault {
     }
 
     pub fn list_issuers(&self) -> Result<Vec<IssuerConfig>> {
-        self.store
-            .read(rows::list_issuers)?
-            .into_iter()
-            .map(config)
-            .collect()
+        self.store.read(rows::list_issuers)?.into_iter().map(config).collect()
     }
 
     pub fn issuer(&self, issuer: &str) -> Result<Option<IssuerConfig>> {
-        self.store
-            .read(|c| rows::get_issuer(c, issuer))?
-            .map(config)
-            .transpose()
+        self.store.read(|c| rows::get_issuer(c, issuer))?.map(config).transpose()
     }
 
     pub fn delete_issuer(&self, actor: &Actor, issuer: &str) -> Result<()> {
@@ -73,16 +61,7 @@ impl Vault {
             if !rows::delete_issuer(tx, issuer)? {
                 return Err(VaultError::NotFound("issuer".into()));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "issuer.delete",
-                    issuer,
-                    Outcome::Ok,
-                    json!({}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "issuer.delete", issuer, Outcome::Ok, json!({})))?;
             Ok(())
         })
     }

@@ -81,30 +81,20 @@ pub struct VerifyReport {
 
 impl Vault {
     pub fn key_status(&self) -> Result<KeyStatus> {
-        let (keys, counts) = self
-            .store
-            .read(|c| Ok::<_, VaultError>((rows::master_keys(c)?, rows::dek_counts(c)?)))?;
+        let (keys, counts) = self.store.read(|c| Ok::<_, VaultError>((rows::master_keys(c)?, rows::dek_counts(c)?)))?;
         let active = keys.iter().find(|k| k.state == "active").map(|k| k.version);
         let versions = keys
             .iter()
             .map(|k| {
                 let deks = counts.get(&k.version).copied().unwrap_or(0);
                 let file = match (k.state.as_str(), self.keys.file_ok(k.version)) {
-                    ("destroyed", Err(crate::keys::KeyError::Missing { .. })) => {
-                        "removed".to_owned()
-                    }
-                    ("destroyed", Ok(())) => {
-                        "present (run `keys destroy` again to remove it)".to_owned()
-                    }
+                    ("destroyed", Err(crate::keys::KeyError::Missing { .. })) => "removed".to_owned(),
+                    ("destroyed", Ok(())) => "present (run `keys destroy` again to remove it)".to_owned(),
                     (_, Ok(())) => "ok".to_owned(),
                     (_, Err(e)) => e.to_string(),
                 };
-                let warning = (k.wraps >= WRAP_WARN).then(|| {
-                    format!(
-                        "{} wraps under this key: rotate soon (AES-GCM random-nonce limit is 2^32)",
-                        k.wraps
-                    )
-                });
+                let warning = (k.wraps >= WRAP_WARN)
+                    .then(|| format!("{} wraps under this key: rotate soon (AES-GCM random-nonce limit is 2^32)", k.wraps));
                 KeyVersionStatus {
                     version: k.version,
                     state: k.state.clone(),
@@ -123,41 +113,20 @@ impl Vault {
         let done = active.and_then(|a| counts.get(&a)).copied().unwrap_or(0);
         let staged = keys.iter().find(|k| k.state == "staged").map(|k| k.version);
         let rotation = match (staged, active) {
-            (Some(s), _) => Some(RotationStatus {
-                target_version: s,
-                done: 0,
-                total,
-            }),
-            (None, Some(a)) if done < total => Some(RotationStatus {
-                target_version: a,
-                done,
-                total,
-            }),
+            (Some(s), _) => Some(RotationStatus { target_version: s, done: 0, total }),
+            (None, Some(a)) if done < total => Some(RotationStatus { target_version: a, done, total }),
             _ => None,
         };
-        Ok(KeyStatus {
-            active_version: active,
-            versions,
-            rotation,
-        })
+        Ok(KeyStatus { active_version: active, versions, rotation })
     }
 
     /// Rotates to a new master key, or finishes an interrupted rotation.
-    pub fn rotate_keys(
-        &self,
-        actor: &Actor,
-        batch: usize,
-        progress: &mut dyn FnMut(RotateProgress),
-    ) -> Result<RotateReport> {
+    pub fn rotate_keys(&self, actor: &Actor, batch: usize, progress: &mut dyn FnMut(RotateProgress)) -> Result<RotateReport> {
         let batch = batch.clamp(1, 100_000);
         let keys = self.store.read(rows::master_keys)?;
         let active = keys.iter().find(|k| k.state == "active").map(|k| k.version);
         let staged = keys.iter().find(|k| k.state == "staged").map(|k| k.version);
-        let pending = self
-            .store
-            .read(rows::dek_counts)?
-            .into_iter()
-            .any(|(v, n)| n > 0 && Some(v) != active);
+        let pending = self.store.read(rows::dek_counts)?.into_iter().any(|(v, n)| n > 0 && Some(v) != active);
         let resumed = staged.is_some() || pending;
         let target = match (staged, active) {
             (Some(s), _) => s,
@@ -168,16 +137,7 @@ impl Vault {
             self.activate_key(actor, target)?;
         } else {
             self.store.write(|tx| {
-                self.audit(
-                    tx,
-                    Event::new(
-                        &actor.name(),
-                        "keys.rotate.resume",
-                        format!("v{target}"),
-                        Outcome::Ok,
-                        json!({}),
-                    ),
-                )
+                self.audit(tx, Event::new(&actor.name(), "keys.rotate.resume", format!("v{target}"), Outcome::Ok, json!({})))
             })?;
         }
         self.sweep(actor, target, resumed, batch, progress)
@@ -212,28 +172,14 @@ impl Vault {
         let now = self.clock.now();
         self.store.write(|tx| {
             let mut demoted = Vec::new();
-            for k in rows::master_keys(tx)?
-                .into_iter()
-                .filter(|k| k.state == "active")
-            {
+            for k in rows::master_keys(tx)?.into_iter().filter(|k| k.state == "active") {
                 rows::set_master_key_state(tx, k.version, "active", "decrypt_only", now)?;
                 demoted.push(k.version);
             }
             if !rows::set_master_key_state(tx, version, "staged", "active", now)? {
-                return Err(VaultError::Conflict(format!(
-                    "master key v{version} is no longer staged; another rotation ran"
-                )));
+                return Err(VaultError::Conflict(format!("master key v{version} is no longer staged; another rotation ran")));
             }
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "keys.activate",
-                    format!("v{version}"),
-                    Outcome::Ok,
-                    json!({"demoted": demoted}),
-                ),
-            )?;
+            self.audit(tx, Event::new(&actor.name(), "keys.activate", format!("v{version}"), Outcome::Ok, json!({"demoted": demoted})))?;
             Ok(())
         })
     }
@@ -250,32 +196,25 @@ impl Vault {
         let counts = self.store.read(rows::dek_counts)?;
         let total: u64 = counts.values().sum();
         let mut done = counts.get(&target).copied().unwrap_or(0);
-        let from: Vec<u32> = counts
-            .iter()
-            .filter(|(v, n)| **v != target && **n > 0)
-            .map(|(v, _)| *v)
-            .collect();
+        let from: Vec<u32> = counts.iter().filter(|(v, n)| **v != target && **n > 0).map(|(v, _)| *v).collect();
         let (mut rewrapped, mut skipped) = (0u64, 0u64);
-        progress(RotateProgress {
-            target_version: target,
-            done,
-            total,
-        });
+        progress(RotateProgress { target_version: target, done, total });
         for &old in &from {
             let old_key = self.keys.get(old)?;
             let mut after = 0i64;
             loop {
-                let page = self
-                    .store
-                    .read(|c| rows::deks_under(c, old, after, batch))?;
+                let page = self.store.read(|c| rows::deks_under(c, old, after, batch))?;
                 let Some(last) = page.last() else { break };
                 after = last.id;
                 let mut updates = Vec::with_capacity(page.len());
                 for d in &page {
                     let binding = Binding::from_stored(d.binding.clone());
-                    let dek = old_key
-                        .unwrap(&d.wrapped, &binding)
-                        .map_err(|_| VaultError::Integrity(format!("data key {} under v{old} failed to unwrap; run `latchkey keys verify` to list damaged records", d.id)))?;
+                    let dek = old_key.unwrap(&d.wrapped, &binding).map_err(|_| {
+                        VaultError::Integrity(format!(
+                            "data key {} under v{old} failed to unwrap; run `latchkey keys verify` to list damaged records",
+                            d.id
+                        ))
+                    })?;
                     updates.push((d.id, new_key.wrap(&dek, &binding)?));
                 }
                 let n = self.store.write(|tx| {
@@ -289,64 +228,30 @@ impl Vault {
                 rewrapped += n;
                 skipped += updates.len() as u64 - n;
                 done += updates.len() as u64;
-                progress(RotateProgress {
-                    target_version: target,
-                    done: done.min(total),
-                    total,
-                });
+                progress(RotateProgress { target_version: target, done: done.min(total), total });
             }
         }
-        let report = RotateReport {
-            from_versions: from,
-            to_version: target,
-            resumed,
-            rewrapped,
-            skipped_concurrent: skipped,
-        };
+        let report = RotateReport { from_versions: from, to_version: target, resumed, rewrapped, skipped_concurrent: skipped };
         self.store.write(|tx| {
-            let detail =
-                json!({"from": report.from_versions, "rewrapped": rewrapped, "resumed": resumed});
-            self.audit(
-                tx,
-                Event::new(
-                    &actor.name(),
-                    "keys.rotate",
-                    format!("v{target}"),
-                    Outcome::Ok,
-                    detail,
-                ),
-            )
+            let detail = json!({"from": report.from_versions, "rewrapped": rewrapped, "resumed": resumed});
+            self.audit(tx, Event::new(&actor.name(), "keys.rotate", format!("v{target}"), Outcome::Ok, detail))
         })?;
         Ok(report)
     }
 
     /// Unwraps every data key and authenticates every sealed field.
-    pub fn verify_keys(
-        &self,
-        actor: &Actor,
-        progress: &mut dyn FnMut(u64, u64),
-    ) -> Result<VerifyReport> {
+    pub fn verify_keys(&self, actor: &Actor, progress: &mut dyn FnMut(u64, u64)) -> Result<VerifyReport> {
         // Every version that may hold data must unlock, even if nothing uses it yet.
         self.load_keys()?;
         let total_creds = self.store.read(rows::count_all_credentials)?;
-        let mut report = VerifyReport {
-            credentials: 0,
-            connection_secrets: 0,
-            deks: 0,
-            failures: Vec::new(),
-        };
+        let mut report = VerifyReport { credentials: 0, connection_secrets: 0, deks: 0, failures: Vec::new() };
         let mut after = 0i64;
         loop {
-            let page = self
-                .store
-                .read(|c| rows::credentials_page(c, after, DEFAULT_BATCH))?;
+            let page = self.store.read(|c| rows::credentials_page(c, after, DEFAULT_BATCH))?;
             let Some(last) = page.last() else { break };
             after = last.0;
             for (_, row) in page {
-                let label = format!(
-                    "credential {} ({}/{})",
-                    row.meta.id, row.meta.connection_id, row.meta.owner
-                );
+                let label = format!("credential {} ({}/{})", row.meta.id, row.meta.connection_id, row.meta.owner);
                 report.credentials += 1;
                 if let Err(e) = self.open_credential_row(row) {
                     report.failures.push(format!("{label}: {e}"));
@@ -358,9 +263,7 @@ impl Vault {
             if row.secret.is_some() {
                 report.connection_secrets += 1;
                 if let Err(e) = self.open_client_secret(&row) {
-                    report
-                        .failures
-                        .push(format!("connection '{}' client secret: {e}", row.id));
+                    report.failures.push(format!("connection '{}' client secret: {e}", row.id));
                 }
             }
         }
@@ -369,16 +272,9 @@ impl Vault {
         report.deks = self.store.read(rows::count_deks)?;
         let referenced = report.credentials + report.connection_secrets + signing_keys;
         if report.deks != referenced {
-            report.failures.push(format!(
-                "{} data keys are stored but {referenced} records reference one",
-                report.deks
-            ));
+            report.failures.push(format!("{} data keys are stored but {referenced} records reference one", report.deks));
         }
-        let outcome = if report.failures.is_empty() {
-            Outcome::Ok
-        } else {
-            Outcome::Failed
-        };
+        let outcome = if report.failures.is_empty() { Outcome::Ok } else { Outcome::Failed };
         self.store.write(|tx| {
             let detail = json!({"credentials": report.credentials, "connection_secrets": report.connection_secrets, "failures": report.failures.len()});
             self.audit(tx, Event::new(&actor.name(), "keys.verify", "vault", outcome, detail))
@@ -390,13 +286,21 @@ impl Vault {
     pub fn retire_key(&self, actor: &Actor, version: u32) -> Result<()> {
         let now = self.clock.now();
         let res = self.store.write(|tx| {
-            let key = rows::master_keys(tx)?.into_iter().find(|k| k.version == version).ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
+            let key = rows::master_keys(tx)?
+                .into_iter()
+                .find(|k| k.version == version)
+                .ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
             if key.state != "decrypt_only" {
-                return Err(VaultError::Conflict(format!("master key v{version} is {}; only a decrypt_only version can be retired", key.state)));
+                return Err(VaultError::Conflict(format!(
+                    "master key v{version} is {}; only a decrypt_only version can be retired",
+                    key.state
+                )));
             }
             let n = rows::dek_count_for(tx, version)?;
             if n > 0 {
-                return Err(VaultError::Conflict(format!("{n} data keys still reference v{version}: run `latchkey keys rotate` to finish re-wrapping, then retire")));
+                return Err(VaultError::Conflict(format!(
+                    "{n} data keys still reference v{version}: run `latchkey keys rotate` to finish re-wrapping, then retire"
+                )));
             }
             rows::set_master_key_state(tx, version, "decrypt_only", "retired", now)?;
             self.audit(tx, Event::new(&actor.name(), "keys.retire", format!("v{version}"), Outcome::Ok, json!({})))?;
@@ -410,13 +314,20 @@ impl Vault {
     pub fn destroy_key(&self, actor: &Actor, version: u32) -> Result<()> {
         let now = self.clock.now();
         let res = self.store.write(|tx| {
-            let key = rows::master_keys(tx)?.into_iter().find(|k| k.version == version).ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
+            let key = rows::master_keys(tx)?
+                .into_iter()
+                .find(|k| k.version == version)
+                .ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
             match key.state.as_str() {
                 "retired" => {
                     rows::set_master_key_state(tx, version, "retired", "destroyed", now)?;
                 }
                 "destroyed" => {} // finish removing a file left by an interrupted destroy
-                other => return Err(VaultError::Conflict(format!("master key v{version} is {other}; only a retired version can be destroyed (`latchkey keys retire {version}` first)"))),
+                other => {
+                    return Err(VaultError::Conflict(format!(
+                    "master key v{version} is {other}; only a retired version can be destroyed (`latchkey keys retire {version}` first)"
+                )))
+                }
             }
             self.audit(tx, Event::new(&actor.name(), "keys.destroy", format!("v{version}"), Outcome::Ok, json!({})))?;
             Ok(())
@@ -429,13 +340,7 @@ impl Vault {
 
     fn audit_failure(&self, actor: &Actor, action: &'static str, version: u32, res: &Result<()>) {
         if let Err(e) = res {
-            let ev = Event::new(
-                &actor.name(),
-                action,
-                format!("v{version}"),
-                Outcome::Failed,
-                json!({"reason": e.to_string()}),
-            );
+            let ev = Event::new(&actor.name(), action, format!("v{version}"), Outcome::Failed, json!({"reason": e.to_string()}));
             if let Err(err) = self.store.write(|tx| self.audit(tx, ev)) {
                 tracing::error!(error = %err, "could not audit a failed key operation");
             }

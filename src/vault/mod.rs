@@ -32,8 +32,7 @@ pub use agents::{AgentState, AgentView, NewAgent};
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
-    KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport,
-    DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
+    KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
 pub use release::{ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
@@ -64,9 +63,7 @@ pub enum VaultError {
 impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         match e {
-            StoreError::Conflict => {
-                VaultError::Conflict("the record changed concurrently; retry".into())
-            }
+            StoreError::Conflict => VaultError::Conflict("the record changed concurrently; retry".into()),
             other => VaultError::Store(other),
         }
     }
@@ -90,11 +87,7 @@ impl Actor {
         use std::os::unix::fs::MetadataExt;
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| {
-                std::fs::metadata("/proc/self")
-                    .map(|m| format!("uid{}", m.uid()))
-                    .unwrap_or_else(|_| "unknown".into())
-            });
+            .unwrap_or_else(|_| std::fs::metadata("/proc/self").map(|m| format!("uid{}", m.uid())).unwrap_or_else(|_| "unknown".into()));
         Actor::Cli(user)
     }
 
@@ -116,10 +109,7 @@ pub struct Vault {
 
 impl std::fmt::Debug for Vault {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Vault")
-            .field("store", &self.store)
-            .field("keys", &self.keys)
-            .finish()
+        f.debug_struct("Vault").field("store", &self.store).field("keys", &self.keys).finish()
     }
 }
 
@@ -137,13 +127,7 @@ impl Vault {
 
     /// Creates the keys directory with master key v1 and the database, and issues the
     /// first admin token. Refuses if either directory is initialised already.
-    pub fn init(
-        data_dir: &Path,
-        keys_dir: &Path,
-        passphrase: Option<Secret>,
-        clock: Clock,
-        actor: &Actor,
-    ) -> Result<Initialised> {
+    pub fn init(data_dir: &Path, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
         if Store::is_initialised(data_dir) {
             return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()).into());
         }
@@ -156,12 +140,7 @@ impl Vault {
                 return Err(e.into());
             }
         };
-        let vault = Vault {
-            store: Arc::new(store),
-            keys,
-            clock,
-            audit_sink: Default::default(),
-        };
+        let vault = Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default() };
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
@@ -178,28 +157,15 @@ impl Vault {
             )?;
             admin_tokens::create_in(&vault, tx, actor, Some("initial"))
         })?;
-        Ok(Initialised {
-            vault,
-            admin_token: admin_token.1,
-        })
+        Ok(Initialised { vault, admin_token: admin_token.1 })
     }
 
     /// Opens an initialised vault. Key files are checked (type, mode, header) now;
     /// the passphrase is asked for when a key is first needed.
-    pub fn open(
-        data_dir: &Path,
-        keys_dir: &Path,
-        passphrase: PassphraseSource,
-        clock: Clock,
-    ) -> Result<Self> {
+    pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
         let store = Store::open(data_dir)?;
-        Ok(Vault {
-            store: Arc::new(store),
-            keys,
-            clock,
-            audit_sink: Default::default(),
-        })
+        Ok(Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default() })
     }
 
     /// Loads every master key that data may be wrapped under, so a server refuses to
@@ -207,18 +173,13 @@ impl Vault {
     pub fn load_keys(&self) -> Result<u32> {
         let versions = self.store.read(rows::master_keys)?;
         let mut active = None;
-        for k in versions
-            .iter()
-            .filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged"))
-        {
+        for k in versions.iter().filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged")) {
             self.keys.get(k.version)?;
             if k.state == "active" {
                 active = Some(k.version);
             }
         }
-        active.ok_or_else(|| {
-            VaultError::Integrity("no active master key is recorded in the database".into())
-        })
+        active.ok_or_else(|| VaultError::Integrity("no active master key is recorded in the database".into()))
     }
 
     pub fn clock(&self) -> &Clock {
@@ -232,18 +193,14 @@ impl Vault {
     /// Liveness of the database and the active key, for `/readyz`.
     pub fn ready(&self) -> Result<()> {
         self.store.ping()?;
-        let v = self
-            .store
-            .read(rows::active_key_version)?
-            .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        let v = self.store.read(rows::active_key_version)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         self.keys.get(v)?;
         Ok(())
     }
 
     /// The group-commit audit writer (started on first use).
     fn audit_sink(&self) -> &audit_sink::AuditSink {
-        self.audit_sink
-            .get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
+        self.audit_sink.get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
     }
 
     fn audit(&self, c: &Connection, event: Event) -> std::result::Result<i64, StoreError> {
@@ -254,8 +211,7 @@ impl Vault {
     /// active master key as read inside the caller's write transaction: a write that
     /// commits after a rotation's activation can never use the old version.
     fn new_dek(&self, tx: &Connection, binding: &Binding) -> Result<(Dek, i64)> {
-        let version = rows::active_key_version(tx)?
-            .ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
+        let version = rows::active_key_version(tx)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         let mk = self.keys.get(version)?;
         let dek = Dek::generate()?;
         let wrapped = mk.wrap(&dek, binding)?;
@@ -266,10 +222,7 @@ impl Vault {
     /// Unwraps a stored data key after checking it belongs to `binding`.
     fn open_dek(&self, dek: &rows::DekRow, binding: &Binding) -> Result<Dek> {
         if dek.binding != binding.as_bytes() {
-            return Err(VaultError::Integrity(format!(
-                "data key {} is bound to another record",
-                dek.id
-            )));
+            return Err(VaultError::Integrity(format!("data key {} is bound to another record", dek.id)));
         }
         let header_version = crate::crypto::wrapped_key_version(&dek.wrapped)?;
         if header_version != dek.key_version {
@@ -279,8 +232,7 @@ impl Vault {
             )));
         }
         let mk: Arc<MasterKey> = self.keys.get(dek.key_version)?;
-        mk.unwrap(&dek.wrapped, binding)
-            .map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
+        mk.unwrap(&dek.wrapped, binding).map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
     }
 
     /// Audit trail: the last `n` records.

@@ -38,18 +38,8 @@ pub enum ReleaseError {
 /// The secret part of a release.
 #[derive(Debug)]
 pub enum ReleasedSecret {
-    ApiKey {
-        api_key: Secret,
-        header_name: String,
-        header_value: Secret,
-    },
-    OAuth2 {
-        access_token: Secret,
-        token_type: String,
-        scope: Vec<Scope>,
-        expires_at: Option<i64>,
-        expires_in: Option<i64>,
-    },
+    ApiKey { api_key: Secret, header_name: String, header_value: Secret },
+    OAuth2 { access_token: Secret, token_type: String, scope: Vec<Scope>, expires_at: Option<i64>, expires_in: Option<i64> },
 }
 
 #[derive(Debug)]
@@ -112,13 +102,7 @@ impl Vault {
             None => input.connection.to_string(),
         };
         let detail = serde_json::to_value(&rec).unwrap_or_default();
-        let event = Event::new(
-            &format!("agent:{}", p.agent_id),
-            "token.release",
-            target,
-            decision,
-            detail,
-        );
+        let event = Event::new(&format!("agent:{}", p.agent_id), "token.release", target, decision, detail);
         if let Err(e) = self.audit_sink().append(event, self.clock.now_millis()) {
             tracing::error!(error = %e, request_id = %input.request_id, "audit write failed; refusing release");
             return Err(ReleaseError::AuditUnavailable.into());
@@ -126,19 +110,12 @@ impl Vault {
         outcome.map_err(VaultError::Release)
     }
 
-    fn decide(
-        &self,
-        input: &ReleaseInput,
-        rec: &mut Record<'_>,
-    ) -> std::result::Result<Released, ReleaseError> {
+    fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>) -> std::result::Result<Released, ReleaseError> {
         let internal = |e: VaultError| {
             tracing::error!(error = %e, "release failed");
             ReleaseError::AuditUnavailable
         };
-        let Some(agent) = self
-            .active_agent(&input.principal.agent_id)
-            .map_err(internal)?
-        else {
+        let Some(agent) = self.active_agent(&input.principal.agent_id).map_err(internal)? else {
             rec.reason = "agent disabled or deleted";
             return Err(ReleaseError::InvalidToken);
         };
@@ -151,12 +128,7 @@ impl Vault {
             _ => None,
         }
         .filter(|o| Owner::parse(o).is_ok());
-        let (grant, owner) = match policy::authorize(
-            &agent.policy,
-            &input.connection,
-            &input.principal,
-            &input.request,
-        ) {
+        let (grant, owner) = match policy::authorize(&agent.policy, &input.connection, &input.principal, &input.request) {
             Ok(x) => x,
             Err(Refusal::AccessDenied(why)) => {
                 rec.reason = why;
@@ -182,8 +154,7 @@ impl Vault {
             rec.reason = "no grant for this connection";
             return Err(ReleaseError::AccessDenied);
         };
-        let spec: ConnectionSpec = serde_json::from_str(&conn.spec)
-            .map_err(|e| internal(VaultError::Integrity(e.to_string())))?;
+        let spec: ConnectionSpec = serde_json::from_str(&conn.spec).map_err(|e| internal(VaultError::Integrity(e.to_string())))?;
         let Some(cred) = cred else {
             rec.reason = "not connected";
             return Err(ReleaseError::NotConnected);
@@ -203,20 +174,11 @@ impl Vault {
         let now = self.clock.now();
         let (held, remaining) = match &opened.secret {
             CredentialSecret::ApiKey(_) => (None, None),
-            CredentialSecret::OAuth2 {
-                scopes, expires_at, ..
-            } => (
-                (!scopes.is_empty()).then_some(scopes.as_slice()),
-                expires_at.map(|e| e - now),
-            ),
+            CredentialSecret::OAuth2 { scopes, expires_at, .. } => {
+                ((!scopes.is_empty()).then_some(scopes.as_slice()), expires_at.map(|e| e - now))
+            }
         };
-        let scopes = match policy::release_scopes(
-            grant,
-            &input.request.scopes,
-            held,
-            &spec.scope_roles,
-            &input.principal.roles,
-        ) {
+        let scopes = match policy::release_scopes(grant, &input.request.scopes, held, &spec.scope_roles, &input.principal.roles) {
             Ok(s) => s,
             Err(refused) => {
                 rec.reason = "scope not permitted";
@@ -236,56 +198,27 @@ impl Vault {
         rec.lease_id = Some(lease_id.clone());
         let secret = match opened.secret {
             CredentialSecret::ApiKey(k) => {
-                let api = spec.api_key.as_ref().ok_or_else(|| {
-                    internal(VaultError::Integrity(
-                        "api_key connection without presentation".into(),
-                    ))
-                })?;
+                let api = spec
+                    .api_key
+                    .as_ref()
+                    .ok_or_else(|| internal(VaultError::Integrity("api_key connection without presentation".into())))?;
                 let value = Secret::new(api.format.replace("{key}", k.expose()));
-                ReleasedSecret::ApiKey {
-                    api_key: k,
-                    header_name: api.header.clone(),
-                    header_value: value,
-                }
+                ReleasedSecret::ApiKey { api_key: k, header_name: api.header.clone(), header_value: value }
             }
-            CredentialSecret::OAuth2 {
-                access_token,
-                token_type,
-                expires_at,
-                ..
-            } => ReleasedSecret::OAuth2 {
-                access_token,
-                token_type,
-                scope: scopes,
-                expires_at,
-                expires_in: remaining,
-            },
+            CredentialSecret::OAuth2 { access_token, token_type, expires_at, .. } => {
+                ReleasedSecret::OAuth2 { access_token, token_type, scope: scopes, expires_at, expires_in: remaining }
+            }
         };
-        Ok(Released {
-            connection_id: input.connection.clone(),
-            owner,
-            secret,
-            lease_id,
-            lease_expires_in,
-        })
+        Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in })
     }
 
     /// Audits an agent-token decision at the token endpoint (issue or refusal).
-    pub fn audit_token_decision(
-        &self,
-        agent: &str,
-        action: &'static str,
-        outcome: Outcome,
-        detail: serde_json::Value,
-    ) -> Result<()> {
+    pub fn audit_token_decision(&self, agent: &str, action: &'static str, outcome: Outcome, detail: serde_json::Value) -> Result<()> {
         let event = Event::new(&format!("agent:{agent}"), action, agent, outcome, detail);
-        self.audit_sink()
-            .append(event, self.clock.now_millis())
-            .map(|_| ())
-            .map_err(|e| {
-                tracing::error!(error = %e, "audit write failed");
-                VaultError::Release(ReleaseError::AuditUnavailable)
-            })
+        self.audit_sink().append(event, self.clock.now_millis()).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit write failed");
+            VaultError::Release(ReleaseError::AuditUnavailable)
+        })
     }
 
     /// Audit records, newest last, with the admin API's filters.

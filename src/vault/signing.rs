@@ -33,24 +33,8 @@ impl Vault {
             }
             let (dek, dek_id) = self.new_dek(tx, &b)?;
             let sealed = dek.seal(seed.as_ref(), &b, FIELD)?;
-            rows::insert_signing_key(
-                tx,
-                &kid,
-                &pair.public_key(),
-                dek_id,
-                &sealed,
-                self.clock.now(),
-            )?;
-            self.audit(
-                tx,
-                Event::new(
-                    &Actor::System.name(),
-                    "signing_key.create",
-                    kid.as_str(),
-                    Outcome::Ok,
-                    json!({"alg": "EdDSA"}),
-                ),
-            )?;
+            rows::insert_signing_key(tx, &kid, &pair.public_key(), dek_id, &sealed, self.clock.now())?;
+            self.audit(tx, Event::new(&Actor::System.name(), "signing_key.create", kid.as_str(), Outcome::Ok, json!({"alg": "EdDSA"})))?;
             Ok::<_, VaultError>(())
         })?;
         let rows = self.store.read(rows::signing_keys)?;
@@ -60,19 +44,13 @@ impl Vault {
     pub(super) fn open_signing_key(&self, r: &SigningKeyRow) -> Result<KeyPair> {
         let b = binding(&r.kid);
         let dek = self.open_dek(&r.dek, &b)?;
-        let seed = dek.open(&r.private_key, &b, FIELD).map_err(|_| {
-            VaultError::Integrity(format!("signing key {} failed to decrypt", r.kid))
-        })?;
-        let seed: [u8; 32] = seed
-            .as_slice()
-            .try_into()
-            .map_err(|_| VaultError::Integrity(format!("signing key {} is malformed", r.kid)))?;
+        let seed =
+            dek.open(&r.private_key, &b, FIELD).map_err(|_| VaultError::Integrity(format!("signing key {} failed to decrypt", r.kid)))?;
+        let seed: [u8; 32] =
+            seed.as_slice().try_into().map_err(|_| VaultError::Integrity(format!("signing key {} is malformed", r.kid)))?;
         let pair = KeyPair::from_seed(r.kid.clone(), &seed);
         if pair.public_key().as_slice() != r.public_key.as_slice() {
-            return Err(VaultError::Integrity(format!(
-                "signing key {} does not match its public key",
-                r.kid
-            )));
+            return Err(VaultError::Integrity(format!("signing key {} does not match its public key", r.kid)));
         }
         Ok(pair)
     }
@@ -80,14 +58,7 @@ impl Vault {
     /// For `keys verify`: every signing key decrypts and matches its public key.
     pub(super) fn verify_signing_keys(&self) -> Result<(u64, Vec<String>)> {
         let rows = self.store.read(rows::signing_keys)?;
-        let failures = rows
-            .iter()
-            .filter_map(|r| {
-                self.open_signing_key(r)
-                    .err()
-                    .map(|e| format!("signing key {}: {e}", r.kid))
-            })
-            .collect();
+        let failures = rows.iter().filter_map(|r| self.open_signing_key(r).err().map(|e| format!("signing key {}: {e}", r.kid))).collect();
         Ok((rows.len() as u64, failures))
     }
 }

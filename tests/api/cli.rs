@@ -11,10 +11,7 @@ use crate::helpers::{stderr, stdout, Dirs, ServerProcess};
 fn init(dirs: &Dirs) {
     let out = dirs.run(&["init", "--no-passphrase"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stdout(&out).trim().starts_with("lka_"),
-        "the admin token is printed once on stdout"
-    );
+    assert!(stdout(&out).trim().starts_with("lka_"), "the admin token is printed once on stdout");
 }
 
 #[test]
@@ -26,11 +23,7 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("latchkey init"), "{}", stderr(&out));
     init(&dirs);
-    assert_eq!(
-        dirs.run(&["keys", "destroy", "1"]).status.code(),
-        Some(2),
-        "destroy needs --yes"
-    );
+    assert_eq!(dirs.run(&["keys", "destroy", "1"]).status.code(), Some(2), "destroy needs --yes");
     let out = dirs.run(&["keys", "retire", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("active"), "{}", stderr(&out));
@@ -52,24 +45,12 @@ fn operator_commands_manage_connections_credentials_and_tokens() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(br#"{"id": "reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"}}"#)
-        .unwrap();
+    child.stdin.take().unwrap().write_all(br#"{"id": "reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"}}"#).unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let key = dirs.root.path().join("k");
     std::fs::write(&key, "rk-secret-value\n").unwrap();
-    let out = dirs.run(&[
-        "credentials",
-        "put",
-        "reporting",
-        "tenant:acme",
-        "--api-key-file",
-        key.to_str().unwrap(),
-    ]);
+    let out = dirs.run(&["credentials", "put", "reporting", "tenant:acme", "--api-key-file", key.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(!stdout(&out).contains("rk-secret-value"));
     let out = dirs.run(&["credentials", "list", "reporting"]);
@@ -78,41 +59,21 @@ fn operator_commands_manage_connections_credentials_and_tokens() {
     let out = dirs.run(&["credentials", "put", "reporting", "tenant:acme"]);
     assert_eq!(out.status.code(), Some(2));
     let out = dirs.run(&["connections", "rm", "reporting"]);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "refused while credentials exist"
-    );
+    assert_eq!(out.status.code(), Some(1), "refused while credentials exist");
     let out = dirs.run(&["credentials", "rm", "reporting", "tenant:acme"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(dirs
-        .run(&["connections", "rm", "reporting"])
-        .status
-        .success());
+    assert!(dirs.run(&["connections", "rm", "reporting"]).status.success());
 
     let tok_file = dirs.root.path().join("second-token");
-    let out = dirs.run(&[
-        "admin-token",
-        "create",
-        "--label",
-        "ci",
-        "--file",
-        tok_file.to_str().unwrap(),
-    ]);
+    let out = dirs.run(&["admin-token", "create", "--label", "ci", "--file", tok_file.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
     let out = dirs.run(&["admin-token", "list"]);
     let tokens: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(tokens.as_array().unwrap().len(), 2);
-    assert!(
-        !stdout(&out).contains(std::fs::read_to_string(&tok_file).unwrap().trim()),
-        "list shows no secrets"
-    );
+    assert!(!stdout(&out).contains(std::fs::read_to_string(&tok_file).unwrap().trim()), "list shows no secrets");
     let id = tokens[1]["id"].as_str().unwrap();
     assert!(dirs.run(&["admin-token", "revoke", id]).status.success());
-    assert_eq!(
-        dirs.run(&["admin-token", "revoke", id]).status.code(),
-        Some(1)
-    );
+    assert_eq!(dirs.run(&["admin-token", "revoke", id]).status.code(), Some(1));
 }
 
 #[test]
@@ -129,35 +90,16 @@ fn audit_verify_finds_the_first_broken_record() {
     assert_eq!(stdout(&out).lines().count(), 5);
 
     let c = rusqlite::Connection::open(dirs.db()).unwrap();
-    c.execute(
-        "UPDATE audit SET actor = 'cli:someone-else' WHERE seq = 3",
-        [],
-    )
-    .unwrap();
+    c.execute("UPDATE audit SET actor = 'cli:someone-else' WHERE seq = 3", []).unwrap();
     let out = dirs.run(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stdout(&out).contains("BROKEN at record 3"),
-        "{}",
-        stdout(&out)
-    );
-    c.execute(
-        "UPDATE audit SET actor = (SELECT actor FROM audit WHERE seq = 2) WHERE seq = 3",
-        [],
-    )
-    .unwrap();
-    assert!(
-        dirs.run(&["audit", "verify"]).status.success(),
-        "restoring the record restores the chain"
-    );
+    assert!(stdout(&out).contains("BROKEN at record 3"), "{}", stdout(&out));
+    c.execute("UPDATE audit SET actor = (SELECT actor FROM audit WHERE seq = 2) WHERE seq = 3", []).unwrap();
+    assert!(dirs.run(&["audit", "verify"]).status.success(), "restoring the record restores the chain");
     c.execute("DELETE FROM audit WHERE seq = 4", []).unwrap();
     let out = dirs.run(&["audit", "verify"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stdout(&out).contains("BROKEN at record 5"),
-        "{}",
-        stdout(&out)
-    );
+    assert!(stdout(&out).contains("BROKEN at record 5"), "{}", stdout(&out));
 }
 
 #[test]
@@ -166,63 +108,63 @@ fn a_newer_schema_is_refused() {
     init(&dirs);
     let out = dirs.run(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    rusqlite::Connection::open(dirs.db())
-        .unwrap()
-        .execute_batch("PRAGMA user_version = 99")
-        .unwrap();
+    rusqlite::Connection::open(dirs.db()).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
     let out = dirs.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("refusing to downgrade"),
-        "{}",
-        stderr(&out)
-    );
+    assert!(stderr(&out).contains("refusing to downgrade"), "{}", stderr(&out));
 }
 
 #[test]
 fn serve_dev_initialises_once_and_serves() {
     let dirs = Dirs::new();
     let mut first = ServerProcess::start_args(&dirs, &["serve", "--dev"], &[]);
-    assert!(
-        first.log_text().contains("development vault initialised"),
-        "{}",
-        first.log_text()
-    );
+    assert!(first.log_text().contains("development vault initialised"), "{}", first.log_text());
     let status = first.terminate();
     assert!(status.success());
     drop(first);
     // `serve` alone (no --dev) fails on an empty directory with a helpful message.
     let empty = Dirs::new();
-    let out = empty
-        .cmd(&["serve"])
-        .env("LATCHKEY_BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let out = empty.cmd(&["serve"]).env("LATCHKEY_BIND", "127.0.0.1:0").output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("serve --dev"), "{}", stderr(&out));
     // Second --dev start reuses the initialised directory.
     let mut second = ServerProcess::start_args(&dirs, &["serve", "--dev"], &[]);
-    assert!(
-        !second.log_text().contains("initialised"),
-        "{}",
-        second.log_text()
-    );
+    assert!(!second.log_text().contains("initialised"), "{}", second.log_text());
     let bind = second.addr.trim_start_matches("http://").to_owned();
-    let out = dirs
-        .cmd(&["healthcheck"])
-        .env("LATCHKEY_BIND", &bind)
-        .output()
-        .unwrap();
+    let out = dirs.cmd(&["healthcheck"]).env("LATCHKEY_BIND", &bind).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(second.terminate().success());
-    let out = dirs
-        .cmd(&["healthcheck"])
-        .env("LATCHKEY_BIND", &bind)
-        .output()
+    let out = dirs.cmd(&["healthcheck"]).env("LATCHKEY_BIND", &bind).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "healthcheck fails once the server is gone");
+}
+
+#[test]
+fn agents_are_managed_from_the_cli() {
+    let dirs = Dirs::new();
+    init(&dirs);
+    let body = dirs.root.path().join("agent.json");
+    std::fs::write(&body, r#"{"id": "cal", "name": "Calendar tool", "policy": {"grants": [{"connection": "gcal", "owners": "self"}]}}"#)
         .unwrap();
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "healthcheck fails once the server is gone"
-    );
+    let out = dirs.run(&["agents", "add", "--from", body.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let secret = stdout(&out).trim().to_owned();
+    assert!(secret.starts_with("lks_"), "{secret}");
+    let out = dirs.run(&["agents", "show", "cal"]);
+    let v: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(v["policy"]["grants"][0]["connection"], "gcal");
+    assert!(!stdout(&out).contains(&secret));
+    let policy = dirs.root.path().join("policy.json");
+    std::fs::write(&policy, r#"{"grants": [{"connection": "gcal", "owners": "any", "max_ttl": 60}]}"#).unwrap();
+    assert!(dirs.run(&["agents", "policy", "cal", "--from", policy.to_str().unwrap()]).status.success());
+    std::fs::write(&policy, r#"{"grants": [{"connection": "gcal", "owners": "nobody"}]}"#).unwrap();
+    assert_eq!(dirs.run(&["agents", "policy", "cal", "--from", policy.to_str().unwrap()]).status.code(), Some(1));
+    let out = dirs.run(&["agents", "rotate-secret", "cal"]);
+    assert!(out.status.success());
+    assert_ne!(stdout(&out).trim(), secret);
+    let out = dirs.run(&["agents", "disable", "cal"]);
+    assert_eq!(serde_json::from_str::<Value>(&stdout(&out)).unwrap()["disabled"], true);
+    let out = dirs.run(&["agents", "list"]);
+    assert_eq!(serde_json::from_str::<Value>(&stdout(&out)).unwrap().as_array().unwrap().len(), 1);
+    assert!(dirs.run(&["agents", "rm", "cal"]).status.success());
+    assert_eq!(dirs.run(&["agents", "show", "cal"]).status.code(), Some(1));
 }

@@ -19,9 +19,7 @@ pub struct Dirs {
 
 impl Dirs {
     pub fn new() -> Self {
-        Dirs {
-            root: tempfile::tempdir().expect("tempdir"),
-        }
+        Dirs { root: tempfile::tempdir().expect("tempdir") }
     }
     pub fn data(&self) -> PathBuf {
         self.root.path().join("data")
@@ -71,32 +69,15 @@ pub struct TestApp {
 impl TestApp {
     pub async fn spawn() -> TestApp {
         let dirs = Dirs::new();
-        let init = Vault::init(
-            &dirs.data(),
-            &dirs.keys(),
-            None,
-            Clock::system(),
-            &Actor::Cli("test".into()),
-        )
-        .expect("init");
+        let init = Vault::init(&dirs.data(), &dirs.keys(), None, Clock::system(), &Actor::Cli("test".into())).expect("init");
         let token = init.admin_token.expose().to_owned();
         let vault = Arc::new(init.vault);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let opts = latchkey::startup::ServerOptions {
-            public_url: addr.clone(),
-            max_body_bytes: 64 * 1024,
-            workers: Some(1),
-        };
+        let opts = latchkey::startup::ServerOptions { public_url: addr.clone(), max_body_bytes: 64 * 1024, workers: Some(1) };
         let server = latchkey::startup::server(vault.clone(), listener, opts).expect("server");
         tokio::spawn(server);
-        TestApp {
-            _dirs: dirs,
-            addr,
-            token,
-            vault,
-            http: reqwest::Client::new(),
-        }
+        TestApp { _dirs: dirs, addr, token, vault, http: reqwest::Client::new() }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -104,43 +85,29 @@ impl TestApp {
     }
 
     pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
-        self.http
-            .request(method, self.url(path))
-            .bearer_auth(&self.token)
+        self.http.request(method, self.url(path)).bearer_auth(&self.token)
     }
 
     pub async fn post_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.admin(reqwest::Method::POST, path)
-            .json(&body)
-            .send()
-            .await
-            .expect("request")
+        self.admin(reqwest::Method::POST, path).json(&body).send().await.expect("request")
     }
 
     pub async fn put_json(&self, path: &str, body: Value) -> reqwest::Response {
-        self.admin(reqwest::Method::PUT, path)
-            .json(&body)
-            .send()
-            .await
-            .expect("request")
+        self.admin(reqwest::Method::PUT, path).json(&body).send().await.expect("request")
     }
 
     pub async fn delete(&self, path: &str) -> reqwest::Response {
-        self.admin(reqwest::Method::DELETE, path)
-            .send()
-            .await
-            .expect("request")
+        self.admin(reqwest::Method::DELETE, path).send().await.expect("request")
     }
 
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.admin(reqwest::Method::GET, path)
-            .send()
-            .await
-            .expect("request")
+        self.admin(reqwest::Method::GET, path).send().await.expect("request")
     }
 
     pub async fn api_key_connection(&self, id: &str) {
-        let r = self.post_json("/v1/admin/connections", serde_json::json!({"id": id, "kind": "api_key", "api_key": {"header": "X-API-Key"}})).await;
+        let r = self
+            .post_json("/v1/admin/connections", serde_json::json!({"id": id, "kind": "api_key", "api_key": {"header": "X-API-Key"}}))
+            .await;
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     }
 
@@ -167,10 +134,7 @@ impl ServerProcess {
         let log = dirs.root.path().join(format!("server-{n}.log"));
         let out = std::fs::File::create(&log).expect("log file");
         let mut cmd = dirs.cmd(args);
-        cmd.env("LATCHKEY_BIND", "127.0.0.1:0")
-            .env("LATCHKEY_LOG_FORMAT", "json")
-            .stdout(Stdio::null())
-            .stderr(out);
+        cmd.env("LATCHKEY_BIND", "127.0.0.1:0").env("LATCHKEY_LOG_FORMAT", "json").stdout(Stdio::null()).stderr(out);
         for (k, v) in extra_env {
             cmd.env(k, v);
         }
@@ -185,19 +149,13 @@ impl ServerProcess {
 
     /// SIGTERM, then wait for exit; returns the exit status.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
-        let _ = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status();
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(
-                Instant::now() < deadline,
-                "server did not stop after SIGTERM"
-            );
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -221,10 +179,7 @@ fn wait_for_listen(log: &Path, timeout: Duration) -> String {
                 }
             }
         }
-        assert!(
-            Instant::now() < deadline,
-            "server did not start; log:\n{text}"
-        );
+        assert!(Instant::now() < deadline, "server did not start; log:\n{text}");
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -234,16 +189,9 @@ pub struct Rng(u64);
 
 impl Rng {
     pub fn from_env_or_time() -> Rng {
-        let seed = std::env::var("LATCHKEY_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-                    | 1
-            });
+        let seed = std::env::var("LATCHKEY_TEST_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(1) | 1
+        });
         eprintln!("fault-timing seed: LATCHKEY_TEST_SEED={seed}");
         Rng(seed)
     }

@@ -20,16 +20,9 @@ impl Setup {
         let pass = dirs.root.path().join("passphrase");
         fs::write(&pass, format!("{PASSPHRASE}\n")).unwrap();
         let tok = dirs.root.path().join("admin-token");
-        let out = dirs
-            .cmd(&["init", "--admin-token-file", tok.to_str().unwrap()])
-            .env("LATCHKEY_PASSPHRASE_FILE", &pass)
-            .output()
-            .unwrap();
+        let out = dirs.cmd(&["init", "--admin-token-file", tok.to_str().unwrap()]).env("LATCHKEY_PASSPHRASE_FILE", &pass).output().unwrap();
         assert!(out.status.success(), "{}", stderr(&out));
-        assert_eq!(
-            fs::metadata(&tok).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
+        assert_eq!(fs::metadata(&tok).unwrap().permissions().mode() & 0o777, 0o600);
         assert!(fs::read_to_string(&tok).unwrap().starts_with("lka_"));
         Setup { dirs, pass }
     }
@@ -40,29 +33,19 @@ impl Setup {
 
     /// Runs `keys verify` (which must unlock the key) with the given passphrase file.
     fn verify_with(&self, pass: &std::path::Path) -> std::process::Output {
-        self.dirs
-            .cmd(&["keys", "verify"])
-            .env("LATCHKEY_PASSPHRASE_FILE", pass)
-            .output()
-            .unwrap()
+        self.dirs.cmd(&["keys", "verify"]).env("LATCHKEY_PASSPHRASE_FILE", pass).output().unwrap()
     }
 
     fn audit_len(&self) -> i64 {
         let c = rusqlite::Connection::open(self.dirs.db()).unwrap();
-        c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0))
-            .unwrap()
+        c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap()
     }
 
     /// Runs a command expected to be refused; checks the message and that neither the
     /// key file nor the database changed.
     fn refused(&self, out: std::process::Output, expect: &[&str]) {
         let err = stderr(&out);
-        assert_eq!(
-            out.status.code(),
-            Some(1),
-            "expected refusal, got {:?}: {err}",
-            out.status
-        );
+        assert_eq!(out.status.code(), Some(1), "expected refusal, got {:?}: {err}", out.status);
         for e in expect {
             assert!(err.contains(e), "message should mention {e:?}: {err}");
         }
@@ -72,37 +55,18 @@ impl Setup {
 #[test]
 fn init_creates_protected_keys_and_refuses_to_run_twice() {
     let s = Setup::new();
-    assert_eq!(
-        fs::metadata(s.dirs.keys()).unwrap().permissions().mode() & 0o777,
-        0o700
-    );
-    assert_eq!(
-        fs::metadata(s.key_file()).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
+    assert_eq!(fs::metadata(s.dirs.keys()).unwrap().permissions().mode() & 0o777, 0o700);
+    assert_eq!(fs::metadata(s.key_file()).unwrap().permissions().mode() & 0o777, 0o600);
     let key = fs::read(s.key_file()).unwrap();
     assert_eq!(&key[..4], b"LKMK");
     assert_eq!(key[9], 1, "argon2id");
-    assert_eq!(
-        u32::from_be_bytes(key[10..14].try_into().unwrap()),
-        64 * 1024,
-        "64 MiB"
-    );
+    assert_eq!(u32::from_be_bytes(key[10..14].try_into().unwrap()), 64 * 1024, "64 MiB");
     assert_eq!(u32::from_be_bytes(key[14..18].try_into().unwrap()), 3);
     assert_eq!(u32::from_be_bytes(key[18..22].try_into().unwrap()), 4);
 
-    let again = s
-        .dirs
-        .cmd(&["init"])
-        .env("LATCHKEY_PASSPHRASE_FILE", &s.pass)
-        .output()
-        .unwrap();
+    let again = s.dirs.cmd(&["init"]).env("LATCHKEY_PASSPHRASE_FILE", &s.pass).output().unwrap();
     s.refused(again, &["already"]);
-    assert_eq!(
-        fs::read(s.key_file()).unwrap(),
-        key,
-        "re-init must not touch the key"
-    );
+    assert_eq!(fs::read(s.key_file()).unwrap(), key, "re-init must not touch the key");
     let ok = s.verify_with(&s.pass);
     assert!(ok.status.success(), "{}", stderr(&ok));
 }
@@ -116,13 +80,7 @@ fn unsafe_key_files_and_bad_passphrases_are_refused_without_changes() {
     // Key file readable by others.
     fs::set_permissions(s.key_file(), fs::Permissions::from_mode(0o644)).unwrap();
     s.refused(s.verify_with(&s.pass), &["0644", "chmod 600"]);
-    let serve = s
-        .dirs
-        .cmd(&["serve"])
-        .env("LATCHKEY_PASSPHRASE_FILE", &s.pass)
-        .env("LATCHKEY_BIND", "127.0.0.1:0")
-        .output()
-        .unwrap();
+    let serve = s.dirs.cmd(&["serve"]).env("LATCHKEY_PASSPHRASE_FILE", &s.pass).env("LATCHKEY_BIND", "127.0.0.1:0").output().unwrap();
     s.refused(serve, &["chmod 600"]);
     fs::set_permissions(s.key_file(), fs::Permissions::from_mode(0o600)).unwrap();
 
@@ -142,14 +100,8 @@ fn unsafe_key_files_and_bad_passphrases_are_refused_without_changes() {
     // Wrong passphrase; no passphrase at all.
     let wrong = s.dirs.root.path().join("wrong");
     fs::write(&wrong, "not the passphrase at all").unwrap();
-    s.refused(
-        s.verify_with(&wrong),
-        &["wrong passphrase", "LATCHKEY_PASSPHRASE_FILE"],
-    );
-    s.refused(
-        s.dirs.run(&["keys", "verify"]),
-        &["LATCHKEY_PASSPHRASE_FILE"],
-    );
+    s.refused(s.verify_with(&wrong), &["wrong passphrase", "LATCHKEY_PASSPHRASE_FILE"]);
+    s.refused(s.dirs.run(&["keys", "verify"]), &["LATCHKEY_PASSPHRASE_FILE"]);
 
     // Tampered KDF parameters: raised past the cap, lowered within it, below the floor.
     for (offset, value, expect) in [
@@ -161,11 +113,7 @@ fn unsafe_key_files_and_bad_passphrases_are_refused_without_changes() {
         t[offset..offset + 4].copy_from_slice(&value.to_be_bytes());
         fs::write(s.key_file(), &t).unwrap();
         s.refused(s.verify_with(&s.pass), &[expect, "backup"]);
-        assert_eq!(
-            fs::read(s.key_file()).unwrap(),
-            t,
-            "latchkey must not rewrite a key file it refused"
-        );
+        assert_eq!(fs::read(s.key_file()).unwrap(), t, "latchkey must not rewrite a key file it refused");
     }
     fs::write(s.key_file(), &original).unwrap();
 
@@ -178,23 +126,11 @@ fn unsafe_key_files_and_bad_passphrases_are_refused_without_changes() {
 #[test]
 fn rotation_with_a_passphrase_creates_a_protected_readable_version() {
     let s = Setup::new();
-    let out = s
-        .dirs
-        .cmd(&["keys", "rotate"])
-        .env("LATCHKEY_PASSPHRASE_FILE", &s.pass)
-        .output()
-        .unwrap();
+    let out = s.dirs.cmd(&["keys", "rotate"]).env("LATCHKEY_PASSPHRASE_FILE", &s.pass).output().unwrap();
     assert!(out.status.success(), "{}", stderr(&out));
     let v2 = s.dirs.keys().join("master-v2.key");
-    assert_eq!(
-        fs::metadata(&v2).unwrap().permissions().mode() & 0o777,
-        0o600
-    );
-    assert_eq!(
-        fs::read(&v2).unwrap()[9],
-        1,
-        "v2 is passphrase-protected too"
-    );
+    assert_eq!(fs::metadata(&v2).unwrap().permissions().mode() & 0o777, 0o600);
+    assert_eq!(fs::read(&v2).unwrap()[9], 1, "v2 is passphrase-protected too");
     let wrong = s.dirs.root.path().join("wrong");
     fs::write(&wrong, "not the passphrase at all").unwrap();
     s.refused(s.verify_with(&wrong), &["wrong passphrase"]);

@@ -26,17 +26,9 @@ const CANARIES: [&str; 8] = [
 fn canary_secrets_never_reach_disk_logs_or_audit() {
     let dirs = Dirs::new();
     let tok = dirs.root.path().join("tok");
-    let out = dirs.run(&[
-        "init",
-        "--no-passphrase",
-        "--admin-token-file",
-        tok.to_str().unwrap(),
-    ]);
+    let out = dirs.run(&["init", "--no-passphrase", "--admin-token-file", tok.to_str().unwrap()]);
     assert!(out.status.success(), "{}", stderr(&out));
-    assert!(
-        stderr(&out).contains("WITHOUT passphrase"),
-        "init --no-passphrase must warn loudly"
-    );
+    assert!(stderr(&out).contains("WITHOUT passphrase"), "init --no-passphrase must warn loudly");
     let token = fs::read_to_string(&tok).unwrap().trim().to_owned();
     let mut server = ServerProcess::start(&dirs, &[("LATCHKEY_LOG", "debug")]);
     let mut outputs = String::new();
@@ -69,14 +61,7 @@ fn canary_secrets_never_reach_disk_logs_or_audit() {
     let key_file = dirs.root.path().join("cli-key");
     fs::write(&key_file, CANARIES[7]).unwrap();
     for args in [
-        vec![
-            "credentials",
-            "put",
-            "svc",
-            "user:carol",
-            "--api-key-file",
-            key_file.to_str().unwrap(),
-        ],
+        vec!["credentials", "put", "svc", "user:carol", "--api-key-file", key_file.to_str().unwrap()],
         vec!["credentials", "list", "svc"],
         vec!["connections", "show", "crm"],
         vec!["keys", "rotate"],
@@ -96,75 +81,35 @@ fn canary_secrets_never_reach_disk_logs_or_audit() {
     assert!(log.contains("latchkey stopped"), "{log}");
     assert!(log.contains("/v1/admin/connections"), "requests are logged");
 
-    let mut scanned = vec![
-        ("server log".to_owned(), log.into_bytes()),
-        ("responses and CLI output".to_owned(), outputs.into_bytes()),
-    ];
+    let mut scanned = vec![("server log".to_owned(), log.into_bytes()), ("responses and CLI output".to_owned(), outputs.into_bytes())];
     for entry in fs::read_dir(dirs.data()).unwrap() {
         let p = entry.unwrap().path();
         scanned.push((p.display().to_string(), fs::read(&p).unwrap()));
     }
     assert!(scanned.iter().any(|(n, _)| n.ends_with("latchkey.db")));
     let c = rusqlite::Connection::open(dirs.db()).unwrap();
-    let audit: String = c
-        .query_row(
-            "SELECT group_concat(actor || action || target || outcome || detail, '|') FROM audit",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let audit: String =
+        c.query_row("SELECT group_concat(actor || action || target || outcome || detail, '|') FROM audit", [], |r| r.get(0)).unwrap();
     scanned.push(("audit table".to_owned(), audit.into_bytes()));
     for (name, bytes) in &scanned {
         for canary in CANARIES {
-            assert!(
-                !contains(bytes, canary.as_bytes()),
-                "{canary} found in {name}"
-            );
+            assert!(!contains(bytes, canary.as_bytes()), "{canary} found in {name}");
         }
     }
 
     // The canaries really were stored (so their absence above means something).
-    let v = Vault::open(
-        &dirs.data(),
-        &dirs.keys(),
-        latchkey::keys::PassphraseSource::None,
-        Clock::system(),
-    )
-    .unwrap();
-    assert_eq!(
-        v.client_secret(&ConnectionId::parse("crm").unwrap())
-            .unwrap()
-            .unwrap()
-            .expose(),
-        CANARIES[1]
-    );
-    for (conn, owner, want) in [
-        ("svc", "user:alice", CANARIES[2]),
-        ("crm", "user:bob", CANARIES[3]),
-        ("svc", "user:carol", CANARIES[7]),
-    ] {
-        let opened = v
-            .open_credential(
-                &ConnectionId::parse(conn).unwrap(),
-                &Owner::parse(owner).unwrap(),
-            )
-            .unwrap()
-            .unwrap();
+    let v = Vault::open(&dirs.data(), &dirs.keys(), latchkey::keys::PassphraseSource::None, Clock::system()).unwrap();
+    assert_eq!(v.client_secret(&ConnectionId::parse("crm").unwrap()).unwrap().unwrap().expose(), CANARIES[1]);
+    for (conn, owner, want) in [("svc", "user:alice", CANARIES[2]), ("crm", "user:bob", CANARIES[3]), ("svc", "user:carol", CANARIES[7])] {
+        let opened = v.open_credential(&ConnectionId::parse(conn).unwrap(), &Owner::parse(owner).unwrap()).unwrap().unwrap();
         let got = match &opened.secret {
             CredentialSecret::ApiKey(k) => k.expose().to_owned(),
-            CredentialSecret::OAuth2 {
-                access_token,
-                refresh_token,
-                ..
-            } => {
+            CredentialSecret::OAuth2 { access_token, refresh_token, .. } => {
                 assert_eq!(refresh_token.as_ref().unwrap().expose(), CANARIES[4]);
                 access_token.expose().to_owned()
             }
         };
         assert_eq!(got, want);
-        assert!(
-            !format!("{opened:?}").contains(want),
-            "Debug must redact secrets"
-        );
+        assert!(!format!("{opened:?}").contains(want), "Debug must redact secrets");
     }
 }

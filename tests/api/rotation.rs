@@ -19,22 +19,12 @@ const KILLS: usize = 20;
 const BATCH: &str = "200";
 
 fn seed(dirs: &Dirs) -> String {
-    let init = Vault::init(
-        &dirs.data(),
-        &dirs.keys(),
-        None,
-        Clock::system(),
-        &Actor::Cli("seed".into()),
-    )
-    .unwrap();
+    let init = Vault::init(&dirs.data(), &dirs.keys(), None, Clock::system(), &Actor::Cli("seed".into())).unwrap();
     let v = init.vault;
     let actor = Actor::Cli("seed".into());
     v.create_connection(
         &actor,
-        NewConnection::from_json(
-            json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}}),
-        )
-        .unwrap(),
+        NewConnection::from_json(json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}})).unwrap(),
     )
     .unwrap();
     v.create_connection(
@@ -51,10 +41,7 @@ fn seed(dirs: &Dirs) -> String {
             (Owner::parse(&format!("user:u{i}")).unwrap(), input)
         })
         .collect();
-    assert_eq!(
-        v.import_credentials(&actor, &svc, items).unwrap(),
-        CREDENTIALS as u64
-    );
+    assert_eq!(v.import_credentials(&actor, &svc, items).unwrap(), CREDENTIALS as u64);
     init.admin_token.expose().to_owned()
 }
 
@@ -66,12 +53,7 @@ fn status(dirs: &Dirs) -> Value {
 
 fn verify_passes(dirs: &Dirs, when: &str) {
     let out = dirs.run(&["keys", "verify"]);
-    assert!(
-        out.status.success(),
-        "keys verify failed {when}:\n{}{}",
-        stdout(&out),
-        stderr(&out)
-    );
+    assert!(out.status.success(), "keys verify failed {when}:\n{}{}", stdout(&out), stderr(&out));
 }
 
 #[test]
@@ -86,13 +68,7 @@ fn sigkilled_rotations_never_lose_a_key_and_finish_on_rerun() {
     // The server keeps writing (fresh data keys under whatever version is active) and
     // answering while rotations are killed around it.
     let writer = {
-        let (stop, ok, failed, addr, token) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            server.addr.clone(),
-            token.clone(),
-        );
+        let (stop, ok, failed, addr, token) = (stop.clone(), ok.clone(), failed.clone(), server.addr.clone(), token.clone());
         rt.spawn(async move {
             let http = reqwest::Client::new();
             let mut i = 0u64;
@@ -100,24 +76,16 @@ fn sigkilled_rotations_never_lose_a_key_and_finish_on_rerun() {
                 i += 1;
                 let owner = format!("user:w{}", i % 40);
                 let put = http
-                    .put(format!(
-                        "{addr}/v1/admin/connections/svc/credentials/{owner}"
-                    ))
+                    .put(format!("{addr}/v1/admin/connections/svc/credentials/{owner}"))
                     .bearer_auth(&token)
                     .json(&json!({"api_key": format!("written-{i}")}))
                     .send()
                     .await;
                 let ready = http.get(format!("{addr}/readyz")).send().await;
                 match (put, ready) {
-                    (Ok(p), Ok(r)) if p.status() == 200 && r.status() == 200 => {
-                        ok.fetch_add(1, Ordering::Relaxed)
-                    }
+                    (Ok(p), Ok(r)) if p.status() == 200 && r.status() == 200 => ok.fetch_add(1, Ordering::Relaxed),
                     (p, r) => {
-                        eprintln!(
-                            "server error during rotation: {:?} / {:?}",
-                            p.map(|x| x.status()),
-                            r.map(|x| x.status())
-                        );
+                        eprintln!("server error during rotation: {:?} / {:?}", p.map(|x| x.status()), r.map(|x| x.status()));
                         failed.fetch_add(1, Ordering::Relaxed)
                     }
                 };
@@ -137,27 +105,16 @@ fn sigkilled_rotations_never_lose_a_key_and_finish_on_rerun() {
     let window_ms = (full.as_millis() as u64).max(20);
     let mut killed_mid_rotation = 0;
     for round in 0..KILLS {
-        let mut child = dirs
-            .cmd(&["keys", "rotate", "--batch-size", BATCH])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let mut child = dirs.cmd(&["keys", "rotate", "--batch-size", BATCH]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap();
         std::thread::sleep(Duration::from_millis(rng.below(window_ms)));
         let mid = child.try_wait().unwrap().is_none();
         killed_mid_rotation += usize::from(mid);
-        eprintln!(
-            "round {round}: kill {} rotation finished",
-            if mid { "before" } else { "after" }
-        );
+        eprintln!("round {round}: kill {} rotation finished", if mid { "before" } else { "after" });
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         verify_passes(&dirs, &format!("after kill {round}"));
     }
-    assert!(
-        killed_mid_rotation >= KILLS / 4,
-        "only {killed_mid_rotation} of {KILLS} kills landed mid-rotation; the window is wrong"
-    );
+    assert!(killed_mid_rotation >= KILLS / 4, "only {killed_mid_rotation} of {KILLS} kills landed mid-rotation; the window is wrong");
 
     // A final run completes: every data key is under the active version.
     let out = dirs.run(&["keys", "rotate", "--batch-size", BATCH]);
@@ -182,10 +139,7 @@ fn sigkilled_rotations_never_lose_a_key_and_finish_on_rerun() {
     let meta: Value = rt.block_on(async {
         let http = reqwest::Client::new();
         let r = http
-            .put(format!(
-                "{}/v1/admin/connections/svc/credentials/user:after",
-                server.addr
-            ))
+            .put(format!("{}/v1/admin/connections/svc/credentials/user:after", server.addr))
             .bearer_auth(&token)
             .json(&json!({"api_key": "after"}))
             .send()
@@ -195,10 +149,6 @@ fn sigkilled_rotations_never_lose_a_key_and_finish_on_rerun() {
         r.json().await.unwrap()
     });
     assert_eq!(meta["master_key_version"].as_u64(), Some(active));
-    assert_eq!(
-        failed.load(Ordering::Relaxed),
-        0,
-        "the server must keep serving during rotation"
-    );
+    assert_eq!(failed.load(Ordering::Relaxed), 0, "the server must keep serving during rotation");
     assert!(ok.load(Ordering::Relaxed) > 0);
 }
