@@ -40,7 +40,7 @@ struct TokenForm {
     grant_type: Option<String>,
     client_id: Option<String>,
     client_secret: Option<crate::secret::Secret>,
-    subject_token: Option<String>,
+    subject_token: Option<crate::secret::Secret>,
     subject_token_type: Option<String>,
 }
 
@@ -136,16 +136,17 @@ async fn token(req: HttpRequest, state: web::Data<AppState>, form: web::Form<Tok
 /// to return as `invalid_grant`.
 async fn exchange(state: &AppState, form: &TokenForm, claims: &mut AgentClaims, now: i64) -> Result<(), String> {
     let token = form.subject_token.clone().filter(|t| !t.is_empty() && t.len() <= 16 * 1024).ok_or("subject_token is required")?;
+    let token = token.expose();
     if !form.subject_token_type.as_deref().is_some_and(|t| JWT_TYPES.contains(&t)) {
         return Err("subject_token_type must be a JWT, access_token or id_token type".into());
     }
-    let iss = unverified_issuer(&token).map_err(|e| e.to_string())?;
+    let iss = unverified_issuer(token).map_err(|e| e.to_string())?;
     let lookup = iss.clone();
     let cfg = blocking(state, move |v| v.issuer(&lookup))
         .await
         .map_err(|_| "issuer lookup failed".to_owned())?
         .ok_or_else(|| SubjectError::UnknownIssuer.to_string())?;
-    let subject = state.jwks.verify(&cfg, &token).await.map_err(|e| e.to_string())?;
+    let subject = state.jwks.verify(&cfg, token).await.map_err(|e| e.to_string())?;
     Owner::new(OwnerKind::User, &subject.sub).map_err(|_| "the subject's sub cannot name a latchkey owner".to_owned())?;
     let exp = claims.exp.min(subject.exp);
     if exp <= now {
