@@ -14,6 +14,7 @@ pub mod config;
 pub mod crypto;
 pub mod keys;
 pub mod model;
+pub mod oauth;
 pub mod policy;
 pub mod secret;
 pub mod startup;

@@ -264,6 +264,13 @@ pub struct OAuth2Spec {
     pub extra_authorize_params: BTreeMap<String, String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub return_to_allowlist: Vec<String>,
+    /// The provider's issuer identifier, checked against `iss` on callbacks (RFC 9207);
+    /// filled by discovery when `discovery_url` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Microsoft Entra tenant for the catalog's `{tenant}` URLs (default `common`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 fn yes() -> bool {
@@ -329,8 +336,8 @@ impl ConnectionSpec {
             }
         }
         if let Some(p) = &self.provider {
-            if ConnectionId::parse(p).is_err() {
-                return invalid("provider must be a catalog name such as 'google'");
+            if crate::oauth::providers::find(p).is_none() {
+                return invalid(format!("unknown provider '{}': see `latchkey providers list`", preview(p)));
             }
         }
         for (scope, roles) in &self.scope_roles {
@@ -369,6 +376,14 @@ impl OAuth2Spec {
         }
         for u in &self.return_to_allowlist {
             check_url("return_to_allowlist", u)?;
+        }
+        if let Some(i) = &self.issuer {
+            check_url("issuer", i)?;
+        }
+        if let Some(t) = &self.tenant {
+            if t.is_empty() || t.len() > 64 || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.') {
+                return invalid("oauth2.tenant must be a tenant id or domain");
+            }
         }
         let explicit = self.authorization_endpoint.is_some() && self.token_endpoint.is_some();
         if !explicit && self.discovery_url.is_none() && !has_provider {

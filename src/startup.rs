@@ -9,6 +9,7 @@ use actix_web::{App, HttpServer};
 use crate::api::{self, AppState, RequestContext};
 use crate::auth::subject::JwksCache;
 use crate::auth::TokenService;
+use crate::oauth::OAuthService;
 use crate::vault::Vault;
 
 /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
@@ -21,13 +22,19 @@ pub struct ServerOptions {
     pub public_url: String,
     pub max_body_bytes: usize,
     pub workers: Option<usize>,
+    /// Run the background OAuth refresher.
+    pub refresher: bool,
 }
 
 /// Loads the token-signing keys (creating the first) and builds the server.
 pub fn server(vault: Arc<Vault>, listener: TcpListener, opts: ServerOptions) -> std::io::Result<Server> {
     let keys = vault.signing_keys().map_err(|e| std::io::Error::other(format!("cannot load token-signing keys: {e}")))?;
     let tokens = Arc::new(TokenService::new(opts.public_url.clone(), keys));
-    let state = AppState { vault, tokens, jwks: Arc::new(JwksCache::new()), max_body_bytes: opts.max_body_bytes };
+    let oauth = Arc::new(OAuthService::new(vault.clone(), opts.public_url.clone()));
+    if opts.refresher {
+        tokio::spawn(oauth.clone().run_refresher());
+    }
+    let state = AppState { vault, tokens, jwks: Arc::new(JwksCache::new()), oauth, max_body_bytes: opts.max_body_bytes };
     let mut http = HttpServer::new(move || App::new().wrap(RequestContext).configure(api::routes(state.clone())))
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .listen(listener)?;

@@ -114,10 +114,24 @@ async fn get_credential(state: web::Data<AppState>, path: web::Path<(String, Str
     ok(blocking(&state, move |v| v.get_credential(&id, &owner)).await?)
 }
 
+/// Disconnect: revoke the refresh token at the provider (RFC 7009) where an endpoint is
+/// known, then destroy the credential; the revocation outcome is audited.
 async fn delete_credential(state: web::Data<AppState>, admin: Admin, path: web::Path<(String, String)>) -> Reply {
     let (id, owner) = cred_path(&path)?;
     let actor = admin.actor();
-    blocking(&state, move |v| v.delete_credential(&actor, &id, &owner)).await?;
+    let (c, o) = (id.clone(), owner.clone());
+    let material = blocking(&state, move |v| v.refresh_material(&c, &o)).await?;
+    let revocation = match material {
+        None => return Err(ApiError::not_found(format!("credential of {owner} for connection '{id}' not found"))),
+        Some(m) => match m.refresh_token {
+            Some(token) if m.spec.oauth2.is_some() => match state.oauth.revoke(&m.spec, &token).await {
+                Ok(()) => "revoked".to_owned(),
+                Err(e) => format!("not revoked: {e}"),
+            },
+            _ => "nothing to revoke".to_owned(),
+        },
+    };
+    blocking(&state, move |v| v.delete_credential(&actor, &id, &owner, Some(&revocation))).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

@@ -11,9 +11,10 @@ use crate::audit::Outcome;
 use crate::auth::subject::{unverified_issuer, SubjectError};
 use crate::auth::tokens::{Act, AgentClaims, MAX_TOKEN_TTL};
 use crate::model::{AgentId, ConnectionId, Owner, OwnerKind, Scope};
+use crate::oauth::Refreshed;
 use crate::policy::ReleaseRequest;
 use crate::time::rfc3339;
-use crate::vault::{new_id, ReleaseInput, ReleasedSecret};
+use crate::vault::{new_id, ReleaseError, ReleaseInput, ReleasedSecret, VaultError};
 
 const TOKEN_EXCHANGE: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
 const JWT_TYPES: [&str; 3] =
@@ -192,9 +193,10 @@ async fn release(
     if !(0..=86_400).contains(&min_ttl) {
         return Err(ApiError::invalid("min_ttl must be between 0 and 86400 seconds"));
     }
-    let input = ReleaseInput {
+    let connection = ConnectionId::parse(&id)?;
+    let mut input = ReleaseInput {
         principal: claims.principal(),
-        connection: ConnectionId::parse(&id)?,
+        connection: connection.clone(),
         request: ReleaseRequest {
             scopes: Scope::parse_list(q.scope.as_deref().unwrap_or(""))?,
             user_id: q.user_id,
@@ -202,8 +204,32 @@ async fn release(
         },
         min_ttl,
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
+        refresh_attempted: None,
     };
-    let r = blocking(&state, move |v| v.release(&input)).await?;
+    let r = loop {
+        let attempt = input.clone();
+        let vault = state.vault.clone();
+        let outcome = web::block(move || vault.release(&attempt)).await.map_err(|_| ApiError::internal())?;
+        match outcome {
+            Err(VaultError::Release(ReleaseError::RefreshNeeded { owner })) if input.refresh_attempted.is_none() => {
+                // Refresh first (single flight with any concurrent release or the
+                // background refresher), then decide again — that decision is audited.
+                let retry = match state.oauth.refresh_for_release(&connection, &owner, min_ttl).await {
+                    Refreshed::Failed { retry_after } => retry_after,
+                    _ => 30,
+                };
+                input.refresh_attempted = Some(retry);
+            }
+            Err(e) => {
+                state.oauth.metrics.release("deny");
+                return Err(e.into());
+            }
+            Ok(r) => {
+                state.oauth.metrics.release("allow");
+                break r;
+            }
+        }
+    };
     let lease = json!({"id": r.lease_id, "expires_in": r.lease_expires_in});
     let body = match r.secret {
         ReleasedSecret::ApiKey { api_key, header_name, header_value } => json!({

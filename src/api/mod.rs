@@ -3,6 +3,7 @@
 
 mod admin;
 mod agent;
+mod connect;
 pub mod error;
 mod middleware;
 mod ops;
@@ -21,6 +22,7 @@ pub struct AppState {
     pub vault: Arc<Vault>,
     pub tokens: Arc<crate::auth::TokenService>,
     pub jwks: Arc<crate::auth::subject::JwksCache>,
+    pub oauth: Arc<crate::oauth::OAuthService>,
     pub max_body_bytes: usize,
 }
 
@@ -66,6 +68,7 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             )
             .configure(ops::routes)
             .configure(agent::routes)
+            .configure(connect::routes)
             .service(web::scope("/v1/admin").wrap(actix_web::middleware::from_fn(middleware::require_admin)).configure(admin::routes))
             .default_service(web::to(not_found));
     }

@@ -8,7 +8,8 @@ use super::{blocking, method_not_allowed, ApiError, AppState};
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/openapi.json").route(web::get().to(openapi)).default_service(web::to(method_not_allowed)));
+        .service(web::resource("/openapi.json").route(web::get().to(openapi)).default_service(web::to(method_not_allowed)))
+        .service(web::resource("/metrics").route(web::get().to(metrics)).default_service(web::to(method_not_allowed)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -31,4 +32,10 @@ async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
 /// checks that every documented operation is routed).
 async fn openapi() -> HttpResponse {
     HttpResponse::Ok().content_type("application/json").body(include_str!("openapi.json"))
+}
+
+/// Prometheus metrics: refresh outcomes and latency, credentials by status, releases.
+async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let by_status = blocking(&state, |v| v.credentials_by_status()).await?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.oauth.metrics.render(&by_status)))
 }

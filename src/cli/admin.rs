@@ -180,7 +180,12 @@ pub fn credentials(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
         }
         CredentialsCmd::List { connection } => print_json(&vault.list_credentials(&ConnectionId::parse(&connection)?, None, 1000)?),
         CredentialsCmd::Rm { connection, owner } => {
-            vault.delete_credential(&Actor::cli(), &ConnectionId::parse(&connection)?, &Owner::parse(&owner)?)?;
+            vault.delete_credential(
+                &Actor::cli(),
+                &ConnectionId::parse(&connection)?,
+                &Owner::parse(&owner)?,
+                Some("not attempted (CLI; use the admin API to revoke at the provider)"),
+            )?;
             println!("credential of {owner} for {connection} deleted");
             Ok(())
         }

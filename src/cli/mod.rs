@@ -51,6 +51,9 @@ enum Command {
     Migrate,
     /// Exit 0 if the local server answers GET /healthz (for container health checks).
     Healthcheck,
+    /// The OAuth provider catalog.
+    #[command(subcommand)]
+    Providers(ProvidersCmd),
     /// Master-key lifecycle.
     #[command(subcommand)]
     Keys(keys::KeysCmd),
@@ -69,6 +72,31 @@ enum Command {
     /// The audit trail.
     #[command(subcommand)]
     Audit(admin::AuditCmd),
+}
+
+#[derive(Debug, Subcommand)]
+enum ProvidersCmd {
+    /// List catalog providers with their endpoints and quirks.
+    List {
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn providers(json: bool) -> CliResult {
+    let catalog = crate::oauth::providers::CATALOG;
+    if json {
+        println!("{}", serde_json::to_string_pretty(catalog)?);
+        return Ok(());
+    }
+    for p in catalog {
+        println!("{:<11} {}", p.name, p.display_name);
+        println!("            authorize  {}", p.authorization_endpoint);
+        println!("            token      {}", p.token_endpoint);
+        println!("            revoke     {}", p.revocation_endpoint.unwrap_or("(none: no RFC 7009 endpoint)"));
+        println!("            {}", p.notes);
+    }
+    Ok(())
 }
 
 /// A failed command: the message is printed as `error: …` and the exit code is 1
@@ -107,6 +135,7 @@ pub fn main() -> ExitCode {
         Command::Init { no_passphrase, admin_token_file } => init(&settings, no_passphrase, admin_token_file.as_deref()),
         Command::Migrate => migrate(&settings),
         Command::Healthcheck => healthcheck(&settings),
+        Command::Providers(ProvidersCmd::List { json }) => providers(json),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
         Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
         Command::Connections(cmd) => admin::connections(&settings, cmd),

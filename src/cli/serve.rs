@@ -21,8 +21,12 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     let vault = Arc::new(vault);
-    let opts =
-        crate::startup::ServerOptions { public_url: settings.public_url.clone(), max_body_bytes: settings.max_body_bytes, workers: None };
+    let opts = crate::startup::ServerOptions {
+        public_url: settings.public_url.clone(),
+        max_body_bytes: settings.max_body_bytes,
+        workers: None,
+        refresher: true,
+    };
     let public_url = opts.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
         let server = crate::startup::server(vault, listener, opts)?;

@@ -18,7 +18,11 @@ use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 pub use rusqlite::OptionalExtension;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/0001_init.sql"), include_str!("../../migrations/0002_agents.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/0001_init.sql"),
+    include_str!("../../migrations/0002_agents.sql"),
+    include_str!("../../migrations/0003_oauth.sql"),
+];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
 

@@ -275,6 +275,7 @@ pub struct CredentialMeta {
     pub last_refresh_at: Option<i64>,
     pub last_error: Option<String>,
     pub refresh_failures: i64,
+    pub refresh_due_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -286,7 +287,7 @@ pub struct CredentialRow {
 }
 
 const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures";
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at";
 
 fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
     Ok(CredentialMeta {
@@ -306,15 +307,16 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
         last_refresh_at: r.get(o + 13)?,
         last_error: r.get(o + 14)?,
         refresh_failures: r.get(o + 15)?,
+        refresh_due_at: r.get(o + 16)?,
     })
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 16)?, primary: r.get(o + 20)?, refresh: r.get(o + 21)? })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 17)?, primary: r.get(o + 21)?, refresh: r.get(o + 22)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, \
     d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
 pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
@@ -354,6 +356,10 @@ pub struct CredentialWrite<'a> {
     pub token_type: Option<&'a str>,
     pub scopes: &'a str,
     pub expires_at: Option<i64>,
+    /// When the background refresher should renew this token (`None`: never).
+    pub refresh_due_at: Option<i64>,
+    /// Written by a refresh (sets `last_refresh_at`).
+    pub refreshed: bool,
     pub now: i64,
 }
 
@@ -361,13 +367,31 @@ pub struct CredentialWrite<'a> {
 /// secret_version is still `previous`; deletes the replaced data key. A write resets
 /// the status to active and clears refresh errors.
 pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
+    let last_refresh = w.refreshed.then_some(w.now);
     match previous {
         None => {
-            let res = c.prepare_cached(
-                "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, expires_at, created_at, updated_at) \
-                 VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
-            )?
-            .execute(params![w.id, w.connection_id, w.owner, w.kind, w.secret_version, w.dek_id, w.primary, w.refresh, w.token_type, w.scopes, w.expires_at, w.now]);
+            let res = c
+                .prepare_cached(
+                    "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
+                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at) \
+                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
+                )?
+                .execute(params![
+                    w.id,
+                    w.connection_id,
+                    w.owner,
+                    w.kind,
+                    w.secret_version,
+                    w.dek_id,
+                    w.primary,
+                    w.refresh,
+                    w.token_type,
+                    w.scopes,
+                    w.expires_at,
+                    w.now,
+                    w.refresh_due_at,
+                    last_refresh
+                ]);
             match res {
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
                     Err(StoreError::Conflict)
@@ -376,12 +400,28 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
             }
         }
         Some((prev_version, prev_dek)) => {
+            // A write resets the status and refresh state and releases any refresh lease.
             let n = c
                 .prepare_cached(
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
-                     scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0 WHERE id = ?1 AND secret_version = ?10",
+                     scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
+                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL \
+                     WHERE id = ?1 AND secret_version = ?10",
                 )?
-                .execute(params![w.id, w.secret_version, w.dek_id, w.primary, w.refresh, w.token_type, w.scopes, w.expires_at, w.now, prev_version])?;
+                .execute(params![
+                    w.id,
+                    w.secret_version,
+                    w.dek_id,
+                    w.primary,
+                    w.refresh,
+                    w.token_type,
+                    w.scopes,
+                    w.expires_at,
+                    w.now,
+                    prev_version,
+                    w.refresh_due_at,
+                    last_refresh
+                ])?;
             if n != 1 {
                 return Err(StoreError::Conflict);
             }
@@ -461,4 +501,162 @@ pub fn list_admin_tokens(c: &Connection) -> Result<Vec<AdminTokenRow>> {
 
 pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
     Ok(c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? == 1)
+}
+
+// ---------------------------------------------------------------- refresh scheduling
+
+/// Takes the single-flight refresh lease of a credential if nobody holds a live one.
+pub fn acquire_refresh_lease(c: &Connection, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+    let n = c
+        .prepare_cached(
+            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
+             WHERE id = ?1 AND status = 'active' AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4)",
+        )?
+        .execute(params![id, holder, until_ms, now_ms])?;
+    Ok(n == 1)
+}
+
+/// Gives up a lease without changing anything else.
+pub fn release_refresh_lease(c: &Connection, id: &str, holder: &str) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE credentials SET refresh_lease_until = NULL, refresh_lease_holder = NULL WHERE id = ?1 AND refresh_lease_holder = ?2",
+    )?
+    .execute(params![id, holder])?;
+    Ok(())
+}
+
+/// The live lease of a credential, if any (unix ms).
+pub fn refresh_lease(c: &Connection, id: &str) -> Result<Option<i64>> {
+    Ok(c.prepare_cached("SELECT refresh_lease_until FROM credentials WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?.flatten())
+}
+
+/// Records a transient failure: keeps the tokens, schedules the next attempt.
+pub fn refresh_failed(c: &Connection, id: &str, holder: &str, error: &str, retry_at: i64) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE credentials SET refresh_failures = refresh_failures + 1, last_error = ?3, refresh_due_at = ?4, \
+         refresh_lease_until = NULL, refresh_lease_holder = NULL WHERE id = ?1 AND (refresh_lease_holder = ?2 OR refresh_lease_holder IS NULL)",
+    )?
+    .execute(params![id, holder, error, retry_at])?;
+    Ok(())
+}
+
+/// The provider refused the grant: no more refreshes until the owner reconnects.
+pub fn mark_needs_reauth(c: &Connection, id: &str, error: &str, now: i64) -> Result<()> {
+    c.prepare_cached(
+        "UPDATE credentials SET status = 'needs_reauth', last_error = ?2, refresh_due_at = NULL, refresh_lease_until = NULL, \
+         refresh_lease_holder = NULL, updated_at = ?3 WHERE id = ?1",
+    )?
+    .execute(params![id, error, now])?;
+    Ok(())
+}
+
+/// Credentials due for a refresh at `now`, earliest first.
+pub fn due_refreshes(c: &Connection, now: i64, limit: usize) -> Result<Vec<(String, String, String)>> {
+    let mut st = c.prepare_cached(
+        "SELECT id, connection_id, owner FROM credentials WHERE refresh_due_at IS NOT NULL AND refresh_due_at <= ?1 AND status = 'active' \
+         ORDER BY refresh_due_at LIMIT ?2",
+    )?;
+    let rows = st.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+/// The earliest scheduled refresh (uses the partial index).
+pub fn next_refresh_due(c: &Connection) -> Result<Option<i64>> {
+    Ok(c.prepare_cached("SELECT min(refresh_due_at) FROM credentials WHERE refresh_due_at IS NOT NULL")?.query_row([], |r| r.get(0))?)
+}
+
+/// Credentials per status, for metrics.
+pub fn credentials_by_status(c: &Connection) -> Result<Vec<(String, u64)>> {
+    let mut st = c.prepare_cached("SELECT status, count(*) FROM credentials GROUP BY status")?;
+    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
+// ---------------------------------------------------------------- connect sessions
+
+#[derive(Debug, Clone)]
+pub struct SessionRow {
+    pub id: String,
+    pub connection_id: String,
+    pub owner: String,
+    pub return_to: Option<String>,
+    pub expires_at: i64,
+    pub sealed: Option<SealedSecret>,
+}
+
+#[allow(clippy::too_many_arguments)]
+pub fn insert_session(
+    c: &Connection,
+    id: &str,
+    connection: &str,
+    owner: &str,
+    return_to: Option<&str>,
+    created_by: &str,
+    now: i64,
+    expires_at: i64,
+) -> Result<()> {
+    c.execute(
+        "INSERT INTO connect_sessions (id, connection_id, owner, return_to, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![id, connection, owner, return_to, created_by, now, expires_at],
+    )?;
+    Ok(())
+}
+
+/// Marks a session's link opened (single use) and stores its state hash and sealed verifier.
+pub fn open_session(c: &Connection, id: &str, now: i64, state_hash: &[u8], dek_id: i64, verifier: &[u8]) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE connect_sessions SET opened_at = ?2, state_hash = ?3, dek_id = ?4, verifier = ?5 WHERE id = ?1 AND opened_at IS NULL AND expires_at > ?2",
+        params![id, now, state_hash, dek_id, verifier],
+    )? == 1)
+}
+
+pub fn get_session(c: &Connection, id: &str) -> Result<Option<SessionRow>> {
+    session_where(c, "s.id = ?1", id.as_bytes())
+}
+
+fn session_where(c: &Connection, cond: &str, key: &[u8]) -> Result<Option<SessionRow>> {
+    let sql = format!(
+        "SELECT s.id, s.connection_id, s.owner, s.return_to, s.expires_at, s.verifier, d.id, d.key_version, d.binding, d.wrapped \
+         FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id WHERE {cond}"
+    );
+    let key: rusqlite::types::Value =
+        if cond.contains("state_hash") { key.to_vec().into() } else { String::from_utf8_lossy(key).into_owned().into() };
+    Ok(c.query_row(&sql, [key], |r| {
+        let verifier: Option<Vec<u8>> = r.get(5)?;
+        let dek_id: Option<i64> = r.get(6)?;
+        let sealed = match (verifier, dek_id) {
+            (Some(ciphertext), Some(_)) => Some(SealedSecret { dek: dek_row(r, 6)?, ciphertext }),
+            _ => None,
+        };
+        Ok(SessionRow { id: r.get(0)?, connection_id: r.get(1)?, owner: r.get(2)?, return_to: r.get(3)?, expires_at: r.get(4)?, sealed })
+    })
+    .optional()?)
+}
+
+/// Consumes the session a callback's state belongs to (single use); `None` if unknown,
+/// used or expired.
+pub fn finish_session(c: &Connection, state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
+    let n = c.execute(
+        "UPDATE connect_sessions SET finished_at = ?2 WHERE state_hash = ?1 AND finished_at IS NULL AND opened_at IS NOT NULL AND expires_at > ?2",
+        params![state_hash, now],
+    )?;
+    if n != 1 {
+        return Ok(None);
+    }
+    session_where(c, "s.state_hash = ?1", state_hash)
+}
+
+/// Deletes sessions that are finished or expired, with their data keys.
+pub fn purge_sessions(c: &Connection, now: i64) -> Result<u64> {
+    let mut st = c.prepare("DELETE FROM connect_sessions WHERE finished_at IS NOT NULL OR expires_at <= ?1 RETURNING dek_id")?;
+    let ids: Vec<Option<i64>> = st.query_map([now], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    for id in ids.iter().flatten() {
+        delete_dek(c, *id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Connect sessions holding a sealed verifier (each owns a data key).
+pub fn count_session_deks(c: &Connection) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM connect_sessions WHERE dek_id IS NOT NULL", [], |r| r.get::<_, i64>(0))? as u64)
 }

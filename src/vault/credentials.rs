@@ -101,7 +101,7 @@ impl Vault {
         self.store.write(|tx| {
             let kind = connection_kind(tx, connection)?;
             let secret = input.into_secret(kind, now)?;
-            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now)?;
+            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None)?;
             let detail =
                 json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": scope_string(&secret)});
             self.audit(tx, Event::new(&actor.name(), "credential.put", target(connection, owner), Outcome::Ok, detail))?;
@@ -122,7 +122,7 @@ impl Vault {
                 let secret = input
                     .into_secret(kind, now)
                     .map_err(|e| VaultError::Invalid(crate::model::ValidationError(format!("{owner}: {}", e.0))))?;
-                self.write_credential(tx, connection, &owner, kind, &secret, now)?;
+                self.write_credential(tx, connection, &owner, kind, &secret, now, None)?;
                 n += 1;
             }
             self.audit(tx, Event::new(&actor.name(), "credential.import", connection.as_str(), Outcome::Ok, json!({"count": n})))?;
@@ -131,7 +131,10 @@ impl Vault {
     }
 
     /// Seals `secret` under a fresh data key and writes it; returns (id, version, replaced).
-    fn write_credential(
+    /// `refresh_of`: the version a refresh started from — the write fails with a conflict
+    /// if the credential changed meanwhile, and it counts as a refresh.
+    #[allow(clippy::too_many_arguments)]
+    pub(super) fn write_credential(
         &self,
         tx: &rusqlite::Connection,
         connection: &ConnectionId,
@@ -139,9 +142,15 @@ impl Vault {
         kind: ConnectionKind,
         secret: &CredentialSecret,
         now: i64,
+        refresh_of: Option<i64>,
     ) -> Result<(String, i64, bool)> {
         let (conn_s, owner_s) = (connection.as_str(), owner.to_string());
         let existing = rows::get_credential(tx, conn_s, &owner_s)?;
+        if let Some(v) = refresh_of {
+            if existing.as_ref().map(|e| e.meta.secret_version) != Some(v) {
+                return Err(VaultError::Conflict("the credential changed during the refresh".into()));
+            }
+        }
         let (id, version, previous) = match &existing {
             Some(e) => (e.meta.id.clone(), e.meta.secret_version + 1, Some((e.meta.secret_version, e.dek.id))),
             None => (new_id("cred_")?, 1, None),
@@ -170,6 +179,8 @@ impl Vault {
             token_type,
             scopes: &scopes,
             expires_at,
+            refresh_due_at: refresh.as_ref().and(expires_at).map(|e| crate::oauth::refresh_due_at(now, e)),
+            refreshed: refresh_of.is_some(),
             now,
         };
         rows::put_credential(tx, &w, previous)?;
@@ -192,13 +203,17 @@ impl Vault {
         Ok(row.ok_or_else(|| VaultError::NotFound(format!("credential of {owner} for connection '{connection}'")))?.meta.into())
     }
 
-    /// Destroys a credential (ciphertext and data key).
-    pub fn delete_credential(&self, actor: &Actor, connection: &ConnectionId, owner: &Owner) -> Result<()> {
+    /// Destroys a credential (ciphertext and data key). `revocation` says what happened
+    /// at the provider (recorded in the audit event).
+    pub fn delete_credential(&self, actor: &Actor, connection: &ConnectionId, owner: &Owner, revocation: Option<&str>) -> Result<()> {
         self.store.write(|tx| {
             if !rows::delete_credential(tx, connection.as_str(), &owner.to_string())? {
                 return Err(VaultError::NotFound(format!("credential of {owner} for connection '{connection}'")));
             }
-            self.audit(tx, Event::new(&actor.name(), "credential.delete", target(connection, owner), Outcome::Ok, json!({})))?;
+            self.audit(
+                tx,
+                Event::new(&actor.name(), "credential.delete", target(connection, owner), Outcome::Ok, json!({"revocation": revocation})),
+            )?;
             Ok(())
         })
     }

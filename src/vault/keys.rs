@@ -270,7 +270,8 @@ impl Vault {
         let (signing_keys, failures) = self.verify_signing_keys()?;
         report.failures.extend(failures);
         report.deks = self.store.read(rows::count_deks)?;
-        let referenced = report.credentials + report.connection_secrets + signing_keys;
+        let sessions = self.store.read(rows::count_session_deks)?;
+        let referenced = report.credentials + report.connection_secrets + signing_keys + sessions;
         if report.deks != referenced {
             report.failures.push(format!("{} data keys are stored but {referenced} records reference one", report.deks));
         }

@@ -11,6 +11,7 @@ mod connections;
 mod credentials;
 mod issuers;
 mod keys;
+pub mod oauth;
 mod release;
 mod signing;
 

@@ -33,6 +33,9 @@ pub enum ReleaseError {
     ProviderUnavailable { retry_after: u64 },
     #[error("the audit trail cannot be written; nothing is released")]
     AuditUnavailable,
+    /// Internal: the token must be refreshed first (never audited, never answered).
+    #[error("refresh needed")]
+    RefreshNeeded { owner: Owner },
 }
 
 /// The secret part of a release.
@@ -59,6 +62,8 @@ pub struct ReleaseInput {
     pub request: ReleaseRequest,
     pub min_ttl: i64,
     pub request_id: String,
+    /// Set on the second pass, after a refresh was attempted: no further refresh signal.
+    pub refresh_attempted: Option<u64>,
 }
 
 #[derive(Serialize, Default)]
@@ -88,6 +93,10 @@ impl Vault {
             ..Record::default()
         };
         let outcome = self.decide(input, &mut rec);
+        if let Err(ReleaseError::RefreshNeeded { .. }) = &outcome {
+            // The caller refreshes and asks again; that second decision is audited.
+            return outcome.map_err(VaultError::Release);
+        }
         let decision = match &outcome {
             Ok(_) => Outcome::Ok,
             Err(ReleaseError::ProviderUnavailable { .. }) => Outcome::Failed,
@@ -172,10 +181,10 @@ impl Vault {
         }
         let opened = self.open_credential_row(cred).map_err(internal)?;
         let now = self.clock.now();
-        let (held, remaining) = match &opened.secret {
-            CredentialSecret::ApiKey(_) => (None, None),
-            CredentialSecret::OAuth2 { scopes, expires_at, .. } => {
-                ((!scopes.is_empty()).then_some(scopes.as_slice()), expires_at.map(|e| e - now))
+        let (held, remaining, refreshable) = match &opened.secret {
+            CredentialSecret::ApiKey(_) => (None, None, false),
+            CredentialSecret::OAuth2 { scopes, expires_at, refresh_token, .. } => {
+                ((!scopes.is_empty()).then_some(scopes.as_slice()), expires_at.map(|e| e - now), refresh_token.is_some())
             }
         };
         let scopes = match policy::release_scopes(grant, &input.request.scopes, held, &spec.scope_roles, &input.principal.roles) {
@@ -188,9 +197,11 @@ impl Vault {
         };
         rec.scopes_granted = scopes.iter().map(|s| s.as_str().to_owned()).collect();
         if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
-            // Refresh arrives with the OAuth lifecycle (issue 4); until then, no token.
-            rec.reason = "token expires before min_ttl";
-            return Err(ReleaseError::ProviderUnavailable { retry_after: 30 });
+            if refreshable && input.refresh_attempted.is_none() {
+                return Err(ReleaseError::RefreshNeeded { owner });
+            }
+            rec.reason = "no token valid for min_ttl (refresh failed or impossible)";
+            return Err(ReleaseError::ProviderUnavailable { retry_after: input.refresh_attempted.unwrap_or(30).max(1) });
         }
         let lease_expires_in = policy::lease_ttl(grant, remaining);
         let lease_id = new_id("lease_").map_err(internal)?;

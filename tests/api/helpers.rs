@@ -74,7 +74,8 @@ impl TestApp {
         let vault = Arc::new(init.vault);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let opts = latchkey::startup::ServerOptions { public_url: addr.clone(), max_body_bytes: 64 * 1024, workers: Some(1) };
+        let opts =
+            latchkey::startup::ServerOptions { public_url: addr.clone(), max_body_bytes: 64 * 1024, workers: Some(1), refresher: true };
         let server = latchkey::startup::server(vault.clone(), listener, opts).expect("server");
         tokio::spawn(server);
         TestApp { _dirs: dirs, addr, token, vault, http: reqwest::Client::new() }

@@ -5,5 +5,6 @@ mod agents;
 mod cli;
 mod helpers;
 mod keyfiles;
+mod oauth;
 mod plaintext;
 mod rotation;

@@ -1,0 +1,369 @@
+//! Talking to providers' token and revocation endpoints, bounded in size and time, and
+//! classifying every failure: a refusal of the grant (`Rejected` → the owner must
+//! reconnect) versus anything that may heal by itself (`Transient` → back off, keep the
+//! stored tokens). Nothing from a response body is logged raw.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use super::providers::ResponseShape;
+use crate::model::TokenEndpointAuthMethod;
+use crate::secret::Secret;
+
+/// Largest response body read from a provider.
+pub const MAX_BODY: usize = 1024 * 1024;
+/// Whole-request time limit.
+pub const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where and how to reach a provider (resolved from catalog, discovery or the connection).
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub issuer: Option<String>,
+    pub authorization: String,
+    pub token: String,
+    pub revocation: Option<String>,
+    pub auth_method: TokenEndpointAuthMethod,
+    pub shape: ResponseShape,
+    pub scope_separator: &'static str,
+}
+
+/// A successful token response.
+#[derive(Debug)]
+pub struct Tokens {
+    pub access_token: Secret,
+    pub refresh_token: Option<Secret>,
+    pub expires_in: Option<i64>,
+    pub scope: Option<String>,
+    pub token_type: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum OAuthError {
+    /// The provider refused the grant (`invalid_grant` or equivalent).
+    #[error("the provider refused the grant ({code})")]
+    Rejected { code: String },
+    /// Anything that may heal: transport, timeout, 5xx, 429, garbage, oversized.
+    #[error("{reason}")]
+    Transient { reason: String, retry_after: Option<u64> },
+}
+
+impl OAuthError {
+    fn transient(reason: impl Into<String>) -> Self {
+        OAuthError::Transient { reason: reason.into(), retry_after: None }
+    }
+
+    /// Short class for metrics and audit.
+    pub fn class(&self) -> &'static str {
+        match self {
+            OAuthError::Rejected { .. } => "rejected",
+            OAuthError::Transient { .. } => "transient",
+        }
+    }
+}
+
+/// Error codes meaning "this grant is gone", across providers.
+const REJECTED_CODES: [&str; 5] = ["invalid_grant", "invalid_refresh_token", "token_revoked", "token_expired", "refresh_token_expired"];
+
+pub fn http_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(TIMEOUT)
+        .connect_timeout(Duration::from_secs(5))
+        .redirect(reqwest::redirect::Policy::none())
+        .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .unwrap_or_default()
+}
+
+#[derive(Deserialize)]
+struct Raw {
+    access_token: Option<String>,
+    refresh_token: Option<String>,
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+    token_type: Option<String>,
+    error: Option<String>,
+    ok: Option<bool>,
+    authed_user: Option<Box<Raw>>,
+}
+
+impl Drop for Raw {
+    fn drop(&mut self) {
+        use zeroize::Zeroize;
+        if let Some(t) = self.access_token.as_mut() {
+            t.zeroize();
+        }
+        if let Some(t) = self.refresh_token.as_mut() {
+            t.zeroize();
+        }
+    }
+}
+
+/// Reads at most [`MAX_BODY`] bytes.
+async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+    if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
+        return Err(OAuthError::transient("provider response too large"));
+    }
+    let mut body = Vec::new();
+    loop {
+        match resp.chunk().await {
+            Ok(Some(c)) => {
+                body.extend_from_slice(&c);
+                if body.len() > MAX_BODY {
+                    return Err(OAuthError::transient("provider response too large"));
+                }
+            }
+            Ok(None) => return Ok(body),
+            Err(e) if e.is_timeout() => return Err(OAuthError::transient("provider timed out")),
+            Err(_) => return Err(OAuthError::transient("provider response truncated")),
+        }
+    }
+}
+
+fn retry_after(resp: &reqwest::Response) -> Option<u64> {
+    resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok().map(|s: u64| s.min(3600))
+}
+
+/// Posts a form to the token endpoint with client authentication; returns the parsed
+/// token response or a classified error.
+async fn token_request(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    client_id: &str,
+    secret: Option<&Secret>,
+    mut form: Vec<(&str, String)>,
+) -> Result<Tokens, OAuthError> {
+    let mut req = http.post(&ep.token).header(reqwest::header::ACCEPT, "application/json");
+    match (ep.auth_method, secret) {
+        (TokenEndpointAuthMethod::ClientSecretBasic, Some(s)) => {
+            // RFC 6749 §2.3.1: form-encode both parts before Basic.
+            let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            req = req.basic_auth(enc(client_id), Some(enc(s.expose())));
+        }
+        (TokenEndpointAuthMethod::ClientSecretPost, Some(s)) => {
+            form.push(("client_id", client_id.to_owned()));
+            form.push(("client_secret", s.expose().to_owned()));
+        }
+        (_, None) => form.push(("client_id", client_id.to_owned())),
+    }
+    let resp = req.form(&form).send().await.map_err(|e| {
+        if e.is_timeout() {
+            OAuthError::transient("provider timed out")
+        } else {
+            OAuthError::transient("provider unreachable")
+        }
+    })?;
+    drop(zeroize::Zeroizing::new(form.into_iter().map(|(_, v)| v).collect::<Vec<_>>()));
+    let status = resp.status();
+    let wait = retry_after(&resp);
+    if status.as_u16() == 429 || status.is_server_error() {
+        return Err(OAuthError::Transient { reason: format!("provider answered HTTP {}", status.as_u16()), retry_after: wait });
+    }
+    let body = bounded_body(resp).await?;
+    let raw: Raw = serde_json::from_slice(&body)
+        .map_err(|_| OAuthError::transient(format!("provider answered HTTP {} with a non-JSON or malformed body", status.as_u16())))?;
+    drop(zeroize::Zeroizing::new(body));
+    parse(raw, status.as_u16(), ep.shape)
+}
+
+fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthError> {
+    let error = match shape {
+        ResponseShape::Slack if raw.ok == Some(false) => Some(raw.error.clone().unwrap_or_else(|| "unknown_error".into())),
+        _ => raw.error.clone(),
+    };
+    if let Some(code) = error {
+        let code: String = code.chars().take(64).filter(|c| c.is_ascii_graphic()).collect();
+        if REJECTED_CODES.contains(&code.as_str()) {
+            return Err(OAuthError::Rejected { code });
+        }
+        return Err(OAuthError::transient(format!("provider error '{code}' (HTTP {status})")));
+    }
+    if !(200..300).contains(&status) {
+        return Err(OAuthError::transient(format!("provider answered HTTP {status}")));
+    }
+    // Slack puts a user token under authed_user when no bot token was issued.
+    let raw = match (shape, raw.access_token.is_none(), raw.authed_user.as_deref()) {
+        (ResponseShape::Slack, true, Some(u)) if u.access_token.is_some() => Raw {
+            access_token: u.access_token.clone(),
+            refresh_token: u.refresh_token.clone(),
+            expires_in: u.expires_in.clone(),
+            scope: u.scope.clone(),
+            token_type: u.token_type.clone(),
+            error: None,
+            ok: None,
+            authed_user: None,
+        },
+        _ => raw,
+    };
+    let access_token = raw
+        .access_token
+        .as_ref()
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| OAuthError::transient("provider response has no access_token"))?;
+    let token_type = match raw.token_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
+        None | Some("bearer") => "Bearer".to_owned(),
+        // Slack: "bot" / "user" tokens are presented as Bearer.
+        Some("bot" | "user") if shape == ResponseShape::Slack => "Bearer".to_owned(),
+        Some(_) => return Err(OAuthError::transient("provider issued an unsupported token_type")),
+    };
+    let expires_in = match &raw.expires_in {
+        None | Some(serde_json::Value::Null) => None,
+        Some(serde_json::Value::Number(n)) => n.as_i64(),
+        Some(serde_json::Value::String(s)) => s.parse().ok(),
+        Some(_) => None,
+    }
+    .filter(|s| *s > 0);
+    Ok(Tokens {
+        access_token: Secret::new(access_token.clone()),
+        refresh_token: raw.refresh_token.as_ref().filter(|t| !t.is_empty()).map(|t| Secret::new(t.clone())),
+        expires_in,
+        scope: raw.scope.clone(),
+        token_type,
+    })
+}
+
+/// Authorization-code exchange (with the PKCE verifier).
+pub async fn exchange_code(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    client_id: &str,
+    secret: Option<&Secret>,
+    code: &str,
+    verifier: Option<&Secret>,
+    redirect_uri: &str,
+) -> Result<Tokens, OAuthError> {
+    let mut form =
+        vec![("grant_type", "authorization_code".to_owned()), ("code", code.to_owned()), ("redirect_uri", redirect_uri.to_owned())];
+    if let Some(v) = verifier {
+        form.push(("code_verifier", v.expose().to_owned()));
+    }
+    token_request(http, ep, client_id, secret, form).await
+}
+
+/// Refresh-token grant.
+pub async fn refresh(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    client_id: &str,
+    secret: Option<&Secret>,
+    refresh_token: &Secret,
+) -> Result<Tokens, OAuthError> {
+    token_request(
+        http,
+        ep,
+        client_id,
+        secret,
+        vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.expose().to_owned())],
+    )
+    .await
+}
+
+/// RFC 7009 revocation of a refresh token. `Ok(())` when the provider accepted it.
+pub async fn revoke(
+    http: &reqwest::Client,
+    ep: &Endpoints,
+    client_id: &str,
+    secret: Option<&Secret>,
+    token: &Secret,
+) -> Result<(), String> {
+    let Some(url) = &ep.revocation else { return Err("no revocation endpoint".into()) };
+    let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", "refresh_token".to_owned())];
+    let mut req = http.post(url);
+    match (ep.auth_method, secret) {
+        (TokenEndpointAuthMethod::ClientSecretBasic, Some(s)) => {
+            let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            req = req.basic_auth(enc(client_id), Some(enc(s.expose())));
+        }
+        (_, s) => {
+            form.push(("client_id", client_id.to_owned()));
+            if let Some(s) = s {
+                form.push(("client_secret", s.expose().to_owned()));
+            }
+        }
+    }
+    let resp = req.form(&form).send().await.map_err(|_| "revocation endpoint unreachable".to_owned())?;
+    drop(zeroize::Zeroizing::new(form.into_iter().map(|(_, v)| v).collect::<Vec<_>>()));
+    match resp.status().as_u16() {
+        200..=299 => Ok(()),
+        s => Err(format!("revocation endpoint answered HTTP {s}")),
+    }
+}
+
+/// A PKCE verifier (43 characters) and its S256 challenge.
+pub fn pkce() -> Result<(Secret, String), crate::crypto::CryptoError> {
+    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
+    crate::crypto::random_bytes(raw.as_mut())?;
+    let verifier = crate::auth::b64url(raw.as_ref());
+    let challenge = crate::auth::b64url(&crate::crypto::sha256(verifier.as_bytes()));
+    Ok((Secret::new(verifier), challenge))
+}
+
+/// Fetches OIDC discovery / RFC 8414 metadata and checks that `issuer` is exactly the
+/// one the URL names.
+pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<(String, String, String, Option<String>), String> {
+    let expected = discovery_url
+        .strip_suffix("/.well-known/openid-configuration")
+        .or_else(|| discovery_url.strip_suffix("/.well-known/oauth-authorization-server"))
+        .ok_or("discovery_url must end in /.well-known/openid-configuration or /.well-known/oauth-authorization-server")?;
+    let resp = http.get(discovery_url).send().await.map_err(|_| "discovery endpoint unreachable".to_owned())?;
+    if !resp.status().is_success() {
+        return Err(format!("discovery endpoint answered HTTP {}", resp.status().as_u16()));
+    }
+    let body = bounded_body(resp).await.map_err(|e| e.to_string())?;
+    #[derive(Deserialize)]
+    struct Meta {
+        issuer: String,
+        authorization_endpoint: String,
+        token_endpoint: String,
+        revocation_endpoint: Option<String>,
+    }
+    let m: Meta = serde_json::from_slice(&body).map_err(|_| "discovery document is malformed".to_owned())?;
+    if m.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
+        return Err("discovery document names a different issuer than its URL".into());
+    }
+    Ok((m.issuer, m.authorization_endpoint, m.token_endpoint, m.revocation_endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(v: serde_json::Value) -> Raw {
+        serde_json::from_value(v).unwrap()
+    }
+
+    #[test]
+    fn classification() {
+        let std = ResponseShape::Standard;
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_grant"})), 400, std), Err(OAuthError::Rejected { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_client"})), 401, std), Err(OAuthError::Transient { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"token_type": "bearer"})), 200, std), Err(OAuthError::Transient { .. })));
+        assert!(matches!(
+            parse(raw(serde_json::json!({"access_token": "a", "token_type": "mac"})), 200, std),
+            Err(OAuthError::Transient { .. })
+        ));
+        let ok = parse(
+            raw(serde_json::json!({"access_token": "a", "token_type": "bearer", "expires_in": "3600", "refresh_token": "r"})),
+            200,
+            std,
+        )
+        .unwrap();
+        assert_eq!((ok.token_type.as_str(), ok.expires_in), ("Bearer", Some(3600)));
+        // Slack: errors in a 200, user tokens under authed_user.
+        let slack = ResponseShape::Slack;
+        assert!(matches!(
+            parse(raw(serde_json::json!({"ok": false, "error": "invalid_refresh_token"})), 200, slack),
+            Err(OAuthError::Rejected { .. })
+        ));
+        let u =
+            parse(raw(serde_json::json!({"ok": true, "authed_user": {"access_token": "xoxp", "token_type": "user"}})), 200, slack).unwrap();
+        assert_eq!(u.access_token.expose(), "xoxp");
+    }
+
+    #[test]
+    fn pkce_challenge_is_s256_of_verifier() {
+        let (v, c) = pkce().unwrap();
+        assert_eq!(v.len(), 43);
+        assert_eq!(c, crate::auth::b64url(&crate::crypto::sha256(v.expose().as_bytes())));
+    }
+}
