@@ -25,7 +25,9 @@ use providers::ResponseShape;
 
 /// Refresh this long before expiry (or at half the lifetime, if shorter).
 pub const REFRESH_MARGIN: i64 = 300;
-const LEASE_MS: i64 = 30_000;
+/// Longer than one provider call ([`client::TIMEOUT`]) plus the commit; a crashed holder
+/// blocks refreshes of its credential for at most this long.
+const LEASE_MS: i64 = 15_000;
 const MAX_CONCURRENT_REFRESHES: usize = 16;
 const MAX_PER_PROVIDER: usize = 4;
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
@@ -252,37 +254,56 @@ impl OAuthService {
     }
 
     async fn refresh_locked(&self, connection: &ConnectionId, owner: &Owner, need: Need) -> Refreshed {
-        let (c, o) = (connection.clone(), owner.clone());
-        let m = match self.run_blocking(move |v| v.refresh_material(&c, &o)).await {
-            Ok(Some(m)) => m,
-            Ok(None) => return Refreshed::Impossible,
-            Err(e) => {
-                tracing::error!(error = %e, "reading credential for refresh failed");
-                return Refreshed::Failed { retry_after: 5 };
+        // Two rounds: if another process holds the lease, wait for it, then look again
+        // (it may have refreshed, or died — then its lease expires and we take over).
+        for _ in 0..2 {
+            let (c, o) = (connection.clone(), owner.clone());
+            let m = match self.run_blocking(move |v| v.refresh_material(&c, &o)).await {
+                Ok(Some(m)) => m,
+                Ok(None) => return Refreshed::Impossible,
+                Err(e) => {
+                    tracing::error!(error = %e, "reading credential for refresh failed");
+                    return Refreshed::Failed { retry_after: 5 };
+                }
+            };
+            if m.status != "active" {
+                return Refreshed::Rejected;
             }
-        };
-        if m.status != "active" {
-            return Refreshed::Rejected;
-        }
-        let now = self.vault.clock().now();
-        let still_needed = match need {
-            Need::MinTtl(t) => m.expires_at.is_some_and(|e| e - now < t.max(1)),
-            Need::Due => m.refresh_due_at.is_some_and(|d| d <= now),
-        };
-        if !still_needed {
-            return Refreshed::NotNeeded;
-        }
-        let Some(refresh_token) = m.refresh_token.clone() else { return Refreshed::Impossible };
-        // Cross-process single flight: the lease in the row.
-        let (id, holder) = (m.credential_id.clone(), self.holder.clone());
-        match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, LEASE_MS)).await {
-            Ok(true) => {}
-            Ok(false) => return self.wait_for_other(&m.credential_id).await,
-            Err(e) => {
-                tracing::error!(error = %e, "refresh lease failed");
-                return Refreshed::Failed { retry_after: 5 };
+            let now = self.vault.clock().now();
+            let still_needed = match need {
+                Need::MinTtl(t) => m.expires_at.is_some_and(|e| e - now < t.max(1)),
+                Need::Due => m.refresh_due_at.is_some_and(|d| d <= now),
+            };
+            if !still_needed {
+                return Refreshed::NotNeeded;
+            }
+            let Some(refresh_token) = m.refresh_token.clone() else { return Refreshed::Impossible };
+            // Cross-process single flight: the lease in the row.
+            let (id, holder) = (m.credential_id.clone(), self.holder.clone());
+            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, LEASE_MS)).await {
+                Ok(true) => return self.refresh_leased(connection, owner, m, refresh_token).await,
+                Ok(false) => {
+                    if !self.wait_for_other(&m.credential_id).await {
+                        return Refreshed::Failed { retry_after: 5 };
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "refresh lease failed");
+                    return Refreshed::Failed { retry_after: 5 };
+                }
             }
         }
+        Refreshed::Failed { retry_after: 5 }
+    }
+
+    /// The provider call and its bookkeeping, under our lease.
+    async fn refresh_leased(
+        &self,
+        connection: &ConnectionId,
+        owner: &Owner,
+        m: crate::vault::oauth::RefreshMaterial,
+        refresh_token: crate::secret::Secret,
+    ) -> Refreshed {
         let ep = match self.endpoints(&m.spec).await {
             Ok(ep) => ep,
             Err(e) => return self.transient(connection, &m, &OAuthError::Transient { reason: e, retry_after: None }).await,
@@ -351,19 +372,20 @@ impl OAuthService {
         Refreshed::Failed { retry_after: delay as u64 }
     }
 
-    /// Another process holds the lease: wait for it to finish (bounded by the lease).
-    async fn wait_for_other(&self, credential_id: &str) -> Refreshed {
-        let deadline = Instant::now() + Duration::from_millis(LEASE_MS as u64);
+    /// Another process holds the lease: wait until it is released or expires (bounded
+    /// by the lease length). `false` if the store could not be read.
+    async fn wait_for_other(&self, credential_id: &str) -> bool {
+        let deadline = Instant::now() + Duration::from_millis(LEASE_MS as u64 + 1000);
         while Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
             let id = credential_id.to_owned();
             match self.run_blocking(move |v| v.refresh_in_flight(&id)).await {
-                Ok(false) => return Refreshed::NotNeeded,
+                Ok(false) => return true,
                 Ok(true) => continue,
-                Err(_) => break,
+                Err(_) => return false,
             }
         }
-        Refreshed::Failed { retry_after: 5 }
+        true
     }
 
     /// Revokes a refresh token at the provider (RFC 7009) if it has an endpoint.

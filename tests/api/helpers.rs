@@ -129,6 +129,11 @@ impl ServerProcess {
         Self::start_args(dirs, &["serve"], extra_env)
     }
 
+    /// Starts `serve` with the environment given (which sets LATCHKEY_BIND itself).
+    pub fn start_bound(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
+        Self::start_args(dirs, &["serve"], env)
+    }
+
     pub fn start_args(dirs: &Dirs, args: &[&str], extra_env: &[(&str, &str)]) -> ServerProcess {
         static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);

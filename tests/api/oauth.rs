@@ -376,3 +376,149 @@ async fn disconnect_revokes_at_the_provider() {
     let del = audit.iter().rev().find(|r| r.action == "credential.delete").unwrap();
     assert!(del.detail.contains("\"revoked\""), "{}", del.detail);
 }
+
+/// A TCP proxy to the provider that holds each request for `delay` and forwards it only
+/// if the client is still connected — so a client killed meanwhile never reaches the
+/// provider (as when a process dies before its request leaves the machine).
+fn holding_proxy(upstream: &str, delay: std::time::Duration) -> String {
+    use std::io::{Read, Write};
+    let upstream = upstream.trim_start_matches("http://").to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = format!("http://{}", listener.local_addr().unwrap());
+    std::thread::spawn(move || {
+        for client in listener.incoming() {
+            let Ok(mut client) = client else { continue };
+            let upstream = upstream.clone();
+            std::thread::spawn(move || {
+                let mut req = Vec::new();
+                let mut buf = [0u8; 16384];
+                // Read headers and the declared body.
+                loop {
+                    let Ok(n) = client.read(&mut buf) else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    req.extend_from_slice(&buf[..n]);
+                    let text = String::from_utf8_lossy(&req).to_string();
+                    if let Some(end) = text.find("\r\n\r\n") {
+                        let len = text
+                            .lines()
+                            .find_map(|l| {
+                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
+                            })
+                            .unwrap_or(0);
+                        if req.len() >= end + 4 + len {
+                            break;
+                        }
+                    }
+                }
+                let until = std::time::Instant::now() + delay;
+                client.set_nonblocking(true).unwrap();
+                while std::time::Instant::now() < until {
+                    let mut probe = [0u8; 1];
+                    if let Ok(0) = client.peek(&mut probe) {
+                        return; // the client went away: never forward
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                client.set_nonblocking(false).unwrap();
+                let text =
+                    String::from_utf8_lossy(&req).replace("\r\nhost: ", "\r\nx-orig-host: ").replace("\r\nHost: ", "\r\nX-Orig-Host: ");
+                let req = text.replacen("\r\n", &format!("\r\nHost: {upstream}\r\n"), 1);
+                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else { return };
+                let _ = up.write_all(req.as_bytes());
+                let mut resp = Vec::new();
+                let _ = up.read_to_end(&mut resp);
+                let _ = client.write_all(&resp);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn killing_the_server_during_a_refresh_loses_nothing() {
+    use crate::helpers::{Dirs, ServerProcess};
+    let dirs = Dirs::new();
+    let tok = dirs.root.path().join("admin");
+    let out = dirs.run(&["init", "--no-passphrase", "--admin-token-file", tok.to_str().unwrap()]);
+    assert!(out.status.success());
+    let admin = std::fs::read_to_string(&tok).unwrap().trim().to_owned();
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let base = format!("http://127.0.0.1:{port}");
+    let env = [("LATCHKEY_PUBLIC_URL", base.as_str())];
+    let bind = format!("127.0.0.1:{port}");
+    let start = |dirs: &Dirs| {
+        let mut cmd_env = env.to_vec();
+        cmd_env.push(("LATCHKEY_BIND", bind.as_str()));
+        ServerProcess::start_bound(dirs, &cmd_env)
+    };
+    let mut server = start(&dirs);
+    let provider = Provider::start(&format!("{base}/v1/connect/callback"), 30);
+    let proxy = holding_proxy(&provider.url, std::time::Duration::from_millis(1500));
+    let http = reqwest::Client::new();
+    let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/auth", provider.url),
+        "token_endpoint": format!("{proxy}/token"), "revocation_endpoint": format!("{}/token/revocation", provider.url),
+        "issuer": provider.url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"]}});
+    let r = http.post(format!("{base}/v1/admin/connections")).bearer_auth(&admin).json(&conn).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let r = http
+        .post(format!("{base}/v1/admin/agents"))
+        .bearer_auth(&admin)
+        .json(&json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "crm", "owners": "any"}]}}))
+        .send()
+        .await
+        .unwrap();
+    let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
+    let r = http
+        .post(format!("{base}/v1/connect/sessions"))
+        .bearer_auth(&admin)
+        .json(&json!({"connection_id": "crm", "owner": "user:alice"}))
+        .send()
+        .await
+        .unwrap();
+    let url = r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().to_owned();
+    let mut b = Browser::new();
+    let cb = b.login(&url, &format!("{base}/v1/connect/callback"), "alice").await;
+    assert_eq!(b.get(&cb).await.status(), 200, "connected through the real binary");
+    reqwest::Client::new().post(format!("{}/_test/reset", provider.url)).send().await.unwrap();
+
+    let agent_token = || async {
+        let t: Value = http
+            .post(format!("{base}/oauth2/token"))
+            .basic_auth("svc", Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t["access_token"].as_str().unwrap().to_owned()
+    };
+    let token = agent_token().await;
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    // A release that must refresh; kill -9 the server while the refresh is in flight.
+    let pending = {
+        let (http, url, token) = (http.clone(), format!("{base}/v1/connections/crm/token?user_id=alice&min_ttl=29"), token.clone());
+        tokio::spawn(async move { http.get(url).bearer_auth(token).send().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    assert!(pending.await.unwrap().is_err(), "the in-flight release died with the server");
+
+    // Restart: the credential is intact and refreshes (taking over the dead lease).
+    let _server = start(&dirs);
+    let token = agent_token().await;
+    let r = http.get(format!("{base}/v1/connections/crm/token?user_id=alice&min_ttl=29")).bearer_auth(&token).send().await.unwrap();
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(provider.introspect(v["access_token"].as_str().unwrap()).await["active"], true);
+    let stats = provider.stats().await;
+    assert_eq!(stats["refresh_failed"], 0, "no refresh token was lost or reused: {stats}");
+    assert!(stats["refresh"].as_u64().unwrap() >= 1);
+    let out = dirs.run(&["credentials", "list", "crm"]);
+    assert!(crate::helpers::stdout(&out).contains("\"status\": \"active\""));
+}

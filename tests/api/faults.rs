@@ -1,0 +1,181 @@
+//! Provider faults a real provider will not produce on demand, from a raw-TCP token
+//! endpoint: every failure is bounded in size and time, classified, keeps the stored
+//! tokens, and the credential recovers once the provider does.
+
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::TestApp;
+use latchkey::model::{ConnectionId, CredentialSecret, Owner};
+
+/// A token endpoint whose next answers are chosen by the test.
+struct FaultServer {
+    url: String,
+    mode: Arc<Mutex<&'static str>>,
+}
+
+impl FaultServer {
+    fn start() -> FaultServer {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let mode = Arc::new(Mutex::new("ok"));
+        let m = mode.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut s) = stream else { continue };
+                let mode = *m.lock().unwrap();
+                std::thread::spawn(move || {
+                    let mut buf = [0u8; 8192];
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+                    let _ = s.read(&mut buf);
+                    let reply = |s: &mut std::net::TcpStream, status: &str, ctype: &str, body: &[u8]| {
+                        let head = format!(
+                            "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                            body.len()
+                        );
+                        let _ = s.write_all(head.as_bytes());
+                        let _ = s.write_all(body);
+                    };
+                    match mode {
+                        "ok" => reply(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200}"#,
+                        ),
+                        "500" => reply(&mut s, "500 Internal Server Error", "text/plain", b"oops"),
+                        "429" => {
+                            let body = b"slow down";
+                            let head = format!(
+                                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 120\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
+                                body.len()
+                            );
+                            let _ = s.write_all(head.as_bytes());
+                            let _ = s.write_all(body);
+                        }
+                        "html" => reply(&mut s, "200 OK", "text/html", b"<html><body>Maintenance</body></html>"),
+                        "missing" => reply(&mut s, "200 OK", "application/json", br#"{"token_type":"Bearer","expires_in":3600}"#),
+                        "unknown_type" => {
+                            reply(&mut s, "200 OK", "application/json", br#"{"access_token":"x","token_type":"MAC","expires_in":3600}"#)
+                        }
+                        "truncated" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"access_token\":\"at-tru");
+                        }
+                        "huge" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 33554432\r\n\r\n");
+                            let chunk = vec![b' '; 64 * 1024];
+                            for _ in 0..512 {
+                                if s.write_all(&chunk).is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        "huge_chunked" => {
+                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
+                            let chunk = vec![b' '; 64 * 1024];
+                            for _ in 0..512 {
+                                let _ = s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
+                                if s.write_all(&chunk).is_err() || s.write_all(b"\r\n").is_err() {
+                                    break;
+                                }
+                            }
+                        }
+                        "slow" => std::thread::sleep(Duration::from_secs(20)),
+                        _ => {}
+                    }
+                });
+            }
+        });
+        FaultServer { url, mode }
+    }
+
+    fn set(&self, mode: &'static str) {
+        *self.mode.lock().unwrap() = mode;
+    }
+}
+
+#[tokio::test]
+async fn provider_faults_are_bounded_keep_tokens_and_recover() {
+    let app = TestApp::spawn().await;
+    let faults = FaultServer::start();
+    let conn = json!({"id": "flaky", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/authorize", faults.url),
+        "token_endpoint": format!("{}/token", faults.url), "client_id": "c", "client_secret": "s"}});
+    assert_eq!(app.post_json("/v1/admin/connections", conn).await.status(), 201);
+    let r = app
+        .put_json(
+            "/v1/admin/connections/flaky/credentials/user:alice",
+            json!({"access_token": "at-original", "refresh_token": "rt-original", "expires_in": 600}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    let r = app
+        .post_json(
+            "/v1/admin/agents",
+            json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "flaky", "owners": "any"}]}}),
+        )
+        .await;
+    let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
+    let t: Value = app
+        .http
+        .post(app.url("/oauth2/token"))
+        .basic_auth("svc", Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let release = |min_ttl: i64| {
+        app.http.get(app.url(&format!("/v1/connections/flaky/token?user_id=alice&min_ttl={min_ttl}"))).bearer_auth(&token).send()
+    };
+    let stored = || {
+        let c = app.vault.open_credential(&ConnectionId::parse("flaky").unwrap(), &Owner::parse("user:alice").unwrap()).unwrap().unwrap();
+        match c.secret {
+            CredentialSecret::OAuth2 { access_token, refresh_token, .. } => {
+                (c.meta.status, access_token.expose().to_owned(), refresh_token.unwrap().expose().to_owned(), c.meta.refresh_failures)
+            }
+            other => panic!("{other:?}"),
+        }
+    };
+
+    for (i, mode) in ["500", "html", "truncated", "missing", "unknown_type", "huge", "huge_chunked", "slow", "429"].into_iter().enumerate()
+    {
+        faults.set(mode);
+        let started = Instant::now();
+        // Needs 3600 s of validity: the 600 s token must be refreshed, and that fails.
+        let r = release(3600).await.unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(r.status(), 503, "{mode}");
+        let retry_after: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+        assert!(retry_after >= 1, "{mode}");
+        if mode == "429" {
+            assert!(retry_after >= 120, "Retry-After from the provider is honoured");
+        }
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "provider_unavailable", "{mode}");
+        assert!(elapsed < Duration::from_secs(15), "{mode} took {elapsed:?}: provider calls are bounded in time");
+        // Nothing lost: the stored tokens are untouched and the failure is recorded.
+        let (status, access, refresh, failures) = stored();
+        assert_eq!((status.as_str(), access.as_str(), refresh.as_str()), ("active", "at-original", "rt-original"), "{mode}");
+        assert_eq!(failures, i as i64 + 1, "{mode}");
+        // Still valid for a shorter min_ttl: the old token is released without a refresh.
+        let v: Value = release(60).await.unwrap().json().await.unwrap();
+        assert_eq!(v["access_token"], "at-original", "{mode}");
+    }
+    let view = app.vault.get_credential(&ConnectionId::parse("flaky").unwrap(), &Owner::parse("user:alice").unwrap()).unwrap();
+    assert!(view.last_error.is_some());
+    assert!(!view.last_error.unwrap().contains("rt-original"));
+
+    // The provider recovers: the next refresh works and the new refresh token is stored.
+    faults.set("ok");
+    let v: Value = release(3600).await.unwrap().json().await.unwrap();
+    assert_eq!(v["access_token"], "at-recovered", "{v}");
+    let (status, _, refresh, failures) = stored();
+    assert_eq!((status.as_str(), refresh.as_str(), failures), ("active", "rt-recovered", 0));
+}
