@@ -357,10 +357,10 @@ async fn openapi_documents_only_routes_that_exist() {
     let doc: Value = app.http.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     let paths = doc["paths"].as_object().unwrap();
-    assert!(paths.len() >= 19, "{}", paths.len());
+    assert!(paths.len() >= 23, "{}", paths.len());
     let mut checked = 0;
     for (path, ops) in paths {
-        let concrete = path.replace("{id}", "x").replace("{owner}", "user:x");
+        let concrete = path.replace("{id}", "x").replace("{owner}", "user:x").replace("{session}", "x");
         for method in ops.as_object().unwrap().keys() {
             let m = Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
             let r = app.http.request(m, app.url(&concrete)).send().await.unwrap();
