@@ -27,7 +27,7 @@ pub enum ReleaseError {
     InsufficientScope(Vec<String>),
     #[error("no credential is connected for this owner")]
     NotConnected,
-    #[error("the provider refused the stored grant; the owner must reconnect")]
+    #[error("the provider refused the stored grant; the owner must reconnect: create a link with POST /v1/connect/sessions")]
     ReauthRequired,
     #[error("no token valid for the requested time is available; retry later")]
     ProviderUnavailable { retry_after: u64 },

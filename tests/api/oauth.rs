@@ -257,6 +257,20 @@ async fn connect_flow_end_to_end_refusal_and_forged_or_replayed_state() {
     let r = b.get(&cb).await;
     assert_eq!(r.status(), 302);
     assert_eq!(r.headers()[LOCATION], "http://127.0.0.1:9/done?status=connected");
+    // A callback whose iss names another issuer stores nothing (RFC 9207 mix-up defence).
+    let wrong = json!({"id": "crm-mixup", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/auth", w.provider.url),
+        "token_endpoint": format!("{}/token", w.provider.url), "issuer": "https://not-this-provider.example",
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid"]}});
+    assert_eq!(w.app.post_json("/v1/admin/connections", wrong).await.status(), 201);
+    let r = w.app.post_json("/v1/connect/sessions", json!({"connection_id": "crm-mixup", "owner": "user:erin"})).await;
+    let url = r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().to_owned();
+    let mut b = Browser::new();
+    let cb = b.login(&url, &w.callback_prefix(), "erin").await;
+    let r = b.get(&cb).await;
+    assert_eq!(r.status(), 502);
+    assert!(r.text().await.unwrap().contains("nothing was stored"));
+    assert!(w.app.vault.get_credential(&ConnectionId::parse("crm-mixup").unwrap(), &Owner::parse("user:erin").unwrap()).is_err());
+    assert_eq!(w.provider.stats().await["code"], 2, "only alice's and carol's codes were exchanged, not erin's");
     // Connect sessions need an admin token or a covering agent token.
     let r =
         w.app.http.post(w.app.url("/v1/connect/sessions")).json(&json!({"connection_id": "crm", "owner": "user:x"})).send().await.unwrap();
@@ -346,7 +360,9 @@ async fn a_provider_that_forgets_the_grant_gives_needs_reauth_then_reconnect_wor
     w.provider.forget("bob").await;
     let r = w.release("bob", 3600).await;
     assert_eq!(r.status(), 409);
-    assert_eq!(r.json::<Value>().await.unwrap()["error"], "reauth_required");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["error"], "reauth_required");
+    assert!(v["error_description"].as_str().unwrap().contains("/v1/connect/sessions"), "says how to get a new link");
     let c = w.credential("user:bob").unwrap();
     assert_eq!(c.status, "needs_reauth");
     assert!(c.last_error.unwrap().contains("invalid_grant"));
