@@ -4,6 +4,8 @@
 ALTER TABLE credentials ADD COLUMN refresh_due_at INTEGER;       -- unix s; NULL: nothing to refresh
 ALTER TABLE credentials ADD COLUMN refresh_lease_until INTEGER;  -- unix ms; a refresh is in flight until then
 ALTER TABLE credentials ADD COLUMN refresh_lease_holder TEXT;
+-- Non-secret provider metadata the caller needs with the token (Salesforce's API host).
+ALTER TABLE credentials ADD COLUMN instance_url TEXT;
 CREATE INDEX credentials_refresh_due ON credentials (refresh_due_at) WHERE refresh_due_at IS NOT NULL;
 
 CREATE TABLE connect_sessions (

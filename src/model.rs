@@ -439,13 +439,22 @@ pub struct CredentialInput {
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
     pub token_type: Option<String>,
+    /// Salesforce-style API host returned with the token.
+    pub instance_url: Option<String>,
 }
 
 /// A validated credential to store.
 #[derive(Debug)]
 pub enum CredentialSecret {
     ApiKey(Secret),
-    OAuth2 { access_token: Secret, refresh_token: Option<Secret>, expires_at: Option<i64>, scopes: Vec<Scope>, token_type: String },
+    OAuth2 {
+        access_token: Secret,
+        refresh_token: Option<Secret>,
+        expires_at: Option<i64>,
+        scopes: Vec<Scope>,
+        token_type: String,
+        instance_url: Option<String>,
+    },
 }
 
 const MAX_SECRET_LEN: usize = 16 * 1024;
@@ -461,6 +470,7 @@ impl CredentialInput {
             expires_at: None,
             scope: None,
             token_type: None,
+            instance_url: None,
         }
     }
 
@@ -475,7 +485,8 @@ impl CredentialInput {
         };
         match kind {
             ConnectionKind::ApiKey => {
-                let oauth_fields = self.access_token.is_some()
+                let oauth_fields = self.instance_url.is_some()
+                    || self.access_token.is_some()
                     || self.refresh_token.is_some()
                     || self.expires_in.is_some()
                     || self.expires_at.is_some()
@@ -516,7 +527,19 @@ impl CredentialInput {
                 {
                     return invalid("token_type must be a short word such as 'Bearer'");
                 }
-                Ok(CredentialSecret::OAuth2 { access_token, refresh_token: self.refresh_token, expires_at, scopes, token_type })
+                if let Some(u) = &self.instance_url {
+                    if !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https") || u.len() > 512 {
+                        return invalid("instance_url must be an https URL");
+                    }
+                }
+                Ok(CredentialSecret::OAuth2 {
+                    access_token,
+                    refresh_token: self.refresh_token,
+                    expires_at,
+                    scopes,
+                    token_type,
+                    instance_url: self.instance_url,
+                })
             }
         }
     }

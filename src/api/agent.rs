@@ -236,11 +236,17 @@ async fn release(
             "connection_id": r.connection_id, "type": "api_key", "owner": r.owner, "api_key": api_key.expose(),
             "header": {"name": header_name, "value": header_value.expose()}, "lease": lease,
         }),
-        ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in } => json!({
-            "connection_id": r.connection_id, "type": "oauth2", "owner": r.owner, "access_token": access_token.expose(),
-            "token_type": token_type, "scope": scope.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
-            "expires_at": expires_at.map(rfc3339), "expires_in": expires_in, "lease": lease,
-        }),
+        ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in, instance_url } => {
+            let mut v = json!({
+                "connection_id": r.connection_id, "type": "oauth2", "owner": r.owner, "access_token": access_token.expose(),
+                "token_type": token_type, "scope": scope.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+                "expires_at": expires_at.map(rfc3339), "expires_in": expires_in, "lease": lease,
+            });
+            if let Some(u) = instance_url {
+                v["instance_url"] = json!(u);
+            }
+            v
+        }
     };
     Ok(no_store(HttpResponse::Ok()).json(body))
 }

@@ -36,6 +36,8 @@ pub struct Tokens {
     pub expires_in: Option<i64>,
     pub scope: Option<String>,
     pub token_type: String,
+    /// Salesforce: the org's API host.
+    pub instance_url: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +84,7 @@ struct Raw {
     expires_in: Option<serde_json::Value>,
     scope: Option<String>,
     token_type: Option<String>,
+    instance_url: Option<String>,
     error: Option<String>,
     ok: Option<bool>,
     authed_user: Option<Box<Raw>>,
@@ -189,6 +192,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthErr
             expires_in: u.expires_in.clone(),
             scope: u.scope.clone(),
             token_type: u.token_type.clone(),
+            instance_url: None,
             error: None,
             ok: None,
             authed_user: None,
@@ -219,6 +223,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthErr
         expires_in,
         scope: raw.scope.clone(),
         token_type,
+        instance_url: raw.instance_url.clone().filter(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "https")),
     })
 }
 

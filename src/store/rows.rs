@@ -276,6 +276,7 @@ pub struct CredentialMeta {
     pub last_error: Option<String>,
     pub refresh_failures: i64,
     pub refresh_due_at: Option<i64>,
+    pub instance_url: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -287,7 +288,7 @@ pub struct CredentialRow {
 }
 
 const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at";
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url";
 
 fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
     Ok(CredentialMeta {
@@ -308,15 +309,16 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
         last_error: r.get(o + 14)?,
         refresh_failures: r.get(o + 15)?,
         refresh_due_at: r.get(o + 16)?,
+        instance_url: r.get(o + 17)?,
     })
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 17)?, primary: r.get(o + 21)?, refresh: r.get(o + 22)? })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 18)?, primary: r.get(o + 22)?, refresh: r.get(o + 23)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, \
     d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
 pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
@@ -360,6 +362,7 @@ pub struct CredentialWrite<'a> {
     pub refresh_due_at: Option<i64>,
     /// Written by a refresh (sets `last_refresh_at`).
     pub refreshed: bool,
+    pub instance_url: Option<&'a str>,
     pub now: i64,
 }
 
@@ -373,8 +376,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
             let res = c
                 .prepare_cached(
                     "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
-                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at) \
-                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14)",
+                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url) \
+                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
                 )?
                 .execute(params![
                     w.id,
@@ -390,7 +393,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.expires_at,
                     w.now,
                     w.refresh_due_at,
-                    last_refresh
+                    last_refresh,
+                    w.instance_url
                 ]);
             match res {
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -405,7 +409,7 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                 .prepare_cached(
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
                      scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
-                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL \
+                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13 \
                      WHERE id = ?1 AND secret_version = ?10",
                 )?
                 .execute(params![
@@ -420,7 +424,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.now,
                     prev_version,
                     w.refresh_due_at,
-                    last_refresh
+                    last_refresh,
+                    w.instance_url
                 ])?;
             if n != 1 {
                 return Err(StoreError::Conflict);

@@ -36,6 +36,8 @@ pub struct CredentialView {
     pub last_refresh_at: Option<String>,
     pub last_error: Option<String>,
     pub refresh_failures: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_url: Option<String>,
 }
 
 impl From<CredentialMeta> for CredentialView {
@@ -57,6 +59,7 @@ impl From<CredentialMeta> for CredentialView {
             last_refresh_at: m.last_refresh_at.map(rfc3339),
             last_error: m.last_error,
             refresh_failures: m.refresh_failures,
+            instance_url: m.instance_url,
         }
     }
 }
@@ -157,6 +160,10 @@ impl Vault {
         };
         let b = binding(conn_s, &owner_s, &id, version);
         let (dek, dek_id) = self.new_dek(tx, &b)?;
+        let instance_url = match secret {
+            CredentialSecret::OAuth2 { instance_url, .. } => instance_url.as_deref(),
+            CredentialSecret::ApiKey(_) => None,
+        };
         let (primary, refresh, token_type, expires_at) = match secret {
             CredentialSecret::ApiKey(k) => (dek.seal(k.expose().as_bytes(), &b, F_API_KEY)?, None, None, None),
             CredentialSecret::OAuth2 { access_token, refresh_token, expires_at, token_type, .. } => (
@@ -181,6 +188,7 @@ impl Vault {
             expires_at,
             refresh_due_at: refresh.as_ref().and(expires_at).map(|e| crate::oauth::refresh_due_at(now, e)),
             refreshed: refresh_of.is_some(),
+            instance_url,
             now,
         };
         rows::put_credential(tx, &w, previous)?;
@@ -248,6 +256,7 @@ impl Vault {
                 expires_at: m.expires_at,
                 scopes,
                 token_type: m.token_type.clone().unwrap_or_else(|| "Bearer".into()),
+                instance_url: m.instance_url.clone(),
             }
         };
         Ok(OpenedCredential { meta: row.meta, secret })

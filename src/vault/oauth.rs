@@ -180,6 +180,7 @@ impl Vault {
             expires_at: tokens.expires_in.map(|s| now + s),
             scopes,
             token_type: tokens.token_type,
+            instance_url: tokens.instance_url,
         };
         let action = if refresh_of_version.is_some() { "credential.refresh" } else { "credential.connect" };
         self.store.write(|tx| {

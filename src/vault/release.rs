@@ -41,8 +41,19 @@ pub enum ReleaseError {
 /// The secret part of a release.
 #[derive(Debug)]
 pub enum ReleasedSecret {
-    ApiKey { api_key: Secret, header_name: String, header_value: Secret },
-    OAuth2 { access_token: Secret, token_type: String, scope: Vec<Scope>, expires_at: Option<i64>, expires_in: Option<i64> },
+    ApiKey {
+        api_key: Secret,
+        header_name: String,
+        header_value: Secret,
+    },
+    OAuth2 {
+        access_token: Secret,
+        token_type: String,
+        scope: Vec<Scope>,
+        expires_at: Option<i64>,
+        expires_in: Option<i64>,
+        instance_url: Option<String>,
+    },
 }
 
 #[derive(Debug)]
@@ -216,8 +227,8 @@ impl Vault {
                 let value = Secret::new(api.format.replace("{key}", k.expose()));
                 ReleasedSecret::ApiKey { api_key: k, header_name: api.header.clone(), header_value: value }
             }
-            CredentialSecret::OAuth2 { access_token, token_type, expires_at, .. } => {
-                ReleasedSecret::OAuth2 { access_token, token_type, scope: scopes, expires_at, expires_in: remaining }
+            CredentialSecret::OAuth2 { access_token, token_type, expires_at, instance_url, .. } => {
+                ReleasedSecret::OAuth2 { access_token, token_type, scope: scopes, expires_at, expires_in: remaining, instance_url }
             }
         };
         Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in })

@@ -45,7 +45,7 @@ impl FaultServer {
                             &mut s,
                             "200 OK",
                             "application/json",
-                            br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200}"#,
+                            br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200,"instance_url":"https://acme.my.salesforce.example"}"#,
                         ),
                         "500" => reply(&mut s, "500 Internal Server Error", "text/plain", b"oops"),
                         "429" => {
@@ -176,6 +176,8 @@ async fn provider_faults_are_bounded_keep_tokens_and_recover() {
     faults.set("ok");
     let v: Value = release(3600).await.unwrap().json().await.unwrap();
     assert_eq!(v["access_token"], "at-recovered", "{v}");
+    assert_eq!(v["token_type"], "Bearer", "lowercase bearer is normalised");
+    assert_eq!(v["instance_url"], "https://acme.my.salesforce.example", "Salesforce-style instance_url is kept and released");
     let (status, _, refresh, failures) = stored();
     assert_eq!((status.as_str(), refresh.as_str(), failures), ("active", "rt-recovered", 0));
 }
