@@ -15,6 +15,9 @@ use latchkey::vault::{Actor, Vault, DEFAULT_ROTATE_BATCH};
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "seed") {
+        return seed(&args);
+    }
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--sizes")
@@ -111,4 +114,80 @@ fn rotate_at(n: usize) {
         rotate.as_secs_f64(),
         n as f64 / rotate.as_secs_f64()
     );
+}
+
+fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
+    args.iter().position(|a| a == name).and_then(|i| args.get(i + 1)).map(String::as_str)
+}
+
+/// `seed --dir D --n N --tokens M --public-url URL`: a vault for the load harness (bench/run.py):
+/// N/2 API-key credentials (`tenant:t<i>` on `svc`), N/2 OAuth credentials (`user:u<i>` on `crm`,
+/// valid 30 days), an agent `bench` allowed both for any owner, and M distinct pre-signed agent
+/// tokens (one per line in D/tokens.txt) for first-use measurements.
+fn seed(args: &[String]) {
+    let dir = std::path::PathBuf::from(arg(args, "--dir").expect("--dir"));
+    let n: usize = arg(args, "--n").and_then(|v| v.parse().ok()).unwrap_or(10_000);
+    let tokens: usize = arg(args, "--tokens").and_then(|v| v.parse().ok()).unwrap_or(1);
+    let public_url = arg(args, "--public-url").expect("--public-url").to_owned();
+    let actor = Actor::Cli("bench".into());
+    let vault = Vault::init(&dir.join("data"), &dir.join("keys"), None, Clock::system(), &actor).expect("init").vault;
+    let json = |v: serde_json::Value| NewConnection::from_json(v).expect("spec");
+    vault.create_connection(&actor, json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}}))).expect("svc");
+    vault
+        .create_connection(
+            &actor,
+            json(serde_json::json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": "http://127.0.0.1:9/a",
+                "token_endpoint": "http://127.0.0.1:9/t", "client_id": "c", "client_secret": "s"}})),
+        )
+        .expect("crm");
+    let t = Instant::now();
+    let half = n / 2;
+    for (conn, kind) in [("svc", 0), ("crm", 1)] {
+        let id = ConnectionId::parse(conn).expect("id");
+        let mut i = 0;
+        while i < half {
+            let items = (i..(i + 20_000).min(half))
+                .map(|k| {
+                    if kind == 0 {
+                        (Owner::parse(&format!("tenant:t{k}")).expect("owner"), CredentialInput::api_key(Secret::new(format!("sk-live-{k:012}-abcdefghijklmnop"))))
+                    } else {
+                        let body = serde_json::json!({"access_token": format!("at-{k:012}-abcdefghijklmnopqrstuvwxyz"), "refresh_token": format!("rt-{k:012}"),
+                            "expires_in": 30 * 86_400, "scope": "crm:read crm:write"});
+                        (Owner::parse(&format!("user:u{k}")).expect("owner"), serde_json::from_value(body).expect("body"))
+                    }
+                })
+                .collect();
+            vault.import_credentials(&actor, &id, items).expect("import");
+            i += 20_000;
+        }
+    }
+    eprintln!("seeded {n} credentials in {:.1} s", t.elapsed().as_secs_f64());
+    let agent = latchkey::vault::NewAgent {
+        id: "bench".into(),
+        name: "bench".into(),
+        policy: serde_json::json!({"grants": [{"connection": "svc", "owners": "any"}, {"connection": "crm", "owners": "any"}]}),
+    };
+    vault.create_agent(&actor, agent).expect("agent");
+    let signer = latchkey::auth::TokenService::new(public_url.clone(), vault.signing_keys().expect("signing keys"));
+    let now = Clock::system().now();
+    let mut out = String::with_capacity(tokens * 300);
+    for i in 0..tokens {
+        let claims = latchkey::auth::AgentClaims {
+            iss: public_url.clone(),
+            aud: public_url.clone(),
+            sub: "bench".into(),
+            client_id: "bench".into(),
+            iat: now,
+            nbf: now,
+            exp: now + 3600,
+            jti: format!("bench-{i}"),
+            act: None,
+            tenant: None,
+            roles: vec![],
+        };
+        out.push_str(&signer.sign(&claims).expect("sign"));
+        out.push('\n');
+    }
+    std::fs::write(dir.join("tokens.txt"), out).expect("tokens");
+    println!("{{\"n\": {n}, \"half\": {half}, \"tokens\": {tokens}}}");
 }

@@ -1,0 +1,168 @@
+#!/usr/bin/env python3
+"""latchkey load harness: `python3 bench/run.py [--n 100000] [--duration 5] [--full]`.
+
+Seeds a vault through the library (bench/vault.rs `seed`), starts the release build, and
+measures with wrk at 64 connections on this machine:
+  (a) /healthz, (b) API-key releases of random owners, (c) OAuth releases, (d) first-use
+  releases (a new agent token on every request: no verified-token cache),
+alternating a/b a/b and reporting the median ratios, throughput, p50/p99 and errors; then
+`keys rotate` wall time alone and while (b) runs; and the server's RSS. --full adds 1M
+credentials. Prints a Markdown table (paste it into the README's Performance section).
+"""
+import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+PORT = 8399
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+def sh(cmd, **kw):
+    return subprocess.run(cmd, check=True, cwd=ROOT, **kw)
+
+
+def ensure_wrk():
+    if shutil.which("wrk"):
+        return
+    if os.geteuid() == 0:
+        subprocess.run(["apt-get", "install", "-y", "-q", "wrk"], check=False, stdout=subprocess.DEVNULL)
+    if not shutil.which("wrk"):
+        sys.exit("wrk is needed: apt-get install wrk")
+
+
+def seed(n, tokens):
+    work = tempfile.mkdtemp(prefix="latchkey-bench-")
+    t = time.time()
+    sh(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens), "--public-url", BASE],
+       stdout=subprocess.DEVNULL)
+    return work, time.time() - t
+
+
+def start_server(work):
+    env = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", LATCHKEY_BIND=f"127.0.0.1:{PORT}",
+               LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn")
+    p = subprocess.Popen([f"{ROOT}/target/release/latchkey", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(200):
+        try:
+            urllib.request.urlopen(f"{BASE}/healthz", timeout=1)
+            return p
+        except Exception:
+            time.sleep(0.05)
+    p.kill()
+    sys.exit("server did not start")
+
+
+def stop_server(p):
+    p.send_signal(signal.SIGTERM)
+    p.wait(timeout=20)
+
+
+def rss_mib(p):
+    with open(f"/proc/{p.pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def to_ms(v):
+    m = re.match(r"([\d.]+)(us|ms|s)", v)
+    x = float(m.group(1))
+    return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
+
+
+def wrk(path, duration, script=None, env=None):
+    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency"]
+    if script:
+        cmd += ["-s", f"{ROOT}/bench/wrk/{script}"]
+    out = subprocess.run(cmd + [BASE + path], capture_output=True, text=True, env=dict(os.environ, **(env or {}))).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    p50 = to_ms(re.search(r"50%\s+(\S+)", out).group(1))
+    p99 = to_ms(re.search(r"99%\s+(\S+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
+    sock = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50": p50, "p99": p99, "total": total, "errors": errors + (1 if sock else 0)}
+
+
+def fmt(r):
+    return f"{r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['errors']}"
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--n", type=int, default=100_000, help="credentials for the release scenarios")
+    ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
+    ap.add_argument("--full", action="store_true", help="also 1M credentials (rotation, RSS)")
+    a = ap.parse_args()
+    ensure_wrk()
+    sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
+    sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
+
+    work, seed_s = seed(a.n, 200_000)
+    half = a.n // 2
+    token = open(f"{work}/tokens.txt").readline().strip()
+    env_api = {"LK_TOKEN": token, "LK_KIND": "api", "LK_HALF": str(half)}
+    env_oauth = {"LK_TOKEN": token, "LK_KIND": "oauth", "LK_HALF": str(half)}
+    server = start_server(work)
+    wrk("/healthz", 2)  # warm-up
+    wrk("/", 2, "release.lua", env_api)
+    runs = {"a": [], "b": []}
+    for _ in range(2):
+        runs["a"].append(wrk("/healthz", a.duration))
+        runs["b"].append(wrk("/", a.duration, "release.lua", env_api))
+    c = wrk("/", a.duration, "release.lua", env_oauth)
+    d = wrk("/", a.duration, "first_use.lua", {"LK_TOKENS": f"{work}/tokens.txt", "LK_HALF": str(half)})
+    ratio_b = statistics.median(b["rps"] / x["rps"] for b, x in zip(runs["b"], runs["a"]))
+    ratio_c = c["rps"] / statistics.median(x["rps"] for x in runs["a"])
+    rss = rss_mib(server)
+
+    # keys rotate: alone, then while (b) runs.
+    env_cli = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys")
+    t = time.time()
+    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=env_cli, check=True, stdout=subprocess.DEVNULL)
+    rotate_alone = time.time() - t
+    load = subprocess.Popen(["wrk", "-t2", "-c64", f"-d{max(3, int(rotate_alone * 3) + 2)}s", "-s", f"{ROOT}/bench/wrk/release.lua", BASE + "/"],
+                            env=dict(os.environ, **env_api), stdout=subprocess.PIPE, text=True)
+    time.sleep(1)
+    t = time.time()
+    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=env_cli, check=True, stdout=subprocess.DEVNULL)
+    rotate_loaded = time.time() - t
+    out = load.communicate()[0]
+    during = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    stop_server(server)
+
+    print(f"\n### latchkey load benchmark — {a.n:,} credentials, wrk -t2 -c64, {a.duration} s runs, {time.strftime('%Y-%m-%d')}\n")
+    print("| scenario | req/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
+    for i in range(2):
+        print(f"| (a) /healthz, run {i + 1} | {fmt(runs['a'][i])} |")
+        print(f"| (b) API-key release, run {i + 1} | {fmt(runs['b'][i])} |")
+    print(f"| (c) OAuth release | {fmt(c)} |")
+    print(f"| (d) first-use release (new token each request) | {fmt(d)} |")
+    print(f"\n| measure | value | target |\n|---|---:|---|")
+    print(f"| (b)/(a), median | {ratio_b:.2f} | ≥ 0.6 |")
+    print(f"| (c)/(a) | {ratio_c:.2f} | ≥ 0.5 |")
+    print(f"| `keys rotate`, {a.n:,} credentials, idle | {rotate_alone:.2f} s | |")
+    print(f"| `keys rotate`, {a.n:,} credentials, under (b) load | {rotate_loaded:.2f} s | |")
+    print(f"| (b) throughput during rotation / normal | {during / statistics.median(x['rps'] for x in runs['b']):.2f} | ≥ 0.8 |")
+    print(f"| server RSS after the runs | {rss:.1f} MiB | < 64 MiB at 1M |")
+    print(f"| seeding {a.n:,} credentials through the library | {seed_s:.1f} s | |")
+    shutil.rmtree(work, ignore_errors=True)
+
+    if a.full:
+        print("\n| credentials | RSS after (b) load | `keys rotate` idle |\n|---:|---:|---:|")
+        for n in (10_000, 100_000, 1_000_000):
+            w, _ = seed(n, 1)
+            tok = open(f"{w}/tokens.txt").readline().strip()
+            s = start_server(w)
+            wrk("/", a.duration, "release.lua", {"LK_TOKEN": tok, "LK_KIND": "api", "LK_HALF": str(n // 2)})
+            r = rss_mib(s)
+            stop_server(s)
+            t = time.time()
+            subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=dict(os.environ, LATCHKEY_DATA_DIR=f"{w}/data", LATCHKEY_KEYS_DIR=f"{w}/keys"),
+                           check=True, stdout=subprocess.DEVNULL)
+            print(f"| {n:,} | {r:.1f} MiB | {time.time() - t:.2f} s |")
+            shutil.rmtree(w, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
