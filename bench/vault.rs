@@ -132,7 +132,9 @@ fn seed(args: &[String]) {
     let actor = Actor::Cli("bench".into());
     let vault = Vault::init(&dir.join("data"), &dir.join("keys"), None, Clock::system(), &actor).expect("init").vault;
     let json = |v: serde_json::Value| NewConnection::from_json(v).expect("spec");
-    vault.create_connection(&actor, json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}}))).expect("svc");
+    vault
+        .create_connection(&actor, json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}})))
+        .expect("svc");
     vault
         .create_connection(
             &actor,
