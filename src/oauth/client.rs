@@ -127,6 +127,32 @@ fn retry_after(resp: &reqwest::Response) -> Option<u64> {
     resp.headers().get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim().parse().ok().map(|s: u64| s.min(3600))
 }
 
+/// Adds client authentication: HTTP Basic (RFC 6749 §2.3.1: both parts form-encoded
+/// first) or the client id and secret in the form; a public client sends only its id.
+fn authenticate(
+    req: reqwest::RequestBuilder,
+    form: &mut Vec<(&str, String)>,
+    method: TokenEndpointAuthMethod,
+    client_id: &str,
+    secret: Option<&Secret>,
+) -> reqwest::RequestBuilder {
+    match (method, secret) {
+        (TokenEndpointAuthMethod::ClientSecretBasic, Some(s)) => {
+            let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
+            req.basic_auth(enc(client_id), Some(enc(s.expose())))
+        }
+        (TokenEndpointAuthMethod::ClientSecretPost, Some(s)) => {
+            form.push(("client_id", client_id.to_owned()));
+            form.push(("client_secret", s.expose().to_owned()));
+            req
+        }
+        (_, None) => {
+            form.push(("client_id", client_id.to_owned()));
+            req
+        }
+    }
+}
+
 /// Posts a form to the token endpoint with client authentication; returns the parsed
 /// token response or a classified error.
 async fn token_request(
@@ -136,19 +162,8 @@ async fn token_request(
     secret: Option<&Secret>,
     mut form: Vec<(&str, String)>,
 ) -> Result<Tokens, OAuthError> {
-    let mut req = http.post(&ep.token).header(reqwest::header::ACCEPT, "application/json");
-    match (ep.auth_method, secret) {
-        (TokenEndpointAuthMethod::ClientSecretBasic, Some(s)) => {
-            // RFC 6749 §2.3.1: form-encode both parts before Basic.
-            let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
-            req = req.basic_auth(enc(client_id), Some(enc(s.expose())));
-        }
-        (TokenEndpointAuthMethod::ClientSecretPost, Some(s)) => {
-            form.push(("client_id", client_id.to_owned()));
-            form.push(("client_secret", s.expose().to_owned()));
-        }
-        (_, None) => form.push(("client_id", client_id.to_owned())),
-    }
+    let req = http.post(&ep.token).header(reqwest::header::ACCEPT, "application/json");
+    let req = authenticate(req, &mut form, ep.auth_method, client_id, secret);
     let resp = req.form(&form).send().await.map_err(|e| {
         if e.is_timeout() {
             OAuthError::transient("provider timed out")
@@ -273,19 +288,8 @@ pub async fn revoke(
 ) -> Result<(), String> {
     let Some(url) = &ep.revocation else { return Err("no revocation endpoint".into()) };
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", "refresh_token".to_owned())];
-    let mut req = http.post(url);
-    match (ep.auth_method, secret) {
-        (TokenEndpointAuthMethod::ClientSecretBasic, Some(s)) => {
-            let enc = |v: &str| url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>();
-            req = req.basic_auth(enc(client_id), Some(enc(s.expose())));
-        }
-        (_, s) => {
-            form.push(("client_id", client_id.to_owned()));
-            if let Some(s) = s {
-                form.push(("client_secret", s.expose().to_owned()));
-            }
-        }
-    }
+    let req = http.post(url);
+    let req = authenticate(req, &mut form, ep.auth_method, client_id, secret);
     let resp = req.form(&form).send().await.map_err(|_| "revocation endpoint unreachable".to_owned())?;
     drop(zeroize::Zeroizing::new(form.into_iter().map(|(_, v)| v).collect::<Vec<_>>()));
     match resp.status().as_u16() {
