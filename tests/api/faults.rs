@@ -112,25 +112,7 @@ async fn provider_faults_are_bounded_keep_tokens_and_recover() {
         )
         .await;
     assert_eq!(r.status(), 200);
-    let r = app
-        .post_json(
-            "/v1/admin/agents",
-            json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "flaky", "owners": "any"}]}}),
-        )
-        .await;
-    let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
-    let t: Value = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .basic_auth("svc", Some(&secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["access_token"].as_str().unwrap().to_owned();
+    let token = app.service_agent_token("flaky").await;
     let release = |min_ttl: i64| {
         app.http.get(app.url(&format!("/v1/connections/flaky/token?user_id=alice&min_ttl={min_ttl}"))).bearer_auth(&token).send()
     };

@@ -112,6 +112,26 @@ impl TestApp {
         assert_eq!(r.status(), 201, "{}", r.text().await.unwrap_or_default());
     }
 
+    /// Registers agent `svc` allowed `connection` for any owner; returns a
+    /// client-credentials agent token.
+    pub async fn service_agent_token(&self, connection: &str) -> String {
+        let policy = serde_json::json!({"grants": [{"connection": connection, "owners": "any"}]});
+        let r = self.post_json("/v1/admin/agents", serde_json::json!({"id": "svc", "name": "svc", "policy": policy})).await;
+        let secret = r.json::<Value>().await.expect("agent")["client_secret"].as_str().expect("secret").to_owned();
+        let t: Value = self
+            .http
+            .post(self.url("/oauth2/token"))
+            .basic_auth("svc", Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .expect("token request")
+            .json()
+            .await
+            .expect("token");
+        t["access_token"].as_str().expect("access_token").to_owned()
+    }
+
     pub fn audit_count(&self) -> usize {
         self.vault.audit_tail(1_000_000).expect("audit").len()
     }

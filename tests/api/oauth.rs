@@ -140,25 +140,8 @@ impl OAuthWorld {
             "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"],
             "return_to_allowlist": ["http://127.0.0.1:9/done"]}});
         assert_eq!(app.post_json("/v1/admin/connections", conn).await.status(), 201);
-        let r = app
-            .post_json(
-                "/v1/admin/agents",
-                json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "crm", "owners": "any"}]}}),
-            )
-            .await;
-        let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
-        let t: Value = app
-            .http
-            .post(app.url("/oauth2/token"))
-            .basic_auth("svc", Some(&secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        OAuthWorld { app, provider, agent_token: t["access_token"].as_str().unwrap().to_owned() }
+        let agent_token = app.service_agent_token("crm").await;
+        OAuthWorld { app, provider, agent_token }
     }
 
     fn callback_prefix(&self) -> String {
