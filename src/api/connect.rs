@@ -83,25 +83,34 @@ fn page(status: actix_web::http::StatusCode, title: &str, message: &str) -> Http
         ))
 }
 
+fn invalid_link() -> HttpResponse {
+    page(
+        actix_web::http::StatusCode::NOT_FOUND,
+        "Link not valid",
+        "This connect link is invalid, was already used, or has expired. Ask for a new one.",
+    )
+}
+
+/// Audits a connect flow that ended without storing anything (best effort: the user
+/// already gets the answer, and the failure is logged if the record cannot be written).
+async fn audit_failure(state: &AppState, target: &str, reason: &str) {
+    let (t, r) = (target.to_owned(), reason.to_owned());
+    let _ = blocking(state, move |v| {
+        v.audit_connect_failure(&t, &r);
+        Ok(())
+    })
+    .await;
+}
+
 /// Opens a connect link once: 302 to the provider with state and PKCE S256.
 async fn open_link(state: web::Data<AppState>, id: web::Path<String>) -> Result<HttpResponse, ApiError> {
     let id = id.into_inner();
     if id.len() > 80 || !id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'_') {
-        return Ok(page(
-            actix_web::http::StatusCode::NOT_FOUND,
-            "Link not valid",
-            "This connect link is invalid, was already used, or has expired. Ask for a new one.",
-        ));
+        return Ok(invalid_link());
     }
     let opened = match blocking(&state, move |v| v.open_connect_session(&id)).await {
         Ok(o) => o,
-        Err(_) => {
-            return Ok(page(
-                actix_web::http::StatusCode::NOT_FOUND,
-                "Link not valid",
-                "This connect link is invalid, was already used, or has expired. Ask for a new one.",
-            ))
-        }
+        Err(_) => return Ok(invalid_link()),
     };
     match state.oauth.authorize_url(&opened).await {
         Ok(url) => {
@@ -174,12 +183,7 @@ async fn callback(state: web::Data<AppState>, q: web::Query<Callback>) -> Result
     let target = format!("{}/{}", session.connection, session.owner);
     if let Some(err) = q.error {
         let code = if err == "access_denied" { "access_denied" } else { "provider_error" };
-        let t = target.clone();
-        let _ = blocking(&state, move |v| {
-            v.audit_connect_failure(&t, code);
-            Ok(())
-        })
-        .await;
+        audit_failure(&state, &target, code).await;
         return Ok(finish(session.return_to.as_deref(), Err(code)));
     }
     let Some(code) = q.code.filter(|c| !c.is_empty() && c.len() <= 4096) else {
@@ -189,12 +193,7 @@ async fn callback(state: web::Data<AppState>, q: web::Query<Callback>) -> Result
         Ok(()) => Ok(finish(session.return_to.as_deref(), Ok(()))),
         Err(reason) => {
             tracing::warn!(connection = %session.connection, reason = %reason, "connect flow failed");
-            let t = target.clone();
-            let _ = blocking(&state, move |v| {
-                v.audit_connect_failure(&t, &reason);
-                Ok(())
-            })
-            .await;
+            audit_failure(&state, &target, &reason).await;
             Ok(finish(session.return_to.as_deref(), Err("connect_failed")))
         }
     }

@@ -137,7 +137,7 @@ impl From<ReleaseError> for ApiError {
                 e
             }
             ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
-            ReleaseError::RefreshNeeded { .. } => Self::internal(),
+            ReleaseError::RefreshNeeded { .. } | ReleaseError::Internal => Self::internal(),
         }
     }
 }

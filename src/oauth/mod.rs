@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
-use crate::model::{ConnectionId, ConnectionSpec, Owner, TokenEndpointAuthMethod};
+use crate::model::{ConnectionId, ConnectionSpec, Owner};
 use crate::vault::oauth::{FinishedSession, OpenedSession};
 use crate::vault::{Vault, VaultError};
 use client::{Endpoints, OAuthError};
@@ -423,13 +423,5 @@ impl OAuthService {
                 _ = self.wake.notified() => {}
             }
         }
-    }
-}
-
-/// How a connection's token endpoint authenticates, for display.
-pub fn auth_method_name(m: TokenEndpointAuthMethod) -> &'static str {
-    match m {
-        TokenEndpointAuthMethod::ClientSecretBasic => "client_secret_basic",
-        TokenEndpointAuthMethod::ClientSecretPost => "client_secret_post",
     }
 }

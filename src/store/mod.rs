@@ -15,8 +15,6 @@ use std::time::Duration;
 
 use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
 
-pub use rusqlite::OptionalExtension;
-
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0001_init.sql"),

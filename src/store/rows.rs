@@ -616,16 +616,14 @@ pub fn open_session(c: &Connection, id: &str, now: i64, state_hash: &[u8], dek_i
 }
 
 pub fn get_session(c: &Connection, id: &str) -> Result<Option<SessionRow>> {
-    session_where(c, "s.id = ?1", id.as_bytes())
+    session_where(c, "s.id = ?1", &id)
 }
 
-fn session_where(c: &Connection, cond: &str, key: &[u8]) -> Result<Option<SessionRow>> {
+fn session_where(c: &Connection, cond: &str, key: &dyn rusqlite::ToSql) -> Result<Option<SessionRow>> {
     let sql = format!(
         "SELECT s.id, s.connection_id, s.owner, s.return_to, s.expires_at, s.verifier, d.id, d.key_version, d.binding, d.wrapped \
          FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id WHERE {cond}"
     );
-    let key: rusqlite::types::Value =
-        if cond.contains("state_hash") { key.to_vec().into() } else { String::from_utf8_lossy(key).into_owned().into() };
     Ok(c.query_row(&sql, [key], |r| {
         let verifier: Option<Vec<u8>> = r.get(5)?;
         let dek_id: Option<i64> = r.get(6)?;
@@ -648,7 +646,7 @@ pub fn finish_session(c: &Connection, state_hash: &[u8], now: i64) -> Result<Opt
     if n != 1 {
         return Ok(None);
     }
-    session_where(c, "s.state_hash = ?1", state_hash)
+    session_where(c, "s.state_hash = ?1", &state_hash)
 }
 
 /// Deletes sessions that are finished or expired, with their data keys.

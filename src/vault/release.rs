@@ -33,6 +33,9 @@ pub enum ReleaseError {
     ProviderUnavailable { retry_after: u64 },
     #[error("the audit trail cannot be written; nothing is released")]
     AuditUnavailable,
+    /// The store or a stored secret failed (details are logged, never returned).
+    #[error("internal error")]
+    Internal,
     /// Internal: the token must be refreshed first (never audited, never answered).
     #[error("refresh needed")]
     RefreshNeeded { owner: Owner },
@@ -110,9 +113,12 @@ impl Vault {
         }
         let decision = match &outcome {
             Ok(_) => Outcome::Ok,
-            Err(ReleaseError::ProviderUnavailable { .. }) => Outcome::Failed,
+            Err(ReleaseError::ProviderUnavailable { .. } | ReleaseError::Internal) => Outcome::Failed,
             Err(_) => Outcome::Denied,
         };
+        if let Err(ReleaseError::Internal) = &outcome {
+            rec.reason = "internal error (see the server log for this request id)";
+        }
         rec.decision = match decision {
             Outcome::Ok => "allow",
             _ => "deny",
@@ -133,7 +139,7 @@ impl Vault {
     fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>) -> std::result::Result<Released, ReleaseError> {
         let internal = |e: VaultError| {
             tracing::error!(error = %e, "release failed");
-            ReleaseError::AuditUnavailable
+            ReleaseError::Internal
         };
         let Some(agent) = self.active_agent(&input.principal.agent_id).map_err(internal)? else {
             rec.reason = "agent disabled or deleted";
