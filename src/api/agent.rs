@@ -209,8 +209,8 @@ async fn release(
     let r = loop {
         let attempt = input.clone();
         let vault = state.vault.clone();
-        let outcome = web::block(move || vault.release(&attempt)).await.map_err(|_| ApiError::internal())?;
-        match outcome {
+        let decision = web::block(move || vault.decide_release(&attempt)).await.map_err(|_| ApiError::internal())?;
+        match state.vault.commit_release(decision).await {
             Err(VaultError::Release(ReleaseError::RefreshNeeded { owner })) if input.refresh_attempted.is_none() => {
                 // Refresh first (single flight with any concurrent release or the
                 // background refresher), then decide again — that decision is audited.

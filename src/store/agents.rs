@@ -48,6 +48,17 @@ pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
     Ok(c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?.query_row([id], agent_row).optional()?)
 }
 
+/// What the release path needs of an agent — `(policy JSON, disabled)` — with the
+/// configuration generation it was read at (one statement, one snapshot).
+pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<(String, bool)>)> {
+    let sql = "SELECT g.value, a.policy, a.disabled FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
+    Ok(c.prepare_cached(sql)?.query_row([id], |r| {
+        let policy: Option<String> = r.get(1)?;
+        let disabled: Option<bool> = r.get(2)?;
+        Ok((r.get(0)?, policy.zip(disabled)))
+    })?)
+}
+
 pub fn list_agents(c: &Connection) -> Result<Vec<AgentRow>> {
     let mut st = c.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
     let rows = st.query_map([], agent_row)?;

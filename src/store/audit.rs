@@ -24,29 +24,29 @@ const COLS: &str = "seq, ts_ms, actor, action, target, outcome, detail, prev_has
 
 /// Appends `event` at `ts_ms`; must run in a write transaction.
 pub fn append(c: &Connection, event: &Event, ts_ms: i64) -> Result<i64, StoreError> {
+    append_all(c, [(event, ts_ms)])?.pop().ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
+}
+
+/// Appends events in order (one chain link each); must run in a write transaction.
+/// Returns their sequence numbers.
+pub fn append_all<'a>(c: &Connection, events: impl IntoIterator<Item = (&'a Event, i64)>) -> Result<Vec<i64>, StoreError> {
     let last: Option<(i64, Vec<u8>)> = c
         .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
         .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let (seq, prev) = match last {
-        Some((s, h)) => (s + 1, h),
-        None => (1, GENESIS.to_vec()),
-    };
-    let detail = event.detail.to_string();
-    let outcome = event.outcome.as_str();
-    let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, &detail, &prev);
-    c.prepare_cached(&format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?.execute(params![
-        seq,
-        ts_ms,
-        event.actor,
-        event.action,
-        event.target,
-        outcome,
-        detail,
-        prev,
-        hash.as_slice()
-    ])?;
-    Ok(seq)
+    let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
+    let mut insert = c.prepare_cached(&format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+    let mut seqs = Vec::new();
+    for (event, ts_ms) in events {
+        seq += 1;
+        let detail = event.detail.to_string();
+        let outcome = event.outcome.as_str();
+        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, &detail, &prev);
+        insert.execute(params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;
+        prev = hash.to_vec();
+        seqs.push(seq);
+    }
+    Ok(seqs)
 }
 
 /// Records with seq > `after`, ascending.

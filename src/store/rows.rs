@@ -189,6 +189,17 @@ pub fn get_connection(c: &Connection, id: &str) -> Result<Option<ConnectionRow>>
     Ok(c.prepare_cached(&sql)?.query_row([id], connection_row).optional()?)
 }
 
+/// A connection's spec JSON with the configuration generation it was read at.
+pub fn connection_spec_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<String>)> {
+    let sql = "SELECT g.value, c.spec FROM config_generation g LEFT JOIN connections c ON c.id = ?1 WHERE g.id = 1";
+    Ok(c.prepare_cached(sql)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+}
+
+/// The current configuration generation (see migration 0004).
+pub fn config_generation(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached("SELECT value FROM config_generation WHERE id = 1")?.query_row([], |r| r.get(0))?)
+}
+
 pub fn list_connections(c: &Connection) -> Result<Vec<ConnectionRow>> {
     let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id ORDER BY c.id");
     let mut st = c.prepare_cached(&sql)?;
@@ -325,6 +336,19 @@ pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Resul
     let sql =
         format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
     Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| credential_row(r, 0)).optional()?)
+}
+
+/// A credential (with its data key) and the configuration generation, from one snapshot:
+/// the release path's only statement when its policy and spec are cached.
+pub fn credential_at_generation(c: &Connection, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
+    let sql = format!(
+        "SELECT g.value, {CREDENTIAL_COLS} FROM config_generation g \
+         LEFT JOIN (credentials k JOIN deks d ON d.id = k.dek_id) ON k.connection_id = ?1 AND k.owner = ?2 WHERE g.id = 1"
+    );
+    Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| {
+        let found: Option<String> = r.get(1)?;
+        Ok((r.get(0)?, found.map(|_| credential_row(r, 1)).transpose()?))
+    })?)
 }
 
 /// Credentials in rowid order after `after` (for verification sweeps).

@@ -3,20 +3,39 @@
 //! Callers hand an event to one writer thread and wait for its commit; the writer takes
 //! everything queued at that moment and appends it in one transaction, so one fsync
 //! covers many decisions. A caller learns whether *its* record committed, which is what
-//! lets releases fail closed.
+//! lets releases fail closed. Async callers (the HTTP release path) wait on a future, so
+//! a request waiting for the fsync holds no thread.
 
 use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::Event;
-use crate::store::{self, Store, StoreError};
+use crate::store::{self, Store};
 
 const MAX_BATCH: usize = 1024;
+
+type Committed = Result<i64, String>;
+
+/// Where the outcome of an append goes.
+enum Done {
+    Thread(SyncSender<Committed>),
+    Task(tokio::sync::oneshot::Sender<Committed>),
+}
+
+impl Done {
+    fn send(self, outcome: Committed) {
+        // A caller that went away (a dropped request) no longer needs the answer.
+        let _ = match self {
+            Done::Thread(tx) => tx.send(outcome).map_err(|_| ()),
+            Done::Task(tx) => tx.send(outcome).map_err(|_| ()),
+        };
+    }
+}
 
 struct Job {
     event: Event,
     ts_ms: i64,
-    done: SyncSender<Result<i64, String>>,
+    done: Done,
 }
 
 pub struct AuditSink {
@@ -33,39 +52,45 @@ impl AuditSink {
         AuditSink { tx: Mutex::new(tx) }
     }
 
-    /// Appends `event` and waits until it is committed; returns its sequence number.
-    pub fn append(&self, event: Event, ts_ms: i64) -> Result<i64, String> {
+    fn submit(&self, event: Event, ts_ms: i64, done: Done) -> Result<(), String> {
+        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Job { event, ts_ms, done }).map_err(|_| STOPPED.to_owned())
+    }
+
+    /// Appends `event` and blocks until it is committed; returns its sequence number.
+    pub fn append(&self, event: Event, ts_ms: i64) -> Committed {
         let (done, wait) = mpsc::sync_channel(1);
-        self.tx
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .send(Job { event, ts_ms, done })
-            .map_err(|_| "audit writer stopped".to_owned())?;
-        wait.recv().map_err(|_| "audit writer stopped".to_owned())?
+        self.submit(event, ts_ms, Done::Thread(done))?;
+        wait.recv().map_err(|_| STOPPED.to_owned())?
+    }
+
+    /// Appends `event`; the future resolves when it is committed.
+    pub fn append_async(&self, event: Event, ts_ms: i64) -> impl std::future::Future<Output = Committed> + 'static {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let submitted = self.submit(event, ts_ms, Done::Task(done));
+        async move {
+            submitted?;
+            wait.await.map_err(|_| STOPPED.to_owned())?
+        }
     }
 }
+
+const STOPPED: &str = "audit writer stopped";
 
 fn run(store: &Store, rx: Receiver<Job>) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         batch.extend(rx.try_iter().take(MAX_BATCH - 1));
-        let written = store.write(|tx| {
-            let mut seqs = Vec::with_capacity(batch.len());
-            for job in &batch {
-                seqs.push(store::audit::append(tx, &job.event, job.ts_ms)?);
-            }
-            Ok::<_, StoreError>(seqs)
-        });
+        let written = store.write(|tx| store::audit::append_all(tx, batch.iter().map(|j| (&j.event, j.ts_ms))));
         match written {
             Ok(seqs) => {
                 for (job, seq) in batch.into_iter().zip(seqs) {
-                    let _ = job.done.send(Ok(seq));
+                    job.done.send(Ok(seq));
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for job in batch {
-                    let _ = job.done.send(Err(msg.clone()));
+                    job.done.send(Err(msg.clone()));
                 }
             }
         }

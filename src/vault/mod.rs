@@ -7,6 +7,7 @@
 mod admin_tokens;
 mod agents;
 mod audit_sink;
+mod config_cache;
 mod connections;
 mod credentials;
 mod issuers;
@@ -35,7 +36,7 @@ pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
-pub use release::{ReleaseError, ReleaseInput, Released, ReleasedSecret};
+pub use release::{Decision, ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in the CLI.
@@ -106,6 +107,7 @@ pub struct Vault {
     keys: KeyRing,
     clock: Clock,
     audit_sink: std::sync::OnceLock<audit_sink::AuditSink>,
+    config: config_cache::ConfigCache,
 }
 
 impl std::fmt::Debug for Vault {
@@ -141,7 +143,7 @@ impl Vault {
                 return Err(e.into());
             }
         };
-        let vault = Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default() };
+        let vault = Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default(), config: Default::default() };
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
@@ -166,7 +168,7 @@ impl Vault {
     pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
         let store = Store::open(data_dir)?;
-        Ok(Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default() })
+        Ok(Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default(), config: Default::default() })
     }
 
     /// Loads every master key that data may be wrapped under, so a server refuses to

@@ -5,14 +5,16 @@
 //! exist. Every decision (release or refusal) is audited; a release whose audit record
 //! cannot be committed is refused (`AuditUnavailable`): audit fails closed.
 
+use std::sync::Arc;
+
 use serde::Serialize;
 
 use super::{new_id, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, Owner, Scope};
-use crate::policy::{self, Principal, Refusal, ReleaseRequest};
+use crate::policy::{self, Policy, Principal, Refusal, ReleaseRequest};
 use crate::secret::Secret;
-use crate::store::rows;
+use crate::store::{agents, rows};
 
 /// Why a release was refused; mapped to the contract's error codes by the API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -95,55 +97,131 @@ struct Record<'a> {
     request_id: &'a str,
 }
 
+/// A decision whose audit record is not yet committed (see [`Vault::commit_release`]).
+#[derive(Debug)]
+pub struct Decision {
+    outcome: std::result::Result<Released, ReleaseError>,
+    /// `None` only for `RefreshNeeded`, which is not a decision.
+    event: Option<Event>,
+    request_id: String,
+}
+
+/// Why an attempt did not decide: a refusal, or configuration read at a generation that has
+/// since moved (the attempt is repeated with fresh reads).
+enum Refuse {
+    Release(ReleaseError),
+    Stale,
+}
+
+impl From<ReleaseError> for Refuse {
+    fn from(e: ReleaseError) -> Self {
+        Refuse::Release(e)
+    }
+}
+
+/// Attempts before a decision is made on whatever the last reads returned. Each retry
+/// needs a configuration change between two reads of one request.
+const MAX_ATTEMPTS: usize = 3;
+
 impl Vault {
-    pub fn release(&self, input: &ReleaseInput) -> Result<Released> {
+    /// Decides a release (no I/O beyond one SQLite statement when the agent's policy and
+    /// the connection's spec are cached). Nothing is released until
+    /// [`commit_release`](Self::commit_release) has made the audit record durable.
+    pub fn decide_release(&self, input: &ReleaseInput) -> Decision {
         let p = &input.principal;
-        let mut rec = Record {
-            agent: &p.agent_id,
-            user: p.user.as_deref(),
-            connection: input.connection.as_str(),
-            scopes_requested: input.request.scopes.iter().map(|s| s.as_str()).collect(),
-            request_id: &input.request_id,
-            ..Record::default()
+        let mut attempt = 0;
+        let (outcome, rec) = loop {
+            attempt += 1;
+            let mut rec = Record {
+                agent: &p.agent_id,
+                user: p.user.as_deref(),
+                connection: input.connection.as_str(),
+                scopes_requested: input.request.scopes.iter().map(|s| s.as_str()).collect(),
+                request_id: &input.request_id,
+                ..Record::default()
+            };
+            match self.decide(input, &mut rec, attempt == MAX_ATTEMPTS) {
+                Ok(r) => break (Ok(r), rec),
+                Err(Refuse::Release(e)) => break (Err(e), rec),
+                Err(Refuse::Stale) => continue,
+            }
         };
-        let outcome = self.decide(input, &mut rec);
+        let request_id = input.request_id.clone();
         if let Err(ReleaseError::RefreshNeeded { .. }) = &outcome {
             // The caller refreshes and asks again; that second decision is audited.
-            return outcome.map_err(VaultError::Release);
+            return Decision { outcome, event: None, request_id };
         }
-        let decision = match &outcome {
-            Ok(_) => Outcome::Ok,
-            Err(ReleaseError::ProviderUnavailable { .. } | ReleaseError::Internal) => Outcome::Failed,
-            Err(_) => Outcome::Denied,
-        };
-        if let Err(ReleaseError::Internal) = &outcome {
-            rec.reason = "internal error (see the server log for this request id)";
-        }
-        rec.decision = match decision {
-            Outcome::Ok => "allow",
-            _ => "deny",
-        };
-        let target = match &rec.owner {
-            Some(o) => format!("{}/{o}", input.connection),
-            None => input.connection.to_string(),
-        };
-        let detail = serde_json::to_value(&rec).unwrap_or_default();
-        let event = Event::new(&format!("agent:{}", p.agent_id), "token.release", target, decision, detail);
-        if let Err(e) = self.audit_sink().append(event, self.clock.now_millis()) {
-            tracing::error!(error = %e, request_id = %input.request_id, "audit write failed; refusing release");
-            return Err(ReleaseError::AuditUnavailable.into());
-        }
-        outcome.map_err(VaultError::Release)
+        let event = release_event(rec, &outcome);
+        Decision { outcome, event: Some(event), request_id }
     }
 
-    fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>) -> std::result::Result<Released, ReleaseError> {
-        let internal = |e: VaultError| {
-            tracing::error!(error = %e, "release failed");
-            ReleaseError::Internal
+    /// Commits the decision's audit record and then returns the decision; a release whose
+    /// record cannot be committed is refused. Waiting holds no thread.
+    pub fn commit_release(&self, d: Decision) -> impl std::future::Future<Output = Result<Released>> + 'static {
+        let committed = d.event.map(|event| self.audit_sink().append_async(event, self.clock.now_millis()));
+        async move {
+            if let Some(committed) = committed {
+                if let Err(e) = committed.await {
+                    tracing::error!(error = %e, request_id = %d.request_id, "audit write failed; refusing release");
+                    return Err(ReleaseError::AuditUnavailable.into());
+                }
+            }
+            d.outcome.map_err(VaultError::Release)
+        }
+    }
+
+    /// The agent's policy (`None`: disabled or deleted) and the generation it is valid for.
+    fn release_policy(&self, agent: &str) -> Result<(i64, Option<Arc<Policy>>)> {
+        if let Some((g, p)) = self.config.policy(agent) {
+            return Ok((g, Some(p)));
+        }
+        let (generation, row) = self.store.read(|c| agents::agent_policy_at_generation(c, agent))?;
+        match row {
+            Some((policy, false)) => {
+                let policy: Arc<Policy> = Arc::new(serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?);
+                self.config.put_policy(generation, agent, policy.clone());
+                Ok((generation, Some(policy)))
+            }
+            _ => {
+                self.config.observe(generation);
+                Ok((generation, None))
+            }
+        }
+    }
+
+    /// The connection's spec (`None`: no such connection) and the generation it is valid for.
+    fn release_spec(&self, connection: &str) -> Result<(i64, Option<Arc<ConnectionSpec>>)> {
+        if let Some((g, s)) = self.config.spec(connection) {
+            return Ok((g, Some(s)));
+        }
+        let (generation, spec) = self.store.read(|c| rows::connection_spec_at_generation(c, connection))?;
+        let Some(spec) = spec else {
+            self.config.observe(generation);
+            return Ok((generation, None));
         };
-        let Some(agent) = self.active_agent(&input.principal.agent_id).map_err(internal)? else {
+        let spec: Arc<ConnectionSpec> = Arc::new(serde_json::from_str(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?);
+        self.config.put_spec(generation, connection, spec.clone());
+        Ok((generation, Some(spec)))
+    }
+
+    /// `Stale` unless the configuration is still at `generation` (checked before a refusal
+    /// that was decided from cached configuration alone). `last` accepts what was read.
+    fn still_current(&self, generation: i64, last: bool) -> std::result::Result<(), Refuse> {
+        let now = self.store.read(rows::config_generation).map_err(|e| internal(e.into()))?;
+        self.config.observe(now);
+        if now == generation || last {
+            Ok(())
+        } else {
+            Err(Refuse::Stale)
+        }
+    }
+
+    fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>, last: bool) -> std::result::Result<Released, Refuse> {
+        let (generation, policy) = self.release_policy(&input.principal.agent_id).map_err(internal)?;
+        let Some(policy) = policy else {
+            self.still_current(generation, last)?;
             rec.reason = "agent disabled or deleted";
-            return Err(ReleaseError::InvalidToken);
+            return Err(ReleaseError::InvalidToken.into());
         };
         // Until the policy decides, audit the owner the caller named (or speaks for).
         let req = &input.request;
@@ -154,46 +232,47 @@ impl Vault {
             _ => None,
         }
         .filter(|o| Owner::parse(o).is_ok());
-        let (grant, owner) = match policy::authorize(&agent.policy, &input.connection, &input.principal, &input.request) {
+        let (grant, owner) = match policy::authorize(&policy, &input.connection, &input.principal, &input.request) {
             Ok(x) => x,
             Err(Refusal::AccessDenied(why)) => {
+                self.still_current(generation, last)?;
                 rec.reason = why;
-                return Err(ReleaseError::AccessDenied);
+                return Err(ReleaseError::AccessDenied.into());
             }
             Err(Refusal::InvalidRequest(msg)) => {
+                self.still_current(generation, last)?;
                 rec.reason = "invalid request";
-                return Err(ReleaseError::InvalidRequest(msg));
+                return Err(ReleaseError::InvalidRequest(msg).into());
             }
         };
         rec.owner = Some(owner.to_string());
-        let (conn, cred) = self
+        let (spec_generation, spec) = self.release_spec(input.connection.as_str()).map_err(internal)?;
+        let (now_generation, cred) = self
             .store
-            .read(|c| {
-                Ok::<_, VaultError>((
-                    rows::get_connection(c, input.connection.as_str())?,
-                    rows::get_credential(c, input.connection.as_str(), &owner.to_string())?,
-                ))
-            })
-            .map_err(internal)?;
-        let Some(conn) = conn else {
+            .read(|c| rows::credential_at_generation(c, input.connection.as_str(), &owner.to_string()))
+            .map_err(|e| internal(e.into()))?;
+        self.config.observe(now_generation);
+        if (generation != now_generation || spec_generation != now_generation) && !last {
+            return Err(Refuse::Stale);
+        }
+        let Some(spec) = spec else {
             // A grant naming a connection that does not exist: same answer as no grant.
             rec.reason = "no grant for this connection";
-            return Err(ReleaseError::AccessDenied);
+            return Err(ReleaseError::AccessDenied.into());
         };
-        let spec: ConnectionSpec = serde_json::from_str(&conn.spec).map_err(|e| internal(VaultError::Integrity(e.to_string())))?;
         let Some(cred) = cred else {
             rec.reason = "not connected";
-            return Err(ReleaseError::NotConnected);
+            return Err(ReleaseError::NotConnected.into());
         };
         match cred.meta.status.as_str() {
             "active" => {}
             "needs_reauth" => {
                 rec.reason = "needs reauthorization";
-                return Err(ReleaseError::ReauthRequired);
+                return Err(ReleaseError::ReauthRequired.into());
             }
             _ => {
                 rec.reason = "credential revoked";
-                return Err(ReleaseError::NotConnected);
+                return Err(ReleaseError::NotConnected.into());
             }
         }
         let opened = self.open_credential_row(cred).map_err(internal)?;
@@ -209,16 +288,16 @@ impl Vault {
             Err(refused) => {
                 rec.reason = "scope not permitted";
                 rec.scopes_refused = refused.iter().map(|s| s.as_str().to_owned()).collect();
-                return Err(ReleaseError::InsufficientScope(rec.scopes_refused.clone()));
+                return Err(ReleaseError::InsufficientScope(rec.scopes_refused.clone()).into());
             }
         };
         rec.scopes_granted = scopes.iter().map(|s| s.as_str().to_owned()).collect();
         if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
             if refreshable && input.refresh_attempted.is_none() {
-                return Err(ReleaseError::RefreshNeeded { owner });
+                return Err(ReleaseError::RefreshNeeded { owner }.into());
             }
             rec.reason = "no token valid for min_ttl (refresh failed or impossible)";
-            return Err(ReleaseError::ProviderUnavailable { retry_after: input.refresh_attempted.unwrap_or(30).max(1) });
+            return Err(ReleaseError::ProviderUnavailable { retry_after: input.refresh_attempted.unwrap_or(30).max(1) }.into());
         }
         let lease_expires_in = policy::lease_ttl(grant, remaining);
         let lease_id = new_id("lease_").map_err(internal)?;
@@ -253,4 +332,29 @@ impl Vault {
     pub fn audit_query(&self, q: &crate::store::audit::Query) -> Result<Vec<crate::audit::Record>> {
         Ok(self.store.read(|c| crate::store::audit::query(c, q))?)
     }
+}
+
+/// Logs an internal failure of the release path; the caller sees only `internal_error`.
+fn internal(e: VaultError) -> ReleaseError {
+    tracing::error!(error = %e, "release failed");
+    ReleaseError::Internal
+}
+
+/// The audit event of a decision.
+fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, ReleaseError>) -> Event {
+    let decision = match outcome {
+        Ok(_) => Outcome::Ok,
+        Err(ReleaseError::ProviderUnavailable { .. } | ReleaseError::Internal) => Outcome::Failed,
+        Err(_) => Outcome::Denied,
+    };
+    rec.decision = if decision == Outcome::Ok { "allow" } else { "deny" };
+    if let Err(ReleaseError::Internal) = outcome {
+        rec.reason = "internal error (see the server log for this request id)";
+    }
+    let detail = serde_json::to_value(&rec).unwrap_or_default();
+    let target = match &rec.owner {
+        Some(o) => format!("{}/{o}", rec.connection),
+        None => rec.connection.to_owned(),
+    };
+    Event::new(&format!("agent:{}", rec.agent), "token.release", target, decision, detail)
 }

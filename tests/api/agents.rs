@@ -546,3 +546,47 @@ async fn agent_admin_api_validates_and_never_returns_secret_hashes() {
     let r = w.app.admin(Method::DELETE, &format!("/v1/admin/issuers?issuer={}", w.issuer.url)).send().await.unwrap();
     assert_eq!(r.status(), 204);
 }
+
+/// The release path caches parsed policies and connection specs; a change committed by
+/// another process (the CLI on the same database) must be seen by the very next release.
+#[tokio::test]
+async fn changes_from_another_process_reach_the_next_release() {
+    let w = World::new().await;
+    let token = w.service_token().await;
+    let path = "/v1/connections/reports/token?tenant_id=acme";
+    let cli = |args: &[&str]| {
+        let out = w.app._dirs.run(args);
+        assert!(out.status.success(), "{args:?}: {}", crate::helpers::stderr(&out));
+    };
+    // Warm the cache.
+    for _ in 0..3 {
+        expect(w.release(&token, path).await, 200).await;
+    }
+
+    cli(&["agents", "disable", "reporter"]);
+    assert_eq!(expect(w.release(&token, path).await, 401).await["error"], "invalid_token");
+    cli(&["agents", "enable", "reporter"]);
+    expect(w.release(&token, path).await, 200).await;
+
+    // A narrower policy: the reports grant is gone at once (and comes back at once).
+    let policy = w.app._dirs.root.path().join("policy.json");
+    std::fs::write(&policy, json!({"grants": [{"connection": "crm", "owners": "any"}]}).to_string()).unwrap();
+    cli(&["agents", "policy", "reporter", "--from", policy.to_str().unwrap()]);
+    assert_eq!(expect(w.release(&token, path).await, 403).await["error"], "access_denied");
+    std::fs::write(&policy, json!({"grants": [{"connection": "reports", "owners": "any"}]}).to_string()).unwrap();
+    cli(&["agents", "policy", "reporter", "--from", policy.to_str().unwrap()]);
+    expect(w.release(&token, path).await, 200).await;
+
+    // The connection is replaced with another presentation: the next release uses it.
+    cli(&["connections", "rm", "reports", "--cascade"]);
+    assert_eq!(expect(w.release(&token, path).await, 403).await["error"], "access_denied");
+    let conn = w.app._dirs.root.path().join("conn.json");
+    std::fs::write(&conn, json!({"id": "reports", "kind": "api_key", "api_key": {"header": "X-Report-Key"}}).to_string()).unwrap();
+    cli(&["connections", "add", "--from", conn.to_str().unwrap()]);
+    assert_eq!(expect(w.release(&token, path).await, 404).await["error"], "not_connected");
+    let key = w.app._dirs.root.path().join("key.txt");
+    std::fs::write(&key, "sk-replaced").unwrap();
+    cli(&["credentials", "put", "reports", "tenant:acme", "--api-key-file", key.to_str().unwrap()]);
+    let v = expect(w.release(&token, path).await, 200).await;
+    assert_eq!(v["header"], json!({"name": "X-Report-Key", "value": "sk-replaced"}));
+}
