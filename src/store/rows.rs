@@ -338,17 +338,21 @@ pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Resul
     Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| credential_row(r, 0)).optional()?)
 }
 
-/// A credential (with its data key) and the configuration generation, from one snapshot:
-/// the release path's only statement when its policy and spec are cached.
+/// A credential (with its data key) and the configuration generation, from one snapshot
+/// when the credential exists: the release path's only statement when its policy and spec
+/// are cached. Without a credential the generation is read by a second statement (a
+/// generation never goes back, so it is at least as new as the miss).
 pub fn credential_at_generation(c: &Connection, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
+    // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
     let sql = format!(
-        "SELECT g.value, {CREDENTIAL_COLS} FROM config_generation g \
-         LEFT JOIN (credentials k JOIN deks d ON d.id = k.dek_id) ON k.connection_id = ?1 AND k.owner = ?2 WHERE g.id = 1"
+        "SELECT (SELECT value FROM config_generation WHERE id = 1), {CREDENTIAL_COLS} \
+         FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2"
     );
-    Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| {
-        let found: Option<String> = r.get(1)?;
-        Ok((r.get(0)?, found.map(|_| credential_row(r, 1)).transpose()?))
-    })?)
+    let found = c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?))).optional()?;
+    match found {
+        Some((generation, row)) => Ok((generation, Some(row))),
+        None => Ok((config_generation(c)?, None)),
+    }
 }
 
 /// Credentials in rowid order after `after` (for verification sweeps).
