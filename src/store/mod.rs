@@ -4,16 +4,18 @@
 //! One writer connection and a small pool of readers (WAL). Writes run in
 //! `BEGIN IMMEDIATE` transactions so that the CLI and a running server can write to the
 //! same file safely; `busy_timeout` makes them wait for each other instead of failing.
+//! Concurrent writes of one process share a transaction and its fsync ([`group`]).
 
 pub mod agents;
 pub mod audit;
+mod group;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, Transaction, TransactionBehavior};
+use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
@@ -47,7 +49,7 @@ pub enum StoreError {
 
 pub struct Store {
     path: PathBuf,
-    writer: Mutex<Connection>,
+    writer: group::GroupWriter,
     readers: Mutex<Vec<Connection>>,
 }
 
@@ -107,7 +109,7 @@ impl Store {
         configure(&writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL;")?;
         migrate(&mut writer)?;
-        Ok(Store { path, writer: Mutex::new(writer), readers: Mutex::new(Vec::new()) })
+        Ok(Store { path, writer: group::GroupWriter::new(writer), readers: Mutex::new(Vec::new()) })
     }
 
     pub fn path(&self) -> &Path {
@@ -133,13 +135,11 @@ impl Store {
         out
     }
 
-    /// Runs `f` in one `BEGIN IMMEDIATE` transaction; commits if it returns `Ok`.
-    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Transaction<'_>) -> Result<T, E>) -> Result<T, E> {
-        let mut conn = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(StoreError::from)?;
-        let out = f(&tx)?;
-        tx.commit().map_err(StoreError::from)?;
-        Ok(out)
+    /// Runs `f` atomically in a `BEGIN IMMEDIATE` transaction (a savepoint of one shared
+    /// with concurrent writers); returns once its changes are committed. If `f` fails, its
+    /// changes are rolled back and nothing else is affected.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        self.writer.write(f)
     }
 
     /// Cheap liveness check for `/readyz`.

@@ -1,0 +1,201 @@
+//! Group commit for the one writer connection.
+//!
+//! Writers on different threads take turns on the connection, each inside its own
+//! savepoint of one shared `BEGIN IMMEDIATE` transaction. Whoever finishes while nobody
+//! else is queued commits for everyone in the batch; the others wait for that commit.
+//! So concurrent writes share one fsync (and one invalidation of the readers' page
+//! caches) instead of paying one each, while every caller still returns only after its
+//! own changes are durable, and a failing write rolls back only its own savepoint.
+
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// A batch is committed once it holds this many writes even if more are queued, so that
+/// a steady stream of writers cannot hold its first member back indefinitely.
+const MAX_BATCH: usize = 256;
+
+pub(super) struct GroupWriter {
+    state: Mutex<State>,
+    /// Threads waiting for `state`: while any are, the current holder leaves the commit to them.
+    queued: AtomicUsize,
+}
+
+struct State {
+    conn: Connection,
+    /// The open transaction's batch, if one is open.
+    batch: Option<Arc<Batch>>,
+    writes: usize,
+}
+
+/// The outcome of one transaction, shared by the writes it holds.
+#[derive(Default)]
+struct Batch {
+    committed: Mutex<Option<Result<(), String>>>,
+    done: Condvar,
+}
+
+impl Batch {
+    fn finish(&self, outcome: Result<(), String>) {
+        *self.committed.lock().unwrap_or_else(|p| p.into_inner()) = Some(outcome);
+        self.done.notify_all();
+    }
+
+    fn wait(&self) -> Result<(), String> {
+        let mut g = self.committed.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(outcome) = g.as_ref() {
+                return outcome.clone();
+            }
+            g = self.done.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+}
+
+impl GroupWriter {
+    pub fn new(conn: Connection) -> Self {
+        GroupWriter { state: Mutex::new(State { conn, batch: None, writes: 0 }), queued: AtomicUsize::new(0) }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.queued.fetch_add(1, Ordering::SeqCst);
+        let g = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        self.queued.fetch_sub(1, Ordering::SeqCst);
+        g
+    }
+
+    /// Runs `f` in a savepoint of the shared transaction; returns once it is committed.
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+        let mut st = self.lock();
+        let batch = match &st.batch {
+            Some(b) => b.clone(),
+            None => {
+                st.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from)?;
+                let b = Arc::new(Batch::default());
+                st.batch = Some(b.clone());
+                st.writes = 0;
+                b
+            }
+        };
+        st.writes += 1;
+        let out = run_in_savepoint(&st.conn, f);
+        let out = match out {
+            Ok(out) => out,
+            Err(broken) => {
+                // The savepoint itself could not be opened or closed: the transaction is
+                // in an unknown state, so nobody in this batch commits.
+                let msg = broken.to_string();
+                let _ = st.conn.execute_batch("ROLLBACK");
+                st.batch = None;
+                drop(st);
+                batch.finish(Err(msg));
+                return Err(broken.into());
+            }
+        };
+        if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
+            let outcome = st.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            if outcome.is_err() {
+                let _ = st.conn.execute_batch("ROLLBACK");
+            }
+            st.batch = None;
+            drop(st);
+            batch.finish(outcome);
+        } else {
+            drop(st);
+        }
+        let committed = batch.wait();
+        match out {
+            Written::Panicked(p) => resume_unwind(p),
+            Written::Done(Err(e)) => Err(e),
+            Written::Done(Ok(v)) => committed.map(|()| v).map_err(|e| StoreError::Io(format!("commit failed: {e}")).into()),
+        }
+    }
+
+    /// Direct use of the connection outside any batch.
+    #[cfg(test)]
+    pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
+        f(&mut self.lock().conn)
+    }
+}
+
+enum Written<T, E> {
+    Done(Result<T, E>),
+    Panicked(Box<dyn std::any::Any + Send>),
+}
+
+/// `f` inside `SAVEPOINT`; rolled back to it if `f` fails or panics. `Err` only if the
+/// savepoint statements themselves fail.
+fn run_in_savepoint<T, E>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<Written<T, E>, StoreError> {
+    c.execute_batch("SAVEPOINT write")?;
+    let out = catch_unwind(AssertUnwindSafe(|| f(c)));
+    let keep = matches!(out, Ok(Ok(_)));
+    if !keep {
+        c.execute_batch("ROLLBACK TO write")?;
+    }
+    c.execute_batch("RELEASE write")?;
+    Ok(match out {
+        Ok(r) => Written::Done(r),
+        Err(p) => Written::Panicked(p),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn writer() -> (tempfile::TempDir, GroupWriter) {
+        let dir = tempfile::tempdir().unwrap();
+        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);").unwrap();
+        (dir, GroupWriter::new(c))
+    }
+
+    fn count(w: &GroupWriter) -> i64 {
+        w.with_conn(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap())
+    }
+
+    #[test]
+    fn concurrent_writes_all_commit_and_a_failing_one_rolls_back_alone() {
+        let (_d, w) = writer();
+        std::thread::scope(|s| {
+            for i in 0..8i64 {
+                let w = &w;
+                s.spawn(move || {
+                    for j in 0..50i64 {
+                        let v = i * 1000 + j;
+                        let r = w.write(|c| {
+                            c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                            if j % 10 == 0 {
+                                // Duplicate: fails after a successful insert in the same write.
+                                c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                            }
+                            Ok::<_, StoreError>(v)
+                        });
+                        assert_eq!(r.is_ok(), j % 10 != 0, "{v}");
+                    }
+                });
+            }
+        });
+        assert_eq!(count(&w), 8 * 45, "failed writes left nothing, the others all committed");
+    }
+
+    #[test]
+    fn a_panicking_write_rolls_back_and_the_writer_stays_usable() {
+        let (_d, w) = writer();
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            w.write(|c| {
+                c.execute("INSERT INTO t (v) VALUES (1)", [])?;
+                panic!("boom");
+                #[allow(unreachable_code)]
+                Ok::<_, StoreError>(())
+            })
+        }));
+        assert!(r.is_err());
+        w.write(|c| c.execute("INSERT INTO t (v) VALUES (2)", []).map_err(StoreError::from)).unwrap();
+        assert_eq!(count(&w), 1);
+    }
+}
