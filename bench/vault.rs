@@ -18,6 +18,9 @@ fn main() {
     if args.iter().any(|a| a == "seed") {
         return seed(&args);
     }
+    if args.iter().any(|a| a == "provider") {
+        return provider(&args);
+    }
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--sizes")
@@ -164,6 +167,22 @@ fn seed(args: &[String]) {
         }
     }
     eprintln!("seeded {n} credentials in {:.1} s", t.elapsed().as_secs_f64());
+    // OAuth credentials all due for refresh within a second, at a local provider.
+    let due: usize = arg(args, "--due").and_then(|v| v.parse().ok()).unwrap_or(0);
+    if due > 0 {
+        let token_url = arg(args, "--provider").expect("--provider");
+        let spec = serde_json::json!({"id": "due", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{token_url}/authorize"),
+            "token_endpoint": token_url, "client_id": "c", "client_secret": "s"}});
+        vault.create_connection(&actor, json(spec)).expect("due");
+        let id = ConnectionId::parse("due").expect("id");
+        let items = (0..due)
+            .map(|k| {
+                let body = serde_json::json!({"access_token": format!("at-due-{k:08}"), "refresh_token": format!("rt-due-{k:08}"), "expires_in": 1});
+                (Owner::parse(&format!("user:d{k}")).expect("owner"), serde_json::from_value(body).expect("body"))
+            })
+            .collect();
+        vault.import_credentials(&actor, &id, items).expect("import due");
+    }
     let agent = latchkey::vault::NewAgent {
         id: "bench".into(),
         name: "bench".into(),
@@ -192,4 +211,26 @@ fn seed(args: &[String]) {
     }
     std::fs::write(dir.join("tokens.txt"), out).expect("tokens");
     println!("{{\"n\": {n}, \"half\": {half}, \"tokens\": {tokens}}}");
+}
+
+/// A minimal OAuth token endpoint for the refresh-throughput scenario: answers every POST
+/// with a fresh access token and a rotated refresh token. `provider --port P [--workers W]`.
+fn provider(args: &[String]) {
+    use actix_web::{web, App, HttpResponse, HttpServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let port: u16 = arg(args, "--port").and_then(|v| v.parse().ok()).expect("--port");
+    let workers: usize = arg(args, "--workers").and_then(|v| v.parse().ok()).unwrap_or(1);
+    static ISSUED: AtomicU64 = AtomicU64::new(0);
+    async fn token(_form: web::Bytes) -> HttpResponse {
+        let n = ISSUED.fetch_add(1, Ordering::Relaxed);
+        HttpResponse::Ok().content_type("application/json").body(format!(
+            "{{\"access_token\":\"at-{n:012}-refreshed\",\"token_type\":\"Bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{n:012}-rotated\"}}"
+        ))
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let server =
+            HttpServer::new(|| App::new().route("/token", web::post().to(token))).workers(workers).bind(("127.0.0.1", port)).expect("bind");
+        println!("LISTENING http://127.0.0.1:{port}/token");
+        server.run().await.expect("provider");
+    });
 }

@@ -28,8 +28,13 @@ pub const REFRESH_MARGIN: i64 = 300;
 /// Longer than one provider call ([`client::TIMEOUT`]) plus the commit; a crashed holder
 /// blocks refreshes of its credential for at most this long.
 const LEASE_MS: i64 = 15_000;
-const MAX_CONCURRENT_REFRESHES: usize = 16;
-const MAX_PER_PROVIDER: usize = 4;
+/// Refreshes (on demand and background) past their single-flight lock at once.
+const MAX_CONCURRENT_REFRESHES: usize = 256;
+/// Background refreshes the refresher keeps going.
+const MAX_BACKGROUND: usize = 128;
+/// Concurrent token requests to one provider host: its slot is held only for the HTTP
+/// request, not for our reads and commits around it.
+const MAX_PER_PROVIDER: usize = 8;
 const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
 
 /// When to refresh a token expiring at `expires_at`, written at `now`:
@@ -83,6 +88,14 @@ pub struct OAuthService {
     global: Arc<Semaphore>,
     wake: Notify,
     pub metrics: metrics::Metrics,
+}
+
+/// The task id of a finished background refresh (also if it panicked).
+fn finished(done: Result<(tokio::task::Id, ()), tokio::task::JoinError>) -> tokio::task::Id {
+    match done {
+        Ok((id, ())) => id,
+        Err(e) => e.id(),
+    }
 }
 
 fn blocking_err(e: impl std::fmt::Display) -> String {
@@ -316,11 +329,13 @@ impl OAuthService {
             .entry(provider_key)
             .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_PROVIDER)))
             .clone();
-        let _slot = (self.global.clone().acquire_owned().await, per.acquire_owned().await);
+        let _slot = self.global.clone().acquire_owned().await;
         let client_id = m.spec.oauth2.as_ref().map(|o| o.client_id.clone()).unwrap_or_default();
+        let provider_slot = per.acquire_owned().await;
         let started = Instant::now();
         let result = client::refresh(&self.http, &ep, &client_id, m.client_secret.as_ref(), &refresh_token).await;
         self.metrics.refresh_latency(started.elapsed());
+        drop(provider_slot);
         match result {
             Ok(tokens) => {
                 let (c, o, version, scopes) = (connection.clone(), owner.clone(), m.version, m.scopes.clone());
@@ -402,25 +417,52 @@ impl OAuthService {
     /// concurrency, and purges stale connect sessions.
     pub async fn run_refresher(self: Arc<Self>) {
         let mut last_purge = Instant::now();
+        // The refreshes this loop runs, and the credential each is for.
+        let mut in_flight: HashMap<tokio::task::Id, String> = HashMap::new();
+        let mut running = tokio::task::JoinSet::new();
         loop {
-            let due = self.run_blocking(|v| v.due_refreshes(256)).await.unwrap_or_default();
-            for (_, conn, owner) in due {
-                let (Ok(conn), Ok(owner)) = (ConnectionId::parse(&conn), Owner::parse(&owner)) else { continue };
-                let this = self.clone();
-                tokio::spawn(async move {
-                    this.refresh(&conn, &owner, Need::Due).await;
-                });
+            // Keep up to MAX_BACKGROUND refreshes going: a due backlog drains as fast as
+            // the providers answer, not one batch per wake-up.
+            let room = MAX_BACKGROUND.saturating_sub(running.len());
+            let mut full = false;
+            if room > 0 {
+                let want = room + in_flight.len();
+                let due = self.run_blocking(move |v| v.due_refreshes(want)).await.unwrap_or_default();
+                full = due.len() == want;
+                for (id, conn, owner) in due {
+                    let (Ok(conn), Ok(owner)) = (ConnectionId::parse(&conn), Owner::parse(&owner)) else { continue };
+                    if running.len() >= MAX_BACKGROUND || in_flight.values().any(|v| *v == id) {
+                        continue;
+                    }
+                    let this = self.clone();
+                    let task = running.spawn(async move {
+                        this.refresh(&conn, &owner, Need::Due).await;
+                    });
+                    in_flight.insert(task.id(), id);
+                }
             }
             if last_purge.elapsed() > Duration::from_secs(60) {
                 last_purge = Instant::now();
                 let _ = self.run_blocking(|v| v.purge_connect_sessions()).await;
             }
-            let now = self.vault.clock().now();
-            let next = self.run_blocking(|v| v.next_refresh_due()).await.ok().flatten();
-            let wait = next.map(|n| (n - now).clamp(1, 30)).unwrap_or(30) as u64;
+            let wait = if full || running.len() >= MAX_BACKGROUND {
+                // More is due: look again as soon as one finishes.
+                Duration::from_secs(30)
+            } else {
+                let now = self.vault.clock().now();
+                let next = self.run_blocking(|v| v.next_refresh_due()).await.ok().flatten();
+                Duration::from_secs(next.map(|n| (n - now).clamp(1, 30)).unwrap_or(30) as u64)
+            };
             tokio::select! {
-                _ = tokio::time::sleep(Duration::from_secs(wait)) => {}
+                _ = tokio::time::sleep(wait) => {}
                 _ = self.wake.notified() => {}
+                Some(done) = running.join_next_with_id(), if !running.is_empty() => {
+                    in_flight.remove(&finished(done));
+                }
+            }
+            // Collect whatever else has finished meanwhile.
+            while let Some(done) = running.try_join_next_with_id() {
+                in_flight.remove(&finished(done));
             }
         }
     }

@@ -23,6 +23,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0002_agents.sql"),
     include_str!("../../migrations/0003_oauth.sql"),
     include_str!("../../migrations/0004_config_generation.sql"),
+    include_str!("../../migrations/0005_dek_references.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
