@@ -6,14 +6,21 @@ measures with wrk at 64 connections on this machine:
   (a) /healthz, (b) API-key releases of random owners, (c) OAuth releases, (d) first-use
   releases (a new agent token on every request: no verified-token cache),
 alternating a/b a/b and reporting the median ratios, throughput, p50/p99 and errors; then
-`keys rotate` wall time alone and while (b) runs; and the server's RSS. --full adds 1M
-credentials. Prints a Markdown table (paste it into the README's Performance section).
+`keys rotate` wall time alone and while (b) runs; the server's RSS; and refresh throughput:
+N OAuth credentials all due at once against a local token endpoint (bench/vault.rs
+`provider`), next to that endpoint's direct throughput (wrk, same concurrency latchkey
+uses per provider) — once with no added provider latency (latchkey's own ceiling) and
+once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
+rotation). Prints Markdown tables (paste them into the README's Performance section).
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT = 8399
 BASE = f"http://127.0.0.1:{PORT}"
+PROVIDER_PORT = 8398
+# latchkey's concurrent token requests per provider host (MAX_PER_PROVIDER in src/oauth/mod.rs).
+PER_PROVIDER = 8
 
 
 def sh(cmd, **kw):
@@ -29,12 +36,56 @@ def ensure_wrk():
         sys.exit("wrk is needed: apt-get install wrk")
 
 
-def seed(n, tokens):
+def seed(n, tokens, extra=()):
     work = tempfile.mkdtemp(prefix="latchkey-bench-")
     t = time.time()
-    sh(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens), "--public-url", BASE],
-       stdout=subprocess.DEVNULL)
+    sh(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens), "--public-url", BASE,
+        *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return work, time.time() - t
+
+
+def start_provider(latency_ms):
+    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "provider", "--port", str(PROVIDER_PORT), "--latency-ms", str(latency_ms)],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    line = p.stdout.readline()
+    if not line.startswith("LISTENING"):
+        p.kill()
+        sys.exit("the bench token endpoint did not start")
+    return p, line.split()[1]
+
+
+def refresh_scenario(n, latency_ms, duration):
+    """refreshes/s of n credentials due at once, and the endpoint's direct req/s."""
+    import sqlite3
+    provider, url = start_provider(latency_ms)
+    try:
+        direct = wrk("/token", duration, "token.lua", base=f"http://127.0.0.1:{PROVIDER_PORT}", conns=PER_PROVIDER)["rps"]
+        work, _ = seed(2, 1, ["--due", str(n), "--provider", url])
+        time.sleep(1.1)  # seeded tokens expire after 1 s: all due now
+        server = start_server(work)
+        db = sqlite3.connect(f"file:{work}/data/latchkey.db?mode=ro", uri=True)
+        deadline = time.time() + 600
+        done, started = 0, None
+        while time.time() < deadline:
+            done = db.execute("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND last_refresh_at IS NOT NULL").fetchone()[0]
+            if done and started is None:
+                started = (time.time(), done)  # rate counted from the first refreshes seen
+            if done >= n or server.poll() is not None:
+                break
+            time.sleep(0.02)
+        finished = time.time()
+        if done < n:
+            print(f"refresh scenario: only {done:,} of {n:,} refreshed", file=sys.stderr)
+        failed = db.execute("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND refresh_failures > 0").fetchone()[0]
+        db.close()
+        stop_server(server)
+        shutil.rmtree(work, ignore_errors=True)
+        rate = (done - started[1]) / (finished - started[0]) if started and finished > started[0] else 0.0
+        return {"direct": direct, "rate": rate, "done": done, "failed": failed}
+    finally:
+        # cargo runs the endpoint as its child: stop the whole process group.
+        os.killpg(provider.pid, signal.SIGTERM)
+        provider.wait(timeout=10)
 
 
 def start_server(work):
@@ -70,11 +121,11 @@ def to_ms(v):
     return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
 
 
-def wrk(path, duration, script=None, env=None):
-    cmd = ["wrk", "-t2", "-c64", f"-d{duration}s", "--latency"]
+def wrk(path, duration, script=None, env=None, base=BASE, conns=64):
+    cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--latency"]
     if script:
         cmd += ["-s", f"{ROOT}/bench/wrk/{script}"]
-    out = subprocess.run(cmd + [BASE + path], capture_output=True, text=True, env=dict(os.environ, **(env or {}))).stdout
+    out = subprocess.run(cmd + [base + path], capture_output=True, text=True, env=dict(os.environ, **(env or {}))).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
@@ -93,11 +144,19 @@ def main():
     ap.add_argument("--n", type=int, default=100_000, help="credentials for the release scenarios")
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--full", action="store_true", help="also 1M credentials (rotation, RSS)")
+    ap.add_argument("--refresh-only", action="store_true", help="only the refresh-throughput scenario")
     a = ap.parse_args()
     ensure_wrk()
     sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
     sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
+    if not a.refresh_only:
+        release_scenarios(a)
+    refresh_scenarios(a)
+    if a.full:
+        full(a)
 
+
+def release_scenarios(a):
     work, seed_s = seed(a.n, 200_000)
     half = a.n // 2
     token = open(f"{work}/tokens.txt").readline().strip()
@@ -111,6 +170,7 @@ def main():
         runs["a"].append(wrk("/healthz", a.duration))
         runs["b"].append(wrk("/", a.duration, "release.lua", env_api))
     c = wrk("/", a.duration, "release.lua", env_oauth)
+    rss_b = rss_mib(server)
     d = wrk("/", a.duration, "first_use.lua", {"LK_TOKENS": f"{work}/tokens.txt", "LK_HALF": str(half)})
     ratio_b = statistics.median(b["rps"] / x["rps"] for b, x in zip(runs["b"], runs["a"]))
     ratio_c = c["rps"] / statistics.median(x["rps"] for x in runs["a"])
@@ -144,24 +204,34 @@ def main():
     print(f"| `keys rotate`, {a.n:,} credentials, idle | {rotate_alone:.2f} s | |")
     print(f"| `keys rotate`, {a.n:,} credentials, under (b) load | {rotate_loaded:.2f} s | |")
     print(f"| (b) throughput during rotation / normal | {during / statistics.median(x['rps'] for x in runs['b']):.2f} | ≥ 0.8 |")
-    print(f"| server RSS after the runs | {rss:.1f} MiB | < 64 MiB at 1M |")
+    print(f"| server RSS after (a)–(c) | {rss_b:.1f} MiB | < 64 MiB at 1M |")
+    print(f"| server RSS after (d) (verified-token cache filled: 100k entries max) | {rss:.1f} MiB | |")
     print(f"| seeding {a.n:,} credentials through the library | {seed_s:.1f} s | |")
     shutil.rmtree(work, ignore_errors=True)
 
-    if a.full:
-        print("\n| credentials | RSS after (b) load | `keys rotate` idle |\n|---:|---:|---:|")
-        for n in (10_000, 100_000, 1_000_000):
-            w, _ = seed(n, 1)
-            tok = open(f"{w}/tokens.txt").readline().strip()
-            s = start_server(w)
-            wrk("/", a.duration, "release.lua", {"LK_TOKEN": tok, "LK_KIND": "api", "LK_HALF": str(n // 2)})
-            r = rss_mib(s)
-            stop_server(s)
-            t = time.time()
-            subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=dict(os.environ, LATCHKEY_DATA_DIR=f"{w}/data", LATCHKEY_KEYS_DIR=f"{w}/keys"),
-                           check=True, stdout=subprocess.DEVNULL)
-            print(f"| {n:,} | {r:.1f} MiB | {time.time() - t:.2f} s |")
-            shutil.rmtree(w, ignore_errors=True)
+
+def refresh_scenarios(a):
+    print(f"\n| refresh scenario | provider direct req/s (wrk -c{PER_PROVIDER}) | latchkey refreshes/s | ratio | target |\n|---|---:|---:|---:|---|")
+    for latency, n in ((0, 30_000), (20, 8_000)):
+        r = refresh_scenario(n, latency, a.duration)
+        print(f"| {n:,} due at once, provider +{latency} ms | {r['direct']:,.0f} | {r['rate']:,.0f} ({r['done']:,} done, {r['failed']} failed) "
+              f"| {r['rate'] / r['direct']:.2f} | ≥ 0.9 |")
+
+
+def full(a):
+    print("\n| credentials | RSS after (b) load | `keys rotate` idle |\n|---:|---:|---:|")
+    for n in (10_000, 100_000, 1_000_000):
+        w, _ = seed(n, 1)
+        tok = open(f"{w}/tokens.txt").readline().strip()
+        s = start_server(w)
+        wrk("/", a.duration, "release.lua", {"LK_TOKEN": tok, "LK_KIND": "api", "LK_HALF": str(n // 2)})
+        r = rss_mib(s)
+        stop_server(s)
+        t = time.time()
+        subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=dict(os.environ, LATCHKEY_DATA_DIR=f"{w}/data", LATCHKEY_KEYS_DIR=f"{w}/keys"),
+                       check=True, stdout=subprocess.DEVNULL)
+        print(f"| {n:,} | {r:.1f} MiB | {time.time() - t:.2f} s |")
+        shutil.rmtree(w, ignore_errors=True)
 
 
 if __name__ == "__main__":

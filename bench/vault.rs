@@ -214,14 +214,21 @@ fn seed(args: &[String]) {
 }
 
 /// A minimal OAuth token endpoint for the refresh-throughput scenario: answers every POST
-/// with a fresh access token and a rotated refresh token. `provider --port P [--workers W]`.
+/// with a fresh access token and a rotated refresh token, after `--latency-ms` (default 0;
+/// real token endpoints take tens to hundreds of ms). `provider --port P [--latency-ms L]`.
 fn provider(args: &[String]) {
     use actix_web::{web, App, HttpResponse, HttpServer};
     use std::sync::atomic::{AtomicU64, Ordering};
     let port: u16 = arg(args, "--port").and_then(|v| v.parse().ok()).expect("--port");
     let workers: usize = arg(args, "--workers").and_then(|v| v.parse().ok()).unwrap_or(1);
+    static LATENCY_MS: AtomicU64 = AtomicU64::new(0);
     static ISSUED: AtomicU64 = AtomicU64::new(0);
+    LATENCY_MS.store(arg(args, "--latency-ms").and_then(|v| v.parse().ok()).unwrap_or(0), Ordering::Relaxed);
     async fn token(_form: web::Bytes) -> HttpResponse {
+        let latency = LATENCY_MS.load(Ordering::Relaxed);
+        if latency > 0 {
+            actix_web::rt::time::sleep(Duration::from_millis(latency)).await;
+        }
         let n = ISSUED.fetch_add(1, Ordering::Relaxed);
         HttpResponse::Ok().content_type("application/json").body(format!(
             "{{\"access_token\":\"at-{n:012}-refreshed\",\"token_type\":\"Bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{n:012}-rotated\"}}"
