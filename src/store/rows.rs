@@ -344,11 +344,14 @@ pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Resul
 /// generation never goes back, so it is at least as new as the miss).
 pub fn credential_at_generation(c: &Connection, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
     // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
-    let sql = format!(
-        "SELECT (SELECT value FROM config_generation WHERE id = 1), {CREDENTIAL_COLS} \
-         FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2"
-    );
-    let found = c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?))).optional()?;
+    // Built once: this is the release path's statement.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT (SELECT value FROM config_generation WHERE id = 1), {CREDENTIAL_COLS} \
+             FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2"
+        )
+    });
+    let found = c.prepare_cached(&SQL)?.query_row([connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?))).optional()?;
     match found {
         Some((generation, row)) => Ok((generation, Some(row))),
         None => Ok((config_generation(c)?, None)),
