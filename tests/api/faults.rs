@@ -163,3 +163,41 @@ async fn provider_faults_are_bounded_keep_tokens_and_recover() {
     let (status, _, refresh, failures) = stored();
     assert_eq!((status.as_str(), refresh.as_str(), failures), ("active", "rt-recovered", 0));
 }
+
+/// More credentials due at once than the refresher keeps in flight (128): the backlog
+/// drains completely, each credential refreshed exactly once, none left behind.
+#[tokio::test]
+async fn a_due_backlog_larger_than_the_refresh_window_drains() {
+    let app = TestApp::spawn().await;
+    let provider = FaultServer::start();
+    let conn = json!({"id": "bulk", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/authorize", provider.url),
+        "token_endpoint": format!("{}/token", provider.url), "client_id": "c", "client_secret": "s"}});
+    assert_eq!(app.post_json("/v1/admin/connections", conn).await.status(), 201);
+    const N: usize = 300;
+    let items = (0..N)
+        .map(|i| {
+            let body = json!({"access_token": format!("at-{i}"), "refresh_token": format!("rt-{i}"), "expires_in": 1});
+            (Owner::parse(&format!("user:u{i}")).unwrap(), serde_json::from_value(body).unwrap())
+        })
+        .collect();
+    let actor = latchkey::vault::Actor::Cli("test".into());
+    app.vault.import_credentials(&actor, &ConnectionId::parse("bulk").unwrap(), items).unwrap();
+
+    let db = rusqlite::Connection::open(app.vault.store().path()).unwrap();
+    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND last_refresh_at IS NOT NULL") < N as i64 {
+        assert!(Instant::now() < deadline, "backlog not drained");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_failures > 0"), 0);
+    // Each refreshed once: the new tokens live an hour, so nothing is due any more.
+    let now = latchkey::time::Clock::system().now();
+    let due: i64 = db
+        .query_row("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_due_at <= ?1", [now], |r| r.get(0))
+        .unwrap();
+    assert_eq!(due, 0);
+    let audited: i64 =
+        db.query_row("SELECT count(*) FROM audit WHERE action = 'credential.refresh' AND target LIKE 'bulk/%'", [], |r| r.get(0)).unwrap();
+    assert_eq!(audited, N as i64, "one audited refresh per credential");
+}
