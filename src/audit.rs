@@ -19,7 +19,8 @@ pub struct Event {
     pub action: &'static str,
     pub target: String,
     pub outcome: Outcome,
-    pub detail: serde_json::Value,
+    /// JSON text.
+    pub detail: String,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -42,7 +43,13 @@ impl Outcome {
 
 impl Event {
     pub fn new(actor: &str, action: &'static str, target: impl Into<String>, outcome: Outcome, detail: serde_json::Value) -> Self {
-        Event { actor: actor.to_owned(), action, target: target.into(), outcome, detail }
+        Event { actor: actor.to_owned(), action, target: target.into(), outcome, detail: detail.to_string() }
+    }
+
+    /// An event whose detail is serialised straight from `detail` (no intermediate JSON tree:
+    /// the release path's records).
+    pub fn serialized(actor: String, action: &'static str, target: String, outcome: Outcome, detail: &impl Serialize) -> Self {
+        Event { actor, action, target, outcome, detail: serde_json::to_string(detail).unwrap_or_else(|_| "{}".into()) }
     }
 }
 

@@ -232,25 +232,73 @@ async fn release(
             }
         }
     };
-    let lease = json!({"id": r.lease_id, "expires_in": r.lease_expires_in});
-    let body = match r.secret {
-        ReleasedSecret::ApiKey { api_key, header_name, header_value } => json!({
-            "connection_id": r.connection_id, "type": "api_key", "owner": r.owner, "api_key": api_key.expose(),
-            "header": {"name": header_name, "value": header_value.expose()}, "lease": lease,
+    let lease = Lease { id: &r.lease_id, expires_in: r.lease_expires_in };
+    let body = match &r.secret {
+        ReleasedSecret::ApiKey { api_key, header_name, header_value } => serde_json::to_vec(&ApiKeyBody {
+            connection_id: r.connection_id.as_str(),
+            kind: "api_key",
+            owner: r.owner.to_string(),
+            api_key: api_key.expose(),
+            header: Header { name: header_name, value: header_value.expose() },
+            lease,
         }),
         ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in, instance_url } => {
-            let mut v = json!({
-                "connection_id": r.connection_id, "type": "oauth2", "owner": r.owner, "access_token": access_token.expose(),
-                "token_type": token_type, "scope": scope.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
-                "expires_at": expires_at.map(rfc3339), "expires_in": expires_in, "lease": lease,
-            });
-            if let Some(u) = instance_url {
-                v["instance_url"] = json!(u);
-            }
-            v
+            serde_json::to_vec(&OAuthBody {
+                connection_id: r.connection_id.as_str(),
+                kind: "oauth2",
+                owner: r.owner.to_string(),
+                access_token: access_token.expose(),
+                token_type,
+                scope: scope.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+                expires_at: expires_at.map(rfc3339),
+                expires_in: *expires_in,
+                instance_url: instance_url.as_deref(),
+                lease,
+            })
         }
-    };
-    Ok(no_store(HttpResponse::Ok()).json(body))
+    }
+    .map_err(|_| ApiError::internal())?;
+    Ok(no_store(HttpResponse::Ok()).content_type("application/json").body(body))
+}
+
+/// Release bodies, serialised straight from borrowed parts (no JSON tree per request).
+#[derive(serde::Serialize)]
+struct Lease<'a> {
+    id: &'a str,
+    expires_in: i64,
+}
+
+#[derive(serde::Serialize)]
+struct Header<'a> {
+    name: &'a str,
+    value: &'a str,
+}
+
+#[derive(serde::Serialize)]
+struct ApiKeyBody<'a> {
+    connection_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    owner: String,
+    api_key: &'a str,
+    header: Header<'a>,
+    lease: Lease<'a>,
+}
+
+#[derive(serde::Serialize)]
+struct OAuthBody<'a> {
+    connection_id: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    owner: String,
+    access_token: &'a str,
+    token_type: &'a str,
+    scope: String,
+    expires_at: Option<String>,
+    expires_in: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    instance_url: Option<&'a str>,
+    lease: Lease<'a>,
 }
 
 async fn jwks(state: web::Data<AppState>) -> HttpResponse {

@@ -39,7 +39,7 @@ pub fn append_all<'a>(c: &Connection, events: impl IntoIterator<Item = (&'a Even
     let mut seqs = Vec::new();
     for (event, ts_ms) in events {
         seq += 1;
-        let detail = event.detail.to_string();
+        let detail = &event.detail;
         let outcome = event.outcome.as_str();
         let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, &detail, &prev);
         insert.execute(params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;

@@ -351,10 +351,9 @@ fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, Re
     if let Err(ReleaseError::Internal) = outcome {
         rec.reason = "internal error (see the server log for this request id)";
     }
-    let detail = serde_json::to_value(&rec).unwrap_or_default();
     let target = match &rec.owner {
         Some(o) => format!("{}/{o}", rec.connection),
         None => rec.connection.to_owned(),
     };
-    Event::new(&format!("agent:{}", rec.agent), "token.release", target, decision, detail)
+    Event::serialized(format!("agent:{}", rec.agent), "token.release", target, decision, &rec)
 }
