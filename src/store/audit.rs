@@ -41,7 +41,7 @@ pub fn append_all<'a>(c: &Connection, events: impl IntoIterator<Item = (&'a Even
         seq += 1;
         let detail = &event.detail;
         let outcome = event.outcome.as_str();
-        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, &detail, &prev);
+        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, detail, &prev);
         insert.execute(params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;
         prev = hash.to_vec();
         seqs.push(seq);
