@@ -18,6 +18,10 @@ pub enum KeysCmd {
         /// Data keys re-wrapped per transaction (smaller: shorter write locks).
         #[arg(long, default_value_t = crate::vault::DEFAULT_ROTATE_BATCH)]
         batch_size: usize,
+        /// After each batch, pause FACTOR times as long as the batch took, so a running server
+        /// keeps most of the CPU and the write lock (0: full speed, e.g. with no traffic).
+        #[arg(long, value_name = "FACTOR", default_value_t = 3.0)]
+        throttle: f64,
     },
     /// Unwrap every data key and authenticate every secret.
     Verify,
@@ -63,13 +67,21 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             }
             Ok(())
         }
-        KeysCmd::Rotate { batch_size } => {
+        KeysCmd::Rotate { batch_size, throttle } => {
             if batch_size == 0 {
                 return Err(CliError::usage("--batch-size must be at least 1"));
             }
+            if !(0.0..=100.0).contains(&throttle) {
+                return Err(CliError::usage("--throttle must be between 0 and 100"));
+            }
             let mut p = Progress::new();
+            let mut batch_started = std::time::Instant::now();
             let r = vault.rotate_keys(&actor, batch_size, &mut |pr| {
-                p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total)
+                p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total);
+                if pr.done < pr.total {
+                    std::thread::sleep(batch_started.elapsed().mul_f64(throttle));
+                }
+                batch_started = std::time::Instant::now();
             })?;
             let verb = if r.resumed { "finished the interrupted rotation to" } else { "rotated to" };
             println!(

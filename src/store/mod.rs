@@ -60,8 +60,24 @@ impl std::fmt::Debug for Store {
     }
 }
 
-fn configure(c: &Connection) -> Result<(), StoreError> {
-    c.busy_timeout(Duration::from_secs(10))?;
+/// How long a write waits for another process's write lock (then `SQLITE_BUSY`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// Poll interval while waiting for it. SQLite's own busy handler backs off to sleeps of
+/// 25–100 ms, which loses every race against a process taking the lock in a loop (a
+/// `keys rotate` sweep): measured, releases all but stopped for the length of a rotation
+/// because their audit commits could not get in. Short, even polls find the gaps.
+const BUSY_POLL: Duration = Duration::from_micros(500);
+
+fn busy(retries: i32) -> bool {
+    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= BUSY_TIMEOUT {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
+fn configure(c: &mut Connection) -> Result<(), StoreError> {
+    c.busy_handler(Some(busy))?;
     // More than the default 16: the write paths alone use ~20 distinct statements.
     c.set_prepared_statement_cache_capacity(64);
     // Query-planner stability: without it, a statement on a table with a partial index
@@ -107,7 +123,7 @@ impl Store {
             return Err(StoreError::NotInitialised(data_dir.display().to_string()));
         }
         let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        configure(&writer)?;
+        configure(&mut writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL;")?;
         migrate(&mut writer)?;
         Ok(Store { path, writer: group::GroupWriter::new(writer), readers: Mutex::new(Vec::new()) })
@@ -123,8 +139,8 @@ impl Store {
         let conn = match conn {
             Some(c) => c,
             None => {
-                let c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
-                configure(&c)?;
+                let mut c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
+                configure(&mut c)?;
                 c
             }
         };

@@ -80,9 +80,14 @@ impl ConfigCache {
         }
     }
 
-    /// Records that the configuration is at `generation` (drops older entries).
+    /// Records that the database's configuration is at `generation`, as just read: any
+    /// other generation's entries go (also a lower one — a database restored under a
+    /// running server must not leave newer-looking entries behind).
     pub fn observe(&self, generation: i64) {
-        self.lock().advance(generation);
+        let mut g = self.lock();
+        if g.generation != generation {
+            *g = Inner { generation, ..Inner::default() };
+        }
     }
 }
 
@@ -105,6 +110,9 @@ mod tests {
         assert!(c.policy("a").is_none(), "a newer generation drops everything");
         c.put_policy(3, "a", policy());
         assert!(c.policy("a").is_none(), "an entry read at an older generation is not kept");
+        c.observe(2);
+        c.put_policy(2, "a", policy());
+        assert_eq!(c.policy("a").map(|(g, _)| g), Some(2), "a database that went back is followed");
     }
 
     #[test]

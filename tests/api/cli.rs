@@ -24,6 +24,11 @@ fn usage_errors_exit_2_and_failures_exit_1() {
     assert!(stderr(&out).contains("latchkey init"), "{}", stderr(&out));
     init(&dirs);
     assert_eq!(dirs.run(&["keys", "destroy", "1"]).status.code(), Some(2), "destroy needs --yes");
+    for (bad, flag) in [("--throttle=-1", "--throttle"), ("--throttle=nan", "--throttle"), ("--batch-size=0", "--batch-size")] {
+        let out = dirs.run(&["keys", "rotate", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        assert!(stderr(&out).contains(flag), "{bad}: {}", stderr(&out));
+    }
     let out = dirs.run(&["keys", "retire", "1"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(stderr(&out).contains("active"), "{}", stderr(&out));
