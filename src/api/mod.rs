@@ -1,5 +1,7 @@
 //! HTTP API (actix-web). Handlers are thin: parse into domain types, call the vault on
-//! the blocking pool, map the error. Routes and their order live in [`routes`].
+//! the blocking pool, map the error. (One measured exception: the release decision, a
+//! single cached-statement read, runs on the worker — see `agent::release`.) Routes and
+//! their order live in [`routes`].
 
 mod admin;
 mod agent;
