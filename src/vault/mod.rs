@@ -265,9 +265,30 @@ impl Vault {
 pub fn new_id(prefix: &str) -> Result<String> {
     let mut b = [0u8; 8];
     crate::crypto::random_bytes(&mut b)?;
-    Ok(format!("{prefix}{}", hex(&b)))
+    let mut id = String::with_capacity(prefix.len() + 16);
+    id.push_str(prefix);
+    id.push_str(&hex(&b));
+    Ok(id)
 }
 
 pub(crate) fn hex(b: &[u8]) -> String {
-    b.iter().map(|x| format!("{x:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 0x0f)]));
+    }
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn hex_and_ids() {
+        assert_eq!(super::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        let id = super::new_id("lease_").unwrap();
+        assert_eq!(id.len(), 6 + 16);
+        assert!(id.starts_with("lease_") && id[6..].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));
+        assert_ne!(id, super::new_id("lease_").unwrap());
+    }
 }
