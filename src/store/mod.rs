@@ -3,7 +3,7 @@
 //!
 //! One writer connection and a small pool of readers (WAL). Writes run in
 //! `BEGIN IMMEDIATE` transactions so that the CLI and a running server can write to the
-//! same file safely; `busy_timeout` makes them wait for each other instead of failing.
+//! same file safely; a busy handler makes them wait for each other instead of failing.
 //! Concurrent writes of one process share a transaction and its fsync ([`group`]).
 
 pub mod agents;

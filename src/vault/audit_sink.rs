@@ -3,10 +3,10 @@
 //! Callers hand an event to one writer thread and wait for its commit; the writer takes
 //! everything queued at that moment and appends it in one transaction, so one fsync
 //! covers many decisions. A caller learns whether *its* record committed, which is what
-//! lets releases fail closed. Async callers (the HTTP release path) wait on a future, so
-//! a request waiting for the fsync holds no thread.
+//! lets releases fail closed. Callers wait on a future, so a request waiting for the
+//! fsync holds no thread. (Blocking callers need no sink: `Store::write` group-commits.)
 
-use std::sync::mpsc::{self, Receiver, Sender, SyncSender};
+use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::Event;
@@ -17,26 +17,11 @@ const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_micro
 
 type Committed = Result<i64, String>;
 
-/// Where the outcome of an append goes.
-enum Done {
-    Thread(SyncSender<Committed>),
-    Task(tokio::sync::oneshot::Sender<Committed>),
-}
-
-impl Done {
-    fn send(self, outcome: Committed) {
-        // A caller that went away (a dropped request) no longer needs the answer.
-        let _ = match self {
-            Done::Thread(tx) => tx.send(outcome).map_err(|_| ()),
-            Done::Task(tx) => tx.send(outcome).map_err(|_| ()),
-        };
-    }
-}
-
 struct Job {
     event: Event,
     ts_ms: i64,
-    done: Done,
+    /// A caller that went away (a dropped request) no longer needs the answer.
+    done: tokio::sync::oneshot::Sender<Committed>,
 }
 
 pub struct AuditSink {
@@ -53,21 +38,10 @@ impl AuditSink {
         AuditSink { tx: Mutex::new(tx) }
     }
 
-    fn submit(&self, event: Event, ts_ms: i64, done: Done) -> Result<(), String> {
-        self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Job { event, ts_ms, done }).map_err(|_| STOPPED.to_owned())
-    }
-
-    /// Appends `event` and blocks until it is committed; returns its sequence number.
-    pub fn append(&self, event: Event, ts_ms: i64) -> Committed {
-        let (done, wait) = mpsc::sync_channel(1);
-        self.submit(event, ts_ms, Done::Thread(done))?;
-        wait.recv().map_err(|_| STOPPED.to_owned())?
-    }
-
-    /// Appends `event`; the future resolves when it is committed.
-    pub fn append_async(&self, event: Event, ts_ms: i64) -> impl std::future::Future<Output = Committed> + 'static {
+    /// Appends `event`; the future resolves when it is committed, with its sequence number.
+    pub fn append(&self, event: Event, ts_ms: i64) -> impl std::future::Future<Output = Committed> + 'static {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let submitted = self.submit(event, ts_ms, Done::Task(done));
+        let submitted = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Job { event, ts_ms, done }).map_err(|_| STOPPED.to_owned());
         async move {
             submitted?;
             wait.await.map_err(|_| STOPPED.to_owned())?
@@ -94,13 +68,13 @@ fn run(store: &Store, rx: Receiver<Job>) {
         match written {
             Ok(seqs) => {
                 for (job, seq) in batch.into_iter().zip(seqs) {
-                    job.done.send(Ok(seq));
+                    let _ = job.done.send(Ok(seq));
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for job in batch {
-                    job.done.send(Err(msg.clone()));
+                    let _ = job.done.send(Err(msg.clone()));
                 }
             }
         }

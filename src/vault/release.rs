@@ -158,7 +158,7 @@ impl Vault {
     /// Commits the decision's audit record and then returns the decision; a release whose
     /// record cannot be committed is refused. Waiting holds no thread.
     pub fn commit_release(&self, d: Decision) -> impl std::future::Future<Output = Result<Released>> + 'static {
-        let committed = d.event.map(|event| self.audit_sink().append_async(event, self.clock.now_millis()));
+        let committed = d.event.map(|event| self.audit_sink().append(event, self.clock.now_millis()));
         async move {
             if let Some(committed) = committed {
                 if let Err(e) = committed.await {
@@ -245,11 +245,11 @@ impl Vault {
                 return Err(ReleaseError::InvalidRequest(msg).into());
             }
         };
-        rec.owner = Some(owner.to_string());
+        let owner_name = rec.owner.insert(owner.to_string()).as_str();
         let (spec_generation, spec) = self.release_spec(input.connection.as_str()).map_err(internal)?;
         let (now_generation, cred) = self
             .store
-            .read(|c| rows::credential_at_generation(c, input.connection.as_str(), &owner.to_string()))
+            .read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name))
             .map_err(|e| internal(e.into()))?;
         self.config.observe(now_generation);
         if (generation != now_generation || spec_generation != now_generation) && !last {
@@ -319,10 +319,11 @@ impl Vault {
         Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in })
     }
 
-    /// Audits an agent-token decision at the token endpoint (issue or refusal).
+    /// Audits an agent-token decision at the token endpoint (issue or refusal). Runs on the
+    /// blocking pool; concurrent decisions share a commit through the store's group commit.
     pub fn audit_token_decision(&self, agent: &str, action: &'static str, outcome: Outcome, detail: serde_json::Value) -> Result<()> {
         let event = Event::new(&format!("agent:{agent}"), action, agent, outcome, detail);
-        self.audit_sink().append(event, self.clock.now_millis()).map(|_| ()).map_err(|e| {
+        self.store.write(|c| self.audit(c, event)).map(|_| ()).map_err(|e| {
             tracing::error!(error = %e, "audit write failed");
             VaultError::Release(ReleaseError::AuditUnavailable)
         })
