@@ -183,11 +183,9 @@ fn seed(args: &[String]) {
             .collect();
         vault.import_credentials(&actor, &id, items).expect("import due");
     }
-    let agent = latchkey::vault::NewAgent {
-        id: "bench".into(),
-        name: "bench".into(),
-        policy: serde_json::json!({"grants": [{"connection": "svc", "owners": "any"}, {"connection": "crm", "owners": "any"}]}),
-    };
+    let agent: latchkey::vault::NewAgent = serde_json::from_value(serde_json::json!({"id": "bench", "name": "bench",
+        "policy": {"grants": [{"connection": "svc", "owners": "any"}, {"connection": "crm", "owners": "any"}]}}))
+    .expect("agent body");
     vault.create_agent(&actor, agent).expect("agent");
     let signer = latchkey::auth::TokenService::new(public_url.clone(), vault.signing_keys().expect("signing keys"));
     let now = Clock::system().now();

@@ -53,6 +53,18 @@ impl Event {
     }
 }
 
+/// Filters for reading the trail (`GET /v1/admin/audit`).
+#[derive(Debug, Clone, Default)]
+pub struct Query {
+    /// Records with a sequence number above this.
+    pub after: i64,
+    pub limit: usize,
+    pub connection: Option<String>,
+    pub agent: Option<String>,
+    pub owner: Option<String>,
+    pub outcome: Option<Outcome>,
+}
+
 /// A stored record.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Record {
@@ -65,6 +77,16 @@ pub struct Record {
     pub detail: String,
     pub prev_hash: Vec<u8>,
     pub hash: Vec<u8>,
+}
+
+impl Record {
+    /// The record as the API and `audit tail --json` show it.
+    pub fn to_json(&self) -> serde_json::Value {
+        // `detail` is JSON written by latchkey; show it as text if it somehow is not.
+        let detail = serde_json::from_str(&self.detail).unwrap_or_else(|_| serde_json::Value::String(self.detail.clone()));
+        serde_json::json!({"seq": self.seq, "ts": crate::time::rfc3339_millis(self.ts_ms), "actor": self.actor, "action": self.action,
+            "target": self.target, "outcome": self.outcome, "detail": detail})
+    }
 }
 
 /// The chain hash of a record's content following `prev_hash`.

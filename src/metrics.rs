@@ -1,4 +1,5 @@
-//! Prometheus metrics, kept as plain counters and rendered as text at `/metrics`.
+//! Prometheus metrics, kept as plain counters and rendered as text at `/metrics`. The OAuth
+//! service counts refreshes; the release path counts releases.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
@@ -33,7 +34,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `by_status` is read from the store at scrape time.
-    pub fn render(&self, by_status: &[(String, u64)]) -> String {
+    pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)]) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,

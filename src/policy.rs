@@ -17,11 +17,20 @@ pub const DEFAULT_API_KEY_LEASE: i64 = 900;
 const MAX_GRANTS: usize = 256;
 const MAX_TTL: u64 = 86_400;
 
+/// A validated policy: deserialising one checks it, whether it comes from a request or
+/// from the database.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "PolicyBody")]
 pub struct Policy {
-    #[serde(default)]
     pub grants: Vec<Grant>,
+}
+
+/// A policy as written, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyBody {
+    #[serde(default)]
+    grants: Vec<Grant>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,10 +58,10 @@ pub enum OwnerRule {
     Any,
 }
 
-impl Policy {
-    pub fn from_json(value: serde_json::Value) -> Result<Policy, ValidationError> {
-        let p: Policy = serde_json::from_value(value)
-            .map_err(|e| ValidationError(format!("invalid policy: {}", crate::model::clean_serde_error(&e.to_string()))))?;
+impl TryFrom<PolicyBody> for Policy {
+    type Error = ValidationError;
+
+    fn try_from(p: PolicyBody) -> Result<Policy, ValidationError> {
         if p.grants.len() > MAX_GRANTS {
             return Err(ValidationError(format!("a policy holds at most {MAX_GRANTS} grants")));
         }
@@ -67,7 +76,15 @@ impl Policy {
                 }
             }
         }
-        Ok(p)
+        Ok(Policy { grants: p.grants })
+    }
+}
+
+impl Policy {
+    /// Parses a policy document (JSON text). Messages never quote input values.
+    pub fn parse_json(text: &str) -> Result<Policy, ValidationError> {
+        serde_json::from_str(text)
+            .map_err(|e| ValidationError(format!("invalid policy: {}", crate::model::clean_serde_error(&e.to_string()))))
     }
 
     pub fn grant_for(&self, connection: &ConnectionId) -> Option<&Grant> {
@@ -188,8 +205,11 @@ mod tests {
     fn conn(s: &str) -> ConnectionId {
         ConnectionId::parse(s).unwrap()
     }
+    fn parse(v: serde_json::Value) -> Result<Policy, ValidationError> {
+        Policy::parse_json(&v.to_string())
+    }
     fn policy(v: serde_json::Value) -> Policy {
-        Policy::from_json(v).unwrap()
+        parse(v).unwrap()
     }
     fn user(u: &str, tenant: Option<&str>, roles: &[&str]) -> Principal {
         Principal {
@@ -208,14 +228,12 @@ mod tests {
 
     #[test]
     fn parse_rejects_bad_policies() {
-        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "everyone"}]})).is_err());
-        assert!(Policy::from_json(json!({"grants": [{"connection": "../x", "owners": "self"}]})).is_err());
-        assert!(Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self", "max_ttl": 0}]})).is_err());
-        assert!(
-            Policy::from_json(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err()
-        );
-        assert!(Policy::from_json(json!({"grants": [], "extra": 1})).is_err());
-        assert_eq!(Policy::from_json(json!({})).unwrap(), Policy::default());
+        assert!(parse(json!({"grants": [{"connection": "x", "owners": "everyone"}]})).is_err());
+        assert!(parse(json!({"grants": [{"connection": "../x", "owners": "self"}]})).is_err());
+        assert!(parse(json!({"grants": [{"connection": "x", "owners": "self", "max_ttl": 0}]})).is_err());
+        assert!(parse(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err());
+        assert!(parse(json!({"grants": [], "extra": 1})).is_err());
+        assert_eq!(parse(json!({})).unwrap(), Policy::default());
     }
 
     #[test]

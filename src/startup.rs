@@ -1,4 +1,5 @@
-//! Builds the HTTP server from a vault and a bound listener (port 0 in tests).
+//! Builds the application from a vault and a bound listener (port 0 in tests): the
+//! services, the background refresher and the HTTP server.
 
 use std::net::TcpListener;
 use std::sync::Arc;
@@ -7,14 +8,12 @@ use actix_web::dev::Server;
 use actix_web::{App, HttpServer};
 
 use crate::api::{self, AppState, RequestContext};
-use crate::auth::subject::JwksCache;
-use crate::auth::TokenService;
-use crate::oauth::OAuthService;
+use crate::oauth::ClientOptions;
+use crate::service::Services;
 use crate::vault::Vault;
 
-/// Threads per worker for SQLite and crypto work. Measured on 2 cores with 64 concurrent
-/// releases (bench/run.py): 8 gave 5.1k releases/s, p99 35 ms; actix's default (512 / workers)
-/// gave 2.7k/s, p99 89 ms — dozens of threads contending inside SQLite cost more than they add.
+/// Threads per worker for SQLite and crypto work. A handful per core: more threads
+/// contend inside SQLite and cost more than they add (see docs/performance.md).
 const BLOCKING_THREADS_PER_WORKER: usize = 8;
 
 /// Seconds in-flight requests get to finish after SIGTERM/SIGINT.
@@ -23,29 +22,55 @@ const SHUTDOWN_GRACE_SECS: u64 = 10;
 /// What the server needs beyond the vault.
 #[derive(Debug, Clone)]
 pub struct ServerOptions {
-    /// `iss` and `aud` of agent tokens; base of the well-known documents.
+    /// `iss` and `aud` of agent tokens; base of the well-known documents and links.
     pub public_url: String,
     pub max_body_bytes: usize,
+    /// HTTP workers (default: one per core).
     pub workers: Option<usize>,
     /// Run the background OAuth refresher.
     pub refresher: bool,
+    /// Limits of calls to OAuth providers.
+    pub client: ClientOptions,
 }
 
-/// Loads the token-signing keys (creating the first) and builds the server.
-pub fn server(vault: Arc<Vault>, listener: TcpListener, opts: ServerOptions) -> std::io::Result<Server> {
-    let keys = vault.signing_keys().map_err(|e| std::io::Error::other(format!("cannot load token-signing keys: {e}")))?;
-    let tokens = Arc::new(TokenService::new(opts.public_url.clone(), keys));
-    let oauth = Arc::new(OAuthService::new(vault.clone(), opts.public_url.clone()));
-    if opts.refresher {
-        tokio::spawn(oauth.clone().run_refresher());
+impl ServerOptions {
+    pub fn new(public_url: String, max_body_bytes: usize) -> Self {
+        ServerOptions { public_url, max_body_bytes, workers: None, refresher: true, client: ClientOptions::default() }
     }
-    let state = AppState { vault, tokens, jwks: Arc::new(JwksCache::new()), oauth, max_body_bytes: opts.max_body_bytes };
-    let mut http = HttpServer::new(move || App::new().wrap(RequestContext).configure(api::routes(state.clone())))
-        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-        .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
-        .listen(listener)?;
-    if let Some(n) = opts.workers {
-        http = http.workers(n);
+}
+
+/// A built, not yet running, latchkey server.
+pub struct Application {
+    server: Server,
+    services: Arc<Services>,
+}
+
+impl Application {
+    /// Loads the token-signing keys (creating the first), starts the refresher and binds
+    /// the HTTP server to `listener`. Must run inside the server's runtime.
+    pub fn build(vault: Arc<Vault>, listener: TcpListener, opts: ServerOptions) -> std::io::Result<Application> {
+        let services = Arc::new(Services::new(vault, opts.public_url.clone(), opts.client).map_err(std::io::Error::other)?);
+        if opts.refresher {
+            tokio::spawn(services.oauth.clone().run_refresher());
+        }
+        let state = AppState { services: services.clone(), max_body_bytes: opts.max_body_bytes };
+        let mut http = HttpServer::new(move || App::new().wrap(RequestContext).configure(api::routes(state.clone())))
+            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+            .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
+            .listen(listener)?;
+        if let Some(n) = opts.workers {
+            http = http.workers(n);
+        }
+        Ok(Application { server: http.run(), services })
     }
-    Ok(http.run())
+
+    /// The services behind the server (tests use them to move time and wake the refresher).
+    pub fn services(&self) -> Arc<Services> {
+        self.services.clone()
+    }
+
+    /// Serves until SIGTERM/SIGINT (then drains for up to [`SHUTDOWN_GRACE_SECS`]).
+    pub async fn run(self) -> std::io::Result<()> {
+        self.server.await
+    }
 }

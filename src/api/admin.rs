@@ -4,9 +4,11 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{blocking, method_not_allowed, ApiError, AppState};
+use super::{method_not_allowed, ApiError, AppState};
+use crate::audit::{Outcome, Query};
 use crate::auth::subject::IssuerConfig;
-use crate::model::{AgentId, ConnectionId, CredentialInput, NewConnection, Owner};
+use crate::model::{AgentId, ConnectionId, ConnectionPatch, CredentialInput, NewConnection, Owner};
+use crate::policy::Policy;
 use crate::vault::{AdminPrincipal, NewAgent};
 
 type Admin = web::ReqData<AdminPrincipal>;
@@ -60,23 +62,24 @@ fn ok(v: impl serde::Serialize) -> Reply {
 async fn create_connection(state: web::Data<AppState>, admin: Admin, body: web::Json<Value>) -> Reply {
     let new = NewConnection::from_json(body.into_inner())?;
     let actor = admin.actor();
-    let view = blocking(&state, move |v| v.create_connection(&actor, new)).await?;
+    let view = state.blocking(move |v| v.create_connection(&actor, new)).await?;
     Ok(HttpResponse::Created().json(view))
 }
 
 async fn list_connections(state: web::Data<AppState>) -> Reply {
-    ok(json!({"connections": blocking(&state, |v| v.list_connections()).await?}))
+    ok(json!({"connections": state.blocking(|v| v.list_connections()).await?}))
 }
 
 async fn get_connection(state: web::Data<AppState>, id: web::Path<String>) -> Reply {
     let id = ConnectionId::parse(&id)?;
-    ok(blocking(&state, move |v| v.get_connection(&id)).await?)
+    ok(state.blocking(move |v| v.get_connection(&id)).await?)
 }
 
 async fn update_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Value>) -> Reply {
     let id = ConnectionId::parse(&id)?;
+    let patch = ConnectionPatch::from_json(body.into_inner())?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| v.update_connection(&actor, &id, body.into_inner())).await?)
+    ok(state.blocking(move |v| v.update_connection(&actor, &id, patch)).await?)
 }
 
 #[derive(Deserialize)]
@@ -90,7 +93,7 @@ async fn delete_connection(state: web::Data<AppState>, admin: Admin, id: web::Pa
     let id = ConnectionId::parse(&id)?;
     let actor = admin.actor();
     let cascade = q.cascade;
-    let n = blocking(&state, move |v| v.delete_connection(&actor, &id, cascade)).await?;
+    let n = state.blocking(move |v| v.delete_connection(&actor, &id, cascade)).await?;
     ok(json!({"deleted": true, "credentials_deleted": n}))
 }
 
@@ -106,32 +109,18 @@ async fn put_credential(
 ) -> Reply {
     let (id, owner) = cred_path(&path)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| v.put_credential(&actor, &id, &owner, body.into_inner())).await?)
+    ok(state.blocking(move |v| v.put_credential(&actor, &id, &owner, body.into_inner())).await?)
 }
 
 async fn get_credential(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Reply {
     let (id, owner) = cred_path(&path)?;
-    ok(blocking(&state, move |v| v.get_credential(&id, &owner)).await?)
+    ok(state.blocking(move |v| v.get_credential(&id, &owner)).await?)
 }
 
-/// Disconnect: revoke the refresh token at the provider (RFC 7009) where an endpoint is
-/// known, then destroy the credential; the revocation outcome is audited.
+/// Disconnect: revoke at the provider where possible, then destroy.
 async fn delete_credential(state: web::Data<AppState>, admin: Admin, path: web::Path<(String, String)>) -> Reply {
     let (id, owner) = cred_path(&path)?;
-    let actor = admin.actor();
-    let (c, o) = (id.clone(), owner.clone());
-    let material = blocking(&state, move |v| v.refresh_material(&c, &o)).await?;
-    let revocation = match material {
-        None => return Err(ApiError::not_found(format!("credential of {owner} for connection '{id}' not found"))),
-        Some(m) => match m.refresh_token {
-            Some(token) if m.spec.oauth2.is_some() => match state.oauth.revoke(&m.spec, &token).await {
-                Ok(()) => "revoked".to_owned(),
-                Err(e) => format!("not revoked: {e}"),
-            },
-            _ => "nothing to revoke".to_owned(),
-        },
-    };
-    blocking(&state, move |v| v.delete_credential(&actor, &id, &owner, Some(&revocation))).await?;
+    state.services.disconnect(admin.actor(), id, owner).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -149,53 +138,53 @@ async fn list_credentials(state: web::Data<AppState>, id: web::Path<String>, q: 
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
-    let page = blocking(&state, move |v| v.list_credentials(&id, after.as_ref(), limit)).await?;
+    let page = state.blocking(move |v| v.list_credentials(&id, after.as_ref(), limit)).await?;
     let next = (page.len() == limit).then(|| page.last().map(|c| c.owner.clone())).flatten();
     ok(json!({"credentials": page, "next_after": next}))
 }
 
 async fn create_agent(state: web::Data<AppState>, admin: Admin, body: web::Json<NewAgent>) -> Reply {
     let actor = admin.actor();
-    let (agent, secret) = blocking(&state, move |v| v.create_agent(&actor, body.into_inner())).await?;
+    let (agent, secret) = state.blocking(move |v| v.create_agent(&actor, body.into_inner())).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({"client_id": agent.client_id, "client_secret": secret.expose(), "agent": agent})))
 }
 
 async fn list_agents(state: web::Data<AppState>) -> Reply {
-    ok(json!({"agents": blocking(&state, |v| v.list_agents()).await?}))
+    ok(json!({"agents": state.blocking(|v| v.list_agents()).await?}))
 }
 
 async fn get_agent(state: web::Data<AppState>, id: web::Path<String>) -> Reply {
     let id = AgentId::parse(&id)?;
-    ok(blocking(&state, move |v| v.get_agent(&id)).await?)
+    ok(state.blocking(move |v| v.get_agent(&id)).await?)
 }
 
 async fn delete_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
-    blocking(&state, move |v| v.delete_agent(&actor, &id)).await?;
+    state.blocking(move |v| v.delete_agent(&actor, &id)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn set_policy(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Value>) -> Reply {
+async fn set_policy(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Policy>) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| v.set_agent_policy(&actor, &id, body.into_inner())).await?)
+    ok(state.blocking(move |v| v.set_agent_policy(&actor, &id, body.into_inner())).await?)
 }
 
 async fn rotate_secret(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
     let client_id = id.to_string();
-    let secret = blocking(&state, move |v| v.rotate_agent_secret(&actor, &id)).await?;
+    let secret = state.blocking(move |v| v.rotate_agent_secret(&actor, &id)).await?;
     ok(json!({"client_id": client_id, "client_secret": secret.expose()}))
 }
 
 async fn set_disabled(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, disabled: bool) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
-    ok(blocking(&state, move |v| v.set_agent_disabled(&actor, &id, disabled)).await?)
+    ok(state.blocking(move |v| v.set_agent_disabled(&actor, &id, disabled)).await?)
 }
 
 async fn disable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
@@ -206,15 +195,15 @@ async fn enable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<St
     set_disabled(state, admin, id, false).await
 }
 
-async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<Value>) -> Reply {
-    let cfg = IssuerConfig::from_json(body.into_inner())?;
+async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<IssuerConfig>) -> Reply {
+    let cfg = body.into_inner();
     let actor = admin.actor();
-    let cfg = blocking(&state, move |v| v.put_issuer(&actor, cfg)).await?;
+    let cfg = state.blocking(move |v| v.put_issuer(&actor, cfg)).await?;
     Ok(HttpResponse::Created().json(cfg))
 }
 
 async fn list_issuers(state: web::Data<AppState>) -> Reply {
-    ok(json!({"issuers": blocking(&state, |v| v.list_issuers()).await?}))
+    ok(json!({"issuers": state.blocking(|v| v.list_issuers()).await?}))
 }
 
 #[derive(Deserialize)]
@@ -226,7 +215,7 @@ struct IssuerQuery {
 async fn delete_issuer(state: web::Data<AppState>, admin: Admin, q: web::Query<IssuerQuery>) -> Reply {
     let actor = admin.actor();
     let issuer = q.into_inner().issuer;
-    blocking(&state, move |v| v.delete_issuer(&actor, &issuer)).await?;
+    state.blocking(move |v| v.delete_issuer(&actor, &issuer)).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 
@@ -242,34 +231,32 @@ struct AuditQuery {
 }
 
 async fn audit(state: web::Data<AppState>, q: web::Query<AuditQuery>) -> Reply {
-    let q = q.into_inner();
+    let query = audit_query(q.into_inner())?;
+    let limit = query.limit;
+    let records = state.blocking(move |v| v.audit_query(&query)).await?;
+    let next_after = (records.len() == limit).then(|| records.last().map(|r| r.seq)).flatten();
+    let records: Vec<Value> = records.iter().map(|r| r.to_json()).collect();
+    ok(json!({"records": records, "next_after": next_after}))
+}
+
+fn audit_query(q: AuditQuery) -> Result<Query, ApiError> {
     let limit = q.limit.unwrap_or(100);
     if !(1..=1000).contains(&limit) {
         return Err(ApiError::invalid("limit must be between 1 and 1000"));
     }
     let outcome = match q.decision.as_deref() {
         None => None,
-        Some("allow" | "ok") => Some("ok".to_owned()),
-        Some("deny" | "denied") => Some("denied".to_owned()),
-        Some("failed") => Some("failed".to_owned()),
+        Some("allow" | "ok") => Some(Outcome::Ok),
+        Some("deny" | "denied") => Some(Outcome::Denied),
+        Some("failed") => Some(Outcome::Failed),
         Some(_) => return Err(ApiError::invalid("decision must be allow, deny or failed")),
     };
-    let query = crate::store::audit::Query {
+    Ok(Query {
         after: q.after.unwrap_or(0),
         limit,
         connection: q.connection.as_deref().map(ConnectionId::parse).transpose()?.map(|c| c.to_string()),
         agent: q.agent.as_deref().map(AgentId::parse).transpose()?.map(|a| a.to_string()),
         owner: q.owner.as_deref().map(Owner::parse).transpose()?.map(|o| o.to_string()),
         outcome,
-    };
-    let records = blocking(&state, move |v| v.audit_query(&query)).await?;
-    let next_after = (records.len() == limit).then(|| records.last().map(|r| r.seq)).flatten();
-    let records: Vec<Value> = records
-        .into_iter()
-        .map(|r| {
-            json!({"seq": r.seq, "ts": crate::time::rfc3339_millis(r.ts_ms), "actor": r.actor, "action": r.action, "target": r.target,
-                "outcome": r.outcome, "detail": serde_json::from_str::<Value>(&r.detail).unwrap_or_default()})
-        })
-        .collect();
-    ok(json!({"records": records, "next_after": next_after}))
+    })
 }

@@ -9,6 +9,8 @@ use actix_web::{HttpResponse, ResponseError};
 use serde_json::json;
 
 use crate::model::ValidationError;
+use crate::service::connect::ConnectError;
+use crate::service::tokens::TokenEndpointError;
 use crate::store::StoreError;
 use crate::vault::{ReleaseError, VaultError};
 
@@ -42,6 +44,14 @@ impl ApiError {
 
     pub fn not_found(description: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", description)
+    }
+
+    pub fn forbidden(description: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "access_denied", description)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route")
     }
 
     pub fn internal() -> Self {
@@ -105,9 +115,7 @@ impl From<VaultError> for ApiError {
             VaultError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             VaultError::Unauthorized => ApiError::unauthorized(),
             VaultError::Release(r) => r.into(),
-            VaultError::Store(StoreError::Sqlite(rusqlite::Error::SqliteFailure(f, _)))
-                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
-            {
+            VaultError::Store(StoreError::Busy) => {
                 tracing::warn!("database busy");
                 ApiError::unavailable()
             }
@@ -138,6 +146,31 @@ impl From<ReleaseError> for ApiError {
             }
             ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
             ReleaseError::RefreshNeeded { .. } | ReleaseError::Internal => Self::internal(),
+        }
+    }
+}
+
+impl From<TokenEndpointError> for ApiError {
+    /// RFC 6749 §5.2 error codes.
+    fn from(e: TokenEndpointError) -> Self {
+        let msg = e.to_string();
+        match e {
+            TokenEndpointError::InvalidRequest(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_request", msg),
+            TokenEndpointError::UnsupportedGrantType => Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", msg),
+            TokenEndpointError::InvalidClient => Self::new(StatusCode::UNAUTHORIZED, "invalid_client", msg),
+            TokenEndpointError::InvalidGrant(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", msg),
+            TokenEndpointError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
+            TokenEndpointError::Internal => Self::internal(),
+        }
+    }
+}
+
+impl From<ConnectError> for ApiError {
+    fn from(e: ConnectError) -> Self {
+        match e {
+            ConnectError::Unauthorized => Self::unauthorized(),
+            ConnectError::Forbidden => Self::forbidden(e.to_string()),
+            ConnectError::Vault(v) => v.into(),
         }
     }
 }

@@ -9,11 +9,11 @@ use std::time::Instant;
 
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{Service, ServiceRequest, ServiceResponse, Transform};
-use actix_web::http::header::{HeaderName, HeaderValue, AUTHORIZATION};
+use actix_web::http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use actix_web::middleware::Next;
 use actix_web::{web, Error, HttpMessage};
 
-use super::{blocking, ApiError, AppState};
+use super::{ApiError, AppState};
 
 /// The request id of the current request (in request extensions).
 #[derive(Debug, Clone)]
@@ -89,27 +89,33 @@ where
 
 fn new_request_id() -> String {
     let mut b = [0u8; 8];
+    // A request id only correlates log lines: a failing RNG makes it all zeroes, nothing worse.
     let _ = crate::crypto::random_bytes(&mut b);
-    crate::vault::hex(&b)
+    crate::crypto::hex(&b)
 }
 
-/// `Authorization: Bearer <token>`, if present and well-formed.
-pub fn bearer(req: &ServiceRequest) -> Option<String> {
-    let v = req.headers().get(AUTHORIZATION)?.to_str().ok()?;
+/// Longest bearer token accepted (agent tokens are well under 2 KiB).
+const MAX_BEARER: usize = 8 * 1024;
+
+/// The token of `Authorization: Bearer <token>`, if present and well-formed. The one
+/// bearer parser: every route that takes a token uses it.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
-    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= 512).then(|| token.trim().to_owned())
+    let token = token.trim();
+    (scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() && token.len() <= MAX_BEARER).then_some(token)
 }
 
 /// Admin gate: only requests with a valid admin token reach `/v1/admin` handlers, which
 /// receive the [`crate::vault::AdminPrincipal`] through request data.
 pub async fn require_admin(req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
-    let Some(token) = bearer(&req) else {
+    let Some(token) = bearer(req.headers()).map(str::to_owned) else {
         return Ok(req.error_response(ApiError::unauthorized()));
     };
     let Some(state) = req.app_data::<web::Data<AppState>>().map(|d| d.get_ref().clone()) else {
         return Ok(req.error_response(ApiError::internal()));
     };
-    match blocking(&state, move |v| v.authenticate_admin(&token)).await {
+    match state.blocking(move |v| v.authenticate_admin(&token)).await {
         Ok(principal) => {
             req.extensions_mut().insert(principal);
             Ok(next.call(req).await?.map_into_boxed_body())

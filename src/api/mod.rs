@@ -1,7 +1,6 @@
-//! HTTP API (actix-web). Handlers are thin: parse into domain types, call the vault on
-//! the blocking pool, map the error. (One measured exception: the release decision, a
-//! single cached-statement read, runs on the worker — see `agent::release`.) Routes and
-//! their order live in [`routes`].
+//! HTTP API (actix-web). Handlers are thin: parse the request into domain types, call one
+//! service method, map the result. Errors become responses in one place ([`error`]).
+//! Routes and their order live in [`routes`].
 
 mod admin;
 mod agent;
@@ -15,29 +14,26 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 
 pub use error::ApiError;
+pub use middleware::{RequestContext, RequestId};
 
+use crate::service::Services;
 use crate::vault::{self, Vault};
 
 /// Shared by every worker.
 #[derive(Clone)]
 pub struct AppState {
-    pub vault: Arc<Vault>,
-    pub tokens: Arc<crate::auth::TokenService>,
-    pub jwks: Arc<crate::auth::subject::JwksCache>,
-    pub oauth: Arc<crate::oauth::OAuthService>,
+    pub services: Arc<Services>,
     pub max_body_bytes: usize,
 }
 
-/// Runs a vault call on the blocking pool (SQLite and crypto must not block workers).
-async fn blocking<T, F>(state: &AppState, f: F) -> Result<T, ApiError>
-where
-    T: Send + 'static,
-    F: FnOnce(&Vault) -> vault::Result<T> + Send + 'static,
-{
-    let vault = state.vault.clone();
-    match web::block(move || f(&vault)).await {
-        Ok(r) => r.map_err(ApiError::from),
-        Err(_) => Err(ApiError::internal()),
+impl AppState {
+    /// Runs a vault call on the blocking pool; errors become API errors.
+    async fn blocking<T, F>(&self, f: F) -> Result<T, ApiError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Vault) -> vault::Result<T> + Send + 'static,
+    {
+        self.services.blocking(f).await.map_err(ApiError::from)
     }
 }
 
@@ -50,7 +46,7 @@ async fn not_found() -> Result<HttpResponse, ApiError> {
 }
 
 async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::new(actix_web::http::StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route"))
+    Err(ApiError::method_not_allowed())
 }
 
 /// Registers every route. The request-id middleware wraps the whole app.
@@ -75,6 +71,3 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .default_service(web::to(not_found));
     }
 }
-
-/// Wraps any app in the request-id / access-log middleware.
-pub use middleware::{RequestContext, RequestId};

@@ -3,7 +3,7 @@
 use actix_web::{web, HttpResponse};
 use serde_json::json;
 
-use super::{blocking, method_not_allowed, ApiError, AppState};
+use super::{method_not_allowed, ApiError, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
@@ -18,7 +18,7 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when the database answers and the active master key is loaded.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match blocking(&state, |v| v.ready()).await {
+    match state.blocking(|v| v.ready()).await {
         Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
         Err(_) => Err(ApiError::new(
             actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
@@ -36,6 +36,6 @@ async fn openapi() -> HttpResponse {
 
 /// Prometheus metrics: refresh outcomes and latency, credentials by status, releases.
 async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    let by_status = blocking(&state, |v| v.credentials_by_status()).await?;
-    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(state.oauth.metrics.render(&by_status)))
+    let text = state.services.metrics_text().await?;
+    Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }

@@ -22,15 +22,15 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 const JWKS_MAX_BYTES: usize = 256 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A trusted issuer (`/v1/admin/issuers`).
+/// A trusted issuer (`/v1/admin/issuers`), validated as it is deserialised.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "IssuerBody")]
 pub struct IssuerConfig {
     pub issuer: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub jwks: Option<serde_json::Value>,
+    pub jwks: Option<JwkSet>,
     pub audience: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant_claim: Option<String>,
@@ -38,10 +38,26 @@ pub struct IssuerConfig {
     pub roles_claim: Option<String>,
 }
 
-impl IssuerConfig {
-    pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let c: IssuerConfig = serde_json::from_value(value)
-            .map_err(|e| ValidationError(format!("invalid issuer: {}", crate::model::clean_serde_error(&e.to_string()))))?;
+/// An issuer as written, before its checks.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IssuerBody {
+    issuer: String,
+    #[serde(default)]
+    jwks_uri: Option<String>,
+    #[serde(default)]
+    jwks: Option<serde_json::Value>,
+    audience: String,
+    #[serde(default)]
+    tenant_claim: Option<String>,
+    #[serde(default)]
+    roles_claim: Option<String>,
+}
+
+impl TryFrom<IssuerBody> for IssuerConfig {
+    type Error = ValidationError;
+
+    fn try_from(c: IssuerBody) -> Result<Self, ValidationError> {
         let url_ok = |u: &str| {
             url::Url::parse(u).is_ok_and(|u| {
                 u.scheme() == "https" || (u.scheme() == "http" && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")))
@@ -50,17 +66,18 @@ impl IssuerConfig {
         if c.issuer.len() > 512 || !url_ok(&c.issuer) {
             return Err(ValidationError("issuer must be an https URL (http only for localhost)".into()));
         }
-        match (&c.jwks_uri, &c.jwks) {
-            (Some(u), None) if url_ok(u) => {}
+        let jwks = match (&c.jwks_uri, c.jwks) {
+            (Some(u), None) if url_ok(u) => None,
             (Some(_), None) => return Err(ValidationError("jwks_uri must be an https URL (http only for localhost)".into())),
             (None, Some(j)) => {
-                let set: JwkSet = serde_json::from_value(j.clone()).map_err(|_| ValidationError("jwks is not a JWK Set".into()))?;
+                let set: JwkSet = serde_json::from_value(j).map_err(|_| ValidationError("jwks is not a JWK Set".into()))?;
                 if set.keys.is_empty() || set.keys.iter().any(|k| pinned_algorithm(k).is_none()) {
                     return Err(ValidationError("jwks must hold RSA, P-256 or Ed25519 public keys only".into()));
                 }
+                Some(set)
             }
             _ => return Err(ValidationError("give exactly one of jwks_uri and jwks".into())),
-        }
+        };
         if c.audience.is_empty() || c.audience.len() > 512 {
             return Err(ValidationError("audience must be 1-512 characters".into()));
         }
@@ -69,7 +86,14 @@ impl IssuerConfig {
                 return Err(ValidationError("claim names must be 1-128 characters".into()));
             }
         }
-        Ok(c)
+        Ok(IssuerConfig {
+            issuer: c.issuer,
+            jwks_uri: c.jwks_uri,
+            jwks,
+            audience: c.audience,
+            tenant_claim: c.tenant_claim,
+            roles_claim: c.roles_claim,
+        })
     }
 }
 
@@ -105,7 +129,7 @@ pub fn unverified_issuer(token: &str) -> Result<String, SubjectError> {
         iss: String,
     }
     let payload = token.split('.').nth(1).ok_or(SubjectError::Malformed)?;
-    let bytes = super::b64url_decode(payload).ok_or(SubjectError::Malformed)?;
+    let bytes = crate::crypto::b64url_decode(payload).ok_or(SubjectError::Malformed)?;
     serde_json::from_slice::<Iss>(&bytes).map(|i| i.iss).map_err(|_| SubjectError::Malformed)
 }
 
@@ -139,17 +163,11 @@ pub struct JwksCache {
     entries: Mutex<HashMap<String, Cached>>,
 }
 
-impl Default for JwksCache {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
 impl JwksCache {
-    pub fn new() -> Self {
-        let http =
-            reqwest::Client::builder().timeout(FETCH_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build().unwrap_or_default();
-        JwksCache { http, entries: Mutex::new(HashMap::new()) }
+    /// Fails if the HTTP client (with its timeout and no-redirect policy) cannot be built.
+    pub fn new() -> Result<Self, reqwest::Error> {
+        let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build()?;
+        Ok(JwksCache { http, entries: Mutex::new(HashMap::new()) })
     }
 
     /// The issuer's key `kid` (or its only key when the token names none).
@@ -160,8 +178,7 @@ impl JwksCache {
             None => None,
         };
         if let Some(inline) = &cfg.jwks {
-            let set: JwkSet = serde_json::from_value(inline.clone()).map_err(|_| SubjectError::UnknownKey)?;
-            return find(&set).ok_or(SubjectError::UnknownKey);
+            return find(inline).ok_or(SubjectError::UnknownKey);
         }
         let uri = cfg.jwks_uri.as_deref().ok_or(SubjectError::UnknownKey)?;
         let (cached, may_fetch) = {
@@ -212,8 +229,9 @@ impl JwksCache {
         serde_json::from_slice(&body).ok()
     }
 
-    /// Verifies a subject token from the issuer described by `cfg`.
-    pub async fn verify(&self, cfg: &IssuerConfig, token: &str) -> Result<Subject, SubjectError> {
+    /// Verifies a subject token from the issuer described by `cfg` at time `now` (latchkey's
+    /// clock, not the library's).
+    pub async fn verify(&self, cfg: &IssuerConfig, token: &str, now: i64) -> Result<Subject, SubjectError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| SubjectError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
             return Err(SubjectError::Algorithm);
@@ -228,12 +246,20 @@ impl JwksCache {
         v.set_issuer(&[&cfg.issuer]);
         v.set_audience(&[&cfg.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.leeway = super::tokens::LEEWAY as u64;
-        v.validate_nbf = true;
+        // Times are checked below against latchkey's clock.
+        v.validate_exp = false;
+        v.validate_nbf = false;
         let data = jsonwebtoken::decode::<serde_json::Value>(token, &key, &v).map_err(|e| SubjectError::Invalid(e.to_string()))?;
         let claims = data.claims;
         let sub = claims["sub"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| SubjectError::Invalid("missing sub".into()))?.to_owned();
         let exp = claims["exp"].as_i64().ok_or_else(|| SubjectError::Invalid("missing exp".into()))?;
+        let leeway = super::tokens::LEEWAY;
+        if exp + leeway <= now {
+            return Err(SubjectError::Invalid("ExpiredSignature".into()));
+        }
+        if claims.get("nbf").and_then(|n| n.as_i64()).is_some_and(|nbf| nbf - leeway > now) {
+            return Err(SubjectError::Invalid("ImmatureSignature".into()));
+        }
         let tenant = cfg.tenant_claim.as_ref().and_then(|c| claims.get(c)).and_then(|v| v.as_str()).map(str::to_owned);
         let roles = match cfg.roles_claim.as_ref().and_then(|c| claims.get(c)) {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),

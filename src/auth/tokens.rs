@@ -13,8 +13,8 @@ use ed25519_dalek::{Signer, SigningKey, Verifier, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::{b64url, b64url_decode};
 use crate::crypto::sha256;
+use crate::crypto::{b64url, b64url_decode};
 use crate::policy::Principal;
 
 /// Clock skew tolerated on `exp` / `nbf`, seconds.

@@ -47,8 +47,7 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
         KeysCmd::Status { json } => {
             let s = vault.key_status()?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&s)?);
-                return Ok(());
+                return super::print_json(&s);
             }
             println!("active version: {}", s.active_version.map(|v| v.to_string()).unwrap_or_else(|| "none".into()));
             println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<20}  file", "version", "state", "deks", "wraps", "created");
@@ -107,7 +106,7 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
                 for f in &r.failures {
                     println!("FAILED {f}");
                 }
-                Err(CliError::from(format!(
+                Err(CliError::failed(format!(
                     "{} record(s) failed verification; restore them from backup or re-enter the credentials",
                     r.failures.len()
                 )))

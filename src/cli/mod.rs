@@ -1,10 +1,16 @@
 //! The `latchkey` command line. Each subcommand converts its arguments and calls the
-//! library; settings are resolved first (CLI > environment > file > defaults).
+//! library. Settings are resolved first: environment over the configuration file (the
+//! one `--config` names, or `./latchkey.toml`) over defaults.
 //!
-//! Exit codes: 0 success, 1 the operation failed (the message says why and what to do),
-//! 2 bad usage (clap's own exit code for usage errors, and bad configuration).
+//! Exit codes: 0 success; 1 the operation failed (the message says why and what to do);
+//! 2 bad usage or bad input — clap's usage errors, bad configuration, and arguments or
+//! input files that do not parse or validate. [`CliError`] is the one place that decides.
 
-mod admin;
+mod admin_token;
+mod agents;
+mod audit;
+mod connections;
+mod credentials;
 mod keys;
 mod serve;
 
@@ -59,19 +65,19 @@ enum Command {
     Keys(keys::KeysCmd),
     /// Admin tokens for the HTTP admin API.
     #[command(subcommand, name = "admin-token")]
-    AdminToken(admin::AdminTokenCmd),
+    AdminToken(admin_token::AdminTokenCmd),
     /// Connections (third-party services).
     #[command(subcommand)]
-    Connections(admin::ConnectionsCmd),
+    Connections(connections::ConnectionsCmd),
     /// Stored credentials.
     #[command(subcommand)]
-    Credentials(admin::CredentialsCmd),
+    Credentials(credentials::CredentialsCmd),
     /// Agents and their policies.
     #[command(subcommand)]
-    Agents(admin::AgentsCmd),
+    Agents(agents::AgentsCmd),
     /// The audit trail.
     #[command(subcommand)]
-    Audit(admin::AuditCmd),
+    Audit(audit::AuditCmd),
 }
 
 #[derive(Debug, Subcommand)]
@@ -84,10 +90,9 @@ enum ProvidersCmd {
 }
 
 fn providers(json: bool) -> CliResult {
-    let catalog = crate::oauth::providers::CATALOG;
+    let catalog = crate::model::providers::CATALOG;
     if json {
-        println!("{}", serde_json::to_string_pretty(catalog)?);
-        return Ok(());
+        return print_json(&catalog);
     }
     for p in catalog {
         println!("{:<11} {}", p.name, p.display_name);
@@ -99,23 +104,59 @@ fn providers(json: bool) -> CliResult {
     Ok(())
 }
 
-/// A failed command: the message is printed as `error: …` and the exit code is 1
-/// (or 2 for usage).
+/// A failed command: the message is printed as `error: …`, and the exit code says
+/// whose fault it was (see the module doc).
 #[derive(Debug)]
 pub struct CliError {
     message: String,
     code: u8,
 }
 
+const EXIT_FAILED: u8 = 1;
+const EXIT_USAGE: u8 = 2;
+
 impl CliError {
+    /// Bad usage or bad input: exit 2.
     pub fn usage(msg: impl Into<String>) -> Self {
-        CliError { message: msg.into(), code: 2 }
+        CliError { message: msg.into(), code: EXIT_USAGE }
+    }
+
+    /// The operation failed: exit 1.
+    pub fn failed(msg: impl Into<String>) -> Self {
+        CliError { message: msg.into(), code: EXIT_FAILED }
     }
 }
 
-impl<E: std::fmt::Display> From<E> for CliError {
-    fn from(e: E) -> Self {
-        CliError { message: e.to_string(), code: 1 }
+impl From<crate::model::ValidationError> for CliError {
+    fn from(e: crate::model::ValidationError) -> Self {
+        CliError::usage(e.0)
+    }
+}
+
+impl From<crate::vault::VaultError> for CliError {
+    fn from(e: crate::vault::VaultError) -> Self {
+        match e {
+            crate::vault::VaultError::Invalid(v) => v.into(),
+            other => CliError::failed(other.to_string()),
+        }
+    }
+}
+
+impl From<crate::keys::KeyError> for CliError {
+    fn from(e: crate::keys::KeyError) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
+impl From<crate::store::StoreError> for CliError {
+    fn from(e: crate::store::StoreError) -> Self {
+        CliError::failed(e.to_string())
+    }
+}
+
+impl From<std::io::Error> for CliError {
+    fn from(e: std::io::Error) -> Self {
+        CliError::failed(e.to_string())
     }
 }
 
@@ -137,11 +178,11 @@ pub fn main() -> ExitCode {
         Command::Healthcheck => healthcheck(&settings),
         Command::Providers(ProvidersCmd::List { json }) => providers(json),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
-        Command::AdminToken(cmd) => admin::admin_token(&settings, cmd),
-        Command::Connections(cmd) => admin::connections(&settings, cmd),
-        Command::Credentials(cmd) => admin::credentials(&settings, cmd),
-        Command::Agents(cmd) => admin::agents(&settings, cmd),
-        Command::Audit(cmd) => admin::audit(&settings, cmd),
+        Command::AdminToken(cmd) => admin_token::exec(&settings, cmd),
+        Command::Connections(cmd) => connections::exec(&settings, cmd),
+        Command::Credentials(cmd) => credentials::exec(&settings, cmd),
+        Command::Agents(cmd) => agents::exec(&settings, cmd),
+        Command::Audit(cmd) => audit::exec(&settings, cmd),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +202,19 @@ pub fn passphrase_source(settings: &Settings) -> PassphraseSource {
     }
 }
 
+/// Prints `v` as pretty JSON on stdout.
+pub fn print_json(v: &impl serde::Serialize) -> CliResult {
+    let text = serde_json::to_string_pretty(v).map_err(|e| CliError::failed(format!("cannot format the output: {e}")))?;
+    println!("{text}");
+    Ok(())
+}
+
+/// Reads a JSON document from a file or standard input; malformed JSON is bad input.
+pub fn read_json(path: &Path) -> Result<serde_json::Value, CliError> {
+    let text = read_input(path)?;
+    serde_json::from_str(&text).map_err(|e| CliError::usage(format!("invalid JSON: {}", crate::model::clean_serde_error(&e.to_string()))))
+}
+
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
     Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
 }
@@ -171,7 +225,7 @@ directory can decrypt every secret. Use this for development only.";
 fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> CliResult {
     if let Some(f) = token_file {
         if f.exists() {
-            return Err(CliError::from(format!("{} already exists; choose a new file for the admin token", f.display())));
+            return Err(CliError::usage(format!("{} already exists; choose a new file for the admin token", f.display())));
         }
     }
     let passphrase = if no_passphrase {
@@ -180,7 +234,7 @@ fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> 
     } else {
         match passphrase_source(settings) {
             PassphraseSource::None => {
-                return Err(CliError::from(
+                return Err(CliError::usage(
                     "a passphrase is needed: set LATCHKEY_PASSPHRASE_FILE to a file holding it, run from a terminal to be prompted, or pass --no-passphrase for development",
                 ))
             }
@@ -203,7 +257,7 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
                 .create_new(true)
                 .mode(0o600)
                 .open(f)
-                .map_err(|e| CliError::from(format!("cannot create {}: {e}", f.display())))?;
+                .map_err(|e| CliError::failed(format!("cannot create {}: {e}", f.display())))?;
             out.write_all(token.expose().as_bytes()).and_then(|_| out.write_all(b"\n")).and_then(|_| out.sync_all())?;
             eprintln!("admin token written to {} (mode 0600)", f.display());
         }
@@ -231,8 +285,8 @@ fn healthcheck(settings: &Settings) -> CliResult {
     if addr.ip().is_unspecified() {
         addr.set_ip(if addr.is_ipv4() { [127, 0, 0, 1].into() } else { std::net::Ipv6Addr::LOCALHOST.into() });
     }
-    let mut s =
-        TcpStream::connect_timeout(&addr, Duration::from_secs(2)).map_err(|e| CliError::from(format!("cannot connect to {addr}: {e}")))?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
+        .map_err(|e| CliError::failed(format!("cannot connect to {addr}: {e}")))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
@@ -241,7 +295,7 @@ fn healthcheck(settings: &Settings) -> CliResult {
         println!("ok");
         Ok(())
     } else {
-        Err(CliError::from(format!("unhealthy: {}", String::from_utf8_lossy(&head))))
+        Err(CliError::failed(format!("unhealthy: {}", String::from_utf8_lossy(&head))))
     }
 }
 
@@ -253,7 +307,7 @@ pub fn read_input(path: &Path) -> Result<zeroize::Zeroizing<String>, CliError> {
     } else {
         std::fs::File::open(path)
             .and_then(|mut f| f.read_to_string(&mut s))
-            .map_err(|e| CliError::from(format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| CliError::usage(format!("cannot read {}: {e}", path.display())))?;
     }
     Ok(s)
 }

@@ -18,20 +18,15 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     }
     let vault = open_vault(settings)?;
     let active = vault.load_keys()?;
-    let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::from(format!("cannot listen on {}: {e}", settings.bind)))?;
+    let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     let vault = Arc::new(vault);
-    let opts = crate::startup::ServerOptions {
-        public_url: settings.public_url.clone(),
-        max_body_bytes: settings.max_body_bytes,
-        workers: None,
-        refresher: true,
-    };
+    let opts = crate::startup::ServerOptions::new(settings.public_url.clone(), settings.max_body_bytes);
     let public_url = opts.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
-        let server = crate::startup::server(vault, listener, opts)?;
+        let app = crate::startup::Application::build(vault, listener, opts)?;
         tracing::info!(%addr, %public_url, master_key_version = active, "latchkey listening");
-        server.await
+        app.run().await
     })?;
     tracing::info!("latchkey stopped");
     Ok(())

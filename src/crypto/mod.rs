@@ -41,6 +41,8 @@ pub enum CryptoError {
     Authentication,
     #[error("the operating system's random number generator failed")]
     Random,
+    #[error("invalid key-derivation parameters")]
+    Parameters,
 }
 
 /// Fills `buf` from the operating system's CSPRNG.
@@ -234,6 +236,29 @@ pub fn wrapped_key_version(wrapped: &[u8]) -> Result<u32, CryptoError> {
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(data).into()
+}
+
+/// Base64url without padding (JOSE, PKCE, random tokens).
+pub fn b64url(data: &[u8]) -> String {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    Base64UrlUnpadded::encode_string(data)
+}
+
+/// Decodes base64url without padding; `None` if malformed.
+pub fn b64url_decode(s: &str) -> Option<Vec<u8>> {
+    use base64ct::{Base64UrlUnpadded, Encoding};
+    Base64UrlUnpadded::decode_vec(s).ok()
+}
+
+/// Lower-case hex.
+pub fn hex(b: &[u8]) -> String {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut s = String::with_capacity(b.len() * 2);
+    for x in b {
+        s.push(char::from(DIGITS[usize::from(x >> 4)]));
+        s.push(char::from(DIGITS[usize::from(x & 0x0f)]));
+    }
+    s
 }
 
 /// Constant-time equality of two byte strings (length is not secret).

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::providers::ResponseShape;
+use super::endpoints::Endpoints;
+use crate::model::oauth::TokenSet;
+use crate::model::providers::ResponseShape;
 use crate::model::TokenEndpointAuthMethod;
 use crate::secret::Secret;
 
@@ -16,32 +18,9 @@ pub const MAX_BODY: usize = 1024 * 1024;
 /// Whole-request time limit.
 pub const TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Where and how to reach a provider (resolved from catalog, discovery or the connection).
-#[derive(Debug, Clone)]
-pub struct Endpoints {
-    pub issuer: Option<String>,
-    pub authorization: String,
-    pub token: String,
-    pub revocation: Option<String>,
-    pub auth_method: TokenEndpointAuthMethod,
-    pub shape: ResponseShape,
-    pub scope_separator: &'static str,
-}
-
-/// A successful token response.
-#[derive(Debug)]
-pub struct Tokens {
-    pub access_token: Secret,
-    pub refresh_token: Option<Secret>,
-    pub expires_in: Option<i64>,
-    pub scope: Option<String>,
-    pub token_type: String,
-    /// Salesforce: the org's API host.
-    pub instance_url: Option<String>,
-}
-
+/// How a provider call failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum OAuthError {
+pub enum ProviderError {
     /// The provider refused the grant (`invalid_grant` or equivalent).
     #[error("the provider refused the grant ({code})")]
     Rejected { code: String },
@@ -50,16 +29,16 @@ pub enum OAuthError {
     Transient { reason: String, retry_after: Option<u64> },
 }
 
-impl OAuthError {
+impl ProviderError {
     fn transient(reason: impl Into<String>) -> Self {
-        OAuthError::Transient { reason: reason.into(), retry_after: None }
+        ProviderError::Transient { reason: reason.into(), retry_after: None }
     }
 
     /// Short class for metrics and audit.
     pub fn class(&self) -> &'static str {
         match self {
-            OAuthError::Rejected { .. } => "rejected",
-            OAuthError::Transient { .. } => "transient",
+            ProviderError::Rejected { .. } => "rejected",
+            ProviderError::Transient { .. } => "transient",
         }
     }
 }
@@ -67,14 +46,14 @@ impl OAuthError {
 /// Error codes meaning "this grant is gone", across providers.
 const REJECTED_CODES: [&str; 5] = ["invalid_grant", "invalid_refresh_token", "token_revoked", "token_expired", "refresh_token_expired"];
 
-pub fn http_client() -> reqwest::Client {
+/// The client for provider calls: bounded in time, never following redirects.
+pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
     reqwest::Client::builder()
-        .timeout(TIMEOUT)
-        .connect_timeout(Duration::from_secs(5))
+        .timeout(timeout)
+        .connect_timeout(timeout.min(Duration::from_secs(5)))
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("latchkey/", env!("CARGO_PKG_VERSION")))
         .build()
-        .unwrap_or_default()
 }
 
 #[derive(Deserialize)]
@@ -103,9 +82,9 @@ impl Drop for Raw {
 }
 
 /// Reads at most [`MAX_BODY`] bytes.
-async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, OAuthError> {
+async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, ProviderError> {
     if resp.content_length().is_some_and(|l| l as usize > MAX_BODY) {
-        return Err(OAuthError::transient("provider response too large"));
+        return Err(ProviderError::transient("provider response too large"));
     }
     let mut body = Vec::new();
     loop {
@@ -113,12 +92,12 @@ async fn bounded_body(mut resp: reqwest::Response) -> Result<Vec<u8>, OAuthError
             Ok(Some(c)) => {
                 body.extend_from_slice(&c);
                 if body.len() > MAX_BODY {
-                    return Err(OAuthError::transient("provider response too large"));
+                    return Err(ProviderError::transient("provider response too large"));
                 }
             }
             Ok(None) => return Ok(body),
-            Err(e) if e.is_timeout() => return Err(OAuthError::transient("provider timed out")),
-            Err(_) => return Err(OAuthError::transient("provider response truncated")),
+            Err(e) if e.is_timeout() => return Err(ProviderError::transient("provider timed out")),
+            Err(_) => return Err(ProviderError::transient("provider response truncated")),
         }
     }
 }
@@ -161,30 +140,30 @@ async fn token_request(
     client_id: &str,
     secret: Option<&Secret>,
     mut form: Vec<(&str, String)>,
-) -> Result<Tokens, OAuthError> {
+) -> Result<TokenSet, ProviderError> {
     let req = http.post(&ep.token).header(reqwest::header::ACCEPT, "application/json");
     let req = authenticate(req, &mut form, ep.auth_method, client_id, secret);
     let resp = req.form(&form).send().await.map_err(|e| {
         if e.is_timeout() {
-            OAuthError::transient("provider timed out")
+            ProviderError::transient("provider timed out")
         } else {
-            OAuthError::transient("provider unreachable")
+            ProviderError::transient("provider unreachable")
         }
     })?;
     drop(zeroize::Zeroizing::new(form.into_iter().map(|(_, v)| v).collect::<Vec<_>>()));
     let status = resp.status();
     let wait = retry_after(&resp);
     if status.as_u16() == 429 || status.is_server_error() {
-        return Err(OAuthError::Transient { reason: format!("provider answered HTTP {}", status.as_u16()), retry_after: wait });
+        return Err(ProviderError::Transient { reason: format!("provider answered HTTP {}", status.as_u16()), retry_after: wait });
     }
     let body = bounded_body(resp).await?;
     let raw: Raw = serde_json::from_slice(&body)
-        .map_err(|_| OAuthError::transient(format!("provider answered HTTP {} with a non-JSON or malformed body", status.as_u16())))?;
+        .map_err(|_| ProviderError::transient(format!("provider answered HTTP {} with a non-JSON or malformed body", status.as_u16())))?;
     drop(zeroize::Zeroizing::new(body));
     parse(raw, status.as_u16(), ep.shape)
 }
 
-fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthError> {
+fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, ProviderError> {
     let error = match shape {
         ResponseShape::Slack if raw.ok == Some(false) => Some(raw.error.clone().unwrap_or_else(|| "unknown_error".into())),
         _ => raw.error.clone(),
@@ -192,12 +171,12 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthErr
     if let Some(code) = error {
         let code: String = code.chars().take(64).filter(|c| c.is_ascii_graphic()).collect();
         if REJECTED_CODES.contains(&code.as_str()) {
-            return Err(OAuthError::Rejected { code });
+            return Err(ProviderError::Rejected { code });
         }
-        return Err(OAuthError::transient(format!("provider error '{code}' (HTTP {status})")));
+        return Err(ProviderError::transient(format!("provider error '{code}' (HTTP {status})")));
     }
     if !(200..300).contains(&status) {
-        return Err(OAuthError::transient(format!("provider answered HTTP {status}")));
+        return Err(ProviderError::transient(format!("provider answered HTTP {status}")));
     }
     // Slack puts a user token under authed_user when no bot token was issued.
     let raw = match (shape, raw.access_token.is_none(), raw.authed_user.as_deref()) {
@@ -218,12 +197,12 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthErr
         .access_token
         .as_ref()
         .filter(|t| !t.is_empty())
-        .ok_or_else(|| OAuthError::transient("provider response has no access_token"))?;
+        .ok_or_else(|| ProviderError::transient("provider response has no access_token"))?;
     let token_type = match raw.token_type.as_deref().map(str::to_ascii_lowercase).as_deref() {
         None | Some("bearer") => "Bearer".to_owned(),
         // Slack: "bot" / "user" tokens are presented as Bearer.
         Some("bot" | "user") if shape == ResponseShape::Slack => "Bearer".to_owned(),
-        Some(_) => return Err(OAuthError::transient("provider issued an unsupported token_type")),
+        Some(_) => return Err(ProviderError::transient("provider issued an unsupported token_type")),
     };
     let expires_in = match &raw.expires_in {
         None | Some(serde_json::Value::Null) => None,
@@ -232,7 +211,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<Tokens, OAuthErr
         Some(_) => None,
     }
     .filter(|s| *s > 0);
-    Ok(Tokens {
+    Ok(TokenSet {
         access_token: Secret::new(access_token.clone()),
         refresh_token: raw.refresh_token.as_ref().filter(|t| !t.is_empty()).map(|t| Secret::new(t.clone())),
         expires_in,
@@ -251,7 +230,7 @@ pub async fn exchange_code(
     code: &str,
     verifier: Option<&Secret>,
     redirect_uri: &str,
-) -> Result<Tokens, OAuthError> {
+) -> Result<TokenSet, ProviderError> {
     let mut form =
         vec![("grant_type", "authorization_code".to_owned()), ("code", code.to_owned()), ("redirect_uri", redirect_uri.to_owned())];
     if let Some(v) = verifier {
@@ -267,7 +246,7 @@ pub async fn refresh(
     client_id: &str,
     secret: Option<&Secret>,
     refresh_token: &Secret,
-) -> Result<Tokens, OAuthError> {
+) -> Result<TokenSet, ProviderError> {
     token_request(
         http,
         ep,
@@ -285,40 +264,40 @@ pub async fn revoke(
     client_id: &str,
     secret: Option<&Secret>,
     token: &Secret,
-) -> Result<(), String> {
-    let Some(url) = &ep.revocation else { return Err("no revocation endpoint".into()) };
+) -> Result<(), ProviderError> {
+    let Some(url) = &ep.revocation else { return Err(ProviderError::transient("no revocation endpoint")) };
     let mut form = vec![("token", token.expose().to_owned()), ("token_type_hint", "refresh_token".to_owned())];
     let req = http.post(url);
     let req = authenticate(req, &mut form, ep.auth_method, client_id, secret);
-    let resp = req.form(&form).send().await.map_err(|_| "revocation endpoint unreachable".to_owned())?;
+    let resp = req.form(&form).send().await.map_err(|_| ProviderError::transient("revocation endpoint unreachable"))?;
     drop(zeroize::Zeroizing::new(form.into_iter().map(|(_, v)| v).collect::<Vec<_>>()));
     match resp.status().as_u16() {
         200..=299 => Ok(()),
-        s => Err(format!("revocation endpoint answered HTTP {s}")),
+        s => Err(ProviderError::transient(format!("revocation endpoint answered HTTP {s}"))),
     }
 }
 
-/// A PKCE verifier (43 characters) and its S256 challenge.
-pub fn pkce() -> Result<(Secret, String), crate::crypto::CryptoError> {
-    let mut raw = zeroize::Zeroizing::new([0u8; 32]);
-    crate::crypto::random_bytes(raw.as_mut())?;
-    let verifier = crate::auth::b64url(raw.as_ref());
-    let challenge = crate::auth::b64url(&crate::crypto::sha256(verifier.as_bytes()));
-    Ok((Secret::new(verifier), challenge))
+/// What discovery says about a provider.
+#[derive(Debug, Clone)]
+pub struct Discovered {
+    pub issuer: Option<String>,
+    pub authorization: String,
+    pub token: String,
+    pub revocation: Option<String>,
 }
 
 /// Fetches OIDC discovery / RFC 8414 metadata and checks that `issuer` is exactly the
 /// one the URL names.
-pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<(String, String, String, Option<String>), String> {
+pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Discovered, &'static str> {
     let expected = discovery_url
         .strip_suffix("/.well-known/openid-configuration")
         .or_else(|| discovery_url.strip_suffix("/.well-known/oauth-authorization-server"))
         .ok_or("discovery_url must end in /.well-known/openid-configuration or /.well-known/oauth-authorization-server")?;
-    let resp = http.get(discovery_url).send().await.map_err(|_| "discovery endpoint unreachable".to_owned())?;
+    let resp = http.get(discovery_url).send().await.map_err(|_| "discovery endpoint unreachable")?;
     if !resp.status().is_success() {
-        return Err(format!("discovery endpoint answered HTTP {}", resp.status().as_u16()));
+        return Err("discovery endpoint answered an error status");
     }
-    let body = bounded_body(resp).await.map_err(|e| e.to_string())?;
+    let body = bounded_body(resp).await.map_err(|_| "discovery document too large, truncated or too slow")?;
     #[derive(Deserialize)]
     struct Meta {
         issuer: String,
@@ -326,11 +305,16 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<(St
         token_endpoint: String,
         revocation_endpoint: Option<String>,
     }
-    let m: Meta = serde_json::from_slice(&body).map_err(|_| "discovery document is malformed".to_owned())?;
+    let m: Meta = serde_json::from_slice(&body).map_err(|_| "discovery document is malformed")?;
     if m.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
-        return Err("discovery document names a different issuer than its URL".into());
+        return Err("discovery document names a different issuer than its URL");
     }
-    Ok((m.issuer, m.authorization_endpoint, m.token_endpoint, m.revocation_endpoint))
+    Ok(Discovered {
+        issuer: Some(m.issuer),
+        authorization: m.authorization_endpoint,
+        token: m.token_endpoint,
+        revocation: m.revocation_endpoint,
+    })
 }
 
 #[cfg(test)]
@@ -344,12 +328,12 @@ mod tests {
     #[test]
     fn classification() {
         let std = ResponseShape::Standard;
-        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_grant"})), 400, std), Err(OAuthError::Rejected { .. })));
-        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_client"})), 401, std), Err(OAuthError::Transient { .. })));
-        assert!(matches!(parse(raw(serde_json::json!({"token_type": "bearer"})), 200, std), Err(OAuthError::Transient { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_grant"})), 400, std), Err(ProviderError::Rejected { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_client"})), 401, std), Err(ProviderError::Transient { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"token_type": "bearer"})), 200, std), Err(ProviderError::Transient { .. })));
         assert!(matches!(
             parse(raw(serde_json::json!({"access_token": "a", "token_type": "mac"})), 200, std),
-            Err(OAuthError::Transient { .. })
+            Err(ProviderError::Transient { .. })
         ));
         let ok = parse(
             raw(serde_json::json!({"access_token": "a", "token_type": "bearer", "expires_in": "3600", "refresh_token": "r"})),
@@ -362,17 +346,10 @@ mod tests {
         let slack = ResponseShape::Slack;
         assert!(matches!(
             parse(raw(serde_json::json!({"ok": false, "error": "invalid_refresh_token"})), 200, slack),
-            Err(OAuthError::Rejected { .. })
+            Err(ProviderError::Rejected { .. })
         ));
         let u =
             parse(raw(serde_json::json!({"ok": true, "authed_user": {"access_token": "xoxp", "token_type": "user"}})), 200, slack).unwrap();
         assert_eq!(u.access_token.expose(), "xoxp");
-    }
-
-    #[test]
-    fn pkce_challenge_is_s256_of_verifier() {
-        let (v, c) = pkce().unwrap();
-        assert_eq!(v.len(), 43);
-        assert_eq!(c, crate::auth::b64url(&crate::crypto::sha256(v.expose().as_bytes())));
     }
 }

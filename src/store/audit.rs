@@ -4,7 +4,7 @@
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::StoreError;
-use crate::audit::{chain_hash, Event, Record, GENESIS};
+use crate::audit::{chain_hash, Event, Outcome, Query, Record, GENESIS};
 
 fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
     Ok(Record {
@@ -64,18 +64,6 @@ pub fn tail(c: &Connection, n: usize) -> Result<Vec<Record>, StoreError> {
     Ok(rows)
 }
 
-/// Filters for `GET /v1/admin/audit`.
-#[derive(Debug, Clone, Default)]
-pub struct Query {
-    pub after: i64,
-    pub limit: usize,
-    pub connection: Option<String>,
-    pub agent: Option<String>,
-    pub owner: Option<String>,
-    /// `ok`, `denied` or `failed`.
-    pub outcome: Option<String>,
-}
-
 /// Records matching `q`, ascending by sequence.
 pub fn query(c: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
     // Releases have target "<connection>/<owner>"; admin changes "<connection>" or
@@ -88,6 +76,6 @@ pub fn query(c: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
          AND (?5 IS NULL OR outcome = ?5) \
          ORDER BY seq LIMIT ?6"
     ))?;
-    let rows = st.query_map(params![q.after, q.connection, q.agent, q.owner, q.outcome, q.limit as i64], record)?;
+    let rows = st.query_map(params![q.after, q.connection, q.agent, q.owner, q.outcome.map(Outcome::as_str), q.limit as i64], record)?;
     Ok(rows.collect::<Result<_, _>>()?)
 }

@@ -1,8 +1,10 @@
-//! Statements for agents, trusted issuers and latchkey's signing keys.
+//! Statements for the identities latchkey trusts: agents, trusted issuers and latchkey's
+//! own token-signing keys.
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::StoreError;
+use super::{parsed, StoreError};
+use crate::model::SigningKeyState;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -137,7 +139,7 @@ pub struct SigningKeyRow {
     pub public_key: Vec<u8>,
     pub dek: super::rows::DekRow,
     pub private_key: Vec<u8>,
-    pub state: String,
+    pub state: SigningKeyState,
 }
 
 pub fn signing_keys(c: &Connection) -> Result<Vec<SigningKeyRow>> {
@@ -150,7 +152,7 @@ pub fn signing_keys(c: &Connection) -> Result<Vec<SigningKeyRow>> {
             kid: r.get(0)?,
             public_key: r.get(1)?,
             private_key: r.get(2)?,
-            state: r.get(3)?,
+            state: parsed(r, 3)?,
             dek: super::rows::DekRow { id: r.get(4)?, key_version: r.get(5)?, binding: r.get(6)?, wrapped: r.get(7)? },
         })
     })?;

@@ -6,9 +6,9 @@
 //! same file safely; a busy handler makes them wait for each other instead of failing.
 //! Concurrent writes of one process share a transaction and its fsync ([`group`]).
 
-pub mod agents;
 pub mod audit;
 mod group;
+pub mod identity;
 pub mod rows;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +24,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0003_oauth.sql"),
     include_str!("../../migrations/0004_config_generation.sql"),
     include_str!("../../migrations/0005_dek_references.sql"),
+    include_str!("../../migrations/0006_scopes_known.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
@@ -40,12 +41,39 @@ pub enum StoreError {
     TooNew { found: u32, known: u32 },
     #[error("the row changed concurrently")]
     Conflict,
+    /// Another process holds the database lock past the busy timeout: retry later.
+    #[error("the database is busy")]
+    Busy,
     #[error("database error: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Sqlite(rusqlite::Error),
     #[error("{0}")]
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(f.code, rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) =>
+            {
+                StoreError::Busy
+            }
+            _ => StoreError::Sqlite(e),
+        }
+    }
+}
+
+/// Reads column `i` as text and parses it (a state or kind enum): an unknown value is a
+/// conversion error, never a default.
+pub(crate) fn parsed<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr,
+    T::Err: std::error::Error + Send + Sync + 'static,
+{
+    let text: String = r.get(i)?;
+    text.parse().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
 }
 
 pub struct Store {
@@ -65,8 +93,7 @@ const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 /// Poll interval while waiting for it. SQLite's own busy handler backs off to sleeps of
 /// 25–100 ms, which tends to miss the gaps of a process taking the lock in a loop (a
 /// `keys rotate` sweep) while every release waits for the audit commit behind it; short,
-/// even polls find them. (Measured under a full-speed sweep: release throughput ~0.16–0.30
-/// of normal before, 0.32 after — most of the loss is the sweep's CPU, see `--throttle`.)
+/// even polls find them.
 const BUSY_POLL: Duration = Duration::from_micros(500);
 
 fn busy(retries: i32) -> bool {
@@ -82,8 +109,8 @@ fn configure(c: &mut Connection) -> Result<(), StoreError> {
     // More than the default 16: the write paths alone use ~20 distinct statements.
     c.set_prepared_statement_cache_capacity(64);
     // Query-planner stability: without it, a statement on a table with a partial index
-    // (credentials_refresh_due) is re-prepared on every new binding — measured as ~40 % of
-    // the release path's CPU in SQLite's parser.
+    // (credentials_refresh_due) is re-prepared on every new binding, and the release path
+    // would spend most of its time in SQLite's parser.
     c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     // FULL: a refreshed token must survive power loss before it is released.
     c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;

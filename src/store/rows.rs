@@ -5,7 +5,8 @@ use std::collections::BTreeMap;
 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
-use super::StoreError;
+use super::{parsed, StoreError};
+use crate::model::{ConnectionKind, CredentialStatus, HeldScopes, MasterKeyState, Scope};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -14,7 +15,7 @@ type Result<T> = std::result::Result<T, StoreError>;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MasterKeyRow {
     pub version: u32,
-    pub state: String,
+    pub state: MasterKeyState,
     pub created_at: i64,
     pub activated_at: Option<i64>,
     pub retired_at: Option<i64>,
@@ -29,7 +30,7 @@ pub fn master_keys(c: &Connection) -> Result<Vec<MasterKeyRow>> {
     let rows = st.query_map([], |r| {
         Ok(MasterKeyRow {
             version: r.get(0)?,
-            state: r.get(1)?,
+            state: parsed(r, 1)?,
             created_at: r.get(2)?,
             activated_at: r.get(3)?,
             retired_at: r.get(4)?,
@@ -44,32 +45,33 @@ pub fn active_key_version(c: &Connection) -> Result<Option<u32>> {
     Ok(c.prepare_cached("SELECT version FROM master_keys WHERE state = 'active'")?.query_row([], |r| r.get(0)).optional()?)
 }
 
-pub fn insert_master_key(c: &Connection, version: u32, state: &str, now: i64) -> Result<()> {
-    let activated = (state == "active").then_some(now);
+pub fn insert_master_key(c: &Connection, version: u32, state: MasterKeyState, now: i64) -> Result<()> {
+    let activated = (state == MasterKeyState::Active).then_some(now);
     c.execute(
         "INSERT INTO master_keys (version, state, created_at, activated_at) VALUES (?1, ?2, ?3, ?4)",
-        params![version, state, now, activated],
+        params![version, state.as_str(), now, activated],
     )?;
     Ok(())
 }
 
 /// Moves a key to `state` if it is currently in `from`; returns whether it did.
-pub fn set_master_key_state(c: &Connection, version: u32, from: &str, state: &str, now: i64) -> Result<bool> {
-    let col = match state {
-        "active" => "activated_at",
-        "retired" => "retired_at",
-        "destroyed" => "destroyed_at",
-        _ => "created_at",
+pub fn set_master_key_state(c: &Connection, version: u32, from: MasterKeyState, state: MasterKeyState, now: i64) -> Result<bool> {
+    // The column that records when a version entered `state`, if any.
+    let stamped = match state {
+        MasterKeyState::Active => Some("activated_at"),
+        MasterKeyState::Retired => Some("retired_at"),
+        MasterKeyState::Destroyed => Some("destroyed_at"),
+        MasterKeyState::Staged | MasterKeyState::DecryptOnly => None,
     };
-    let sql = if col == "created_at" {
-        "UPDATE master_keys SET state = ?2 WHERE version = ?1 AND state = ?3".to_owned()
-    } else {
-        format!("UPDATE master_keys SET state = ?2, {col} = ?4 WHERE version = ?1 AND state = ?3")
-    };
-    let n = if col == "created_at" {
-        c.execute(&sql, params![version, state, from])?
-    } else {
-        c.execute(&sql, params![version, state, from, now])?
+    let n = match stamped {
+        Some(col) => c.execute(
+            &format!("UPDATE master_keys SET state = ?2, {col} = ?4 WHERE version = ?1 AND state = ?3"),
+            params![version, state.as_str(), from.as_str(), now],
+        )?,
+        None => c.execute(
+            "UPDATE master_keys SET state = ?2 WHERE version = ?1 AND state = ?3",
+            params![version, state.as_str(), from.as_str()],
+        )?,
     };
     Ok(n == 1)
 }
@@ -148,7 +150,7 @@ pub fn count_deks(c: &Connection) -> Result<u64> {
 #[derive(Debug, Clone)]
 pub struct ConnectionRow {
     pub id: String,
-    pub kind: String,
+    pub kind: ConnectionKind,
     pub spec: String,
     pub secret_version: i64,
     pub secret: Option<SealedSecret>,
@@ -175,7 +177,7 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     };
     Ok(ConnectionRow {
         id: r.get(0)?,
-        kind: r.get(1)?,
+        kind: parsed(r, 1)?,
         spec: r.get(2)?,
         secret_version: r.get(3)?,
         secret,
@@ -211,7 +213,7 @@ pub fn list_connections(c: &Connection) -> Result<Vec<ConnectionRow>> {
 #[derive(Debug)]
 pub struct NewConnectionRow<'a> {
     pub id: &'a str,
-    pub kind: &'a str,
+    pub kind: ConnectionKind,
     pub spec: &'a str,
     pub secret_version: i64,
     /// (data key id, sealed client secret)
@@ -223,7 +225,7 @@ pub struct NewConnectionRow<'a> {
 pub fn insert_connection(c: &Connection, row: &NewConnectionRow<'_>) -> Result<()> {
     let res = c.execute(
         "INSERT INTO connections (id, kind, spec, secret_version, dek_id, client_secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![row.id, row.kind, row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now],
+        params![row.id, row.kind.as_str(), row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now],
     );
     match res {
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
@@ -273,11 +275,11 @@ pub struct CredentialMeta {
     pub id: String,
     pub connection_id: String,
     pub owner: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: ConnectionKind,
+    pub status: CredentialStatus,
     pub secret_version: i64,
     pub token_type: Option<String>,
-    pub scopes: String,
+    pub scopes: HeldScopes,
     pub expires_at: Option<i64>,
     pub has_refresh_token: bool,
     pub key_version: u32,
@@ -299,18 +301,29 @@ pub struct CredentialRow {
 }
 
 const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url";
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known";
+
+/// The stored scope list and whether it is known.
+fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> rusqlite::Result<HeldScopes> {
+    if !r.get::<_, bool>(known)? {
+        return Ok(HeldScopes::Unknown);
+    }
+    let text: String = r.get(scopes)?;
+    Scope::parse_list(&text)
+        .map(HeldScopes::Known)
+        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(scopes, rusqlite::types::Type::Text, Box::new(e)))
+}
 
 fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
     Ok(CredentialMeta {
         id: r.get(o)?,
         connection_id: r.get(o + 1)?,
         owner: r.get(o + 2)?,
-        kind: r.get(o + 3)?,
-        status: r.get(o + 4)?,
+        kind: parsed(r, o + 3)?,
+        status: parsed(r, o + 4)?,
         secret_version: r.get(o + 5)?,
         token_type: r.get(o + 6)?,
-        scopes: r.get(o + 7)?,
+        scopes: held_scopes(r, o + 7, o + 18)?,
         expires_at: r.get(o + 8)?,
         has_refresh_token: r.get(o + 9)?,
         key_version: r.get(o + 10)?,
@@ -325,11 +338,11 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 18)?, primary: r.get(o + 22)?, refresh: r.get(o + 23)? })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 19)?, primary: r.get(o + 23)?, refresh: r.get(o + 24)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, \
     d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
 pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
@@ -381,13 +394,13 @@ pub struct CredentialWrite<'a> {
     pub id: &'a str,
     pub connection_id: &'a str,
     pub owner: &'a str,
-    pub kind: &'a str,
+    pub kind: ConnectionKind,
     pub secret_version: i64,
     pub dek_id: i64,
     pub primary: &'a [u8],
     pub refresh: Option<&'a [u8]>,
     pub token_type: Option<&'a str>,
-    pub scopes: &'a str,
+    pub scopes: &'a HeldScopes,
     pub expires_at: Option<i64>,
     /// When the background refresher should renew this token (`None`: never).
     pub refresh_due_at: Option<i64>,
@@ -402,30 +415,32 @@ pub struct CredentialWrite<'a> {
 /// the status to active and clears refresh errors.
 pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
     let last_refresh = w.refreshed.then_some(w.now);
+    let (scopes, scopes_known) = (w.scopes.joined(), w.scopes.known().is_some());
     match previous {
         None => {
             let res = c
                 .prepare_cached(
                     "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
-                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url) \
-                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15)",
+                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known) \
+                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16)",
                 )?
                 .execute(params![
                     w.id,
                     w.connection_id,
                     w.owner,
-                    w.kind,
+                    w.kind.as_str(),
                     w.secret_version,
                     w.dek_id,
                     w.primary,
                     w.refresh,
                     w.token_type,
-                    w.scopes,
+                    scopes,
                     w.expires_at,
                     w.now,
                     w.refresh_due_at,
                     last_refresh,
-                    w.instance_url
+                    w.instance_url,
+                    scopes_known
                 ]);
             match res {
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -440,7 +455,7 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                 .prepare_cached(
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
                      scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
-                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13 \
+                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13, scopes_known = ?14 \
                      WHERE id = ?1 AND secret_version = ?10",
                 )?
                 .execute(params![
@@ -450,13 +465,14 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.primary,
                     w.refresh,
                     w.token_type,
-                    w.scopes,
+                    scopes,
                     w.expires_at,
                     w.now,
                     prev_version,
                     w.refresh_due_at,
                     last_refresh,
-                    w.instance_url
+                    w.instance_url,
+                    scopes_known
                 ])?;
             if n != 1 {
                 return Err(StoreError::Conflict);
@@ -602,9 +618,9 @@ pub fn next_refresh_due(c: &Connection) -> Result<Option<i64>> {
 }
 
 /// Credentials per status, for metrics.
-pub fn credentials_by_status(c: &Connection) -> Result<Vec<(String, u64)>> {
+pub fn credentials_by_status(c: &Connection) -> Result<Vec<(CredentialStatus, u64)>> {
     let mut st = c.prepare_cached("SELECT status, count(*) FROM credentials GROUP BY status")?;
-    let rows = st.query_map([], |r| Ok((r.get(0)?, r.get::<_, i64>(1)? as u64)))?;
+    let rows = st.query_map([], |r| Ok((parsed(r, 0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 

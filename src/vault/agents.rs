@@ -9,7 +9,7 @@ use crate::auth::secrets;
 use crate::model::{AgentId, ValidationError};
 use crate::policy::Policy;
 use crate::secret::Secret;
-use crate::store::agents::{self as rows, AgentRow};
+use crate::store::identity::{self as rows, AgentRow};
 use crate::time::rfc3339;
 
 #[derive(Debug, Clone, Serialize)]
@@ -23,14 +23,32 @@ pub struct AgentView {
     pub updated_at: String,
 }
 
-/// `POST /v1/admin/agents` body.
+/// `POST /v1/admin/agents` body, validated as it is deserialised.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "NewAgentBody")]
 pub struct NewAgent {
-    pub id: String,
+    pub id: AgentId,
     pub name: String,
+    pub policy: Policy,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewAgentBody {
+    id: AgentId,
+    name: String,
     #[serde(default)]
-    pub policy: serde_json::Value,
+    policy: Policy,
+}
+
+impl TryFrom<NewAgentBody> for NewAgent {
+    type Error = ValidationError;
+    fn try_from(b: NewAgentBody) -> std::result::Result<Self, ValidationError> {
+        if b.name.is_empty() || b.name.chars().count() > 200 || b.name.chars().any(char::is_control) {
+            return Err(ValidationError("name must be 1-200 characters without control characters".into()));
+        }
+        Ok(NewAgent { id: b.id, name: b.name, policy: b.policy })
+    }
 }
 
 fn view(r: &AgentRow) -> Result<AgentView> {
@@ -47,6 +65,20 @@ fn view(r: &AgentRow) -> Result<AgentView> {
     })
 }
 
+/// A decision of the token endpoint, for the audit trail (ids and reasons, never a secret).
+#[derive(Debug, Default, Serialize)]
+pub struct TokenDecision {
+    pub grant_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub jti: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub exp: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
 /// An agent as the release path needs it.
 #[derive(Debug, Clone)]
 pub struct AgentState {
@@ -61,16 +93,12 @@ fn not_found(id: &AgentId) -> VaultError {
 impl Vault {
     /// Registers an agent; the client secret is returned once.
     pub fn create_agent(&self, actor: &Actor, new: NewAgent) -> Result<(AgentView, Secret)> {
-        let id = AgentId::parse(&new.id)?;
-        if new.name.is_empty() || new.name.chars().count() > 200 || new.name.chars().any(char::is_control) {
-            return Err(ValidationError("name must be 1-200 characters without control characters".into()).into());
-        }
-        let policy = if new.policy.is_null() { Policy::default() } else { Policy::from_json(new.policy)? };
+        let NewAgent { id, name, policy } = new;
         let (secret, hash) = secrets::generate()?;
         let now = self.clock.now();
         let row = AgentRow {
             id: id.as_str().to_owned(),
-            name: new.name,
+            name,
             secret_hash: hash,
             policy: serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?,
             disabled: false,
@@ -97,8 +125,7 @@ impl Vault {
         view(&self.store.read(|c| rows::get_agent(c, id.as_str()))?.ok_or_else(|| not_found(id))?)
     }
 
-    pub fn set_agent_policy(&self, actor: &Actor, id: &AgentId, policy: serde_json::Value) -> Result<AgentView> {
-        let policy = Policy::from_json(policy)?;
+    pub fn set_agent_policy(&self, actor: &Actor, id: &AgentId, policy: Policy) -> Result<AgentView> {
         let json = serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
         self.store.write(|tx| {
             if !rows::update_agent_policy(tx, id.as_str(), &json, self.clock.now())? {
@@ -158,6 +185,16 @@ impl Vault {
             }
             _ => Err(VaultError::Unauthorized),
         }
+    }
+
+    /// Audits a token-endpoint decision (issue or refusal). A refusal to audit refuses the
+    /// token: audit fails closed here as on releases.
+    pub fn audit_token_decision(&self, agent: &str, action: &'static str, outcome: Outcome, decision: &TokenDecision) -> Result<()> {
+        let event = Event::serialized(format!("agent:{agent}"), action, agent.to_owned(), outcome, decision);
+        self.store.write(|c| self.audit(c, event)).map(|_| ()).map_err(|e| {
+            tracing::error!(error = %e, "audit write failed");
+            VaultError::Release(super::ReleaseError::AuditUnavailable)
+        })
     }
 
     /// The current state of an agent named by a token: `None` if deleted or disabled.

@@ -2,12 +2,12 @@
 
 use rusqlite::Connection;
 use serde::Serialize;
-use serde_json::{json, Value};
+use serde_json::json;
 
 use super::{Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::crypto::Binding;
-use crate::model::{take_client_secret, ConnectionId, ConnectionSpec, NewConnection, ValidationError};
+use crate::model::{ConnectionId, ConnectionPatch, ConnectionSpec, NewConnection};
 use crate::secret::Secret;
 use crate::store::rows::{self, ConnectionRow};
 use crate::time::rfc3339;
@@ -28,7 +28,7 @@ fn binding(id: &str, version: i64) -> Binding {
     Binding::new("connection", id, "", id, version as u64)
 }
 
-fn parse_stored(row: &ConnectionRow) -> Result<ConnectionSpec> {
+pub(super) fn parse_stored(row: &ConnectionRow) -> Result<ConnectionSpec> {
     serde_json::from_str(&row.spec).map_err(|e| VaultError::Integrity(format!("connection '{}' has an unreadable spec: {e}", row.id)))
 }
 
@@ -39,27 +39,6 @@ fn view(row: &ConnectionRow) -> Result<ConnectionView> {
         created_at: rfc3339(row.created_at),
         updated_at: rfc3339(row.updated_at),
     })
-}
-
-/// RFC 7396 JSON merge patch.
-fn merge_patch(target: &mut Value, patch: &Value) {
-    match patch {
-        Value::Object(p) => {
-            if !target.is_object() {
-                *target = Value::Object(serde_json::Map::new());
-            }
-            if let Value::Object(t) = target {
-                for (k, v) in p {
-                    if v.is_null() {
-                        t.remove(k);
-                    } else {
-                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
-                    }
-                }
-            }
-        }
-        other => *target = other.clone(),
-    }
 }
 
 impl Vault {
@@ -85,7 +64,7 @@ impl Vault {
                 tx,
                 &rows::NewConnectionRow {
                     id: &id,
-                    kind: new.spec.kind.as_str(),
+                    kind: new.spec.kind,
                     spec: &spec_json,
                     secret_version: version,
                     secret: sealed.as_ref().map(|(d, ct)| (*d, ct.as_slice())),
@@ -120,29 +99,16 @@ impl Vault {
         self.store.read(rows::list_connections)?.iter().map(view).collect()
     }
 
-    /// Applies a JSON merge patch (RFC 7396) to a connection. `id` and `kind` cannot
-    /// change; `oauth2.client_secret` replaces the secret under a fresh data key.
-    pub fn update_connection(&self, actor: &Actor, id: &ConnectionId, mut patch: Value) -> Result<ConnectionView> {
-        if !patch.is_object() {
-            return Err(ValidationError("the body must be a JSON object (JSON merge patch)".into()).into());
-        }
-        let new_secret = take_client_secret(&mut patch)?;
-        let changed: Vec<String> = patch.as_object().map(|o| o.keys().cloned().collect()).unwrap_or_default();
+    /// Applies a merge patch to a connection. `id` and `kind` cannot change (checked when
+    /// the patch was parsed); a client secret in the patch replaces the stored one under a
+    /// fresh data key.
+    pub fn update_connection(&self, actor: &Actor, id: &ConnectionId, patch: ConnectionPatch) -> Result<ConnectionView> {
         let now = self.clock.now();
         self.store.write(|tx| {
             let row = rows::get_connection(tx, id.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
-            let mut merged: Value = serde_json::from_str(&row.spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
-            merge_patch(&mut merged, &patch);
-            let spec = ConnectionSpec::from_json(merged)?;
-            let old = parse_stored(&row)?;
-            if spec.id != old.id || spec.kind != old.kind {
-                return Err(ValidationError("'id' and 'kind' of a connection cannot be changed".into()).into());
-            }
-            if new_secret.is_some() && spec.kind != crate::model::ConnectionKind::Oauth2 {
-                return Err(ValidationError("client_secret is only valid for oauth2 connections".into()).into());
-            }
+            let spec = patch.apply(&parse_stored(&row)?)?;
             let spec_json = serde_json::to_string(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?;
-            match &new_secret {
+            match &patch.client_secret {
                 Some(s) => {
                     let (dek_id, ct) = self.seal_client_secret(tx, id.as_str(), row.secret_version + 1, s)?;
                     rows::update_connection(tx, id.as_str(), &spec_json, row.secret_version, Some((dek_id, &ct)), now)?;
@@ -159,7 +125,7 @@ impl Vault {
                     "connection.update",
                     id.as_str(),
                     Outcome::Ok,
-                    json!({"fields": changed, "client_secret_replaced": new_secret.is_some()}),
+                    json!({"fields": patch.fields(), "client_secret_replaced": patch.client_secret.is_some()}),
                 ),
             )?;
             let stored = rows::get_connection(tx, id.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{id}'")))?;
@@ -206,18 +172,5 @@ impl Vault {
             .map_err(|_| VaultError::Integrity(format!("client secret of connection '{}' failed to decrypt", row.id)))?;
         let s = String::from_utf8(plain.to_vec()).map_err(|_| VaultError::Integrity("client secret is not UTF-8".into()))?;
         Ok(Some(Secret::new(s)))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::merge_patch;
-    use serde_json::json;
-
-    #[test]
-    fn merge_patch_follows_rfc7396() {
-        let mut t = json!({"a": 1, "o": {"x": 1, "y": 2}, "l": [1]});
-        merge_patch(&mut t, &json!({"a": null, "o": {"y": 3, "z": 4}, "l": [2], "n": "v"}));
-        assert_eq!(t, json!({"o": {"x": 1, "y": 3, "z": 4}, "l": [2], "n": "v"}));
     }
 }

@@ -7,7 +7,8 @@ use serde_json::json;
 use super::{new_id, Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::crypto::Binding;
-use crate::model::{ConnectionId, ConnectionKind, CredentialInput, CredentialSecret, Owner};
+use crate::model::oauth::refresh_due_at;
+use crate::model::{ConnectionId, ConnectionKind, CredentialInput, CredentialSecret, CredentialStatus, HeldScopes, Owner};
 use crate::secret::Secret;
 use crate::store::rows::{self, CredentialMeta, CredentialRow, CredentialWrite};
 use crate::time::rfc3339;
@@ -22,12 +23,14 @@ pub struct CredentialView {
     pub id: String,
     pub connection_id: String,
     pub owner: String,
-    pub kind: String,
-    pub status: String,
+    pub kind: ConnectionKind,
+    pub status: CredentialStatus,
     pub version: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub token_type: Option<String>,
     pub scopes: Vec<String>,
+    /// `false` when nobody said which scopes the credential holds (see `HeldScopes`).
+    pub scopes_known: bool,
     pub expires_at: Option<String>,
     pub has_refresh_token: bool,
     pub master_key_version: u32,
@@ -50,7 +53,8 @@ impl From<CredentialMeta> for CredentialView {
             status: m.status,
             version: m.secret_version,
             token_type: m.token_type,
-            scopes: m.scopes.split(' ').filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            scopes: m.scopes.known().unwrap_or(&[]).iter().map(|s| s.as_str().to_owned()).collect(),
+            scopes_known: m.scopes.known().is_some(),
             expires_at: m.expires_at.map(rfc3339),
             has_refresh_token: m.has_refresh_token,
             master_key_version: m.key_version,
@@ -77,13 +81,15 @@ fn binding(connection: &str, owner: &str, id: &str, version: i64) -> Binding {
 
 fn connection_kind(tx: &rusqlite::Connection, connection: &ConnectionId) -> Result<ConnectionKind> {
     let conn = rows::get_connection(tx, connection.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{connection}'")))?;
-    Ok(if conn.kind == "oauth2" { ConnectionKind::Oauth2 } else { ConnectionKind::ApiKey })
+    Ok(conn.kind)
 }
 
-fn scope_string(secret: &CredentialSecret) -> String {
+const NO_SCOPES: &HeldScopes = &HeldScopes::Unknown;
+
+fn held_scopes(secret: &CredentialSecret) -> &HeldScopes {
     match secret {
-        CredentialSecret::ApiKey(_) => String::new(),
-        CredentialSecret::OAuth2 { scopes, .. } => scopes.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "),
+        CredentialSecret::ApiKey(_) => NO_SCOPES,
+        CredentialSecret::OAuth2 { scopes, .. } => scopes,
     }
 }
 
@@ -106,7 +112,7 @@ impl Vault {
             let secret = input.into_secret(kind, now)?;
             let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None)?;
             let detail =
-                json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": scope_string(&secret)});
+                json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": held_scopes(&secret).joined()});
             self.audit(tx, Event::new(&actor.name(), "credential.put", target(connection, owner), Outcome::Ok, detail))?;
             let stored = rows::get_credential(tx, connection.as_str(), &owner.to_string())?
                 .ok_or_else(|| VaultError::NotFound("credential".into()))?;
@@ -173,20 +179,19 @@ impl Vault {
                 *expires_at,
             ),
         };
-        let scopes = scope_string(secret);
         let w = CredentialWrite {
             id: &id,
             connection_id: conn_s,
             owner: &owner_s,
-            kind: kind.as_str(),
+            kind,
             secret_version: version,
             dek_id,
             primary: &primary,
             refresh: refresh.as_deref(),
             token_type,
-            scopes: &scopes,
+            scopes: held_scopes(secret),
             expires_at,
-            refresh_due_at: refresh.as_ref().and(expires_at).map(|e| crate::oauth::refresh_due_at(now, e)),
+            refresh_due_at: refresh.as_ref().and(expires_at).map(|e| refresh_due_at(now, e)),
             refreshed: refresh_of.is_some(),
             instance_url,
             now,
@@ -241,7 +246,7 @@ impl Vault {
         };
         let text =
             |bytes: zeroize::Zeroizing<Vec<u8>>, field: &str| String::from_utf8(bytes.to_vec()).map(Secret::new).map_err(|_| fail(field));
-        let secret = if m.kind == "api_key" {
+        let secret = if m.kind == ConnectionKind::ApiKey {
             CredentialSecret::ApiKey(text(dek.open(&row.primary, &b, F_API_KEY).map_err(|_| fail(F_API_KEY))?, F_API_KEY)?)
         } else {
             let access_token = text(dek.open(&row.primary, &b, F_ACCESS).map_err(|_| fail(F_ACCESS))?, F_ACCESS)?;
@@ -249,12 +254,11 @@ impl Vault {
                 Some(r) => Some(text(dek.open(r, &b, F_REFRESH).map_err(|_| fail(F_REFRESH))?, F_REFRESH)?),
                 None => None,
             };
-            let scopes = crate::model::Scope::parse_list(&m.scopes).map_err(|_| fail("scopes"))?;
             CredentialSecret::OAuth2 {
                 access_token,
                 refresh_token,
                 expires_at: m.expires_at,
-                scopes,
+                scopes: m.scopes.clone(),
                 token_type: m.token_type.clone().unwrap_or_else(|| "Bearer".into()),
                 instance_url: m.instance_url.clone(),
             }

@@ -5,7 +5,7 @@ use serde_json::json;
 use super::{Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::auth::subject::IssuerConfig;
-use crate::store::agents::{self as rows, IssuerRow};
+use crate::store::identity::{self as rows, IssuerRow};
 
 fn config(r: IssuerRow) -> Result<IssuerConfig> {
     let jwks = r.jwks.as_deref().map(serde_json::from_str).transpose().map_err(|e| VaultError::Integrity(e.to_string()))?;
@@ -25,7 +25,7 @@ impl Vault {
         let row = IssuerRow {
             issuer: cfg.issuer.clone(),
             jwks_uri: cfg.jwks_uri.clone(),
-            jwks: cfg.jwks.as_ref().map(|j| j.to_string()),
+            jwks: cfg.jwks.as_ref().map(serde_json::to_string).transpose().map_err(|e| VaultError::Integrity(e.to_string()))?,
             audience: cfg.audience.clone(),
             tenant_claim: cfg.tenant_claim.clone(),
             roles_claim: cfg.roles_claim.clone(),

@@ -17,6 +17,7 @@ use serde_json::json;
 use super::{Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::crypto::Binding;
+use crate::model::MasterKeyState;
 use crate::store::rows::{self, MasterKeyRow};
 use crate::time::rfc3339;
 
@@ -29,7 +30,7 @@ const WRAP_WARN: u64 = 1 << 30;
 #[derive(Debug, Clone, Serialize)]
 pub struct KeyVersionStatus {
     pub version: u32,
-    pub state: String,
+    pub state: MasterKeyState,
     pub created_at: String,
     pub activated_at: Option<String>,
     pub retired_at: Option<String>,
@@ -82,14 +83,14 @@ pub struct VerifyReport {
 impl Vault {
     pub fn key_status(&self) -> Result<KeyStatus> {
         let (keys, counts) = self.store.read(|c| Ok::<_, VaultError>((rows::master_keys(c)?, rows::dek_counts(c)?)))?;
-        let active = keys.iter().find(|k| k.state == "active").map(|k| k.version);
+        let active = keys.iter().find(|k| k.state == MasterKeyState::Active).map(|k| k.version);
         let versions = keys
             .iter()
             .map(|k| {
                 let deks = counts.get(&k.version).copied().unwrap_or(0);
-                let file = match (k.state.as_str(), self.keys.file_ok(k.version)) {
-                    ("destroyed", Err(crate::keys::KeyError::Missing { .. })) => "removed".to_owned(),
-                    ("destroyed", Ok(())) => "present (run `keys destroy` again to remove it)".to_owned(),
+                let file = match (k.state, self.keys.file_ok(k.version)) {
+                    (MasterKeyState::Destroyed, Err(crate::keys::KeyError::Missing { .. })) => "removed".to_owned(),
+                    (MasterKeyState::Destroyed, Ok(())) => "present (run `keys destroy` again to remove it)".to_owned(),
                     (_, Ok(())) => "ok".to_owned(),
                     (_, Err(e)) => e.to_string(),
                 };
@@ -97,7 +98,7 @@ impl Vault {
                     .then(|| format!("{} wraps under this key: rotate soon (AES-GCM random-nonce limit is 2^32)", k.wraps));
                 KeyVersionStatus {
                     version: k.version,
-                    state: k.state.clone(),
+                    state: k.state,
                     created_at: rfc3339(k.created_at),
                     activated_at: k.activated_at.map(rfc3339),
                     retired_at: k.retired_at.map(rfc3339),
@@ -111,7 +112,7 @@ impl Vault {
             .collect();
         let total: u64 = counts.values().sum();
         let done = active.and_then(|a| counts.get(&a)).copied().unwrap_or(0);
-        let staged = keys.iter().find(|k| k.state == "staged").map(|k| k.version);
+        let staged = keys.iter().find(|k| k.state == MasterKeyState::Staged).map(|k| k.version);
         let rotation = match (staged, active) {
             (Some(s), _) => Some(RotationStatus { target_version: s, done: 0, total }),
             (None, Some(a)) if done < total => Some(RotationStatus { target_version: a, done, total }),
@@ -124,8 +125,8 @@ impl Vault {
     pub fn rotate_keys(&self, actor: &Actor, batch: usize, progress: &mut dyn FnMut(RotateProgress)) -> Result<RotateReport> {
         let batch = batch.clamp(1, 100_000);
         let keys = self.store.read(rows::master_keys)?;
-        let active = keys.iter().find(|k| k.state == "active").map(|k| k.version);
-        let staged = keys.iter().find(|k| k.state == "staged").map(|k| k.version);
+        let active = keys.iter().find(|k| k.state == MasterKeyState::Active).map(|k| k.version);
+        let staged = keys.iter().find(|k| k.state == MasterKeyState::Staged).map(|k| k.version);
         let pending = self.store.read(rows::dek_counts)?.into_iter().any(|(v, n)| n > 0 && Some(v) != active);
         let resumed = staged.is_some() || pending;
         let target = match (staged, active) {
@@ -160,7 +161,7 @@ impl Vault {
             } else {
                 self.keys.create_version(next)?;
             }
-            rows::insert_master_key(tx, next, "staged", self.clock.now())?;
+            rows::insert_master_key(tx, next, MasterKeyState::Staged, self.clock.now())?;
             self.audit(tx, Event::new(&actor.name(), "keys.stage", format!("v{next}"), Outcome::Ok, json!({})))?;
             Ok(next)
         })
@@ -172,11 +173,11 @@ impl Vault {
         let now = self.clock.now();
         self.store.write(|tx| {
             let mut demoted = Vec::new();
-            for k in rows::master_keys(tx)?.into_iter().filter(|k| k.state == "active") {
-                rows::set_master_key_state(tx, k.version, "active", "decrypt_only", now)?;
+            for k in rows::master_keys(tx)?.into_iter().filter(|k| k.state == MasterKeyState::Active) {
+                rows::set_master_key_state(tx, k.version, MasterKeyState::Active, MasterKeyState::DecryptOnly, now)?;
                 demoted.push(k.version);
             }
-            if !rows::set_master_key_state(tx, version, "staged", "active", now)? {
+            if !rows::set_master_key_state(tx, version, MasterKeyState::Staged, MasterKeyState::Active, now)? {
                 return Err(VaultError::Conflict(format!("master key v{version} is no longer staged; another rotation ran")));
             }
             self.audit(tx, Event::new(&actor.name(), "keys.activate", format!("v{version}"), Outcome::Ok, json!({"demoted": demoted})))?;
@@ -291,7 +292,7 @@ impl Vault {
                 .into_iter()
                 .find(|k| k.version == version)
                 .ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
-            if key.state != "decrypt_only" {
+            if key.state != MasterKeyState::DecryptOnly {
                 return Err(VaultError::Conflict(format!(
                     "master key v{version} is {}; only a decrypt_only version can be retired",
                     key.state
@@ -303,7 +304,7 @@ impl Vault {
                     "{n} data keys still reference v{version}: run `latchkey keys rotate` to finish re-wrapping, then retire"
                 )));
             }
-            rows::set_master_key_state(tx, version, "decrypt_only", "retired", now)?;
+            rows::set_master_key_state(tx, version, MasterKeyState::DecryptOnly, MasterKeyState::Retired, now)?;
             self.audit(tx, Event::new(&actor.name(), "keys.retire", format!("v{version}"), Outcome::Ok, json!({})))?;
             Ok(())
         });
@@ -319,11 +320,11 @@ impl Vault {
                 .into_iter()
                 .find(|k| k.version == version)
                 .ok_or_else(|| VaultError::NotFound(format!("master key v{version}")))?;
-            match key.state.as_str() {
-                "retired" => {
-                    rows::set_master_key_state(tx, version, "retired", "destroyed", now)?;
+            match key.state {
+                MasterKeyState::Retired => {
+                    rows::set_master_key_state(tx, version, MasterKeyState::Retired, MasterKeyState::Destroyed, now)?;
                 }
-                "destroyed" => {} // finish removing a file left by an interrupted destroy
+                MasterKeyState::Destroyed => {} // finish removing a file left by an interrupted destroy
                 other => {
                     return Err(VaultError::Conflict(format!(
                     "master key v{version} is {other}; only a retired version can be destroyed (`latchkey keys retire {version}` first)"

@@ -8,11 +8,12 @@ mod admin_tokens;
 mod agents;
 mod audit_sink;
 mod config_cache;
+mod connect_sessions;
 mod connections;
 mod credentials;
 mod issuers;
 mod keys;
-pub mod oauth;
+mod refresh_state;
 mod release;
 mod signing;
 
@@ -24,22 +25,24 @@ use rusqlite::Connection;
 use crate::audit::{self, Event};
 use crate::crypto::{Binding, CryptoError, Dek, MasterKey};
 use crate::keys::{KeyError, KeyRing, PassphraseSource};
-use crate::model::ValidationError;
+use crate::model::{MasterKeyState, ValidationError};
 use crate::secret::Secret;
 use crate::store::{self, rows, Store, StoreError};
 use crate::time::Clock;
 
 pub use admin_tokens::{AdminPrincipal, AdminTokenView};
-pub use agents::{AgentState, AgentView, NewAgent};
+pub use agents::{AgentState, AgentView, NewAgent, TokenDecision};
+pub use connect_sessions::{FinishedSession, OpenedSession, SESSION_TTL};
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
+pub use refresh_state::RefreshMaterial;
 pub use release::{Decision, ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
-/// and to exit codes in the CLI.
+/// and to exit codes in one place (`cli::CliError`).
 #[derive(Debug, thiserror::Error)]
 pub enum VaultError {
     #[error(transparent)]
@@ -60,6 +63,9 @@ pub enum VaultError {
     Crypto(#[from] CryptoError),
     #[error(transparent)]
     Release(#[from] ReleaseError),
+    /// A failure with no better description (a crashed background task).
+    #[error("internal error: {0}")]
+    Internal(&'static str),
 }
 
 impl From<StoreError> for VaultError {
@@ -147,7 +153,7 @@ impl Vault {
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
-            rows::insert_master_key(tx, 1, "active", now)?;
+            rows::insert_master_key(tx, 1, MasterKeyState::Active, now)?;
             vault.audit(
                 tx,
                 Event::new(
@@ -176,9 +182,9 @@ impl Vault {
     pub fn load_keys(&self) -> Result<u32> {
         let versions = self.store.read(rows::master_keys)?;
         let mut active = None;
-        for k in versions.iter().filter(|k| matches!(k.state.as_str(), "active" | "decrypt_only" | "staged")) {
+        for k in versions.iter().filter(|k| k.state.holds_data()) {
             self.keys.get(k.version)?;
-            if k.state == "active" {
+            if k.state == MasterKeyState::Active {
                 active = Some(k.version);
             }
         }
@@ -243,6 +249,11 @@ impl Vault {
         Ok(self.store.read(|c| store::audit::tail(c, n))?)
     }
 
+    /// Audit records, oldest first, with the admin API's filters.
+    pub fn audit_query(&self, q: &audit::Query) -> Result<Vec<audit::Record>> {
+        Ok(self.store.read(|c| store::audit::query(c, q))?)
+    }
+
     /// Walks the whole audit chain. `Ok((records, head hash))`, or the first break.
     pub fn audit_verify(&self) -> Result<std::result::Result<(u64, Vec<u8>), audit::Break>> {
         let mut v = audit::Verifier::default();
@@ -267,25 +278,15 @@ pub fn new_id(prefix: &str) -> Result<String> {
     crate::crypto::random_bytes(&mut b)?;
     let mut id = String::with_capacity(prefix.len() + 16);
     id.push_str(prefix);
-    id.push_str(&hex(&b));
+    id.push_str(&crate::crypto::hex(&b));
     Ok(id)
-}
-
-pub(crate) fn hex(b: &[u8]) -> String {
-    const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut s = String::with_capacity(b.len() * 2);
-    for x in b {
-        s.push(char::from(DIGITS[usize::from(x >> 4)]));
-        s.push(char::from(DIGITS[usize::from(x & 0x0f)]));
-    }
-    s
 }
 
 #[cfg(test)]
 mod tests {
     #[test]
     fn hex_and_ids() {
-        assert_eq!(super::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
+        assert_eq!(crate::crypto::hex(&[0x00, 0x0f, 0xab, 0xff]), "000fabff");
         let id = super::new_id("lease_").unwrap();
         assert_eq!(id.len(), 6 + 16);
         assert!(id.starts_with("lease_") && id[6..].bytes().all(|c| c.is_ascii_hexdigit() && !c.is_ascii_uppercase()));

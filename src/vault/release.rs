@@ -11,10 +11,10 @@ use serde::Serialize;
 
 use super::{new_id, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
-use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, Owner, Scope};
+use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, Scope};
 use crate::policy::{self, Policy, Principal, Refusal, ReleaseRequest};
 use crate::secret::Secret;
-use crate::store::{agents, rows};
+use crate::store::{identity, rows};
 
 /// Why a release was refused; mapped to the contract's error codes by the API.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -175,7 +175,7 @@ impl Vault {
         if let Some((g, p)) = self.config.policy(agent) {
             return Ok((g, Some(p)));
         }
-        let (generation, row) = self.store.read(|c| agents::agent_policy_at_generation(c, agent))?;
+        let (generation, row) = self.store.read(|c| identity::agent_policy_at_generation(c, agent))?;
         match row {
             Some((policy, false)) => {
                 let policy: Arc<Policy> = Arc::new(serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?);
@@ -264,13 +264,13 @@ impl Vault {
             rec.reason = "not connected";
             return Err(ReleaseError::NotConnected.into());
         };
-        match cred.meta.status.as_str() {
-            "active" => {}
-            "needs_reauth" => {
+        match cred.meta.status {
+            CredentialStatus::Active => {}
+            CredentialStatus::NeedsReauth => {
                 rec.reason = "needs reauthorization";
                 return Err(ReleaseError::ReauthRequired.into());
             }
-            _ => {
+            CredentialStatus::Revoked => {
                 rec.reason = "credential revoked";
                 return Err(ReleaseError::NotConnected.into());
             }
@@ -280,7 +280,7 @@ impl Vault {
         let (held, remaining, refreshable) = match &opened.secret {
             CredentialSecret::ApiKey(_) => (None, None, false),
             CredentialSecret::OAuth2 { scopes, expires_at, refresh_token, .. } => {
-                ((!scopes.is_empty()).then_some(scopes.as_slice()), expires_at.map(|e| e - now), refresh_token.is_some())
+                (scopes.known(), expires_at.map(|e| e - now), refresh_token.is_some())
             }
         };
         let scopes = match policy::release_scopes(grant, &input.request.scopes, held, &spec.scope_roles, &input.principal.roles) {
@@ -317,21 +317,6 @@ impl Vault {
             }
         };
         Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in })
-    }
-
-    /// Audits an agent-token decision at the token endpoint (issue or refusal). Runs on the
-    /// blocking pool; concurrent decisions share a commit through the store's group commit.
-    pub fn audit_token_decision(&self, agent: &str, action: &'static str, outcome: Outcome, detail: serde_json::Value) -> Result<()> {
-        let event = Event::new(&format!("agent:{agent}"), action, agent, outcome, detail);
-        self.store.write(|c| self.audit(c, event)).map(|_| ()).map_err(|e| {
-            tracing::error!(error = %e, "audit write failed");
-            VaultError::Release(ReleaseError::AuditUnavailable)
-        })
-    }
-
-    /// Audit records, newest last, with the admin API's filters.
-    pub fn audit_query(&self, q: &crate::store::audit::Query) -> Result<Vec<crate::audit::Record>> {
-        Ok(self.store.read(|c| crate::store::audit::query(c, q))?)
     }
 }
 

@@ -6,7 +6,7 @@ use super::{new_id, Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::auth::tokens::KeyPair;
 use crate::crypto::{random_bytes, Binding};
-use crate::store::agents::{self as rows, SigningKeyRow};
+use crate::store::identity::{self as rows, SigningKeyRow};
 
 const FIELD: &str = "private_key";
 

@@ -1,105 +1,17 @@
 //! Agents, policy, the token endpoint and token release — against a real external
 //! issuer (a JWKS served over HTTP from this test, subject tokens signed with its keys).
 
-use std::net::TcpListener;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::issuer::{b64, base64_decode, Issuer, AUDIENCE, ISSUER_EC};
+use crate::helpers::{expect, TestApp};
 use latchkey::auth::tokens::{AgentClaims, TokenService};
 
-const ISSUER_RSA: &[u8] = include_bytes!("fixtures/issuer-rsa.der");
-const ISSUER_EC: &[u8] = include_bytes!("fixtures/issuer-ec.der");
-const ISSUER_JWKS: &str = include_str!("fixtures/issuer-jwks.json");
-const AUDIENCE: &str = "latchkey-tests";
 const API_KEY: &str = "sk-tenant-canary-8d1f";
-
-/// A trusted issuer: serves its JWKS over HTTP and signs subject tokens.
-struct Issuer {
-    url: String,
-    fetches: Arc<AtomicUsize>,
-    ed_seed: [u8; 32],
-}
-
-impl Issuer {
-    async fn start() -> Issuer {
-        let ed_seed = [42u8; 32];
-        let ed_pub = ed25519_dalek::SigningKey::from_bytes(&ed_seed).verifying_key().to_bytes();
-        let mut jwks: Value = serde_json::from_str(ISSUER_JWKS).unwrap();
-        jwks["keys"].as_array_mut().unwrap().push(json!({"kty": "OKP", "crv": "Ed25519", "kid": "ed-1", "x": b64(&ed_pub)}));
-        let fetches = Arc::new(AtomicUsize::new(0));
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (body, counter) = (jwks.to_string(), fetches.clone());
-        let server = actix_web::HttpServer::new(move || {
-            let (body, counter) = (body.clone(), counter.clone());
-            actix_web::App::new().route(
-                "/jwks.json",
-                actix_web::web::get().to(move || {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let body = body.clone();
-                    async move { actix_web::HttpResponse::Ok().content_type("application/json").body(body) }
-                }),
-            )
-        })
-        .workers(1)
-        .listen(listener)
-        .unwrap()
-        .run();
-        tokio::spawn(server);
-        Issuer { url, fetches, ed_seed }
-    }
-
-    fn token(&self, alg: Algorithm, kid: &str, claims: Value) -> String {
-        let key = match alg {
-            Algorithm::RS256 => EncodingKey::from_rsa_der(ISSUER_RSA),
-            Algorithm::ES256 => EncodingKey::from_ec_der(ISSUER_EC),
-            Algorithm::EdDSA => {
-                let mut der = hex("302e020100300506032b657004220420");
-                der.extend_from_slice(&self.ed_seed);
-                EncodingKey::from_ed_der(&der)
-            }
-            _ => EncodingKey::from_secret(b"unused"),
-        };
-        let mut h = Header::new(alg);
-        h.kid = Some(kid.into());
-        jsonwebtoken::encode(&h, &claims, &key).unwrap()
-    }
-
-    /// Standard claims for `sub`, valid for an hour; `extra` overrides or adds.
-    fn claims(&self, sub: &str, extra: Value) -> Value {
-        let now = now();
-        let mut c = json!({"iss": self.url, "aud": AUDIENCE, "sub": sub, "iat": now, "exp": now + 3600});
-        c.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
-        c
-    }
-}
-
-fn now() -> i64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
-}
-fn b64(b: &[u8]) -> String {
-    use base64ct::{Base64UrlUnpadded, Encoding};
-    Base64UrlUnpadded::encode_string(b)
-}
-fn base64_decode(s: &str) -> Vec<u8> {
-    use base64ct::{Base64UrlUnpadded, Encoding};
-    Base64UrlUnpadded::decode_vec(s).unwrap()
-}
-fn hex(s: &str) -> Vec<u8> {
-    (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
-}
-
-async fn expect(r: reqwest::Response, status: u16) -> Value {
-    let got = r.status().as_u16();
-    let text = r.text().await.unwrap();
-    assert_eq!(got, status, "{text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
 
 /// An app with connections, credentials, agents and a trusted issuer.
 struct World {
@@ -113,7 +25,7 @@ struct World {
 impl World {
     async fn new() -> World {
         let app = TestApp::spawn().await;
-        let issuer = Issuer::start().await;
+        let issuer = Issuer::start(app.clock.clone()).await;
         let conns = [
             json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": "https://crm.example/a", "token_endpoint": "https://crm.example/t",
                 "client_id": "c", "client_secret": "s", "scopes": ["crm:read", "crm:write"]}, "scope_roles": {"crm:write": ["sales-admin"]}}),
@@ -343,8 +255,8 @@ async fn forged_and_bad_agent_tokens_are_refused() {
         ("unknown kid", format!("{}.{}.{}", b64(br#"{"alg":"EdDSA","kid":"nope"}"#), parts[1], parts[2])),
         ("wrong iss", sign_with(&|c| c.iss = "http://evil.example".into())),
         ("wrong aud", sign_with(&|c| c.aud = "http://evil.example".into())),
-        ("expired", sign_with(&|c| c.exp = now() - 3600)),
-        ("nbf in the future", sign_with(&|c| c.nbf = now() + 3600)),
+        ("expired", sign_with(&|c| c.exp = w.app.clock.now() - 3600)),
+        ("nbf in the future", sign_with(&|c| c.nbf = w.app.clock.now() + 3600)),
         ("tampered claims", format!("{}.{}.{}", parts[0], b64(tampered.to_string().as_bytes()), parts[2])),
         ("subject token presented directly", subject),
         ("garbage", "not-a-token".to_owned()),
@@ -392,7 +304,7 @@ async fn token_exchange_verifies_subject_tokens_from_the_trusted_issuer() {
         assert_eq!(claims["iss"], w.app.addr);
     }
     // exp is bounded by the subject token's.
-    let short = w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"exp": now() + 120})));
+    let short = w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"exp": w.app.clock.now() + 120})));
     let v = expect(w.exchange(&w.user_agent, &short).await, 200).await;
     assert!(v["expires_in"].as_i64().unwrap() <= 120);
 
@@ -412,7 +324,7 @@ async fn token_exchange_verifies_subject_tokens_from_the_trusted_issuer() {
     hs.kid = Some("rsa-1".into());
     let hmac = jsonwebtoken::encode(&hs, &w.issuer.claims("alice", json!({})), &EncodingKey::from_secret(b"guess")).unwrap();
     let refusals = [
-        ("expired", w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"exp": now() - 3600})))),
+        ("expired", w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"exp": w.app.clock.now() - 3600})))),
         ("wrong audience", w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"aud": "someone-else"})))),
         ("unknown issuer", w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({"iss": "https://unknown.example"})))),
         ("algorithm not matching the key", alg_mismatch),

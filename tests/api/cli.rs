@@ -162,7 +162,11 @@ fn agents_are_managed_from_the_cli() {
     std::fs::write(&policy, r#"{"grants": [{"connection": "gcal", "owners": "any", "max_ttl": 60}]}"#).unwrap();
     assert!(dirs.run(&["agents", "policy", "cal", "--from", policy.to_str().unwrap()]).status.success());
     std::fs::write(&policy, r#"{"grants": [{"connection": "gcal", "owners": "nobody"}]}"#).unwrap();
-    assert_eq!(dirs.run(&["agents", "policy", "cal", "--from", policy.to_str().unwrap()]).status.code(), Some(1));
+    assert_eq!(
+        dirs.run(&["agents", "policy", "cal", "--from", policy.to_str().unwrap()]).status.code(),
+        Some(2),
+        "an invalid policy is bad input"
+    );
     let out = dirs.run(&["agents", "rotate-secret", "cal"]);
     assert!(out.status.success());
     assert_ne!(stdout(&out).trim(), secret);

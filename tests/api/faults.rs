@@ -2,101 +2,13 @@
 //! endpoint: every failure is bounded in size and time, classified, keeps the stored
 //! tokens, and the credential recovers once the provider does.
 
-use std::io::{Read, Write};
-use std::net::TcpListener;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use serde_json::{json, Value};
 
+use crate::helpers::faults::FaultServer;
 use crate::helpers::TestApp;
 use latchkey::model::{ConnectionId, CredentialSecret, Owner};
-
-/// A token endpoint whose next answers are chosen by the test.
-struct FaultServer {
-    url: String,
-    mode: Arc<Mutex<&'static str>>,
-}
-
-impl FaultServer {
-    fn start() -> FaultServer {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let mode = Arc::new(Mutex::new("ok"));
-        let m = mode.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut s) = stream else { continue };
-                let mode = *m.lock().unwrap();
-                std::thread::spawn(move || {
-                    let mut buf = [0u8; 8192];
-                    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
-                    let _ = s.read(&mut buf);
-                    let reply = |s: &mut std::net::TcpStream, status: &str, ctype: &str, body: &[u8]| {
-                        let head = format!(
-                            "HTTP/1.1 {status}\r\ncontent-type: {ctype}\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                            body.len()
-                        );
-                        let _ = s.write_all(head.as_bytes());
-                        let _ = s.write_all(body);
-                    };
-                    match mode {
-                        "ok" => reply(
-                            &mut s,
-                            "200 OK",
-                            "application/json",
-                            br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200,"instance_url":"https://acme.my.salesforce.example"}"#,
-                        ),
-                        "500" => reply(&mut s, "500 Internal Server Error", "text/plain", b"oops"),
-                        "429" => {
-                            let body = b"slow down";
-                            let head = format!(
-                                "HTTP/1.1 429 Too Many Requests\r\nretry-after: 120\r\ncontent-length: {}\r\nconnection: close\r\n\r\n",
-                                body.len()
-                            );
-                            let _ = s.write_all(head.as_bytes());
-                            let _ = s.write_all(body);
-                        }
-                        "html" => reply(&mut s, "200 OK", "text/html", b"<html><body>Maintenance</body></html>"),
-                        "missing" => reply(&mut s, "200 OK", "application/json", br#"{"token_type":"Bearer","expires_in":3600}"#),
-                        "unknown_type" => {
-                            reply(&mut s, "200 OK", "application/json", br#"{"access_token":"x","token_type":"MAC","expires_in":3600}"#)
-                        }
-                        "truncated" => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 400\r\n\r\n{\"access_token\":\"at-tru");
-                        }
-                        "huge" => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 33554432\r\n\r\n");
-                            let chunk = vec![b' '; 64 * 1024];
-                            for _ in 0..512 {
-                                if s.write_all(&chunk).is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        "huge_chunked" => {
-                            let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n");
-                            let chunk = vec![b' '; 64 * 1024];
-                            for _ in 0..512 {
-                                let _ = s.write_all(format!("{:x}\r\n", chunk.len()).as_bytes());
-                                if s.write_all(&chunk).is_err() || s.write_all(b"\r\n").is_err() {
-                                    break;
-                                }
-                            }
-                        }
-                        "slow" => std::thread::sleep(Duration::from_secs(20)),
-                        _ => {}
-                    }
-                });
-            }
-        });
-        FaultServer { url, mode }
-    }
-
-    fn set(&self, mode: &'static str) {
-        *self.mode.lock().unwrap() = mode;
-    }
-}
 
 #[tokio::test]
 async fn provider_faults_are_bounded_keep_tokens_and_recover() {
@@ -141,7 +53,7 @@ async fn provider_faults_are_bounded_keep_tokens_and_recover() {
         }
         let body: Value = r.json().await.unwrap();
         assert_eq!(body["error"], "provider_unavailable", "{mode}");
-        assert!(elapsed < Duration::from_secs(15), "{mode} took {elapsed:?}: provider calls are bounded in time");
+        assert!(elapsed < crate::helpers::TEST_PROVIDER_TIMEOUT * 3, "{mode} took {elapsed:?}: provider calls are bounded in time");
         // Nothing lost: the stored tokens are untouched and the failure is recorded.
         let (status, access, refresh, failures) = stored();
         assert_eq!((status.as_str(), access.as_str(), refresh.as_str()), ("active", "at-original", "rt-original"), "{mode}");
@@ -185,14 +97,15 @@ async fn a_due_backlog_larger_than_the_refresh_window_drains() {
 
     let db = rusqlite::Connection::open(app.vault.store().path()).unwrap();
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND last_refresh_at IS NOT NULL") < N as i64 {
-        assert!(Instant::now() < deadline, "backlog not drained");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    // All of them fall due at once.
+    app.advance(2);
+    app.eventually("the backlog to drain", || {
+        count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND last_refresh_at IS NOT NULL") == N as i64
+    })
+    .await;
     assert_eq!(count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_failures > 0"), 0);
-    // Each refreshed once: the new tokens live an hour, so nothing is due any more.
-    let now = latchkey::time::Clock::system().now();
+    // Each refreshed once: the new tokens live two hours, so nothing is due any more.
+    let now = app.clock.now();
     let due: i64 = db
         .query_row("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_due_at <= ?1", [now], |r| r.get(0))
         .unwrap();

@@ -6,6 +6,7 @@ mod cli;
 mod faults;
 mod helpers;
 mod keyfiles;
+mod layering;
 mod oauth;
 mod plaintext;
 mod rotation;

@@ -2,194 +2,12 @@
 //! installed by `npm ci --prefix tests/provider`) with PKCE required, rotating refresh
 //! tokens (reuse revokes the grant), revocation and introspection.
 
-use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
-
-use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
-use reqwest::{redirect, Method, StatusCode};
+use reqwest::header::LOCATION;
+use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
-use latchkey::model::{ConnectionId, CredentialSecret, Owner};
-
-const CLIENT_ID: &str = "latchkey";
-const CLIENT_SECRET: &str = "latchkey-test-secret";
-
-/// The oidc-provider child process; killed on drop.
-pub struct Provider {
-    child: Child,
-    pub url: String,
-}
-
-impl Provider {
-    pub fn start(redirect_uri: &str, access_ttl: u32) -> Provider {
-        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/provider");
-        assert!(
-            std::path::Path::new(dir).join("node_modules/oidc-provider").exists(),
-            "the test OAuth provider is not installed: run `npm ci --prefix tests/provider`"
-        );
-        let clients = json!([{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]);
-        let mut child = Command::new("node")
-            .arg(format!("{dir}/server.mjs"))
-            .env("PORT", "0")
-            .env("CLIENTS", clients.to_string())
-            .env("ACCESS_TTL", access_ttl.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node tests/provider/server.mjs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("provider output");
-        let url = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("unexpected provider output: {line}")).to_owned();
-        Provider { child, url }
-    }
-
-    pub async fn stats(&self) -> Value {
-        reqwest::get(format!("{}/_test/stats", self.url)).await.unwrap().json().await.unwrap()
-    }
-
-    pub async fn forget(&self, account: &str) {
-        let r = reqwest::Client::new().post(format!("{}/_test/forget/{account}", self.url)).send().await.unwrap();
-        assert!(r.status().is_success());
-    }
-
-    /// RFC 7662 introspection with the test client's credentials.
-    pub async fn introspect(&self, token: &str) -> Value {
-        let r = reqwest::Client::new()
-            .post(format!("{}/token/introspection", self.url))
-            .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-            .form(&[("token", token)])
-            .send()
-            .await
-            .unwrap();
-        r.json().await.unwrap()
-    }
-}
-
-impl Drop for Provider {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A browser: follows redirects by hand with a cookie jar.
-struct Browser {
-    http: reqwest::Client,
-    cookies: BTreeMap<String, String>,
-}
-
-impl Browser {
-    fn new() -> Browser {
-        Browser { http: reqwest::Client::builder().redirect(redirect::Policy::none()).build().unwrap(), cookies: BTreeMap::new() }
-    }
-
-    async fn get(&mut self, url: &str) -> reqwest::Response {
-        let mut req = self.http.get(url);
-        if !self.cookies.is_empty() {
-            req = req.header(COOKIE, self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "));
-        }
-        let r = req.send().await.unwrap();
-        for c in r.headers().get_all(SET_COOKIE) {
-            if let Some((k, v)) = c.to_str().unwrap().split(';').next().and_then(|kv| kv.split_once('=')) {
-                self.cookies.insert(k.trim().to_owned(), v.to_owned());
-            }
-        }
-        r
-    }
-
-    /// Opens a connect link and follows the provider's redirects up to (not into) the
-    /// callback; returns the callback URL.
-    async fn login(&mut self, connect_url: &str, callback_prefix: &str, login_hint: &str) -> String {
-        let r = self.get(connect_url).await;
-        assert_eq!(r.status(), StatusCode::FOUND, "connect link");
-        let mut next = location(&r, connect_url);
-        assert!(next.contains("code_challenge_method=S256") && next.contains("state="), "{next}");
-        next.push_str(&format!("&login_hint={login_hint}"));
-        for _ in 0..10 {
-            if next.starts_with(callback_prefix) {
-                return next;
-            }
-            let r = self.get(&next).await;
-            assert!(r.status().is_redirection(), "provider answered {} at {next}", r.status());
-            next = location(&r, &next);
-        }
-        panic!("no redirect to the callback");
-    }
-}
-
-fn location(r: &reqwest::Response, base: &str) -> String {
-    let loc = r.headers()[LOCATION].to_str().unwrap();
-    url::Url::parse(base).unwrap().join(loc).unwrap().to_string()
-}
-
-struct OAuthWorld {
-    app: TestApp,
-    provider: Provider,
-    agent_token: String,
-}
-
-impl OAuthWorld {
-    async fn new(access_ttl: u32) -> OAuthWorld {
-        let app = TestApp::spawn().await;
-        let provider = Provider::start(&format!("{}/v1/connect/callback", app.addr), access_ttl);
-        let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {
-            "discovery_url": format!("{}/.well-known/openid-configuration", provider.url),
-            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"],
-            "return_to_allowlist": ["http://127.0.0.1:9/done"]}});
-        assert_eq!(app.post_json("/v1/admin/connections", conn).await.status(), 201);
-        let agent_token = app.service_agent_token("crm").await;
-        OAuthWorld { app, provider, agent_token }
-    }
-
-    fn callback_prefix(&self) -> String {
-        format!("{}/v1/connect/callback", self.app.addr)
-    }
-
-    async fn connect_url(&self, owner: &str, return_to: Option<&str>) -> String {
-        let mut body = json!({"connection_id": "crm", "owner": owner});
-        if let Some(r) = return_to {
-            body["return_to"] = json!(r);
-        }
-        let r = self.app.post_json("/v1/connect/sessions", body).await;
-        assert_eq!(r.status(), 201);
-        r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().to_owned()
-    }
-
-    /// A complete connect flow for `account` as `owner`; returns the callback response.
-    async fn connect(&self, owner: &str, account: &str) -> reqwest::Response {
-        let url = self.connect_url(owner, None).await;
-        let mut b = Browser::new();
-        let cb = b.login(&url, &self.callback_prefix(), account).await;
-        b.get(&cb).await
-    }
-
-    async fn release(&self, owner_id: &str, min_ttl: i64) -> reqwest::Response {
-        self.app
-            .http
-            .get(self.app.url(&format!("/v1/connections/crm/token?user_id={owner_id}&min_ttl={min_ttl}")))
-            .bearer_auth(&self.agent_token)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    fn credential(&self, owner: &str) -> Option<latchkey::vault::CredentialView> {
-        self.app.vault.get_credential(&ConnectionId::parse("crm").unwrap(), &Owner::parse(owner).unwrap()).ok()
-    }
-
-    fn tokens(&self, owner: &str) -> (String, String) {
-        let c = self.app.vault.open_credential(&ConnectionId::parse("crm").unwrap(), &Owner::parse(owner).unwrap()).unwrap().unwrap();
-        match c.secret {
-            CredentialSecret::OAuth2 { access_token, refresh_token, .. } => {
-                (access_token.expose().to_owned(), refresh_token.unwrap().expose().to_owned())
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-}
+use crate::helpers::provider::{holding_proxy, Browser, OAuthWorld, Provider, CLIENT_ID, CLIENT_SECRET};
+use latchkey::model::{ConnectionId, CredentialStatus, Owner};
 
 #[tokio::test]
 async fn connect_flow_end_to_end_refusal_and_forged_or_replayed_state() {
@@ -272,12 +90,12 @@ async fn connect_flow_end_to_end_refusal_and_forged_or_replayed_state() {
 
 #[tokio::test]
 async fn concurrent_releases_of_an_expiring_token_cause_exactly_one_refresh() {
-    // 30 s access tokens; asking for 29 s of validity after a few seconds forces a refresh.
+    // 30 s access tokens; asking for 29 s of validity five seconds later forces a refresh.
     let w = OAuthWorld::new(30).await;
     assert_eq!(w.connect("user:alice", "alice").await.status(), 200);
     let (_, old_refresh) = w.tokens("user:alice");
     reqwest::Client::new().post(format!("{}/_test/reset", w.provider.url)).send().await.unwrap();
-    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    w.app.clock.advance(5);
     let url = w.app.url("/v1/connections/crm/token?user_id=alice&min_ttl=29");
     let handles: Vec<_> = (0..40)
         .map(|_| {
@@ -305,7 +123,7 @@ async fn concurrent_releases_of_an_expiring_token_cause_exactly_one_refresh() {
     assert_ne!(new_refresh, old_refresh, "the provider rotated the refresh token and we kept the new one");
     assert_eq!(w.provider.introspect(&access).await["active"], true);
     assert_eq!(w.provider.introspect(&old_refresh).await["active"], false);
-    assert_eq!(w.credential("user:alice").unwrap().status, "active");
+    assert_eq!(w.credential("user:alice").unwrap().status, CredentialStatus::Active);
     let metrics = w.app.http.get(w.app.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(metrics.contains("latchkey_refresh_total{connection=\"crm\",outcome=\"ok\"} 1"), "{metrics}");
     assert!(metrics.contains("latchkey_credentials{status=\"active\"} 1"), "{metrics}");
@@ -314,22 +132,19 @@ async fn concurrent_releases_of_an_expiring_token_cause_exactly_one_refresh() {
 
 #[tokio::test]
 async fn background_refresh_renews_before_expiry_without_a_release() {
-    // 8 s tokens: refreshed min(300, 4) s (less jitter) before expiry.
+    // 8 s tokens: refreshed min(300, 4) s (less jitter) before expiry, i.e. 4 s after.
     let w = OAuthWorld::new(8).await;
     assert_eq!(w.connect("user:alice", "alice").await.status(), 200);
     let (access0, _) = w.tokens("user:alice");
     let before = w.credential("user:alice").unwrap();
     assert!(before.last_refresh_at.is_none());
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(12);
-    loop {
-        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
-        let c = w.credential("user:alice").unwrap();
-        if c.last_refresh_at.is_some() {
-            assert!(c.version > before.version);
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "no background refresh within 12 s");
-    }
+    // Not due yet: moving the clock 3 s and waking the refresher changes nothing.
+    w.app.advance(3);
+    tokio::task::yield_now().await;
+    assert!(w.credential("user:alice").unwrap().last_refresh_at.is_none(), "refreshed too early");
+    w.app.advance(1);
+    w.app.eventually("a background refresh", || w.credential("user:alice").unwrap().last_refresh_at.is_some()).await;
+    assert!(w.credential("user:alice").unwrap().version > before.version);
     let (access1, _) = w.tokens("user:alice");
     assert_ne!(access0, access1);
     assert_eq!(w.provider.introspect(&access1).await["active"], true);
@@ -347,7 +162,7 @@ async fn a_provider_that_forgets_the_grant_gives_needs_reauth_then_reconnect_wor
     assert_eq!(v["error"], "reauth_required");
     assert!(v["error_description"].as_str().unwrap().contains("/v1/connect/sessions"), "says how to get a new link");
     let c = w.credential("user:bob").unwrap();
-    assert_eq!(c.status, "needs_reauth");
+    assert_eq!(c.status, CredentialStatus::NeedsReauth);
     assert!(c.last_error.unwrap().contains("invalid_grant"));
     let refreshes = w.provider.stats().await["refresh_failed"].as_u64().unwrap();
     // No further retries: another release does not call the provider again.
@@ -357,7 +172,7 @@ async fn a_provider_that_forgets_the_grant_gives_needs_reauth_then_reconnect_wor
     assert!(audit.iter().any(|r| r.action == "credential.needs_reauth"));
     // Reconnecting restores the credential.
     assert_eq!(w.connect("user:bob", "bob").await.status(), 200);
-    assert_eq!(w.credential("user:bob").unwrap().status, "active");
+    assert_eq!(w.credential("user:bob").unwrap().status, CredentialStatus::Active);
     assert_eq!(w.release("bob", 60).await.status(), 200);
 }
 
@@ -376,65 +191,8 @@ async fn disconnect_revokes_at_the_provider() {
     assert!(del.detail.contains("\"revoked\""), "{}", del.detail);
 }
 
-/// A TCP proxy to the provider that holds each request for `delay` and forwards it only
-/// if the client is still connected — so a client killed meanwhile never reaches the
-/// provider (as when a process dies before its request leaves the machine).
-fn holding_proxy(upstream: &str, delay: std::time::Duration) -> String {
-    use std::io::{Read, Write};
-    let upstream = upstream.trim_start_matches("http://").to_owned();
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = format!("http://{}", listener.local_addr().unwrap());
-    std::thread::spawn(move || {
-        for client in listener.incoming() {
-            let Ok(mut client) = client else { continue };
-            let upstream = upstream.clone();
-            std::thread::spawn(move || {
-                let mut req = Vec::new();
-                let mut buf = [0u8; 16384];
-                // Read headers and the declared body.
-                loop {
-                    let Ok(n) = client.read(&mut buf) else { return };
-                    if n == 0 {
-                        return;
-                    }
-                    req.extend_from_slice(&buf[..n]);
-                    let text = String::from_utf8_lossy(&req).to_string();
-                    if let Some(end) = text.find("\r\n\r\n") {
-                        let len = text
-                            .lines()
-                            .find_map(|l| {
-                                l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap_or(0))
-                            })
-                            .unwrap_or(0);
-                        if req.len() >= end + 4 + len {
-                            break;
-                        }
-                    }
-                }
-                let until = std::time::Instant::now() + delay;
-                client.set_nonblocking(true).unwrap();
-                while std::time::Instant::now() < until {
-                    let mut probe = [0u8; 1];
-                    if let Ok(0) = client.peek(&mut probe) {
-                        return; // the client went away: never forward
-                    }
-                    std::thread::sleep(std::time::Duration::from_millis(20));
-                }
-                client.set_nonblocking(false).unwrap();
-                let text =
-                    String::from_utf8_lossy(&req).replace("\r\nhost: ", "\r\nx-orig-host: ").replace("\r\nHost: ", "\r\nX-Orig-Host: ");
-                let req = text.replacen("\r\n", &format!("\r\nHost: {upstream}\r\n"), 1);
-                let Ok(mut up) = std::net::TcpStream::connect(&upstream) else { return };
-                let _ = up.write_all(req.as_bytes());
-                let mut resp = Vec::new();
-                let _ = up.read_to_end(&mut resp);
-                let _ = client.write_all(&resp);
-            });
-        }
-    });
-    addr
-}
-
+/// Real time, real binary: the provider's clock does not move with ours, and the server is
+/// SIGKILLed, so this test waits (a few seconds) for a token to age.
 #[tokio::test]
 async fn killing_the_server_during_a_refresh_loses_nothing() {
     use crate::helpers::{Dirs, ServerProcess};
@@ -443,17 +201,13 @@ async fn killing_the_server_during_a_refresh_loses_nothing() {
     let out = dirs.run(&["init", "--no-passphrase", "--admin-token-file", tok.to_str().unwrap()]);
     assert!(out.status.success());
     let admin = std::fs::read_to_string(&tok).unwrap().trim().to_owned();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let base = format!("http://127.0.0.1:{port}");
-    let env = [("LATCHKEY_PUBLIC_URL", base.as_str())];
-    let bind = format!("127.0.0.1:{port}");
-    let start = |dirs: &Dirs| {
-        let mut cmd_env = env.to_vec();
-        cmd_env.push(("LATCHKEY_BIND", bind.as_str()));
-        ServerProcess::start_bound(dirs, &cmd_env)
-    };
+    // The public URL is a name, not an address: each server binds a fresh port, and the
+    // browser is pointed at whichever runs.
+    let public = "http://latchkey.invalid";
+    let start = |dirs: &Dirs| ServerProcess::start(dirs, &[("LATCHKEY_PUBLIC_URL", public)]);
     let mut server = start(&dirs);
-    let provider = Provider::start(&format!("{base}/v1/connect/callback"), 30);
+    let base = server.addr.clone();
+    let provider = Provider::start(&format!("{public}/v1/connect/callback"), 30);
     let proxy = holding_proxy(&provider.url, std::time::Duration::from_millis(1500));
     let http = reqwest::Client::new();
     let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/auth", provider.url),
@@ -476,26 +230,29 @@ async fn killing_the_server_during_a_refresh_loses_nothing() {
         .send()
         .await
         .unwrap();
-    let url = r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().to_owned();
+    let url = r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().replace(public, &base);
     let mut b = Browser::new();
-    let cb = b.login(&url, &format!("{base}/v1/connect/callback"), "alice").await;
-    assert_eq!(b.get(&cb).await.status(), 200, "connected through the real binary");
+    let cb = b.login(&url, &format!("{public}/v1/connect/callback"), "alice").await;
+    assert_eq!(b.get(&cb.replace(public, &base)).await.status(), 200, "connected through the real binary");
     reqwest::Client::new().post(format!("{}/_test/reset", provider.url)).send().await.unwrap();
 
-    let agent_token = || async {
-        let t: Value = http
-            .post(format!("{base}/oauth2/token"))
-            .basic_auth("svc", Some(&secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        t["access_token"].as_str().unwrap().to_owned()
+    let agent_token = |base: String| {
+        let (http, secret) = (http.clone(), secret.clone());
+        async move {
+            let t: Value = http
+                .post(format!("{base}/oauth2/token"))
+                .basic_auth("svc", Some(&secret))
+                .form(&[("grant_type", "client_credentials")])
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            t["access_token"].as_str().unwrap().to_owned()
+        }
     };
-    let token = agent_token().await;
+    let token = agent_token(base.clone()).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
     // A release that must refresh; kill -9 the server while the refresh is in flight.
     let pending = {
@@ -508,8 +265,9 @@ async fn killing_the_server_during_a_refresh_loses_nothing() {
     assert!(pending.await.unwrap().is_err(), "the in-flight release died with the server");
 
     // Restart: the credential is intact and refreshes (taking over the dead lease).
-    let _server = start(&dirs);
-    let token = agent_token().await;
+    let server = start(&dirs);
+    let base = server.addr.clone();
+    let token = agent_token(base.clone()).await;
     let r = http.get(format!("{base}/v1/connections/crm/token?user_id=alice&min_ttl=29")).bearer_auth(&token).send().await.unwrap();
     let status = r.status();
     let v: Value = r.json().await.unwrap();

@@ -1,4 +1,10 @@
-//! Shared test harness: an in-process server on port 0, and the real binary.
+//! Shared test harness: an in-process server on port 0 with a clock the test moves, the
+//! real binary, and the fixtures several test modules use (the OAuth provider and a
+//! browser, a faulty token endpoint, a trusted issuer).
+
+pub mod faults;
+pub mod issuer;
+pub mod provider;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -6,9 +12,15 @@ use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use latchkey::oauth::ClientOptions;
+use latchkey::service::Services;
 use latchkey::time::Clock;
 use latchkey::vault::{Actor, Vault};
 use serde_json::Value;
+
+/// Provider calls of the in-process app give up after this long (production: 10 s), so
+/// that fault tests are quick.
+pub const TEST_PROVIDER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 
@@ -56,29 +68,51 @@ pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// An in-process server with a fresh vault (no passphrase) and an admin token.
+/// An in-process server with a fresh vault (no passphrase) and an admin token. Its clock
+/// stands still unless the test moves it ([`TestApp::advance`]).
 pub struct TestApp {
     /// Kept alive for the lifetime of the app (dropping it deletes the directories).
     pub _dirs: Dirs,
     pub addr: String,
     pub token: String,
     pub vault: Arc<Vault>,
+    pub services: Arc<Services>,
+    pub clock: Clock,
     pub http: reqwest::Client,
 }
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
         let dirs = Dirs::new();
-        let init = Vault::init(&dirs.data(), &dirs.keys(), None, Clock::system(), &Actor::Cli("test".into())).expect("init");
+        let clock = Clock::fixed(Clock::system().now());
+        let init = Vault::init(&dirs.data(), &dirs.keys(), None, clock.clone(), &Actor::Cli("test".into())).expect("init");
         let token = init.admin_token.expose().to_owned();
         let vault = Arc::new(init.vault);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let opts =
-            latchkey::startup::ServerOptions { public_url: addr.clone(), max_body_bytes: 64 * 1024, workers: Some(1), refresher: true };
-        let server = latchkey::startup::server(vault.clone(), listener, opts).expect("server");
-        tokio::spawn(server);
-        TestApp { _dirs: dirs, addr, token, vault, http: reqwest::Client::new() }
+        let mut opts = latchkey::startup::ServerOptions::new(addr.clone(), 64 * 1024);
+        opts.workers = Some(1);
+        opts.client = ClientOptions { timeout: TEST_PROVIDER_TIMEOUT };
+        let app = latchkey::startup::Application::build(vault.clone(), listener, opts).expect("server");
+        let services = app.services();
+        tokio::spawn(app.run());
+        TestApp { _dirs: dirs, addr, token, vault, services, clock, http: reqwest::Client::new() }
+    }
+
+    /// Moves the app's clock forward and lets the background refresher look at it.
+    pub fn advance(&self, secs: i64) {
+        self.clock.advance(secs);
+        self.services.oauth.wake_refresher();
+    }
+
+    /// Waits (polling, bounded) until `done` holds: for background work to finish, never
+    /// to let time pass.
+    pub async fn eventually(&self, what: &str, mut done: impl FnMut() -> bool) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !done() {
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn url(&self, path: &str) -> String {
@@ -147,11 +181,6 @@ pub struct ServerProcess {
 impl ServerProcess {
     pub fn start(dirs: &Dirs, extra_env: &[(&str, &str)]) -> ServerProcess {
         Self::start_args(dirs, &["serve"], extra_env)
-    }
-
-    /// Starts `serve` with the environment given (which sets LATCHKEY_BIND itself).
-    pub fn start_bound(dirs: &Dirs, env: &[(&str, &str)]) -> ServerProcess {
-        Self::start_args(dirs, &["serve"], env)
     }
 
     pub fn start_args(dirs: &Dirs, args: &[&str], extra_env: &[(&str, &str)]) -> ServerProcess {
@@ -227,6 +256,14 @@ impl Rng {
         self.0 ^= self.0 >> 27;
         self.0.wrapping_mul(0x2545_F491_4F6C_DD1D) % n.max(1)
     }
+}
+
+/// Asserts the status of a response and returns its JSON body (or `null`).
+pub async fn expect(r: reqwest::Response, status: u16) -> Value {
+    let got = r.status().as_u16();
+    let text = r.text().await.expect("body");
+    assert_eq!(got, status, "{text}");
+    serde_json::from_str(&text).unwrap_or(Value::Null)
 }
 
 /// Whether `needle` occurs anywhere in `hay`.

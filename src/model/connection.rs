@@ -1,0 +1,379 @@
+//! Connections: the non-secret spec (stored as JSON, returned by the API) and the
+//! write-only client secret, parsed and validated at the edge.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+use super::{clean_serde_error, invalid, preview, ConnectionId, Scope, ValidationError};
+use crate::secret::Secret;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ConnectionKind {
+    Oauth2,
+    ApiKey,
+}
+
+impl ConnectionKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConnectionKind::Oauth2 => "oauth2",
+            ConnectionKind::ApiKey => "api_key",
+        }
+    }
+}
+
+impl FromStr for ConnectionKind {
+    type Err = super::UnknownState;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "oauth2" => Ok(ConnectionKind::Oauth2),
+            "api_key" => Ok(ConnectionKind::ApiKey),
+            other => Err(super::UnknownState { what: "connection kind", value: other.chars().take(32).collect() }),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenEndpointAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    ClientSecretPost,
+}
+
+/// The non-secret configuration of a connection: what is stored as JSON and returned
+/// by the API. The client secret is held apart, encrypted.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConnectionSpec {
+    pub id: ConnectionId,
+    pub kind: ConnectionKind,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub provider: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub oauth2: Option<OAuth2Spec>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_key: Option<ApiKeySpec>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub scope_roles: BTreeMap<Scope, Vec<String>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OAuth2Spec {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub discovery_url: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub authorization_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revocation_endpoint: Option<String>,
+    pub client_id: String,
+    #[serde(default)]
+    pub scopes: Vec<Scope>,
+    #[serde(default)]
+    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
+    #[serde(default = "yes")]
+    pub pkce: bool,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub extra_authorize_params: BTreeMap<String, String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub return_to_allowlist: Vec<String>,
+    /// The provider's issuer identifier, checked against `iss` on callbacks (RFC 9207);
+    /// filled by discovery when `discovery_url` is used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// Microsoft Entra tenant for the catalog's `{tenant}` URLs (default `common`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiKeySpec {
+    pub header: String,
+    #[serde(default = "default_format")]
+    pub format: String,
+}
+
+fn default_format() -> String {
+    "{key}".to_owned()
+}
+
+/// A connection as submitted: configuration plus the write-only client secret.
+#[derive(Debug)]
+pub struct NewConnection {
+    pub spec: ConnectionSpec,
+    pub client_secret: Option<Secret>,
+}
+
+/// Wire form of a connection body; `client_secret` is pulled out before the rest is
+/// parsed as a [`ConnectionSpec`].
+impl NewConnection {
+    /// Parses and validates a connection body (`POST /v1/admin/connections`).
+    pub fn from_json(mut value: serde_json::Value) -> Result<Self, ValidationError> {
+        let client_secret = take_client_secret(&mut value)?;
+        let spec = ConnectionSpec::from_json(value)?;
+        if client_secret.is_some() && spec.kind != ConnectionKind::Oauth2 {
+            return invalid("client_secret is only valid for oauth2 connections");
+        }
+        Ok(NewConnection { spec, client_secret })
+    }
+}
+
+/// Removes `oauth2.client_secret` from a JSON body, as a [`Secret`].
+pub fn take_client_secret(value: &mut serde_json::Value) -> Result<Option<Secret>, ValidationError> {
+    let Some(oauth2) = value.get_mut("oauth2").and_then(|o| o.as_object_mut()) else {
+        return Ok(None);
+    };
+    match oauth2.remove("client_secret") {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) if (1..=4096).contains(&s.len()) => Ok(Some(Secret::new(s))),
+        Some(_) => invalid("oauth2.client_secret must be a string of 1-4096 characters"),
+    }
+}
+
+/// A change to a connection: a JSON merge patch (RFC 7396) checked at the edge. It is an
+/// object naming only connection fields other than `id` and `kind`, with the write-only
+/// client secret taken out; [`ConnectionPatch::apply`] re-validates the result as a whole.
+#[derive(Debug)]
+pub struct ConnectionPatch {
+    patch: serde_json::Map<String, serde_json::Value>,
+    pub client_secret: Option<Secret>,
+}
+
+/// Top-level members a patch may change.
+const PATCHABLE: [&str; 5] = ["display_name", "provider", "oauth2", "api_key", "scope_roles"];
+
+impl ConnectionPatch {
+    pub fn from_json(mut value: serde_json::Value) -> Result<Self, ValidationError> {
+        let client_secret = take_client_secret(&mut value)?;
+        let serde_json::Value::Object(patch) = value else {
+            return invalid("the body must be a JSON object (JSON merge patch)");
+        };
+        for key in patch.keys() {
+            if key == "id" || key == "kind" {
+                return invalid("'id' and 'kind' of a connection cannot be changed");
+            }
+            if !PATCHABLE.contains(&key.as_str()) {
+                return invalid(format!("unknown field '{}'; a patch may change {}", preview(key), PATCHABLE.join(", ")));
+            }
+        }
+        Ok(ConnectionPatch { patch, client_secret })
+    }
+
+    /// The top-level fields the patch touches (for the audit trail).
+    pub fn fields(&self) -> Vec<&str> {
+        self.patch.keys().map(String::as_str).collect()
+    }
+
+    /// The connection as it is after the patch, validated as a whole.
+    pub fn apply(&self, spec: &ConnectionSpec) -> Result<ConnectionSpec, ValidationError> {
+        let mut merged = serde_json::to_value(spec).map_err(|_| ValidationError("the stored connection cannot be patched".into()))?;
+        merge_patch(&mut merged, &serde_json::Value::Object(self.patch.clone()));
+        let next = ConnectionSpec::from_json(merged)?;
+        if self.client_secret.is_some() && next.kind != ConnectionKind::Oauth2 {
+            return invalid("client_secret is only valid for oauth2 connections");
+        }
+        Ok(next)
+    }
+}
+
+/// RFC 7396 JSON merge patch.
+fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
+    use serde_json::Value;
+    match patch {
+        Value::Object(p) => {
+            if !target.is_object() {
+                *target = Value::Object(serde_json::Map::new());
+            }
+            if let Value::Object(t) = target {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        merge_patch(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+        }
+        other => *target = other.clone(),
+    }
+}
+
+impl ConnectionSpec {
+    pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
+        let spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
+        spec.validate()?;
+        Ok(spec)
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        if let Some(n) = &self.display_name {
+            if n.is_empty() || n.chars().count() > 200 || n.chars().any(char::is_control) {
+                return invalid("display_name must be 1-200 characters without control characters");
+            }
+        }
+        if let Some(p) = &self.provider {
+            if super::providers::find(p).is_none() {
+                return invalid(format!("unknown provider '{}': see `latchkey providers list`", preview(p)));
+            }
+        }
+        for (scope, roles) in &self.scope_roles {
+            if roles.is_empty() {
+                return invalid(format!("scope_roles.{}: list at least one role", scope.as_str()));
+            }
+            for r in roles {
+                if !(1..=128).contains(&r.len()) || !r.bytes().all(|c| (0x21..=0x7e).contains(&c)) {
+                    return invalid(format!("scope_roles.{}: invalid role '{}'", scope.as_str(), preview(r)));
+                }
+            }
+        }
+        match (self.kind, &self.oauth2, &self.api_key) {
+            (ConnectionKind::Oauth2, Some(o), None) => o.validate(self.provider.is_some()),
+            (ConnectionKind::ApiKey, None, Some(a)) => a.validate(),
+            (ConnectionKind::Oauth2, _, _) => invalid("an oauth2 connection needs an 'oauth2' object and no 'api_key' object"),
+            (ConnectionKind::ApiKey, _, _) => invalid("an api_key connection needs an 'api_key' object and no 'oauth2' object"),
+        }
+    }
+}
+
+impl OAuth2Spec {
+    fn validate(&self, has_provider: bool) -> Result<(), ValidationError> {
+        if self.client_id.is_empty() || self.client_id.len() > 512 || !self.client_id.bytes().all(|c| (0x20..=0x7e).contains(&c)) {
+            return invalid("oauth2.client_id must be 1-512 printable ASCII characters");
+        }
+        for (name, url) in [
+            ("discovery_url", &self.discovery_url),
+            ("authorization_endpoint", &self.authorization_endpoint),
+            ("token_endpoint", &self.token_endpoint),
+            ("revocation_endpoint", &self.revocation_endpoint),
+        ] {
+            if let Some(u) = url {
+                check_url(name, u)?;
+            }
+        }
+        for u in &self.return_to_allowlist {
+            check_url("return_to_allowlist", u)?;
+        }
+        if let Some(i) = &self.issuer {
+            check_url("issuer", i)?;
+        }
+        if let Some(t) = &self.tenant {
+            if t.is_empty() || t.len() > 64 || !t.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'.') {
+                return invalid("oauth2.tenant must be a tenant id or domain");
+            }
+        }
+        let explicit = self.authorization_endpoint.is_some() && self.token_endpoint.is_some();
+        if !explicit && self.discovery_url.is_none() && !has_provider {
+            return invalid("oauth2 needs 'authorization_endpoint' and 'token_endpoint', or 'discovery_url', or a 'provider'");
+        }
+        const RESERVED: [&str; 7] =
+            ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
+        for (k, v) in &self.extra_authorize_params {
+            if RESERVED.contains(&k.as_str()) {
+                return invalid(format!("extra_authorize_params may not set '{k}'"));
+            }
+            if k.is_empty() || k.len() > 128 || v.len() > 1024 || k.chars().chain(v.chars()).any(char::is_control) {
+                return invalid("extra_authorize_params: keys 1-128 and values up to 1024 characters, no control characters");
+            }
+        }
+        Ok(())
+    }
+}
+
+/// URLs must be absolute https; plain http only for loopback (local providers, tests).
+fn check_url(field: &str, raw: &str) -> Result<(), ValidationError> {
+    let url = url::Url::parse(raw).map_err(|_| ValidationError(format!("oauth2.{field}: not an absolute URL")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if loopback => Ok(()),
+        _ => invalid(format!("oauth2.{field}: must use https (http only for localhost)")),
+    }
+}
+
+impl ApiKeySpec {
+    fn validate(&self) -> Result<(), ValidationError> {
+        let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+        if self.header.is_empty() || self.header.len() > 128 || !self.header.bytes().all(token) {
+            return invalid("api_key.header must be a valid HTTP header name");
+        }
+        if self.format.matches("{key}").count() != 1 || self.format.len() > 512 || !self.format.bytes().all(|c| (0x20..=0x7e).contains(&c))
+        {
+            return invalid("api_key.format must contain '{key}' exactly once, in printable ASCII (e.g. 'Bearer {key}')");
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn merge_patch_follows_rfc7396() {
+        let mut t = json!({"a": 1, "o": {"x": 1, "y": 2}, "l": [1]});
+        merge_patch(&mut t, &json!({"a": null, "o": {"y": 3, "z": 4}, "l": [2], "n": "v"}));
+        assert_eq!(t, json!({"o": {"x": 1, "y": 3, "z": 4}, "l": [2], "n": "v"}));
+    }
+
+    #[test]
+    fn patches_are_checked_at_the_edge_and_revalidated_whole() {
+        let spec = NewConnection::from_json(json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}})).unwrap().spec;
+        let p = ConnectionPatch::from_json(json!({"display_name": "Key", "api_key": {"format": "Bearer {key}"}})).unwrap();
+        let next = p.apply(&spec).unwrap();
+        assert_eq!(next.display_name.as_deref(), Some("Key"));
+        assert_eq!(next.api_key.unwrap().format, "Bearer {key}");
+        assert!(ConnectionPatch::from_json(json!({"kind": "oauth2"})).is_err());
+        assert!(ConnectionPatch::from_json(json!({"id": "other"})).is_err());
+        assert!(ConnectionPatch::from_json(json!({"colour": "red"})).is_err());
+        assert!(ConnectionPatch::from_json(json!([1])).is_err());
+        // A patch that leaves an invalid whole is refused.
+        let broken = ConnectionPatch::from_json(json!({"api_key": {"format": "no placeholder"}})).unwrap();
+        assert!(broken.apply(&spec).is_err());
+        let secret = ConnectionPatch::from_json(json!({"oauth2": {"client_secret": "s"}})).unwrap();
+        assert!(secret.apply(&spec).is_err(), "client_secret on an api_key connection");
+    }
+
+    #[test]
+    fn connection_bodies() {
+        let c = NewConnection::from_json(
+            json!({"id": "internal-reporting", "kind": "api_key", "api_key": {"header": "X-API-Key", "format": "{key}"}}),
+        )
+        .unwrap();
+        assert_eq!(c.spec.kind, ConnectionKind::ApiKey);
+        let c = NewConnection::from_json(json!({"id": "crm", "kind": "oauth2", "oauth2": {
+            "authorization_endpoint": "https://crm.example/authorize", "token_endpoint": "https://crm.example/token",
+            "client_id": "abc", "client_secret": "shh", "scopes": ["crm:read"], "token_endpoint_auth_method": "client_secret_post"},
+            "scope_roles": {"crm:write": ["sales-admin"]}}))
+        .unwrap();
+        assert_eq!(c.client_secret.unwrap().expose(), "shh");
+        assert!(c.spec.oauth2.unwrap().pkce);
+        let bad = [
+            json!({"id": "x", "kind": "api_key"}),
+            json!({"id": "x", "kind": "api_key", "api_key": {"header": "X Bad"}}),
+            json!({"id": "x", "kind": "api_key", "api_key": {"header": "X", "format": "no placeholder"}}),
+            json!({"id": "x", "kind": "api_key", "api_key": {"header": "X"}, "extra": 1}),
+            json!({"id": "x", "kind": "oauth2", "oauth2": {"client_id": "a"}}),
+            json!({"id": "x", "kind": "oauth2", "oauth2": {"client_id": "a", "authorization_endpoint": "http://evil.example/a", "token_endpoint": "https://t.example/t"}}),
+            json!({"id": "x", "kind": "oauth2", "oauth2": {"client_id": "a", "discovery_url": "https://a.example", "extra_authorize_params": {"state": "x"}}}),
+            json!({"id": "x", "kind": "api_key", "api_key": {"header": "X"}, "oauth2": {"client_id": "a", "client_secret": "s"}}),
+            json!({"id": "../x", "kind": "api_key", "api_key": {"header": "X"}}),
+        ];
+        for b in bad {
+            assert!(NewConnection::from_json(b.clone()).is_err(), "{b}");
+        }
+    }
+}

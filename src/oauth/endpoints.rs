@@ -1,0 +1,76 @@
+//! Where a connection's provider lives: explicit fields first, then discovery (RFC 8414 /
+//! OIDC, cached for an hour), then the catalog entry.
+
+use std::time::{Duration, Instant};
+
+use super::{client, Error, OAuthService};
+use crate::model::providers::{self, ResponseShape};
+use crate::model::{ConnectionSpec, TokenEndpointAuthMethod};
+
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+
+/// Where and how to reach a provider.
+#[derive(Debug, Clone)]
+pub struct Endpoints {
+    pub issuer: Option<String>,
+    pub authorization: String,
+    pub token: String,
+    pub revocation: Option<String>,
+    pub auth_method: TokenEndpointAuthMethod,
+    pub shape: ResponseShape,
+    pub scope_separator: &'static str,
+}
+
+impl OAuthService {
+    /// The endpoints of a connection.
+    pub async fn endpoints(&self, spec: &ConnectionSpec) -> Result<Endpoints, Error> {
+        let o = spec.oauth2.as_ref().ok_or_else(|| Error::NotOAuth(spec.id.clone()))?;
+        let provider = spec.provider.as_deref().and_then(providers::find);
+        let tenant = o.tenant.as_deref().unwrap_or("common");
+        let fill = |u: &str| u.replace("{tenant}", tenant);
+        let mut ep = Endpoints {
+            issuer: o.issuer.clone(),
+            authorization: o.authorization_endpoint.clone().or(provider.map(|p| fill(p.authorization_endpoint))).unwrap_or_default(),
+            token: o.token_endpoint.clone().or(provider.map(|p| fill(p.token_endpoint))).unwrap_or_default(),
+            revocation: o.revocation_endpoint.clone().or(provider.and_then(|p| p.revocation_endpoint.map(fill))),
+            auth_method: o.token_endpoint_auth_method,
+            shape: provider.map(|p| p.response_shape).unwrap_or(ResponseShape::Standard),
+            scope_separator: provider.map(|p| p.scope_separator).unwrap_or(" "),
+        };
+        if let Some(url) = &o.discovery_url {
+            let found = self.discover(url).await?;
+            // Explicit fields win over discovered ones.
+            ep.issuer = ep.issuer.or(found.issuer);
+            if o.authorization_endpoint.is_none() {
+                ep.authorization = found.authorization;
+            }
+            if o.token_endpoint.is_none() {
+                ep.token = found.token;
+            }
+            if o.revocation_endpoint.is_none() {
+                ep.revocation = found.revocation;
+            }
+        }
+        if ep.authorization.is_empty() || ep.token.is_empty() {
+            return Err(Error::NoEndpoints(spec.id.clone()));
+        }
+        Ok(ep)
+    }
+
+    /// Discovered metadata for `url`, from the cache while fresh.
+    async fn discover(&self, url: &str) -> Result<client::Discovered, Error> {
+        let cached = self
+            .discovery
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(url)
+            .filter(|(_, at)| at.elapsed() < DISCOVERY_TTL)
+            .map(|(d, _)| d.clone());
+        if let Some(d) = cached {
+            return Ok(d);
+        }
+        let found = client::discover(&self.http, url).await.map_err(Error::Discovery)?;
+        self.discovery.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_owned(), (found.clone(), Instant::now()));
+        Ok(found)
+    }
+}
