@@ -11,7 +11,7 @@ N OAuth credentials all due at once against a local token endpoint (bench/vault.
 `provider`), next to that endpoint's direct throughput (wrk, same concurrency latchkey
 uses per provider) — once with no added provider latency (latchkey's own ceiling) and
 once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
-rotation). Prints Markdown tables (paste them into the README's Performance section).
+rotation). Prints Markdown tables (docs/performance.md keeps the latest).
 """
 import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 

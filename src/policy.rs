@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::model::{ConnectionId, Owner, OwnerKind, Scope, ValidationError};
+use crate::model::{ConnectionId, HeldScopes, Owner, OwnerKind, Scope, ScopeEnforcement, ValidationError};
 
 /// Default lease for API keys (which do not expire) when the grant sets no `max_ttl`.
 pub const DEFAULT_API_KEY_LEASE: i64 = 900;
@@ -44,6 +44,14 @@ pub struct Grant {
     /// Upper bound on a lease, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_ttl: Option<u64>,
+    /// Whether the holder may create connect links, which store (or replace) the owner's
+    /// credential. Reading a credential never implies it.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub connect: bool,
+    /// For connect links to a tenant owner: a role the person proving membership of the
+    /// tenant must hold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub connect_role: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -73,6 +81,11 @@ impl TryFrom<PolicyBody> for Policy {
             if let Some(t) = g.max_ttl {
                 if !(1..=MAX_TTL).contains(&t) {
                     return Err(ValidationError(format!("max_ttl must be between 1 and {MAX_TTL} seconds")));
+                }
+            }
+            if let Some(role) = &g.connect_role {
+                if !g.connect || !(1..=128).contains(&role.len()) || !role.bytes().all(|c| (0x21..=0x7e).contains(&c)) {
+                    return Err(ValidationError("connect_role needs connect: true and 1-128 printable characters".into()));
                 }
             }
         }
@@ -151,6 +164,27 @@ pub fn authorize<'p>(
     Ok((grant, owner))
 }
 
+/// Who may create a connect link for `owner`: a grant with `connect: true` whose owner rule
+/// covers exactly that owner. A `self` grant covers only the token's own user (never its
+/// tenant: membership is not enough), a `tenant` grant only the token's tenant, `any` both.
+pub fn authorize_connect<'p>(policy: &'p Policy, connection: &ConnectionId, who: &Principal, owner: &Owner) -> Result<&'p Grant, Refusal> {
+    let grant = policy.grant_for(connection).ok_or(Refusal::AccessDenied("no grant for this connection"))?;
+    if !grant.connect {
+        return Err(Refusal::AccessDenied("the grant does not allow creating connect links"));
+    }
+    let covered = match (owner.kind(), grant.owners) {
+        (_, OwnerRule::Any) => true,
+        (OwnerKind::User, OwnerRule::SelfOnly) => who.user.as_deref() == Some(owner.id()),
+        (OwnerKind::Tenant, OwnerRule::Tenant) => who.tenant.as_deref() == Some(owner.id()),
+        (OwnerKind::Tenant, OwnerRule::SelfOnly) | (OwnerKind::User, OwnerRule::Tenant) => false,
+    };
+    if covered {
+        Ok(grant)
+    } else {
+        Err(Refusal::AccessDenied("the grant does not cover this owner for connect links"))
+    }
+}
+
 /// Step 2: the scopes to release. `credential_scopes` is `None` when the credential
 /// records none (API keys, tokens imported without `scope`). `Err` lists refused scopes.
 pub fn release_scopes(
@@ -180,6 +214,80 @@ pub fn release_scopes(
     } else {
         Err(refused)
     }
+}
+
+/// What leaves the vault for an OAuth release, as far as scopes go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopePlan {
+    /// Release the stored token. `scopes` is what the response says; `enforced` whether
+    /// the token itself carries nothing the caller may not have.
+    AsIs { scopes: Vec<Scope>, enforced: bool },
+    /// Release a narrower token for exactly these scopes (minted with the refresh grant).
+    Narrow { scopes: Vec<Scope> },
+}
+
+/// Why scopes stop a release.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScopeRefusal {
+    /// Requested scopes the grant, the credential or the roles rule does not allow.
+    Refused(Vec<Scope>),
+    /// The credential holds scopes the caller may not have, and no narrower token is to be
+    /// had. An empty list: the held scopes are unknown.
+    Excess(Vec<Scope>),
+}
+
+/// Step 2 for OAuth credentials: the scopes to release and whether the token that leaves
+/// is really limited to them, by the connection's `mode`:
+/// - `label`: the scope field is narrowed, the stored token leaves (`enforced: false`).
+/// - `strict`: the stored token leaves only if every scope it holds is allowed to this
+///   caller (by the grant and the roles rule); unknown held scopes count as more.
+/// - `downscope`: a narrower token is minted for the scopes asked for (or all allowed ones)
+///   unless the stored one already holds exactly those; with `narrowing` false (the
+///   provider did not confirm a narrower token) it behaves as `strict`.
+#[allow(clippy::too_many_arguments)]
+pub fn plan_scopes(
+    mode: ScopeEnforcement,
+    narrowing: bool,
+    grant: &Grant,
+    requested: &[Scope],
+    held: &HeldScopes,
+    scope_roles: &BTreeMap<Scope, Vec<String>>,
+    roles: &[String],
+) -> Result<ScopePlan, ScopeRefusal> {
+    let labelled = release_scopes(grant, requested, held.known(), scope_roles, roles).map_err(ScopeRefusal::Refused)?;
+    if mode == ScopeEnforcement::Label {
+        return Ok(ScopePlan::AsIs { scopes: labelled, enforced: false });
+    }
+    let permitted = |s: &Scope| {
+        grant.scopes.as_ref().is_none_or(|g| g.contains(s)) && scope_roles.get(s).is_none_or(|need| need.iter().any(|r| roles.contains(r)))
+    };
+    // What the caller wants in its token: what it asked for, or everything it may have.
+    let target: Vec<Scope> = if requested.is_empty() { labelled.clone() } else { requested.to_vec() };
+    let excess: Option<Vec<Scope>> = match held {
+        HeldScopes::Known(h) => Some(h.iter().filter(|s| !permitted(s)).cloned().collect()),
+        HeldScopes::Unknown => None,
+    };
+    // Unknown held scopes are within policy only when the caller may have any scope at all.
+    let anything_goes = grant.scopes.is_none() && scope_roles.values().all(|need| need.iter().any(|r| roles.contains(r)));
+    let within_policy = match &excess {
+        Some(e) => e.is_empty(),
+        None => anything_goes,
+    };
+    let exactly_target = match held {
+        HeldScopes::Known(h) => h.iter().all(|s| target.contains(s)),
+        HeldScopes::Unknown => false,
+    };
+    if mode == ScopeEnforcement::Downscope && narrowing && !exactly_target && !target.is_empty() {
+        return Ok(ScopePlan::Narrow { scopes: target });
+    }
+    if within_policy {
+        let scopes = match held {
+            HeldScopes::Known(h) => h.clone(),
+            HeldScopes::Unknown => target,
+        };
+        return Ok(ScopePlan::AsIs { scopes, enforced: true });
+    }
+    Err(ScopeRefusal::Excess(excess.unwrap_or_default()))
 }
 
 /// Lease length: the grant's `max_ttl`, the credential's remaining life, whichever is
@@ -303,6 +411,73 @@ mod tests {
         // API keys: no credential scopes, no grant scopes → nothing to intersect.
         let open = policy(json!({"grants": [{"connection": "k", "owners": "self"}]}));
         assert!(release_scopes(open.grant_for(&conn("k")).unwrap(), &[], None, &BTreeMap::new(), &none).unwrap().is_empty());
+    }
+
+    #[test]
+    fn connect_links_need_the_connect_flag_and_an_exact_owner() {
+        let p = policy(json!({"grants": [
+            {"connection": "read-only", "owners": "any"},
+            {"connection": "mine", "owners": "self", "connect": true},
+            {"connection": "team", "owners": "tenant", "connect": true, "connect_role": "admin"},
+            {"connection": "svc", "owners": "any", "connect": true}]}));
+        let alice = user("alice", Some("acme"), &[]);
+        let o = |s: &str| Owner::parse(s).unwrap();
+        // Reading a credential never implies replacing it.
+        assert!(authorize_connect(&p, &conn("read-only"), &service(), &o("user:bob")).is_err());
+        assert!(authorize_connect(&p, &conn("mine"), &alice, &o("user:alice")).is_ok());
+        assert!(authorize_connect(&p, &conn("mine"), &alice, &o("user:bob")).is_err(), "self: someone else");
+        assert!(authorize_connect(&p, &conn("mine"), &alice, &o("tenant:acme")).is_err(), "membership is not enough");
+        assert!(authorize_connect(&p, &conn("team"), &alice, &o("tenant:acme")).is_ok());
+        assert!(authorize_connect(&p, &conn("team"), &alice, &o("tenant:globex")).is_err());
+        assert!(authorize_connect(&p, &conn("team"), &alice, &o("user:alice")).is_err());
+        assert!(authorize_connect(&p, &conn("svc"), &service(), &o("tenant:globex")).is_ok());
+        assert!(authorize_connect(&p, &conn("other"), &service(), &o("user:bob")).is_err());
+        assert!(
+            parse(json!({"grants": [{"connection": "x", "owners": "self", "connect_role": "admin"}]})).is_err(),
+            "role without connect"
+        );
+    }
+
+    #[test]
+    fn scope_enforcement_limits_the_token_not_only_the_label() {
+        use ScopeEnforcement::{Downscope, Label, Strict};
+        let p = policy(json!({"grants": [{"connection": "crm", "owners": "self", "scopes": ["crm:read"]},
+            {"connection": "open", "owners": "self"}]}));
+        let (narrow, open) = (p.grant_for(&conn("crm")).unwrap(), p.grant_for(&conn("open")).unwrap());
+        let full = HeldScopes::Known(scopes("crm:read crm:write crm:admin"));
+        let read = HeldScopes::Known(scopes("crm:read"));
+        let none: Vec<String> = vec![];
+        let no_roles = BTreeMap::new();
+        let plan = |mode, narrowing, g, req: &str, held: &HeldScopes| plan_scopes(mode, narrowing, g, &scopes(req), held, &no_roles, &none);
+        // label: today's behaviour, named for what it is.
+        assert_eq!(plan(Label, true, narrow, "", &full), Ok(ScopePlan::AsIs { scopes: scopes("crm:read"), enforced: false }));
+        // strict: a full-power credential under a narrow grant is refused, with the excess listed.
+        assert_eq!(plan(Strict, true, narrow, "", &full), Err(ScopeRefusal::Excess(scopes("crm:write crm:admin"))));
+        assert_eq!(plan(Strict, true, narrow, "crm:read", &full), Err(ScopeRefusal::Excess(scopes("crm:write crm:admin"))));
+        assert_eq!(plan(Strict, true, narrow, "", &read), Ok(ScopePlan::AsIs { scopes: scopes("crm:read"), enforced: true }));
+        assert_eq!(plan(Strict, true, narrow, "", &HeldScopes::Unknown), Err(ScopeRefusal::Excess(vec![])), "unknown counts as more");
+        assert_eq!(plan(Strict, true, open, "", &HeldScopes::Unknown).map(|_| ()), Ok(()), "a grant without scope limits takes anything");
+        // downscope: a narrower token, unless the stored one already is exactly that.
+        assert_eq!(plan(Downscope, true, narrow, "", &full), Ok(ScopePlan::Narrow { scopes: scopes("crm:read") }));
+        assert_eq!(plan(Downscope, true, open, "crm:write", &full), Ok(ScopePlan::Narrow { scopes: scopes("crm:write") }));
+        assert_eq!(plan(Downscope, true, narrow, "", &read), Ok(ScopePlan::AsIs { scopes: scopes("crm:read"), enforced: true }));
+        assert_eq!(
+            plan(Downscope, true, open, "", &full),
+            Ok(ScopePlan::AsIs { scopes: scopes("crm:read crm:write crm:admin"), enforced: true })
+        );
+        // ...and where the provider does not confirm narrowing, strict.
+        assert_eq!(plan(Downscope, false, narrow, "", &full), Err(ScopeRefusal::Excess(scopes("crm:write crm:admin"))));
+        // Asking for a scope the grant does not allow is refused in every mode.
+        for mode in [Label, Strict, Downscope] {
+            assert_eq!(plan(mode, true, narrow, "crm:admin", &full), Err(ScopeRefusal::Refused(scopes("crm:admin"))));
+        }
+        // scope_roles goes through the same enforcement.
+        let roles_rule: BTreeMap<Scope, Vec<String>> = [(Scope::parse("crm:write").unwrap(), vec!["sales-admin".to_string()])].into();
+        let rw = HeldScopes::Known(scopes("crm:read crm:write"));
+        assert_eq!(plan_scopes(Strict, true, open, &[], &rw, &roles_rule, &none), Err(ScopeRefusal::Excess(scopes("crm:write"))));
+        let admin = vec!["sales-admin".to_string()];
+        assert!(matches!(plan_scopes(Strict, true, open, &[], &rw, &roles_rule, &admin), Ok(ScopePlan::AsIs { enforced: true, .. })));
+        assert_eq!(plan_scopes(Downscope, true, open, &[], &rw, &roles_rule, &none), Ok(ScopePlan::Narrow { scopes: scopes("crm:read") }));
     }
 
     #[test]

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::{method_not_allowed, ApiError, AppState};
 use crate::audit::{Outcome, Query};
-use crate::auth::subject::IssuerConfig;
+use crate::auth::subject::NewIssuer;
 use crate::model::{AgentId, ConnectionId, ConnectionPatch, CredentialInput, NewConnection, Owner};
 use crate::policy::Policy;
 use crate::vault::{AdminPrincipal, NewAgent};
@@ -91,9 +91,7 @@ struct DeleteQuery {
 
 async fn delete_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, q: web::Query<DeleteQuery>) -> Reply {
     let id = ConnectionId::parse(&id)?;
-    let actor = admin.actor();
-    let cascade = q.cascade;
-    let n = state.blocking(move |v| v.delete_connection(&actor, &id, cascade)).await?;
+    let n = state.services.delete_connection(admin.actor(), id, q.cascade).await?;
     ok(json!({"deleted": true, "credentials_deleted": n}))
 }
 
@@ -195,10 +193,8 @@ async fn enable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<St
     set_disabled(state, admin, id, false).await
 }
 
-async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<IssuerConfig>) -> Reply {
-    let cfg = body.into_inner();
-    let actor = admin.actor();
-    let cfg = state.blocking(move |v| v.put_issuer(&actor, cfg)).await?;
+async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<NewIssuer>) -> Reply {
+    let cfg = state.services.put_issuer(admin.actor(), body.into_inner()).await?;
     Ok(HttpResponse::Created().json(cfg))
 }
 
@@ -213,9 +209,7 @@ struct IssuerQuery {
 }
 
 async fn delete_issuer(state: web::Data<AppState>, admin: Admin, q: web::Query<IssuerQuery>) -> Reply {
-    let actor = admin.actor();
-    let issuer = q.into_inner().issuer;
-    state.blocking(move |v| v.delete_issuer(&actor, &issuer)).await?;
+    state.services.delete_issuer(admin.actor(), q.into_inner().issuer).await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

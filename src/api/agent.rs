@@ -14,7 +14,7 @@ use crate::secret::Secret;
 use crate::service::release::DEFAULT_MIN_TTL;
 use crate::service::tokens::{TokenEndpointError, TokenRequest, TOKEN_EXCHANGE};
 use crate::time::rfc3339;
-use crate::vault::{ReleaseError, ReleaseInput, Released, ReleasedSecret};
+use crate::vault::{Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// The largest `min_ttl` a caller may ask for.
 const MAX_MIN_TTL: i64 = 86_400;
@@ -116,6 +116,7 @@ fn release_input(req: &HttpRequest, state: &AppState, id: &str, q: ReleaseQuery)
         min_ttl,
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
         refresh_attempted: None,
+        narrowing: Narrowing::Allowed,
     })
 }
 
@@ -124,6 +125,8 @@ fn release_input(req: &HttpRequest, state: &AppState, id: &str, q: ReleaseQuery)
 struct Lease<'a> {
     id: &'a str,
     expires_in: i64,
+    /// Whether the secret stops working when the lease ends (never for an API key).
+    enforced: bool,
 }
 
 #[derive(Serialize)]
@@ -156,11 +159,14 @@ struct OAuthBody<'a> {
     expires_in: Option<i64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     instance_url: Option<&'a str>,
+    /// Whether the token itself is limited to what the caller may have (`false`: the
+    /// connection's scope enforcement is `label`).
+    scope_enforced: bool,
     lease: Lease<'a>,
 }
 
 fn release_body(r: &Released) -> serde_json::Result<Vec<u8>> {
-    let lease = Lease { id: &r.lease_id, expires_in: r.lease_expires_in };
+    let lease = Lease { id: &r.lease_id, expires_in: r.lease_expires_in, enforced: r.lease_enforced };
     match &r.secret {
         ReleasedSecret::ApiKey { api_key, header_name, header_value } => serde_json::to_vec(&ApiKeyBody {
             connection_id: r.connection_id.as_str(),
@@ -170,7 +176,7 @@ fn release_body(r: &Released) -> serde_json::Result<Vec<u8>> {
             header: Header { name: header_name, value: header_value.expose() },
             lease,
         }),
-        ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in, instance_url } => {
+        ReleasedSecret::OAuth2 { access_token, token_type, scope, expires_at, expires_in, instance_url, scope_enforced } => {
             serde_json::to_vec(&OAuthBody {
                 connection_id: r.connection_id.as_str(),
                 kind: "oauth2",
@@ -181,6 +187,7 @@ fn release_body(r: &Released) -> serde_json::Result<Vec<u8>> {
                 expires_at: expires_at.map(rfc3339),
                 expires_in: *expires_in,
                 instance_url: instance_url.as_deref(),
+                scope_enforced: *scope_enforced,
                 lease,
             })
         }

@@ -137,6 +137,10 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::InsufficientScope(refused) => {
                 Self::new(StatusCode::FORBIDDEN, "insufficient_scope", msg).with("refused_scopes", json!(refused))
             }
+            ReleaseError::ExcessScope { excess, unknown } => Self::new(StatusCode::FORBIDDEN, "insufficient_scope", msg)
+                .with("refused_scopes", json!([]))
+                .with("excess_scopes", json!(excess))
+                .with("held_scopes_unknown", json!(unknown)),
             ReleaseError::NotConnected => Self::new(StatusCode::NOT_FOUND, "not_connected", msg),
             ReleaseError::ReauthRequired => Self::new(StatusCode::CONFLICT, "reauth_required", msg),
             ReleaseError::ProviderUnavailable { retry_after } => {
@@ -145,7 +149,7 @@ impl From<ReleaseError> for ApiError {
                 e
             }
             ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
-            ReleaseError::RefreshNeeded { .. } | ReleaseError::Internal => Self::internal(),
+            ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. } | ReleaseError::Internal => Self::internal(),
         }
     }
 }
@@ -170,6 +174,7 @@ impl From<ConnectError> for ApiError {
         match e {
             ConnectError::Unauthorized => Self::unauthorized(),
             ConnectError::Forbidden => Self::forbidden(e.to_string()),
+            ConnectError::ProofUnavailable(msg) => Self::invalid(msg),
             ConnectError::Vault(v) => v.into(),
         }
     }

@@ -15,6 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::{Deserialize, Serialize};
 
 use crate::model::ValidationError;
+use crate::secret::Secret;
 
 const JWKS_TTL: Duration = Duration::from_secs(3600);
 /// Rate limit for fetching one issuer's JWKS.
@@ -22,20 +23,107 @@ pub const MIN_REFETCH: Duration = Duration::from_secs(10);
 const JWKS_MAX_BYTES: usize = 256 * 1024;
 const FETCH_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// A trusted issuer (`/v1/admin/issuers`), validated as it is deserialised.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "IssuerBody")]
+/// A trusted issuer (`/v1/admin/issuers`): whose JWTs agents may exchange, how its
+/// subjects map to owners, and (optionally) how latchkey signs people in there to prove
+/// who they are before a connect link stores their account.
+#[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct IssuerConfig {
     pub issuer: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// Owners from this issuer are `user:<prefix>:<sub>` and `tenant:<prefix>:<tenant>`, so
+    /// that subjects of different issuers never meet. Unique across issuers.
+    pub subject_prefix: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub display_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks_uri: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub jwks: Option<JwkSet>,
     pub audience: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub tenant_claim: Option<String>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(skip_serializing_if = "Option::is_none")]
     pub roles_claim: Option<String>,
+    /// latchkey's own OIDC client at this issuer, for owner proof on connect links.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner_proof: Option<OwnerProofClient>,
+}
+
+/// latchkey as an OIDC client of a trusted issuer (its secret is held apart, sealed).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct OwnerProofClient {
+    pub client_id: String,
+    /// Whether a client secret is stored (it is never returned).
+    pub client_secret_set: bool,
+}
+
+impl IssuerConfig {
+    /// The owner id of this issuer's user or tenant `id`.
+    pub fn owner_id(&self, id: &str) -> String {
+        format!("{}:{id}", self.subject_prefix)
+    }
+
+    /// The issuer-side id inside one of this issuer's owner ids; `None` if the owner is
+    /// not this issuer's.
+    pub fn local_id<'a>(&self, owner_id: &'a str) -> Option<&'a str> {
+        owner_id.strip_prefix(self.subject_prefix.as_str())?.strip_prefix(':')
+    }
+}
+
+/// Where a token's verification keys are.
+#[derive(Debug, Clone, Copy)]
+pub enum Keys<'a> {
+    /// A JWKS document to fetch (and cache).
+    Uri(&'a str),
+    Inline(&'a JwkSet),
+}
+
+/// What verifying a JWT needs: its issuer, keys and audience, and which claims carry the
+/// tenant and roles.
+#[derive(Debug, Clone, Copy)]
+pub struct Expect<'a> {
+    pub issuer: &'a str,
+    pub keys: Keys<'a>,
+    pub audience: &'a str,
+    pub tenant_claim: Option<&'a str>,
+    pub roles_claim: Option<&'a str>,
+}
+
+impl IssuerConfig {
+    /// What this issuer's subject tokens must satisfy; `None` if it names no keys.
+    pub fn expect(&self) -> Option<Expect<'_>> {
+        let keys = match (&self.jwks, &self.jwks_uri) {
+            (Some(set), _) => Keys::Inline(set),
+            (None, Some(uri)) => Keys::Uri(uri),
+            (None, None) => return None,
+        };
+        Some(Expect {
+            issuer: &self.issuer,
+            keys,
+            audience: &self.audience,
+            tenant_claim: self.tenant_claim.as_deref(),
+            roles_claim: self.roles_claim.as_deref(),
+        })
+    }
+}
+
+/// The subject prefix an owner id starts with, if it has one.
+pub fn owner_prefix(owner_id: &str) -> Option<&str> {
+    owner_id.split_once(':').map(|(p, _)| p)
+}
+
+/// `POST /v1/admin/issuers`, validated as it is deserialised; the owner-proof client
+/// secret is taken out as a [`Secret`].
+#[derive(Debug)]
+pub struct NewIssuer {
+    pub config: IssuerConfig,
+    pub proof_client_secret: Option<Secret>,
+}
+
+impl<'de> Deserialize<'de> for NewIssuer {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let body = IssuerBody::deserialize(d)?;
+        NewIssuer::try_from(body).map_err(serde::de::Error::custom)
+    }
 }
 
 /// An issuer as written, before its checks.
@@ -43,6 +131,9 @@ pub struct IssuerConfig {
 #[serde(deny_unknown_fields)]
 struct IssuerBody {
     issuer: String,
+    subject_prefix: String,
+    #[serde(default)]
+    display_name: Option<String>,
     #[serde(default)]
     jwks_uri: Option<String>,
     #[serde(default)]
@@ -52,9 +143,27 @@ struct IssuerBody {
     tenant_claim: Option<String>,
     #[serde(default)]
     roles_claim: Option<String>,
+    #[serde(default)]
+    owner_proof: Option<OwnerProofBody>,
 }
 
-impl TryFrom<IssuerBody> for IssuerConfig {
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct OwnerProofBody {
+    client_id: String,
+    #[serde(default)]
+    client_secret: Option<Secret>,
+}
+
+/// `^[a-z0-9][a-z0-9-]{0,31}$`: short, and never containing the `:` that ends it.
+pub fn valid_subject_prefix(p: &str) -> bool {
+    let b = p.as_bytes();
+    (1..=32).contains(&b.len())
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-')
+}
+
+impl TryFrom<IssuerBody> for NewIssuer {
     type Error = ValidationError;
 
     fn try_from(c: IssuerBody) -> Result<Self, ValidationError> {
@@ -65,6 +174,16 @@ impl TryFrom<IssuerBody> for IssuerConfig {
         };
         if c.issuer.len() > 512 || !url_ok(&c.issuer) {
             return Err(ValidationError("issuer must be an https URL (http only for localhost)".into()));
+        }
+        if !valid_subject_prefix(&c.subject_prefix) {
+            return Err(ValidationError(
+                "subject_prefix must be 1-32 characters from a-z, 0-9 and '-', starting with a letter or digit".into(),
+            ));
+        }
+        if let Some(n) = &c.display_name {
+            if n.is_empty() || n.chars().count() > 100 || n.chars().any(char::is_control) {
+                return Err(ValidationError("display_name must be 1-100 characters without control characters".into()));
+            }
         }
         let jwks = match (&c.jwks_uri, c.jwks) {
             (Some(u), None) if url_ok(u) => None,
@@ -86,24 +205,46 @@ impl TryFrom<IssuerBody> for IssuerConfig {
                 return Err(ValidationError("claim names must be 1-128 characters".into()));
             }
         }
-        Ok(IssuerConfig {
-            issuer: c.issuer,
-            jwks_uri: c.jwks_uri,
-            jwks,
-            audience: c.audience,
-            tenant_claim: c.tenant_claim,
-            roles_claim: c.roles_claim,
+        let (owner_proof, proof_client_secret) = match c.owner_proof {
+            None => (None, None),
+            Some(p) => {
+                if p.client_id.is_empty() || p.client_id.len() > 512 || !p.client_id.bytes().all(|c| (0x20..=0x7e).contains(&c)) {
+                    return Err(ValidationError("owner_proof.client_id must be 1-512 printable ASCII characters".into()));
+                }
+                if p.client_secret.as_ref().is_some_and(|s| s.is_empty() || s.len() > 4096) {
+                    return Err(ValidationError("owner_proof.client_secret must be 1-4096 characters".into()));
+                }
+                let set = p.client_secret.is_some();
+                (Some(OwnerProofClient { client_id: p.client_id, client_secret_set: set }), p.client_secret)
+            }
+        };
+        Ok(NewIssuer {
+            config: IssuerConfig {
+                issuer: c.issuer,
+                subject_prefix: c.subject_prefix,
+                display_name: c.display_name,
+                jwks_uri: c.jwks_uri,
+                jwks,
+                audience: c.audience,
+                tenant_claim: c.tenant_claim,
+                roles_claim: c.roles_claim,
+                owner_proof,
+            },
+            proof_client_secret,
         })
     }
 }
 
-/// What a verified subject token says about the user.
+/// What a verified token (a subject token, or an ID token) says about the person. `sub`
+/// and `tenant` are the issuer's own ids, not yet namespaced.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Subject {
     pub sub: String,
     pub exp: i64,
     pub tenant: Option<String>,
     pub roles: Vec<String>,
+    /// The `nonce` claim of an ID token.
+    pub nonce: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -157,10 +298,11 @@ struct Cached {
     attempted: Instant,
 }
 
-/// Fetches and caches issuers' JWKS documents.
+/// Fetches and caches issuers' JWKS documents, by issuer *and* key location: replacing an
+/// issuer's `jwks_uri` never reuses keys fetched from the old one.
 pub struct JwksCache {
     http: reqwest::Client,
-    entries: Mutex<HashMap<String, Cached>>,
+    entries: Mutex<HashMap<(String, String), Cached>>,
 }
 
 impl JwksCache {
@@ -171,19 +313,20 @@ impl JwksCache {
     }
 
     /// The issuer's key `kid` (or its only key when the token names none).
-    async fn key(&self, cfg: &IssuerConfig, kid: Option<&str>) -> Result<Jwk, SubjectError> {
+    async fn key(&self, expect: &Expect<'_>, kid: Option<&str>) -> Result<Jwk, SubjectError> {
         let find = |set: &JwkSet| match kid {
             Some(k) => set.find(k).cloned(),
             None if set.keys.len() == 1 => set.keys.first().cloned(),
             None => None,
         };
-        if let Some(inline) = &cfg.jwks {
-            return find(inline).ok_or(SubjectError::UnknownKey);
-        }
-        let uri = cfg.jwks_uri.as_deref().ok_or(SubjectError::UnknownKey)?;
+        let uri = match expect.keys {
+            Keys::Inline(set) => return find(set).ok_or(SubjectError::UnknownKey),
+            Keys::Uri(uri) => uri,
+        };
+        let cache_key = (expect.issuer.to_owned(), uri.to_owned());
         let (cached, may_fetch) = {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            match entries.get(&cfg.issuer) {
+            match entries.get(&cache_key) {
                 Some(c) => {
                     let fresh = c.fetched.is_some_and(|f| f.elapsed() < JWKS_TTL);
                     (c.set.clone().filter(|_| fresh), c.attempted.elapsed() >= MIN_REFETCH)
@@ -199,7 +342,7 @@ impl JwksCache {
         }
         let fetched = self.fetch(uri).await;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-        let entry = entries.entry(cfg.issuer.clone()).or_insert(Cached { set: None, fetched: None, attempted: Instant::now() });
+        let entry = entries.entry(cache_key).or_insert(Cached { set: None, fetched: None, attempted: Instant::now() });
         entry.attempted = Instant::now();
         match fetched {
             Some(set) => {
@@ -229,22 +372,26 @@ impl JwksCache {
         serde_json::from_slice(&body).ok()
     }
 
-    /// Verifies a subject token from the issuer described by `cfg` at time `now` (latchkey's
-    /// clock, not the library's).
-    pub async fn verify(&self, cfg: &IssuerConfig, token: &str, now: i64) -> Result<Subject, SubjectError> {
+    /// Forgets every key fetched for `issuer` (it was replaced or deleted).
+    pub fn forget(&self, issuer: &str) {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _), _| i != issuer);
+    }
+
+    /// Verifies a JWT as `expect` says, at time `now` (latchkey's clock, not the library's).
+    pub async fn verify(&self, expect: &Expect<'_>, token: &str, now: i64) -> Result<Subject, SubjectError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| SubjectError::Malformed)?;
         if !matches!(header.alg, Algorithm::RS256 | Algorithm::ES256 | Algorithm::EdDSA) {
             return Err(SubjectError::Algorithm);
         }
-        let jwk = self.key(cfg, header.kid.as_deref()).await?;
+        let jwk = self.key(expect, header.kid.as_deref()).await?;
         let alg = pinned_algorithm(&jwk).ok_or(SubjectError::Algorithm)?;
         if alg != header.alg {
             return Err(SubjectError::Algorithm);
         }
         let key = DecodingKey::from_jwk(&jwk).map_err(|_| SubjectError::UnknownKey)?;
         let mut v = Validation::new(alg);
-        v.set_issuer(&[&cfg.issuer]);
-        v.set_audience(&[&cfg.audience]);
+        v.set_issuer(&[expect.issuer]);
+        v.set_audience(&[expect.audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         // Times are checked below against latchkey's clock.
         v.validate_exp = false;
@@ -260,12 +407,13 @@ impl JwksCache {
         if claims.get("nbf").and_then(|n| n.as_i64()).is_some_and(|nbf| nbf - leeway > now) {
             return Err(SubjectError::Invalid("ImmatureSignature".into()));
         }
-        let tenant = cfg.tenant_claim.as_ref().and_then(|c| claims.get(c)).and_then(|v| v.as_str()).map(str::to_owned);
-        let roles = match cfg.roles_claim.as_ref().and_then(|c| claims.get(c)) {
+        let tenant = expect.tenant_claim.and_then(|c| claims.get(c)).and_then(|v| v.as_str()).map(str::to_owned);
+        let roles = match expect.roles_claim.and_then(|c| claims.get(c)) {
             Some(serde_json::Value::Array(a)) => a.iter().filter_map(|r| r.as_str().map(str::to_owned)).collect(),
             Some(serde_json::Value::String(s)) => s.split(' ').filter(|r| !r.is_empty()).map(str::to_owned).collect(),
             _ => Vec::new(),
         };
-        Ok(Subject { sub, exp, tenant, roles })
+        let nonce = claims.get("nonce").and_then(|n| n.as_str()).map(str::to_owned);
+        Ok(Subject { sub, exp, tenant, roles, nonce })
     }
 }

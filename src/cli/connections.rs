@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{open_vault, print_json, read_json, CliResult};
+use super::{open_vault, print_json, read_json, with_services, CliResult};
 use crate::config::Settings;
 use crate::model::{ConnectionId, NewConnection};
 use crate::vault::Actor;
@@ -24,7 +24,7 @@ pub enum ConnectionsCmd {
     /// Delete a connection.
     Rm {
         id: String,
-        /// Also delete its credentials.
+        /// Also disconnect its credentials (each revoked at the provider where possible).
         #[arg(long)]
         cascade: bool,
     },
@@ -43,7 +43,8 @@ pub fn exec(settings: &Settings, cmd: ConnectionsCmd) -> CliResult {
         }
         ConnectionsCmd::Rm { id, cascade } => {
             let id = ConnectionId::parse(&id)?;
-            let n = open_vault(settings)?.delete_connection(&Actor::cli(), &id, cascade)?;
+            let c = id.clone();
+            let n = with_services(settings, async move |s| Ok(s.delete_connection(Actor::cli(), c, cascade).await?))?;
             println!("connection {id} deleted ({n} credentials deleted)");
             Ok(())
         }

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use clap::Subcommand;
 
-use super::{open_vault, print_json, read_input, CliError, CliResult};
+use super::{open_vault, print_json, read_input, with_services, CliError, CliResult};
 use crate::config::Settings;
 use crate::model::{ConnectionId, CredentialInput, Owner};
 use crate::secret::Secret;
@@ -27,7 +27,7 @@ pub enum CredentialsCmd {
     },
     /// List credential metadata of a connection.
     List { connection: String },
-    /// Delete a credential.
+    /// Disconnect a credential: revoke it at the provider where possible, then delete it.
     Rm { connection: String, owner: String },
 }
 
@@ -57,9 +57,9 @@ pub fn exec(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
         }
         CredentialsCmd::Rm { connection, owner } => {
             let (id, owner) = (ConnectionId::parse(&connection)?, Owner::parse(&owner)?);
-            let revocation = Some("not attempted (CLI; use the admin API to revoke at the provider)");
-            open_vault(settings)?.delete_credential(&Actor::cli(), &id, &owner, revocation)?;
-            println!("credential of {owner} for {connection} deleted");
+            let o = owner.clone();
+            with_services(settings, async move |s| Ok(s.disconnect(Actor::cli(), id, o).await?))?;
+            println!("credential of {owner} for {connection} revoked where possible and deleted (see `latchkey audit tail`)");
             Ok(())
         }
     }

@@ -215,6 +215,20 @@ pub fn read_json(path: &Path) -> Result<serde_json::Value, CliError> {
     serde_json::from_str(&text).map_err(|e| CliError::usage(format!("invalid JSON: {}", crate::model::clean_serde_error(&e.to_string()))))
 }
 
+/// Runs `f` with the services a running server has (for commands that call providers,
+/// such as revoking at disconnect), on a runtime of its own.
+pub fn with_services<T>(
+    settings: &Settings,
+    f: impl AsyncFnOnce(std::sync::Arc<crate::service::Services>) -> Result<T, CliError>,
+) -> Result<T, CliError> {
+    let vault = std::sync::Arc::new(open_vault(settings)?);
+    actix_web::rt::System::new().block_on(async move {
+        let services = crate::service::Services::new(vault, settings.public_url.clone(), crate::oauth::ClientOptions::default())
+            .map_err(|e| CliError::failed(e.to_string()))?;
+        f(std::sync::Arc::new(services)).await
+    })
+}
+
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
     Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
 }

@@ -92,10 +92,62 @@ pub struct OAuth2Spec {
     /// Microsoft Entra tenant for the catalog's `{tenant}` URLs (default `common`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tenant: Option<String>,
+    /// Where the provider's ID-token keys are (filled by discovery when `discovery_url` is
+    /// used): with them, the provider account of connected tokens is known.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub jwks_uri: Option<String>,
+    /// How a grant's scopes are enforced in what leaves the vault. Always explicit once
+    /// stored: absent in a request, it defaults by provider (see [`ScopeEnforcement`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub scope_enforcement: Option<ScopeEnforcement>,
+    /// Whether a person opening a connect link made by an agent must first sign in at the
+    /// owner's trusted issuer. Turning it off lets anyone holding such a link connect their
+    /// own account as the owner: a phishing risk.
+    #[serde(default = "yes")]
+    pub owner_proof: bool,
 }
 
 fn yes() -> bool {
     true
+}
+
+/// How a grant's scopes limit what leaves the vault.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScopeEnforcement {
+    /// Mint a narrower access token with the refresh grant (RFC 6749 §6); where the
+    /// provider does not confirm the narrowing, behave as `strict`.
+    Downscope,
+    /// Release only if every scope the credential holds is allowed to the caller.
+    Strict,
+    /// Advisory: the scope field is narrowed, the full token leaves (audited as such).
+    Label,
+}
+
+impl ScopeEnforcement {
+    /// The default for a connection: `downscope` for catalog providers known to honour a
+    /// narrower refresh, `strict` for everything else.
+    pub fn default_for(provider: Option<&str>) -> Self {
+        match provider.and_then(super::providers::find) {
+            Some(p) if p.honours_narrow_refresh => ScopeEnforcement::Downscope,
+            _ => ScopeEnforcement::Strict,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ScopeEnforcement::Downscope => "downscope",
+            ScopeEnforcement::Strict => "strict",
+            ScopeEnforcement::Label => "label",
+        }
+    }
+}
+
+impl OAuth2Spec {
+    /// The connection's scope enforcement (`strict` if a stored spec somehow lacks one).
+    pub fn scope_enforcement(&self) -> ScopeEnforcement {
+        self.scope_enforcement.unwrap_or(ScopeEnforcement::Strict)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -212,9 +264,15 @@ fn merge_patch(target: &mut serde_json::Value, patch: &serde_json::Value) {
 }
 
 impl ConnectionSpec {
+    /// Parses and validates a spec; an OAuth connection without `scope_enforcement` gets its
+    /// provider's default, so that a stored spec always states it.
     pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
+        let mut spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
         spec.validate()?;
+        let provider = spec.provider.clone();
+        if let Some(o) = spec.oauth2.as_mut() {
+            o.scope_enforcement.get_or_insert_with(|| ScopeEnforcement::default_for(provider.as_deref()));
+        }
         Ok(spec)
     }
 
@@ -258,6 +316,7 @@ impl OAuth2Spec {
             ("authorization_endpoint", &self.authorization_endpoint),
             ("token_endpoint", &self.token_endpoint),
             ("revocation_endpoint", &self.revocation_endpoint),
+            ("jwks_uri", &self.jwks_uri),
         ] {
             if let Some(u) = url {
                 check_url(name, u)?;
@@ -278,8 +337,8 @@ impl OAuth2Spec {
         if !explicit && self.discovery_url.is_none() && !has_provider {
             return invalid("oauth2 needs 'authorization_endpoint' and 'token_endpoint', or 'discovery_url', or a 'provider'");
         }
-        const RESERVED: [&str; 7] =
-            ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method"];
+        const RESERVED: [&str; 8] =
+            ["response_type", "client_id", "redirect_uri", "state", "scope", "code_challenge", "code_challenge_method", "nonce"];
         for (k, v) in &self.extra_authorize_params {
             if RESERVED.contains(&k.as_str()) {
                 return invalid(format!("extra_authorize_params may not set '{k}'"));

@@ -96,7 +96,12 @@ pub enum OwnerKind {
     Tenant,
 }
 
-/// Whose credential it is: `user:<id>` or `tenant:<id>`.
+/// Longest owner id: an issuer's subject prefix (up to 32), a colon, and an OIDC `sub`
+/// (up to 255 by the spec), with room to spare.
+pub const MAX_OWNER_ID: usize = 300;
+
+/// Whose credential it is: `user:<id>` or `tenant:<id>`. Users and tenants that come from
+/// a trusted issuer are namespaced by its subject prefix: `user:<prefix>:<sub>`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct Owner {
     kind: OwnerKind,
@@ -114,12 +119,13 @@ impl Owner {
     }
 
     pub fn new(kind: OwnerKind, id: &str) -> Result<Self, ValidationError> {
-        let ok = (1..=128).contains(&id.len()) && id.bytes().all(|c| (0x21..=0x7e).contains(&c) && !matches!(c, b'/' | b'?' | b'#' | b'%'));
+        let ok = (1..=MAX_OWNER_ID).contains(&id.len())
+            && id.bytes().all(|c| (0x21..=0x7e).contains(&c) && !matches!(c, b'/' | b'?' | b'#' | b'%'));
         if ok {
             Ok(Owner { kind, id: id.to_owned() })
         } else {
             invalid(format!(
-                "invalid owner id '{}': use 1-128 printable ASCII characters without '/', '?', '#', '%' or spaces",
+                "invalid owner id '{}': use 1-{MAX_OWNER_ID} printable ASCII characters without '/', '?', '#', '%' or spaces",
                 preview(id)
             ))
         }
@@ -214,7 +220,14 @@ mod tests {
 
     #[test]
     fn owners() {
-        for ok in ["user:alice", "tenant:acme", "user:auth0|abc123", "user:a@b.example", &format!("user:{}", "x".repeat(128))] {
+        for ok in [
+            "user:alice",
+            "tenant:acme",
+            "user:auth0|abc123",
+            "user:a@b.example",
+            &format!("user:{}", "x".repeat(MAX_OWNER_ID)),
+            "user:okta:00u1abc",
+        ] {
             assert_eq!(Owner::parse(ok).unwrap().to_string(), ok);
         }
         for bad in [
@@ -227,7 +240,7 @@ mod tests {
             "user:a#b",
             "user:a%2F",
             "user:\u{7f}",
-            &format!("user:{}", "x".repeat(129)),
+            &format!("user:{}", "x".repeat(MAX_OWNER_ID + 1)),
         ] {
             assert!(Owner::parse(bad).is_err(), "{bad}");
         }

@@ -20,6 +20,8 @@ pub struct TokenSet {
     pub token_type: String,
     /// Salesforce: the org's API host.
     pub instance_url: Option<String>,
+    /// An OIDC ID token, when the provider sent one (verified before it is trusted).
+    pub id_token: Option<Secret>,
 }
 
 /// When to refresh a token expiring at `expires_at`, written at `now`:

@@ -35,6 +35,9 @@ pub struct Provider {
     pub rotates_refresh_tokens: bool,
     /// Access tokens may come without `expires_in` (treated as non-expiring).
     pub expiry_optional: bool,
+    /// Documented to honour a narrower `scope` on the refresh grant (RFC 6749 §6), so that
+    /// `downscope` is the default scope enforcement for its connections.
+    pub honours_narrow_refresh: bool,
     pub notes: &'static str,
 }
 
@@ -58,6 +61,7 @@ const fn p(
         response_shape: ResponseShape::Standard,
         rotates_refresh_tokens: false,
         expiry_optional: false,
+        honours_narrow_refresh: false,
         notes: "",
     }
 }
@@ -72,8 +76,9 @@ pub const CATALOG: &[Provider] = &[
     },
     Provider {
         rotates_refresh_tokens: true,
+        honours_narrow_refresh: true,
         token_endpoint_auth_method: "client_secret_post",
-        notes: "Tenant in the URL: set oauth2.tenant (default 'common'). Add the offline_access scope for refresh tokens. No RFC 7009 revocation endpoint.",
+        notes: "Tenant in the URL: set oauth2.tenant (default 'common'). Add the offline_access scope for refresh tokens. No RFC 7009 revocation endpoint. The refresh grant takes a scope subset, so downscoping works.",
         ..p("microsoft", "Microsoft Entra ID", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token", None)
     },
     Provider {

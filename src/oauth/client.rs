@@ -64,6 +64,7 @@ struct Raw {
     scope: Option<String>,
     token_type: Option<String>,
     instance_url: Option<String>,
+    id_token: Option<String>,
     error: Option<String>,
     ok: Option<bool>,
     authed_user: Option<Box<Raw>>,
@@ -76,6 +77,9 @@ impl Drop for Raw {
             t.zeroize();
         }
         if let Some(t) = self.refresh_token.as_mut() {
+            t.zeroize();
+        }
+        if let Some(t) = self.id_token.as_mut() {
             t.zeroize();
         }
     }
@@ -187,6 +191,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
             scope: u.scope.clone(),
             token_type: u.token_type.clone(),
             instance_url: None,
+            id_token: None,
             error: None,
             ok: None,
             authed_user: None,
@@ -218,6 +223,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
         scope: raw.scope.clone(),
         token_type,
         instance_url: raw.instance_url.clone().filter(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "https")),
+        id_token: raw.id_token.as_ref().filter(|t| !t.is_empty() && t.len() <= 16 * 1024).map(|t| Secret::new(t.clone())),
     })
 }
 
@@ -239,22 +245,20 @@ pub async fn exchange_code(
     token_request(http, ep, client_id, secret, form).await
 }
 
-/// Refresh-token grant.
+/// Refresh-token grant; `scope` asks for a narrower access token (RFC 6749 §6).
 pub async fn refresh(
     http: &reqwest::Client,
     ep: &Endpoints,
     client_id: &str,
     secret: Option<&Secret>,
     refresh_token: &Secret,
+    scope: Option<&str>,
 ) -> Result<TokenSet, ProviderError> {
-    token_request(
-        http,
-        ep,
-        client_id,
-        secret,
-        vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.expose().to_owned())],
-    )
-    .await
+    let mut form = vec![("grant_type", "refresh_token".to_owned()), ("refresh_token", refresh_token.expose().to_owned())];
+    if let Some(s) = scope {
+        form.push(("scope", s.to_owned()));
+    }
+    token_request(http, ep, client_id, secret, form).await
 }
 
 /// RFC 7009 revocation of a refresh token. `Ok(())` when the provider accepted it.
@@ -284,6 +288,9 @@ pub struct Discovered {
     pub authorization: String,
     pub token: String,
     pub revocation: Option<String>,
+    pub jwks_uri: Option<String>,
+    /// RFC 9207: the provider puts `iss` in every authorization response.
+    pub iss_parameter_supported: bool,
 }
 
 /// Fetches OIDC discovery / RFC 8414 metadata and checks that `issuer` is exactly the
@@ -304,6 +311,9 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Dis
         authorization_endpoint: String,
         token_endpoint: String,
         revocation_endpoint: Option<String>,
+        jwks_uri: Option<String>,
+        #[serde(default)]
+        authorization_response_iss_parameter_supported: bool,
     }
     let m: Meta = serde_json::from_slice(&body).map_err(|_| "discovery document is malformed")?;
     if m.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
@@ -314,6 +324,8 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Dis
         authorization: m.authorization_endpoint,
         token: m.token_endpoint,
         revocation: m.revocation_endpoint,
+        jwks_uri: m.jwks_uri,
+        iss_parameter_supported: m.authorization_response_iss_parameter_supported,
     })
 }
 

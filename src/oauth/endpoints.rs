@@ -19,6 +19,11 @@ pub struct Endpoints {
     pub auth_method: TokenEndpointAuthMethod,
     pub shape: ResponseShape,
     pub scope_separator: &'static str,
+    /// The provider's ID-token keys, when known.
+    pub jwks_uri: Option<String>,
+    /// RFC 9207: the provider's metadata says every authorization response carries `iss`,
+    /// so a callback without it is refused.
+    pub iss_required: bool,
 }
 
 impl OAuthService {
@@ -36,6 +41,8 @@ impl OAuthService {
             auth_method: o.token_endpoint_auth_method,
             shape: provider.map(|p| p.response_shape).unwrap_or(ResponseShape::Standard),
             scope_separator: provider.map(|p| p.scope_separator).unwrap_or(" "),
+            jwks_uri: o.jwks_uri.clone(),
+            iss_required: false,
         };
         if let Some(url) = &o.discovery_url {
             let found = self.discover(url).await?;
@@ -50,11 +57,33 @@ impl OAuthService {
             if o.revocation_endpoint.is_none() {
                 ep.revocation = found.revocation;
             }
+            if o.jwks_uri.is_none() {
+                ep.jwks_uri = found.jwks_uri;
+            }
+            ep.iss_required = found.iss_parameter_supported;
         }
         if ep.authorization.is_empty() || ep.token.is_empty() {
             return Err(Error::NoEndpoints(spec.id.clone()));
         }
         Ok(ep)
+    }
+
+    /// The OIDC endpoints of a trusted issuer, where latchkey signs people in for owner
+    /// proof (OIDC discovery at the issuer's well-known URL).
+    pub async fn issuer_endpoints(&self, issuer: &str) -> Result<Endpoints, Error> {
+        let url = format!("{}/.well-known/openid-configuration", issuer.trim_end_matches('/'));
+        let found = self.discover(&url).await?;
+        Ok(Endpoints {
+            issuer: found.issuer,
+            authorization: found.authorization,
+            token: found.token,
+            revocation: found.revocation,
+            auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
+            shape: ResponseShape::Standard,
+            scope_separator: " ",
+            jwks_uri: found.jwks_uri,
+            iss_required: found.iss_parameter_supported,
+        })
     }
 
     /// Discovered metadata for `url`, from the cache while fresh.

@@ -17,6 +17,8 @@
 pub mod client;
 mod connect;
 pub mod endpoints;
+mod narrow;
+mod proof;
 mod refresh;
 mod refresher;
 
@@ -26,11 +28,13 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore};
 
+use crate::auth::subject::JwksCache;
 use crate::metrics::Metrics;
 use crate::model::ConnectionId;
 use crate::vault::{Vault, VaultError};
 use client::ProviderError;
 
+pub use narrow::Narrowed;
 pub use refresh::Refreshed;
 
 /// Refreshes (on demand and background) past their single-flight lock at once.
@@ -53,6 +57,12 @@ pub enum Error {
     Discovery(&'static str),
     #[error("the authorization response came from a different issuer (iss mismatch)")]
     IssuerMismatch,
+    #[error("the authorization response has no iss, which its issuer always sends (RFC 9207)")]
+    IssuerMissing,
+    #[error("the ID token was refused: {0}")]
+    IdToken(String),
+    #[error("the trusted issuer has no owner_proof client configured")]
+    NoProofClient,
     #[error(transparent)]
     Provider(#[from] ProviderError),
     #[error(transparent)]
@@ -92,6 +102,8 @@ pub struct OAuthService {
     global: Arc<Semaphore>,
     wake: Notify,
     metrics: Arc<Metrics>,
+    /// Verification keys of providers' and issuers' ID tokens.
+    jwks: Arc<JwksCache>,
 }
 
 impl std::fmt::Debug for OAuthService {
@@ -103,7 +115,13 @@ impl std::fmt::Debug for OAuthService {
 impl OAuthService {
     /// Fails if the HTTP client cannot be built: running without its timeouts and
     /// no-redirect policy is not an option.
-    pub fn new(vault: Arc<Vault>, public_url: String, metrics: Arc<Metrics>, options: ClientOptions) -> Result<Self, Error> {
+    pub fn new(
+        vault: Arc<Vault>,
+        public_url: String,
+        metrics: Arc<Metrics>,
+        jwks: Arc<JwksCache>,
+        options: ClientOptions,
+    ) -> Result<Self, Error> {
         let holder = crate::vault::new_id("lk-")?;
         let lease_ms = i64::try_from((options.timeout + Duration::from_secs(5)).as_millis()).unwrap_or(i64::MAX);
         Ok(OAuthService {
@@ -118,6 +136,7 @@ impl OAuthService {
             global: Arc::new(Semaphore::new(MAX_CONCURRENT_REFRESHES)),
             wake: Notify::new(),
             metrics,
+            jwks,
         })
     }
 

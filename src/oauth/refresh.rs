@@ -42,7 +42,7 @@ pub(super) enum Need {
 /// The in-process half of single flight for one credential.
 #[derive(Default)]
 pub(super) struct InFlight {
-    lock: tokio::sync::Mutex<()>,
+    pub(super) lock: tokio::sync::Mutex<()>,
     /// Refreshes completed under the lock: a waiter that sees it move takes that result.
     done: AtomicU64,
 }
@@ -53,9 +53,41 @@ impl OAuthService {
         self.refresh(connection, owner, Need::MinTtl(min_ttl)).await
     }
 
+    /// The single-flight entry of a credential (shared by refreshes and narrowing mints:
+    /// there is one refresh token).
+    pub(super) fn flight(&self, key: &str) -> Arc<InFlight> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_owned()).or_default().clone()
+    }
+
+    /// Forgets a single-flight entry once nobody else holds it.
+    pub(super) fn forget_flight(&self, key: &str) {
+        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if map.get(key).is_some_and(|e| Arc::strong_count(e) <= 2) {
+            map.remove(key);
+        }
+    }
+
+    /// A slot for one token request to the provider at `token_url` (bounded per provider
+    /// host and overall), held until dropped.
+    pub(super) async fn provider_slot(
+        &self,
+        token_url: &str,
+    ) -> (Option<tokio::sync::OwnedSemaphorePermit>, Option<tokio::sync::OwnedSemaphorePermit>) {
+        let provider_key = url::Url::parse(token_url).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
+        let per = self
+            .per_provider
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(provider_key)
+            .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_PROVIDER)))
+            .clone();
+        let global = self.global.clone().acquire_owned().await.ok();
+        (global, per.acquire_owned().await.ok())
+    }
+
     pub(super) async fn refresh(&self, connection: &ConnectionId, owner: &Owner, need: Need) -> Refreshed {
         let key = format!("{connection}/{owner}");
-        let entry = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.clone()).or_default().clone();
+        let entry = self.flight(&key);
         let seen = entry.done.load(Ordering::SeqCst);
         let guard = entry.lock.lock().await;
         let outcome = if entry.done.load(Ordering::SeqCst) != seen {
@@ -69,11 +101,7 @@ impl OAuthService {
             o
         };
         drop(guard);
-        // Forget the entry once nobody else holds it.
-        let mut map = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
-        if map.get(&key).is_some_and(|e| Arc::strong_count(e) <= 2) {
-            map.remove(&key);
-        }
+        self.forget_flight(&key);
         outcome
     }
 
@@ -127,24 +155,15 @@ impl OAuthService {
             Err(e) => return self.transient(connection, &m, &ProviderError::Transient { reason: e.to_string(), retry_after: None }).await,
         };
         let Some(client_id) = m.spec.oauth2.as_ref().map(|o| o.client_id.clone()) else { return Refreshed::Impossible };
-        let provider_key = url::Url::parse(&ep.token).ok().and_then(|u| u.host_str().map(str::to_owned)).unwrap_or_default();
-        let per = self
-            .per_provider
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entry(provider_key)
-            .or_insert_with(|| Arc::new(Semaphore::new(MAX_PER_PROVIDER)))
-            .clone();
-        let _slot = self.global.clone().acquire_owned().await;
-        let provider_slot = per.acquire_owned().await;
+        let provider_slot = self.provider_slot(&ep.token).await;
         let started = Instant::now();
-        let result = client::refresh(&self.http, &ep, &client_id, m.client_secret.as_ref(), &refresh_token).await;
+        let result = client::refresh(&self.http, &ep, &client_id, m.client_secret.as_ref(), &refresh_token, None).await;
         self.metrics.refresh_latency(started.elapsed());
         drop(provider_slot);
         match result {
             Ok(tokens) => {
                 let (c, o, version, scopes) = (connection.clone(), owner.clone(), m.version, m.scopes.clone());
-                match self.run_blocking(move |v| v.store_tokens(&c, &o, tokens, Some((version, Some(refresh_token), scopes)))).await {
+                match self.run_blocking(move |v| v.store_refreshed(&c, &o, tokens, version, Some(refresh_token), scopes)).await {
                     Ok(()) => {
                         self.metrics.refresh(connection.as_str(), "ok");
                         self.wake_refresher();

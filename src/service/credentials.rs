@@ -1,12 +1,56 @@
-//! Disconnecting a credential: revoke its refresh token at the provider (RFC 7009) where
-//! the connection has a revocation endpoint, then destroy it. The revocation outcome is
-//! recorded in the audit event.
+//! Operator changes with more to them than one vault call: disconnecting a credential
+//! (revoke its refresh token at the provider, RFC 7009, where the connection has a
+//! revocation endpoint, then destroy it; the revocation outcome is audited), and trusted
+//! issuers (whose cached keys must go when they change).
 
 use super::Services;
+use crate::auth::subject::{IssuerConfig, NewIssuer};
 use crate::model::{ConnectionId, Owner};
 use crate::vault::{Actor, VaultError};
 
 impl Services {
+    /// Adds or replaces a trusted issuer; keys fetched from its previous configuration are
+    /// forgotten at once.
+    pub async fn put_issuer(&self, actor: Actor, new: NewIssuer) -> Result<IssuerConfig, VaultError> {
+        let cfg = self.blocking(move |v| v.put_issuer(&actor, new)).await?;
+        self.jwks.forget(&cfg.issuer);
+        Ok(cfg)
+    }
+
+    pub async fn delete_issuer(&self, actor: Actor, issuer: String) -> Result<(), VaultError> {
+        let i = issuer.clone();
+        self.blocking(move |v| v.delete_issuer(&actor, &i)).await?;
+        self.jwks.forget(&issuer);
+        Ok(())
+    }
+
+    /// Deletes a connection. With `cascade`, every credential is first disconnected as
+    /// [`Services::disconnect`] does (revoked at the provider where possible, each outcome
+    /// audited); without it, a connection that still has credentials is refused.
+    pub async fn delete_connection(&self, actor: Actor, connection: ConnectionId, cascade: bool) -> Result<u64, VaultError> {
+        let mut disconnected = 0;
+        if cascade {
+            loop {
+                let c = connection.clone();
+                let page = self.blocking(move |v| v.list_credentials(&c, None, 500)).await?;
+                if page.is_empty() {
+                    break;
+                }
+                for cred in page {
+                    let owner = Owner::parse(&cred.owner)?;
+                    match self.disconnect(actor.clone(), connection.clone(), owner).await {
+                        Ok(()) => disconnected += 1,
+                        // Removed meanwhile by someone else: nothing left to do for it.
+                        Err(VaultError::NotFound(_)) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+            }
+        }
+        let removed = self.blocking(move |v| v.delete_connection(&actor, &connection, cascade)).await?;
+        Ok(disconnected + removed)
+    }
+
     pub async fn disconnect(&self, actor: Actor, connection: ConnectionId, owner: Owner) -> Result<(), VaultError> {
         let (c, o) = (connection.clone(), owner.clone());
         let material = self.blocking(move |v| v.refresh_material(&c, &o)).await?;

@@ -53,8 +53,8 @@ impl Services {
         let keys = vault.signing_keys().map_err(StartError::SigningKeys)?;
         let tokens = Arc::new(TokenService::new(public_url.clone(), keys));
         let metrics = Arc::new(Metrics::default());
-        let oauth = Arc::new(OAuthService::new(vault.clone(), public_url, metrics.clone(), client)?);
         let jwks = Arc::new(JwksCache::new().map_err(|e| StartError::Jwks(e.to_string()))?);
+        let oauth = Arc::new(OAuthService::new(vault.clone(), public_url, metrics.clone(), jwks.clone(), client)?);
         Ok(Services { vault, oauth, tokens, jwks, metrics })
     }
 

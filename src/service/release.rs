@@ -4,8 +4,8 @@
 //! audited.
 
 use super::Services;
-use crate::oauth::Refreshed;
-use crate::vault::{ReleaseError, ReleaseInput, Released, VaultError};
+use crate::oauth::{Narrowed, Refreshed};
+use crate::vault::{Narrowing, ReleaseError, ReleaseInput, Released, VaultError};
 
 /// A token with this much validity is enough when the caller names no `min_ttl`.
 pub const DEFAULT_MIN_TTL: i64 = 60;
@@ -28,6 +28,14 @@ impl Services {
                         _ => RETRY_AFTER_UNKNOWN,
                     };
                     input.refresh_attempted = Some(retry);
+                }
+                Err(VaultError::Release(ReleaseError::NarrowNeeded { owner, scopes })) if input.narrowing == Narrowing::Allowed => {
+                    input.narrowing = match self.oauth.narrow(&input.connection, &owner, &scopes, input.min_ttl).await {
+                        // Minted: the next decision finds it (and mints no more this request).
+                        Narrowed::Done => Narrowing::Failed { retry_after: RETRY_AFTER_UNKNOWN },
+                        Narrowed::Unavailable => Narrowing::Unavailable,
+                        Narrowed::Failed { retry_after } => Narrowing::Failed { retry_after },
+                    };
                 }
                 other => break other,
             }
@@ -54,6 +62,7 @@ mod tests {
             min_ttl: DEFAULT_MIN_TTL,
             request_id: "req-1".into(),
             refresh_attempted: None,
+            narrowing: Narrowing::Allowed,
         }
     }
 

@@ -186,16 +186,20 @@ impl Services {
             .await
             .map_err(|_| "issuer lookup failed".to_owned())?
             .ok_or_else(|| SubjectError::UnknownIssuer.to_string())?;
-        let subject = self.jwks.verify(&cfg, token, now).await.map_err(|e| e.to_string())?;
-        Owner::new(OwnerKind::User, &subject.sub).map_err(|_| "the subject's sub cannot name a latchkey owner".to_owned())?;
+        let expect = cfg.expect().ok_or_else(|| SubjectError::UnknownKey.to_string())?;
+        let subject = self.jwks.verify(&expect, token, now).await.map_err(|e| e.to_string())?;
+        // Subjects are namespaced by their issuer: another issuer's `alice` is someone else.
+        let user = cfg.owner_id(&subject.sub);
+        Owner::new(OwnerKind::User, &user).map_err(|_| "the subject's sub cannot name a latchkey owner".to_owned())?;
+        let tenant = subject.tenant.map(|t| cfg.owner_id(&t)).filter(|t| Owner::new(OwnerKind::Tenant, t).is_ok());
         let exp = claims.exp.min(subject.exp);
         if exp <= now {
             return Err("the subject token has expired".into());
         }
         claims.act = Some(Act { sub: claims.client_id.clone() });
-        claims.sub = subject.sub;
+        claims.sub = user;
         claims.exp = exp;
-        claims.tenant = subject.tenant;
+        claims.tenant = tenant;
         claims.roles = subject.roles;
         Ok(())
     }

@@ -88,49 +88,97 @@ pub fn delete_agent(c: &Connection, id: &str) -> Result<bool> {
 #[derive(Debug, Clone)]
 pub struct IssuerRow {
     pub issuer: String,
+    pub subject_prefix: String,
+    pub display_name: Option<String>,
     pub jwks_uri: Option<String>,
     pub jwks: Option<String>,
     pub audience: String,
     pub tenant_claim: Option<String>,
     pub roles_claim: Option<String>,
+    pub proof_client_id: Option<String>,
+    /// The owner-proof client secret, sealed.
+    pub proof_secret: Option<super::rows::SealedSecret>,
     pub created_at: i64,
 }
 
 fn issuer_row(r: &Row<'_>) -> rusqlite::Result<IssuerRow> {
+    let sealed: Option<Vec<u8>> = r.get(9)?;
+    let dek_id: Option<i64> = r.get(11)?;
+    let proof_secret = match (sealed, dek_id) {
+        (Some(ciphertext), Some(_)) => Some(super::rows::SealedSecret { dek: super::rows::dek_row(r, 11)?, ciphertext }),
+        _ => None,
+    };
     Ok(IssuerRow {
         issuer: r.get(0)?,
-        jwks_uri: r.get(1)?,
-        jwks: r.get(2)?,
-        audience: r.get(3)?,
-        tenant_claim: r.get(4)?,
-        roles_claim: r.get(5)?,
-        created_at: r.get(6)?,
+        subject_prefix: r.get(1)?,
+        display_name: r.get(2)?,
+        jwks_uri: r.get(3)?,
+        jwks: r.get(4)?,
+        audience: r.get(5)?,
+        tenant_claim: r.get(6)?,
+        roles_claim: r.get(7)?,
+        proof_client_id: r.get(8)?,
+        proof_secret,
+        created_at: r.get(10)?,
     })
 }
 
-const ISSUER_COLS: &str = "issuer, jwks_uri, jwks, audience, tenant_claim, roles_claim, created_at";
+const ISSUER_SELECT: &str =
+    "SELECT i.issuer, i.subject_prefix, i.display_name, i.jwks_uri, i.jwks, i.audience, i.tenant_claim, i.roles_claim, \
+    i.proof_client_id, i.proof_client_secret, i.created_at, d.id, d.key_version, d.binding, d.wrapped \
+    FROM issuers i LEFT JOIN deks d ON d.id = i.proof_dek_id";
 
-/// Inserts or replaces an issuer (keyed by its URL).
-pub fn put_issuer(c: &Connection, i: &IssuerRow) -> Result<()> {
+/// Inserts or replaces an issuer (keyed by its URL); `Conflict` if another issuer already
+/// uses its subject prefix. Returns the data key of a replaced proof secret, to delete.
+pub fn put_issuer(c: &Connection, i: &IssuerRow, proof_secret: Option<(i64, &[u8])>) -> Result<Option<i64>> {
+    let taken: Option<String> = c
+        .query_row("SELECT issuer FROM issuers WHERE subject_prefix = ?1 AND issuer != ?2", params![i.subject_prefix, i.issuer], |r| {
+            r.get(0)
+        })
+        .optional()?;
+    if taken.is_some() {
+        return Err(StoreError::Conflict);
+    }
+    let old_dek: Option<Option<i64>> =
+        c.query_row("SELECT proof_dek_id FROM issuers WHERE issuer = ?1", [&i.issuer], |r| r.get(0)).optional()?;
     c.execute(
-        &format!("INSERT OR REPLACE INTO issuers ({ISSUER_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)"),
-        params![i.issuer, i.jwks_uri, i.jwks, i.audience, i.tenant_claim, i.roles_claim, i.created_at],
+        "INSERT OR REPLACE INTO issuers (issuer, subject_prefix, display_name, jwks_uri, jwks, audience, tenant_claim, roles_claim, \
+         proof_client_id, proof_dek_id, proof_client_secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        params![
+            i.issuer,
+            i.subject_prefix,
+            i.display_name,
+            i.jwks_uri,
+            i.jwks,
+            i.audience,
+            i.tenant_claim,
+            i.roles_claim,
+            i.proof_client_id,
+            proof_secret.map(|s| s.0),
+            proof_secret.map(|s| s.1),
+            i.created_at
+        ],
     )?;
-    Ok(())
+    Ok(old_dek.flatten())
 }
 
 pub fn get_issuer(c: &Connection, issuer: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.prepare_cached(&format!("SELECT {ISSUER_COLS} FROM issuers WHERE issuer = ?1"))?.query_row([issuer], issuer_row).optional()?)
+    Ok(c.prepare_cached(&format!("{ISSUER_SELECT} WHERE i.issuer = ?1"))?.query_row([issuer], issuer_row).optional()?)
+}
+
+pub fn issuer_by_prefix(c: &Connection, prefix: &str) -> Result<Option<IssuerRow>> {
+    Ok(c.prepare_cached(&format!("{ISSUER_SELECT} WHERE i.subject_prefix = ?1"))?.query_row([prefix], issuer_row).optional()?)
 }
 
 pub fn list_issuers(c: &Connection) -> Result<Vec<IssuerRow>> {
-    let mut st = c.prepare(&format!("SELECT {ISSUER_COLS} FROM issuers ORDER BY issuer"))?;
+    let mut st = c.prepare(&format!("{ISSUER_SELECT} ORDER BY i.issuer"))?;
     let rows = st.query_map([], issuer_row)?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
 }
 
-pub fn delete_issuer(c: &Connection, issuer: &str) -> Result<bool> {
-    Ok(c.execute("DELETE FROM issuers WHERE issuer = ?1", [issuer])? == 1)
+/// Deletes an issuer; returns whether it existed and the data key of its proof secret.
+pub fn delete_issuer(c: &Connection, issuer: &str) -> Result<Option<Option<i64>>> {
+    Ok(c.query_row("DELETE FROM issuers WHERE issuer = ?1 RETURNING proof_dek_id", [issuer], |r| r.get(0)).optional()?)
 }
 
 #[derive(Debug, Clone)]

@@ -10,6 +10,7 @@ pub mod audit;
 mod group;
 pub mod identity;
 pub mod rows;
+pub mod sessions;
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -25,6 +26,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0004_config_generation.sql"),
     include_str!("../../migrations/0005_dek_references.sql"),
     include_str!("../../migrations/0006_scopes_known.sql"),
+    include_str!("../../migrations/0007_connect_and_scopes.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;

@@ -102,7 +102,7 @@ pub struct DekRow {
     pub wrapped: Vec<u8>,
 }
 
-fn dek_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DekRow> {
+pub(super) fn dek_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DekRow> {
     Ok(DekRow { id: r.get(at)?, key_version: r.get(at + 1)?, binding: r.get(at + 2)?, wrapped: r.get(at + 3)? })
 }
 
@@ -290,6 +290,8 @@ pub struct CredentialMeta {
     pub refresh_failures: i64,
     pub refresh_due_at: Option<i64>,
     pub instance_url: Option<String>,
+    /// The provider account: (iss, sub) of a verified ID token, when known.
+    pub account: Option<(String, String)>,
 }
 
 #[derive(Debug, Clone)]
@@ -301,7 +303,7 @@ pub struct CredentialRow {
 }
 
 const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known";
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub";
 
 /// The stored scope list and whether it is known.
 fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> rusqlite::Result<HeldScopes> {
@@ -334,15 +336,16 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
         refresh_failures: r.get(o + 15)?,
         refresh_due_at: r.get(o + 16)?,
         instance_url: r.get(o + 17)?,
+        account: r.get::<_, Option<String>>(o + 19)?.zip(r.get::<_, Option<String>>(o + 20)?),
     })
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 19)?, primary: r.get(o + 23)?, refresh: r.get(o + 24)? })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 21)?, primary: r.get(o + 25)?, refresh: r.get(o + 26)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, \
     d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
 pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
@@ -407,6 +410,9 @@ pub struct CredentialWrite<'a> {
     /// Written by a refresh (sets `last_refresh_at`).
     pub refreshed: bool,
     pub instance_url: Option<&'a str>,
+    /// The provider account: `None` keeps the stored one (a refresh); `Some(None)` clears it
+    /// (tokens of an unknown account); `Some(Some((iss, sub)))` sets it.
+    pub account: Option<Option<(&'a str, &'a str)>>,
     pub now: i64,
 }
 
@@ -416,13 +422,15 @@ pub struct CredentialWrite<'a> {
 pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
     let last_refresh = w.refreshed.then_some(w.now);
     let (scopes, scopes_known) = (w.scopes.joined(), w.scopes.known().is_some());
+    let set_account = w.account.is_some();
+    let (account_iss, account_sub) = w.account.flatten().unzip();
     match previous {
         None => {
             let res = c
                 .prepare_cached(
                     "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
-                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known) \
-                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16)",
+                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known, account_iss, account_sub) \
+                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
                 )?
                 .execute(params![
                     w.id,
@@ -440,7 +448,9 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.refresh_due_at,
                     last_refresh,
                     w.instance_url,
-                    scopes_known
+                    scopes_known,
+                    account_iss,
+                    account_sub
                 ]);
             match res {
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -455,7 +465,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                 .prepare_cached(
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
                      scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
-                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13, scopes_known = ?14 \
+                     last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13, scopes_known = ?14, \
+                     account_iss = CASE WHEN ?15 THEN ?16 ELSE account_iss END, account_sub = CASE WHEN ?15 THEN ?17 ELSE account_sub END \
                      WHERE id = ?1 AND secret_version = ?10",
                 )?
                 .execute(params![
@@ -472,7 +483,10 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.refresh_due_at,
                     last_refresh,
                     w.instance_url,
-                    scopes_known
+                    scopes_known,
+                    set_account,
+                    account_iss,
+                    account_sub
                 ])?;
             if n != 1 {
                 return Err(StoreError::Conflict);
@@ -484,6 +498,12 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
 
 /// Deletes a credential and its data key; returns whether it existed.
 pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<bool> {
+    if let Some(id) = c
+        .query_row("SELECT id FROM credentials WHERE connection_id = ?1 AND owner = ?2", [connection_id, owner], |r| r.get::<_, String>(0))
+        .optional()?
+    {
+        delete_narrowed(c, &id)?;
+    }
     let dek: Option<i64> = c
         .query_row("DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id", [connection_id, owner], |r| r.get(0))
         .optional()?;
@@ -495,6 +515,13 @@ pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Re
 
 /// Deletes every credential of a connection and their data keys; returns how many.
 pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64> {
+    let ids: Vec<String> = c
+        .prepare("SELECT id FROM credentials WHERE connection_id = ?1")?
+        .query_map([connection_id], |r| r.get(0))?
+        .collect::<std::result::Result<_, _>>()?;
+    for id in &ids {
+        delete_narrowed(c, id)?;
+    }
     let mut st = c.prepare("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id")?;
     let ids: Vec<i64> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
     for id in &ids {
@@ -505,6 +532,70 @@ pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64>
 
 pub fn count_all_credentials(c: &Connection) -> Result<u64> {
     Ok(c.query_row("SELECT count(*) FROM credentials", [], |r| r.get::<_, i64>(0))? as u64)
+}
+
+// ---------------------------------------------------------------- narrowed tokens
+
+/// A narrower access token minted for a subset of a credential's scopes.
+#[derive(Debug, Clone)]
+pub struct NarrowedRow {
+    pub dek: DekRow,
+    pub access_token: Vec<u8>,
+    pub token_type: String,
+    pub expires_at: Option<i64>,
+}
+
+/// The narrowed token of `credential_id` for exactly `scopes` (space-separated, sorted).
+pub fn get_narrowed(c: &Connection, credential_id: &str, scopes: &str) -> Result<Option<NarrowedRow>> {
+    Ok(c.prepare_cached(
+        "SELECT n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
+             FROM narrowed_tokens n JOIN deks d ON d.id = n.dek_id WHERE n.credential_id = ?1 AND n.scopes = ?2",
+    )?
+    .query_row([credential_id, scopes], |r| {
+        Ok(NarrowedRow { access_token: r.get(0)?, token_type: r.get(1)?, expires_at: r.get(2)?, dek: dek_row(r, 3)? })
+    })
+    .optional()?)
+}
+
+/// Stores (or replaces) a narrowed token; deletes a replaced one's data key.
+#[allow(clippy::too_many_arguments)]
+pub fn put_narrowed(
+    c: &Connection,
+    credential_id: &str,
+    scopes: &str,
+    dek_id: i64,
+    access_token: &[u8],
+    token_type: &str,
+    expires_at: Option<i64>,
+    now: i64,
+) -> Result<()> {
+    let old: Option<i64> = c
+        .query_row("SELECT dek_id FROM narrowed_tokens WHERE credential_id = ?1 AND scopes = ?2", [credential_id, scopes], |r| r.get(0))
+        .optional()?;
+    c.execute(
+        "INSERT OR REPLACE INTO narrowed_tokens (credential_id, scopes, dek_id, access_token, token_type, expires_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+        params![credential_id, scopes, dek_id, access_token, token_type, expires_at, now],
+    )?;
+    if let Some(d) = old {
+        delete_dek(c, d)?;
+    }
+    Ok(())
+}
+
+/// Deletes every narrowed token of a credential with its data key.
+pub fn delete_narrowed(c: &Connection, credential_id: &str) -> Result<u64> {
+    let mut st = c.prepare_cached("DELETE FROM narrowed_tokens WHERE credential_id = ?1 RETURNING dek_id")?;
+    let ids: Vec<i64> = st.query_map([credential_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    for id in &ids {
+        delete_dek(c, *id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
+/// Narrowed tokens stored (each owns a data key).
+pub fn count_narrowed(c: &Connection) -> Result<u64> {
+    Ok(c.query_row("SELECT count(*) FROM narrowed_tokens", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- admin tokens
@@ -622,91 +713,4 @@ pub fn credentials_by_status(c: &Connection) -> Result<Vec<(CredentialStatus, u6
     let mut st = c.prepare_cached("SELECT status, count(*) FROM credentials GROUP BY status")?;
     let rows = st.query_map([], |r| Ok((parsed(r, 0)?, r.get::<_, i64>(1)? as u64)))?;
     Ok(rows.collect::<std::result::Result<_, _>>()?)
-}
-
-// ---------------------------------------------------------------- connect sessions
-
-#[derive(Debug, Clone)]
-pub struct SessionRow {
-    pub id: String,
-    pub connection_id: String,
-    pub owner: String,
-    pub return_to: Option<String>,
-    pub expires_at: i64,
-    pub sealed: Option<SealedSecret>,
-}
-
-#[allow(clippy::too_many_arguments)]
-pub fn insert_session(
-    c: &Connection,
-    id: &str,
-    connection: &str,
-    owner: &str,
-    return_to: Option<&str>,
-    created_by: &str,
-    now: i64,
-    expires_at: i64,
-) -> Result<()> {
-    c.execute(
-        "INSERT INTO connect_sessions (id, connection_id, owner, return_to, created_by, created_at, expires_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![id, connection, owner, return_to, created_by, now, expires_at],
-    )?;
-    Ok(())
-}
-
-/// Marks a session's link opened (single use) and stores its state hash and sealed verifier.
-pub fn open_session(c: &Connection, id: &str, now: i64, state_hash: &[u8], dek_id: i64, verifier: &[u8]) -> Result<bool> {
-    Ok(c.execute(
-        "UPDATE connect_sessions SET opened_at = ?2, state_hash = ?3, dek_id = ?4, verifier = ?5 WHERE id = ?1 AND opened_at IS NULL AND expires_at > ?2",
-        params![id, now, state_hash, dek_id, verifier],
-    )? == 1)
-}
-
-pub fn get_session(c: &Connection, id: &str) -> Result<Option<SessionRow>> {
-    session_where(c, "s.id = ?1", &id)
-}
-
-fn session_where(c: &Connection, cond: &str, key: &dyn rusqlite::ToSql) -> Result<Option<SessionRow>> {
-    let sql = format!(
-        "SELECT s.id, s.connection_id, s.owner, s.return_to, s.expires_at, s.verifier, d.id, d.key_version, d.binding, d.wrapped \
-         FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id WHERE {cond}"
-    );
-    Ok(c.query_row(&sql, [key], |r| {
-        let verifier: Option<Vec<u8>> = r.get(5)?;
-        let dek_id: Option<i64> = r.get(6)?;
-        let sealed = match (verifier, dek_id) {
-            (Some(ciphertext), Some(_)) => Some(SealedSecret { dek: dek_row(r, 6)?, ciphertext }),
-            _ => None,
-        };
-        Ok(SessionRow { id: r.get(0)?, connection_id: r.get(1)?, owner: r.get(2)?, return_to: r.get(3)?, expires_at: r.get(4)?, sealed })
-    })
-    .optional()?)
-}
-
-/// Consumes the session a callback's state belongs to (single use); `None` if unknown,
-/// used or expired.
-pub fn finish_session(c: &Connection, state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
-    let n = c.execute(
-        "UPDATE connect_sessions SET finished_at = ?2 WHERE state_hash = ?1 AND finished_at IS NULL AND opened_at IS NOT NULL AND expires_at > ?2",
-        params![state_hash, now],
-    )?;
-    if n != 1 {
-        return Ok(None);
-    }
-    session_where(c, "s.state_hash = ?1", &state_hash)
-}
-
-/// Deletes sessions that are finished or expired, with their data keys.
-pub fn purge_sessions(c: &Connection, now: i64) -> Result<u64> {
-    let mut st = c.prepare("DELETE FROM connect_sessions WHERE finished_at IS NOT NULL OR expires_at <= ?1 RETURNING dek_id")?;
-    let ids: Vec<Option<i64>> = st.query_map([now], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
-    for id in ids.iter().flatten() {
-        delete_dek(c, *id)?;
-    }
-    Ok(ids.len() as u64)
-}
-
-/// Connect sessions holding a sealed verifier (each owns a data key).
-pub fn count_session_deks(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM connect_sessions WHERE dek_id IS NOT NULL", [], |r| r.get::<_, i64>(0))? as u64)
 }

@@ -41,6 +41,15 @@ pub struct CredentialView {
     pub refresh_failures: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub instance_url: Option<String>,
+    /// The provider account the tokens belong to, from a verified ID token (`null`: unknown).
+    pub account: Option<AccountView>,
+}
+
+/// A provider account's identity (not a secret).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AccountView {
+    pub iss: String,
+    pub sub: String,
 }
 
 impl From<CredentialMeta> for CredentialView {
@@ -64,6 +73,7 @@ impl From<CredentialMeta> for CredentialView {
             last_error: m.last_error,
             refresh_failures: m.refresh_failures,
             instance_url: m.instance_url,
+            account: m.account.map(|(iss, sub)| AccountView { iss, sub }),
         }
     }
 }
@@ -110,7 +120,7 @@ impl Vault {
         self.store.write(|tx| {
             let kind = connection_kind(tx, connection)?;
             let secret = input.into_secret(kind, now)?;
-            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None)?;
+            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None, None)?;
             let detail =
                 json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": held_scopes(&secret).joined()});
             self.audit(tx, Event::new(&actor.name(), "credential.put", target(connection, owner), Outcome::Ok, detail))?;
@@ -131,7 +141,7 @@ impl Vault {
                 let secret = input
                     .into_secret(kind, now)
                     .map_err(|e| VaultError::Invalid(crate::model::ValidationError(format!("{owner}: {}", e.0))))?;
-                self.write_credential(tx, connection, &owner, kind, &secret, now, None)?;
+                self.write_credential(tx, connection, &owner, kind, &secret, now, None, None)?;
                 n += 1;
             }
             self.audit(tx, Event::new(&actor.name(), "credential.import", connection.as_str(), Outcome::Ok, json!({"count": n})))?;
@@ -141,7 +151,9 @@ impl Vault {
 
     /// Seals `secret` under a fresh data key and writes it; returns (id, version, replaced).
     /// `refresh_of`: the version a refresh started from — the write fails with a conflict
-    /// if the credential changed meanwhile, and it counts as a refresh.
+    /// if the credential changed meanwhile, and it counts as a refresh (which keeps the
+    /// provider account and any narrowed tokens). Anything else is new tokens, possibly of
+    /// another account: `account` is what is known of it, and narrowed tokens are dropped.
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_credential(
         &self,
@@ -152,6 +164,7 @@ impl Vault {
         secret: &CredentialSecret,
         now: i64,
         refresh_of: Option<i64>,
+        account: Option<(&str, &str)>,
     ) -> Result<(String, i64, bool)> {
         let (conn_s, owner_s) = (connection.as_str(), owner.to_string());
         let existing = rows::get_credential(tx, conn_s, &owner_s)?;
@@ -194,8 +207,12 @@ impl Vault {
             refresh_due_at: refresh.as_ref().and(expires_at).map(|e| refresh_due_at(now, e)),
             refreshed: refresh_of.is_some(),
             instance_url,
+            account: if refresh_of.is_some() { None } else { Some(account) },
             now,
         };
+        if refresh_of.is_none() && previous.is_some() {
+            rows::delete_narrowed(tx, &id)?;
+        }
         rows::put_credential(tx, &w, previous)?;
         Ok((id, version, previous.is_some()))
     }

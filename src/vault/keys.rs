@@ -270,9 +270,12 @@ impl Vault {
         }
         let (signing_keys, failures) = self.verify_signing_keys()?;
         report.failures.extend(failures);
+        let (issuer_secrets, failures) = self.verify_issuer_secrets()?;
+        report.failures.extend(failures);
         report.deks = self.store.read(rows::count_deks)?;
-        let sessions = self.store.read(rows::count_session_deks)?;
-        let referenced = report.credentials + report.connection_secrets + signing_keys + sessions;
+        let sessions = self.store.read(crate::store::sessions::count_session_deks)?;
+        let narrowed = self.count_narrowed()?;
+        let referenced = report.credentials + report.connection_secrets + signing_keys + sessions + issuer_secrets + narrowed;
         if report.deks != referenced {
             report.failures.push(format!("{} data keys are stored but {referenced} records reference one", report.deks));
         }

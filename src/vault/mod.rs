@@ -13,6 +13,7 @@ mod connections;
 mod credentials;
 mod issuers;
 mod keys;
+mod narrowed;
 mod refresh_state;
 mod release;
 mod signing;
@@ -32,14 +33,16 @@ use crate::time::Clock;
 
 pub use admin_tokens::{AdminPrincipal, AdminTokenView};
 pub use agents::{AgentState, AgentView, NewAgent, TokenDecision};
-pub use connect_sessions::{FinishedSession, OpenedSession, SESSION_TTL};
+pub use connect_sessions::{
+    CreatedLink, FinishedSession, LinkView, NewLink, ProofPlan, ProofSession, SessionRefusal, StageStart, SESSION_TTL,
+};
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
-pub use refresh_state::RefreshMaterial;
-pub use release::{Decision, ReleaseError, ReleaseInput, Released, ReleasedSecret};
+pub use refresh_state::{AccountChange, RefreshMaterial, Replacement};
+pub use release::{Decision, Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in one place (`cli::CliError`).

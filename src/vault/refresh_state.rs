@@ -26,36 +26,54 @@ pub struct RefreshMaterial {
     pub refresh_failures: i64,
 }
 
+/// Whether a completed connect flow changed the provider account behind a credential.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AccountChange {
+    /// There was no credential before.
+    New,
+    Same,
+    Different,
+    /// The previous or the new account is not known: nothing is revoked.
+    Unknown,
+}
+
+/// What storing a connected credential replaced.
+#[derive(Debug)]
+pub struct Replacement {
+    pub change: AccountChange,
+    /// The replaced credential's refresh token, when it should be revoked (the account differs).
+    pub previous_refresh: Option<Secret>,
+}
+
+/// A provider's scope string as scopes; `None` when absent. One that cannot be parsed makes
+/// the scopes unknown: the tokens must be stored (a refresh has already rotated the refresh
+/// token), and scope enforcement treats unknown scopes as "holds more than allowed".
+fn parse_scopes(connection: &ConnectionId, raw: Option<&str>) -> Option<HeldScopes> {
+    // Some providers separate scopes with commas.
+    match Scope::parse_list(&raw?.replace(',', " ")) {
+        Ok(list) => Some(HeldScopes::Known(list)),
+        Err(_) => {
+            tracing::warn!(connection = %connection, "the provider's scope string could not be parsed; the credential's scopes are now unknown");
+            Some(HeldScopes::Unknown)
+        }
+    }
+}
+
 impl Vault {
-    /// Stores tokens from a code exchange (`refresh_of: None`) or a refresh (the version
-    /// the refresh started from). A refresh keeps the old refresh token and scopes when
-    /// the provider returns none.
-    pub fn store_tokens(
+    /// Stores the tokens of a refresh that started from `version`: fails with a conflict if
+    /// the credential changed meanwhile. Keeps the old refresh token and scopes when the
+    /// provider returns none.
+    pub fn store_refreshed(
         &self,
         connection: &ConnectionId,
         owner: &Owner,
         tokens: TokenSet,
-        refresh_of: Option<(i64, Option<Secret>, HeldScopes)>,
+        version: i64,
+        old_refresh: Option<Secret>,
+        old_scopes: HeldScopes,
     ) -> Result<()> {
         let now = self.clock.now();
-        let (refresh_of_version, old_refresh, old_scopes) = match refresh_of {
-            Some((v, r, s)) => (Some(v), r, s),
-            None => (None, None, HeldScopes::Unknown),
-        };
-        let scopes = match &tokens.scope {
-            // Some providers separate scopes with commas.
-            Some(s) => match Scope::parse_list(&s.replace(',', " ")) {
-                Ok(list) => HeldScopes::Known(list),
-                Err(_) => {
-                    // On a refresh the provider has already rotated the refresh token, so the
-                    // tokens must be stored; the scopes become unknown, which scope
-                    // enforcement treats as "holds more than allowed".
-                    tracing::warn!(connection = %connection, "the provider's scope string could not be parsed; the credential's scopes are now unknown");
-                    HeldScopes::Unknown
-                }
-            },
-            None => old_scopes,
-        };
+        let scopes = parse_scopes(connection, tokens.scope.as_deref()).unwrap_or(old_scopes);
         let secret = CredentialSecret::OAuth2 {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token.or(old_refresh),
@@ -64,22 +82,93 @@ impl Vault {
             token_type: tokens.token_type,
             instance_url: tokens.instance_url,
         };
-        let action = if refresh_of_version.is_some() { "credential.refresh" } else { "credential.connect" };
         self.store.write(|tx| {
             let (id, version, _) =
-                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, refresh_of_version)?;
-            self.audit(
-                tx,
-                Event::new(
-                    &Actor::System.name(),
-                    action,
-                    format!("{connection}/{owner}"),
-                    Outcome::Ok,
-                    json!({"credential_id": id, "version": version}),
-                ),
-            )?;
+                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, Some(version), None)?;
+            let detail = json!({"credential_id": id, "version": version});
+            self.audit(tx, Event::new(&Actor::System.name(), "credential.refresh", format!("{connection}/{owner}"), Outcome::Ok, detail))?;
             Ok(())
         })
+    }
+
+    /// Stores the tokens of a completed connect flow for `owner`, replacing any credential
+    /// the owner had. `account` is the provider account of the new tokens, when known;
+    /// `requested` the scopes asked for (RFC 6749 §5.1: a response without `scope` granted
+    /// exactly those). The replaced credential's refresh token is returned so that the
+    /// caller can revoke it once this is committed — only if the account differs.
+    pub fn store_connected(
+        &self,
+        requester: &str,
+        connection: &ConnectionId,
+        owner: &Owner,
+        tokens: TokenSet,
+        account: Option<(&str, &str)>,
+        requested: &[Scope],
+    ) -> Result<Replacement> {
+        let now = self.clock.now();
+        let scopes = match parse_scopes(connection, tokens.scope.as_deref()) {
+            Some(s) => s,
+            None if !requested.is_empty() => HeldScopes::Known(requested.to_vec()),
+            None => HeldScopes::Unknown,
+        };
+        let secret = CredentialSecret::OAuth2 {
+            access_token: tokens.access_token,
+            refresh_token: tokens.refresh_token,
+            expires_at: tokens.expires_in.map(|s| now + s),
+            scopes,
+            token_type: tokens.token_type,
+            instance_url: tokens.instance_url,
+        };
+        let target = format!("{connection}/{owner}");
+        self.store.write(|tx| {
+            let previous = match rows::get_credential(tx, connection.as_str(), &owner.to_string())? {
+                Some(row) => {
+                    let old_account = row.meta.account.clone();
+                    let opened = self.open_credential_row(row)?;
+                    let refresh = match opened.secret {
+                        CredentialSecret::OAuth2 { refresh_token, .. } => refresh_token,
+                        CredentialSecret::ApiKey(_) => None,
+                    };
+                    Some((old_account, refresh))
+                }
+                None => None,
+            };
+            let (id, version, _) = self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, None, account)?;
+            let Some((old_account, previous_refresh)) = previous else {
+                let detail = json!({"credential_id": id, "version": version, "requested_by": requester, "account": account.map(|a| a.1)});
+                self.audit(tx, Event::new(&Actor::System.name(), "credential.connect", target.as_str(), Outcome::Ok, detail))?;
+                return Ok(Replacement { change: AccountChange::New, previous_refresh: None });
+            };
+            let change = match (&old_account, account) {
+                (Some((oi, os)), Some((ni, ns))) if oi == ni && os == ns => AccountChange::Same,
+                (Some(_), Some(_)) => AccountChange::Different,
+                _ => AccountChange::Unknown,
+            };
+            let revocation = match (change, &previous_refresh) {
+                (AccountChange::Different, Some(_)) => "pending: the account differs",
+                (AccountChange::Different, None) => "not needed: the previous credential had no refresh token",
+                (AccountChange::Same, _) => "not attempted: same provider account (revoking would end the new grant too)",
+                _ => "not attempted: the provider account of the previous or the new tokens is unknown",
+            };
+            let detail = json!({"credential_id": id, "version": version, "requested_by": requester,
+                "previous_account": old_account.as_ref().map(|a| &a.1), "account": account.map(|a| a.1), "revocation": revocation});
+            self.audit(tx, Event::new(&Actor::System.name(), "credential.replaced", target.as_str(), Outcome::Ok, detail))?;
+            let previous_refresh = if change == AccountChange::Different { previous_refresh } else { None };
+            Ok(Replacement { change, previous_refresh })
+        })
+    }
+
+    /// Audits what revoking a replaced credential's refresh token came to.
+    pub fn audit_previous_revocation(&self, connection: &ConnectionId, owner: &Owner, outcome: &str) -> Result<()> {
+        let event = Event::new(
+            &Actor::System.name(),
+            "credential.revoke_previous",
+            format!("{connection}/{owner}"),
+            if outcome == "revoked" { Outcome::Ok } else { Outcome::Failed },
+            json!({"revocation": outcome}),
+        );
+        self.store.write(|tx| self.audit(tx, event))?;
+        Ok(())
     }
 
     /// Reads what a refresh of (connection, owner) needs. `None` if there is no credential.

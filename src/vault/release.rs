@@ -11,8 +11,8 @@ use serde::Serialize;
 
 use super::{new_id, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
-use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, Scope};
-use crate::policy::{self, Policy, Principal, Refusal, ReleaseRequest};
+use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, Scope, ScopeEnforcement};
+use crate::policy::{self, Policy, Principal, Refusal, ReleaseRequest, ScopePlan, ScopeRefusal};
 use crate::secret::Secret;
 use crate::store::{identity, rows};
 
@@ -27,6 +27,12 @@ pub enum ReleaseError {
     AccessDenied,
     #[error("scopes not permitted: {}", .0.join(" "))]
     InsufficientScope(Vec<String>),
+    /// The credential holds more than the caller may have and no narrower token is to be
+    /// had (`unknown`: the credential's scopes are not known).
+    #[error(
+        "the stored credential holds scopes this caller may not have; connect it with fewer scopes, or ask for a grant that covers them"
+    )]
+    ExcessScope { excess: Vec<String>, unknown: bool },
     #[error("no credential is connected for this owner")]
     NotConnected,
     #[error("the provider refused the stored grant; the owner must reconnect: create a link with POST /v1/connect/sessions")]
@@ -41,6 +47,26 @@ pub enum ReleaseError {
     /// Internal: the token must be refreshed first (never audited, never answered).
     #[error("refresh needed")]
     RefreshNeeded { owner: Owner },
+    /// Internal: a narrower token must be minted first (never audited, never answered).
+    #[error("narrower token needed")]
+    NarrowNeeded { owner: Owner, scopes: Vec<Scope> },
+}
+
+/// Whether a release may ask for a narrower token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Narrowing {
+    #[default]
+    Allowed,
+    /// The provider did not confirm a narrower token: decide as `strict`.
+    Unavailable,
+    /// Minting failed transiently: use a cached one or answer `provider_unavailable`.
+    Failed { retry_after: u64 },
+}
+
+impl Narrowing {
+    fn is_allowed(self) -> bool {
+        self != Narrowing::Unavailable
+    }
 }
 
 /// The secret part of a release.
@@ -58,6 +84,8 @@ pub enum ReleasedSecret {
         expires_at: Option<i64>,
         expires_in: Option<i64>,
         instance_url: Option<String>,
+        /// Whether the token itself carries nothing beyond what the caller may have.
+        scope_enforced: bool,
     },
 }
 
@@ -68,6 +96,8 @@ pub struct Released {
     pub secret: ReleasedSecret,
     pub lease_id: String,
     pub lease_expires_in: i64,
+    /// Whether the secret stops working when the lease ends.
+    pub lease_enforced: bool,
 }
 
 /// The inputs of one release, as audited.
@@ -80,6 +110,8 @@ pub struct ReleaseInput {
     pub request_id: String,
     /// Set on the second pass, after a refresh was attempted: no further refresh signal.
     pub refresh_attempted: Option<u64>,
+    /// Whether (still) to ask for a narrower token, for `downscope` connections.
+    pub narrowing: Narrowing,
 }
 
 #[derive(Serialize, Default)]
@@ -91,6 +123,13 @@ struct Record<'a> {
     scopes_requested: Vec<&'a str>,
     scopes_granted: Vec<String>,
     scopes_refused: Vec<String>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    scopes_excess: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    scope_enforcement: Option<&'static str>,
+    scope_enforced: bool,
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    narrowed: bool,
     decision: &'static str,
     reason: &'static str,
     lease_id: Option<String>,
@@ -147,7 +186,7 @@ impl Vault {
             }
         };
         let request_id = input.request_id.clone();
-        if let Err(ReleaseError::RefreshNeeded { .. }) = &outcome {
+        if let Err(ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. }) = &outcome {
             // The caller refreshes and asks again; that second decision is audited.
             return Decision { outcome, event: None, request_id };
         }
@@ -275,49 +314,121 @@ impl Vault {
                 return Err(ReleaseError::NotConnected.into());
             }
         }
+        let credential_id = cred.meta.id.clone();
         let opened = self.open_credential_row(cred).map_err(internal)?;
         let now = self.clock.now();
-        let (held, remaining, refreshable) = match &opened.secret {
-            CredentialSecret::ApiKey(_) => (None, None, false),
-            CredentialSecret::OAuth2 { scopes, expires_at, refresh_token, .. } => {
-                (scopes.known(), expires_at.map(|e| e - now), refresh_token.is_some())
-            }
-        };
-        let scopes = match policy::release_scopes(grant, &input.request.scopes, held, &spec.scope_roles, &input.principal.roles) {
-            Ok(s) => s,
-            Err(refused) => {
-                rec.reason = "scope not permitted";
-                rec.scopes_refused = refused.iter().map(|s| s.as_str().to_owned()).collect();
-                return Err(ReleaseError::InsufficientScope(rec.scopes_refused.clone()).into());
-            }
-        };
-        rec.scopes_granted = scopes.iter().map(|s| s.as_str().to_owned()).collect();
-        if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
-            if refreshable && input.refresh_attempted.is_none() {
-                return Err(ReleaseError::RefreshNeeded { owner }.into());
-            }
-            rec.reason = "no token valid for min_ttl (refresh failed or impossible)";
-            return Err(ReleaseError::ProviderUnavailable { retry_after: input.refresh_attempted.unwrap_or(30).max(1) }.into());
-        }
-        let lease_expires_in = policy::lease_ttl(grant, remaining);
+        let roles = &input.principal.roles;
         let lease_id = new_id("lease_").map_err(internal)?;
-        rec.reason = "granted";
-        rec.lease_id = Some(lease_id.clone());
-        let secret = match opened.secret {
+        let (secret, remaining) = match opened.secret {
             CredentialSecret::ApiKey(k) => {
+                // An API key cannot be narrowed or expired: the scope field is a label and the
+                // lease a promise the key does not keep (`lease.enforced: false`).
+                let scopes =
+                    policy::release_scopes(grant, &input.request.scopes, None, &spec.scope_roles, roles).map_err(|r| refused(rec, r))?;
+                rec.scopes_granted = names(&scopes);
                 let api = spec
                     .api_key
                     .as_ref()
                     .ok_or_else(|| internal(VaultError::Integrity("api_key connection without presentation".into())))?;
                 let value = Secret::new(api.format.replace("{key}", k.expose()));
-                ReleasedSecret::ApiKey { api_key: k, header_name: api.header.clone(), header_value: value }
+                (ReleasedSecret::ApiKey { api_key: k, header_name: api.header.clone(), header_value: value }, None)
             }
-            CredentialSecret::OAuth2 { access_token, token_type, expires_at, instance_url, .. } => {
-                ReleasedSecret::OAuth2 { access_token, token_type, scope: scopes, expires_at, expires_in: remaining, instance_url }
+            CredentialSecret::OAuth2 { access_token, refresh_token, token_type, expires_at, instance_url, scopes: held } => {
+                let mode = spec.oauth2.as_ref().map(|o| o.scope_enforcement()).unwrap_or(ScopeEnforcement::Strict);
+                rec.scope_enforcement = Some(mode.as_str());
+                let narrowing = input.narrowing.is_allowed();
+                let plan = policy::plan_scopes(mode, narrowing, grant, &input.request.scopes, &held, &spec.scope_roles, roles);
+                let token = match plan {
+                    Err(ScopeRefusal::Refused(r)) => return Err(refused(rec, r).into()),
+                    Err(ScopeRefusal::Excess(excess)) => {
+                        rec.reason = "the credential holds scopes the caller may not have";
+                        rec.scopes_excess = names(&excess);
+                        let unknown = held.known().is_none();
+                        return Err(ReleaseError::ExcessScope { excess: rec.scopes_excess.clone(), unknown }.into());
+                    }
+                    Ok(ScopePlan::AsIs { scopes, enforced }) => {
+                        let remaining = expires_at.map(|e| e - now);
+                        if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
+                            if refresh_token.is_some() && input.refresh_attempted.is_none() {
+                                return Err(ReleaseError::RefreshNeeded { owner }.into());
+                            }
+                            rec.reason = "no token valid for min_ttl (refresh failed or impossible)";
+                            return Err(
+                                ReleaseError::ProviderUnavailable { retry_after: input.refresh_attempted.unwrap_or(30).max(1) }.into()
+                            );
+                        }
+                        rec.scope_enforced = enforced;
+                        ReleasedToken { access_token, token_type, scopes, expires_at, scope_enforced: enforced }
+                    }
+                    Ok(ScopePlan::Narrow { scopes }) => {
+                        let cached = self.open_narrowed(&input.connection, &owner, &credential_id, &scopes).map_err(internal)?;
+                        match cached.filter(|t| t.expires_at.is_none_or(|e| e - now >= input.min_ttl.max(1))) {
+                            Some(t) => {
+                                rec.scope_enforced = true;
+                                rec.narrowed = true;
+                                ReleasedToken {
+                                    access_token: t.access_token,
+                                    token_type: t.token_type,
+                                    scopes,
+                                    expires_at: t.expires_at,
+                                    scope_enforced: true,
+                                }
+                            }
+                            None => match input.narrowing {
+                                Narrowing::Allowed => return Err(ReleaseError::NarrowNeeded { owner, scopes }.into()),
+                                Narrowing::Failed { retry_after } => {
+                                    rec.reason = "no narrower token could be minted (provider unavailable)";
+                                    return Err(ReleaseError::ProviderUnavailable { retry_after: retry_after.max(1) }.into());
+                                }
+                                // A plan never narrows once narrowing is unavailable.
+                                Narrowing::Unavailable => {
+                                    return Err(internal(VaultError::Internal("narrowing after it was refused")).into())
+                                }
+                            },
+                        }
+                    }
+                };
+                rec.scopes_granted = names(&token.scopes);
+                let remaining = token.expires_at.map(|e| e - now);
+                let released = ReleasedSecret::OAuth2 {
+                    access_token: token.access_token,
+                    token_type: token.token_type,
+                    scope: token.scopes,
+                    expires_at: token.expires_at,
+                    expires_in: remaining,
+                    instance_url,
+                    scope_enforced: token.scope_enforced,
+                };
+                (released, remaining)
             }
         };
-        Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in })
+        let lease_expires_in = policy::lease_ttl(grant, remaining);
+        // A lease is enforced when the token dies with it: never for an API key; for a token,
+        // when the lease runs to the token's expiry.
+        let lease_enforced = remaining.is_some_and(|r| lease_expires_in >= r);
+        rec.reason = "granted";
+        rec.lease_id = Some(lease_id.clone());
+        Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in, lease_enforced })
     }
+}
+
+/// The token a release hands out (the stored one, or a narrower one).
+struct ReleasedToken {
+    access_token: Secret,
+    token_type: String,
+    scopes: Vec<Scope>,
+    expires_at: Option<i64>,
+    scope_enforced: bool,
+}
+
+fn names(scopes: &[Scope]) -> Vec<String> {
+    scopes.iter().map(|s| s.as_str().to_owned()).collect()
+}
+
+fn refused(rec: &mut Record<'_>, refused: Vec<Scope>) -> ReleaseError {
+    rec.reason = "scope not permitted";
+    rec.scopes_refused = names(&refused);
+    ReleaseError::InsufficientScope(rec.scopes_refused.clone())
 }
 
 /// Logs an internal failure of the release path; the caller sees only `internal_error`.

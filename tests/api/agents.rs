@@ -28,7 +28,7 @@ impl World {
         let issuer = Issuer::start(app.clock.clone()).await;
         let conns = [
             json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": "https://crm.example/a", "token_endpoint": "https://crm.example/t",
-                "client_id": "c", "client_secret": "s", "scopes": ["crm:read", "crm:write"]}, "scope_roles": {"crm:write": ["sales-admin"]}}),
+                "client_id": "c", "client_secret": "s", "scopes": ["crm:read", "crm:write"], "scope_enforcement": "label"}, "scope_roles": {"crm:write": ["sales-admin"]}}),
             json!({"id": "reports", "kind": "api_key", "api_key": {"header": "Authorization", "format": "Bearer {key}"}}),
             json!({"id": "notes", "kind": "api_key", "api_key": {"header": "X-API-Key"}}),
         ];
@@ -38,18 +38,18 @@ impl World {
         let creds = [
             (
                 "crm",
-                "user:alice",
+                "user:idp:alice",
                 json!({"access_token": "at-alice", "refresh_token": "rt-alice", "expires_in": 3600, "scope": "crm:read crm:write crm:admin"}),
             ),
-            ("crm", "user:bob", json!({"access_token": "at-bob", "expires_in": 3600, "scope": "crm:read"})),
-            ("crm", "user:carol", json!({"access_token": "at-carol-short", "expires_in": 30, "scope": "crm:read"})),
-            ("reports", "tenant:acme", json!({"api_key": API_KEY})),
-            ("reports", "tenant:globex", json!({"api_key": "sk-globex"})),
+            ("crm", "user:idp:bob", json!({"access_token": "at-bob", "expires_in": 3600, "scope": "crm:read"})),
+            ("crm", "user:idp:carol", json!({"access_token": "at-carol-short", "expires_in": 30, "scope": "crm:read"})),
+            ("reports", "tenant:idp:acme", json!({"api_key": API_KEY})),
+            ("reports", "tenant:idp:globex", json!({"api_key": "sk-globex"})),
         ];
         for (c, o, body) in creds {
             expect(app.put_json(&format!("/v1/admin/connections/{c}/credentials/{o}"), body).await, 200).await;
         }
-        let issuer_body = json!({"issuer": issuer.url, "jwks_uri": format!("{}/jwks.json", issuer.url), "audience": AUDIENCE, "tenant_claim": "org", "roles_claim": "roles"});
+        let issuer_body = json!({"issuer": issuer.url, "jwks_uri": format!("{}/jwks.json", issuer.url), "audience": AUDIENCE, "subject_prefix": "idp", "tenant_claim": "org", "roles_claim": "roles"});
         expect(app.post_json("/v1/admin/issuers", issuer_body).await, 201).await;
         let user_policy = json!({"grants": [
             {"connection": "crm", "owners": "self", "scopes": ["crm:read", "crm:write"], "max_ttl": 600},
@@ -128,21 +128,21 @@ async fn client_credentials_and_service_release_of_an_api_key() {
     assert_eq!(meta["token_endpoint"], format!("{}/oauth2/token", w.app.addr));
 
     let token = basic["access_token"].as_str().unwrap();
-    let r = w.release(token, "/v1/connections/reports/token?tenant_id=acme").await;
+    let r = w.release(token, "/v1/connections/reports/token?tenant_id=idp:acme").await;
     assert_eq!(r.headers()["cache-control"], "no-store");
     let v = expect(r, 200).await;
     assert_eq!(v["type"], "api_key");
     assert_eq!(v["connection_id"], "reports");
-    assert_eq!(v["owner"], "tenant:acme");
+    assert_eq!(v["owner"], "tenant:idp:acme");
     assert_eq!(v["api_key"], API_KEY);
     assert_eq!(v["header"], json!({"name": "Authorization", "value": format!("Bearer {API_KEY}")}));
     assert_eq!(v["lease"]["expires_in"], 120);
     assert!(v["lease"]["id"].as_str().unwrap().starts_with("lease_"));
 
     // Service agent naming a user (owners: any), OAuth body shape.
-    let v = expect(w.release(token, "/v1/connections/crm/token?user_id=bob&scope=crm:read").await, 200).await;
+    let v = expect(w.release(token, "/v1/connections/crm/token?user_id=idp:bob&scope=crm:read").await, 200).await;
     assert_eq!(v["type"], "oauth2");
-    assert_eq!(v["owner"], "user:bob");
+    assert_eq!(v["owner"], "user:idp:bob");
     assert_eq!(v["access_token"], "at-bob");
     assert_eq!(v["scope"], "crm:read");
     assert_eq!(v["token_type"], "Bearer");
@@ -185,7 +185,7 @@ async fn policy_matrix() {
 
     // Allowed: own credential, scope within grant, credential and roles.
     let v = expect(w.release(&alice, "/v1/connections/crm/token?scope=crm:read&min_ttl=300").await, 200).await;
-    assert_eq!(v["owner"], "user:alice");
+    assert_eq!(v["owner"], "user:idp:alice");
     assert_eq!(v["access_token"], "at-alice");
     assert_eq!(v["lease"]["expires_in"], 600, "max_ttl caps the lease");
     // No scope asked: what the credential holds, within grant and roles.
@@ -199,11 +199,11 @@ async fn policy_matrix() {
     assert_eq!(v["refused_scopes"], json!(["crm:write"]));
     assert_eq!(expect(w.release(&alice_admin, "/v1/connections/crm/token?scope=crm:write").await, 200).await["scope"], "crm:write");
     // A self agent naming another user.
-    assert_eq!(expect(w.release(&alice, "/v1/connections/crm/token?user_id=bob").await, 403).await["error"], "access_denied");
+    assert_eq!(expect(w.release(&alice, "/v1/connections/crm/token?user_id=idp:bob").await, 403).await["error"], "access_denied");
     // Tenant credential of its own tenant, and of another.
     let v = expect(w.release(&alice, "/v1/connections/reports/token").await, 200).await;
-    assert_eq!(v["owner"], "tenant:acme");
-    assert_eq!(expect(w.release(&alice, "/v1/connections/reports/token?tenant_id=globex").await, 403).await["error"], "access_denied");
+    assert_eq!(v["owner"], "tenant:idp:acme");
+    assert_eq!(expect(w.release(&alice, "/v1/connections/reports/token?tenant_id=idp:globex").await, 403).await["error"], "access_denied");
     // Permitted but not connected.
     let dave = w.user_token("dave", json!({"org": "acme"})).await;
     assert_eq!(expect(w.release(&dave, "/v1/connections/crm/token").await, 404).await["error"], "not_connected");
@@ -262,7 +262,7 @@ async fn forged_and_bad_agent_tokens_are_refused() {
         ("garbage", "not-a-token".to_owned()),
     ];
     for (what, token) in forged {
-        let r = w.release(&token, "/v1/connections/reports/token?tenant_id=acme").await;
+        let r = w.release(&token, "/v1/connections/reports/token?tenant_id=idp:acme").await;
         let challenge = r.headers().get("www-authenticate").map(|v| v.to_str().unwrap().to_owned());
         assert_eq!(challenge.as_deref(), Some("Bearer error=\"invalid_token\""), "{what}");
         let v = expect(r, 401).await;
@@ -273,12 +273,12 @@ async fn forged_and_bad_agent_tokens_are_refused() {
     assert_eq!(expect(r, 401).await["error"], "invalid_token");
 
     // Disabling an agent takes effect at once, also for its cached tokens.
-    expect(w.release(&good, "/v1/connections/reports/token?tenant_id=acme").await, 200).await;
+    expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
     expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/disable").send().await.unwrap(), 200).await;
-    assert_eq!(expect(w.release(&good, "/v1/connections/reports/token?tenant_id=acme").await, 401).await["error"], "invalid_token");
+    assert_eq!(expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 401).await["error"], "invalid_token");
     expect(w.token_request(&w.service_agent, &[("grant_type", "client_credentials")], true).await, 401).await;
     expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/enable").send().await.unwrap(), 200).await;
-    expect(w.release(&good, "/v1/connections/reports/token?tenant_id=acme").await, 200).await;
+    expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
 
     // Rotating the secret retires the old one.
     let v = expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/secret").send().await.unwrap(), 200).await;
@@ -296,10 +296,10 @@ async fn token_exchange_verifies_subject_tokens_from_the_trusted_issuer() {
         let v = expect(w.exchange(&w.user_agent, &subject).await, 200).await;
         assert_eq!(v["issued_token_type"], "urn:ietf:params:oauth:token-type:access_token");
         let claims: Value = serde_json::from_slice(&base64_decode(v["access_token"].as_str().unwrap().split('.').nth(1).unwrap())).unwrap();
-        assert_eq!(claims["sub"], "alice", "{alg:?}");
+        assert_eq!(claims["sub"], "idp:alice", "{alg:?}: the user is namespaced by the issuer's subject prefix");
         assert_eq!(claims["act"]["sub"], "calendar-tool");
         assert_eq!(claims["client_id"], "calendar-tool");
-        assert_eq!(claims["tenant"], "acme");
+        assert_eq!(claims["tenant"], "idp:acme");
         assert_eq!(claims["roles"], json!(["sales", "sales-admin"]));
         assert_eq!(claims["iss"], w.app.addr);
     }
@@ -357,12 +357,12 @@ async fn every_decision_is_audited_without_secrets_and_audit_fails_closed() {
     let svc = w.service_token().await;
     let alice = w.user_token("alice", json!({"org": "acme"})).await;
     let calls = [
-        (&svc, "/v1/connections/reports/token?tenant_id=acme", 200),
-        (&svc, "/v1/connections/crm/token?user_id=bob", 200),
-        (&alice, "/v1/connections/crm/token?user_id=bob", 403),
+        (&svc, "/v1/connections/reports/token?tenant_id=idp:acme", 200),
+        (&svc, "/v1/connections/crm/token?user_id=idp:bob", 200),
+        (&alice, "/v1/connections/crm/token?user_id=idp:bob", 403),
         (&alice, "/v1/connections/crm/token?scope=crm:admin", 403),
         (&alice, "/v1/connections/notes/token", 403),
-        (&svc, "/v1/connections/crm/token?user_id=nobody", 404),
+        (&svc, "/v1/connections/crm/token?user_id=idp:nobody", 404),
     ];
     let count = |records: &[latchkey::audit::Record]| records.iter().filter(|r| r.action == "token.release").count();
     let before = count(&w.app.vault.audit_tail(10_000).unwrap());
@@ -399,7 +399,7 @@ async fn every_decision_is_audited_without_secrets_and_audit_fails_closed() {
     let recs = v["records"].as_array().unwrap();
     assert!(recs.iter().all(|r| r["actor"] == "agent:reporter" && r["outcome"] == "ok"));
     assert!(recs.iter().any(|r| r["action"] == "token.release"));
-    let v = expect(w.app.get("/v1/admin/audit?connection=crm&owner=user:bob&decision=deny").await, 200).await;
+    let v = expect(w.app.get("/v1/admin/audit?connection=crm&owner=user:idp:bob&decision=deny").await, 200).await;
     let recs = v["records"].as_array().unwrap();
     assert_eq!(recs.len(), 1, "{v}");
     assert_eq!(recs[0]["detail"]["reason"], "the grant does not allow naming this user");
@@ -409,14 +409,14 @@ async fn every_decision_is_audited_without_secrets_and_audit_fails_closed() {
     // Make the audit table refuse writes: releases are refused, and no secret leaves.
     let c = rusqlite::Connection::open(w.app.vault.store().path()).unwrap();
     c.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;").unwrap();
-    let r = w.release(&svc, "/v1/connections/reports/token?tenant_id=acme").await;
+    let r = w.release(&svc, "/v1/connections/reports/token?tenant_id=idp:acme").await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("audit_unavailable"), "{text}");
     assert!(!text.contains(API_KEY));
     c.execute_batch("DROP TRIGGER block_audit;").unwrap();
-    expect(w.release(&svc, "/v1/connections/reports/token?tenant_id=acme").await, 200).await;
+    expect(w.release(&svc, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
 }
 
 #[tokio::test]
@@ -465,7 +465,7 @@ async fn agent_admin_api_validates_and_never_returns_secret_hashes() {
 async fn changes_from_another_process_reach_the_next_release() {
     let w = World::new().await;
     let token = w.service_token().await;
-    let path = "/v1/connections/reports/token?tenant_id=acme";
+    let path = "/v1/connections/reports/token?tenant_id=idp:acme";
     let cli = |args: &[&str]| {
         let out = w.app._dirs.run(args);
         assert!(out.status.success(), "{args:?}: {}", crate::helpers::stderr(&out));
@@ -498,7 +498,7 @@ async fn changes_from_another_process_reach_the_next_release() {
     assert_eq!(expect(w.release(&token, path).await, 404).await["error"], "not_connected");
     let key = w.app._dirs.root.path().join("key.txt");
     std::fs::write(&key, "sk-replaced").unwrap();
-    cli(&["credentials", "put", "reports", "tenant:acme", "--api-key-file", key.to_str().unwrap()]);
+    cli(&["credentials", "put", "reports", "tenant:idp:acme", "--api-key-file", key.to_str().unwrap()]);
     let v = expect(w.release(&token, path).await, 200).await;
     assert_eq!(v["header"], json!({"name": "X-Report-Key", "value": "sk-replaced"}));
 }

@@ -3,6 +3,7 @@
 mod admin_api;
 mod agents;
 mod cli;
+mod connect;
 mod faults;
 mod helpers;
 mod keyfiles;

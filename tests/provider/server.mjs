@@ -39,6 +39,18 @@ if (!Number.isInteger(ACCESS_TTL) || ACCESS_TTL <= 0) {
   process.exit(2);
 }
 
+// Extra claims per account, e.g. {"alice": {"org": "acme", "roles": ["admin"]}}: they go
+// into ID tokens (a trusted issuer's tenant and roles claims).
+let accountClaims = {};
+if (process.env.ACCOUNT_CLAIMS) {
+  try {
+    accountClaims = JSON.parse(process.env.ACCOUNT_CLAIMS);
+  } catch (err) {
+    log(`invalid ACCOUNT_CLAIMS: ${err.message}`);
+    process.exit(2);
+  }
+}
+
 const DEFAULT_CLIENTS = [
   {
     client_id: 'latchkey',
@@ -121,7 +133,7 @@ const configuration = {
   cookies: { keys: ['latchkey-test-provider-cookie-key'] },
   scopes: SCOPES,
   claims: {
-    openid: ['sub'],
+    openid: ['sub', 'org', 'roles'],
     email: ['email', 'email_verified'],
     profile: ['name'],
   },
@@ -158,7 +170,7 @@ const configuration = {
   },
   findAccount: async (ctx, sub) => ({
     accountId: sub,
-    claims: async () => ({ sub, email: `${sub}@example.com`, email_verified: true }),
+    claims: async () => ({ sub, email: `${sub}@example.com`, email_verified: true, ...(accountClaims[sub] ?? {}) }),
   }),
   renderError: async (ctx, out) => {
     ctx.type = 'json';

@@ -23,18 +23,25 @@ pub struct Provider {
 
 impl Provider {
     pub fn start(redirect_uri: &str, access_ttl: u32) -> Provider {
+        let clients = json!([{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect_uri],
+            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]);
+        Self::start_with(clients, access_ttl, json!({}))
+    }
+
+    /// A provider with these clients, access-token lifetime and extra claims per account
+    /// (`{"alice": {"org": "acme", "roles": ["admin"]}}`, put in ID tokens).
+    pub fn start_with(clients: Value, access_ttl: u32, account_claims: Value) -> Provider {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/provider");
         assert!(
             std::path::Path::new(dir).join("node_modules/oidc-provider").exists(),
             "the test OAuth provider is not installed: run `npm ci --prefix tests/provider`"
         );
-        let clients = json!([{"client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "redirect_uris": [redirect_uri],
-            "grant_types": ["authorization_code", "refresh_token"], "response_types": ["code"], "token_endpoint_auth_method": "client_secret_basic"}]);
         let mut child = Command::new("node")
             .arg(format!("{dir}/server.mjs"))
             .env("PORT", "0")
             .env("CLIENTS", clients.to_string())
             .env("ACCESS_TTL", access_ttl.to_string())
+            .env("ACCOUNT_CLAIMS", account_claims.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -74,49 +81,117 @@ impl Drop for Provider {
     }
 }
 
-/// A browser: follows redirects by hand with a cookie jar.
+/// A browser: follows redirects by hand, with a cookie jar per origin, and tells each
+/// provider's login page who signs in (`login_hint`, see tests/provider/server.mjs).
 pub struct Browser {
     http: reqwest::Client,
-    cookies: BTreeMap<String, String>,
+    cookies: BTreeMap<(String, String), String>,
+    /// Origin → account; `None` key: any provider.
+    hints: BTreeMap<Option<String>, String>,
+}
+
+fn origin(url: &str) -> String {
+    let u = url::Url::parse(url).unwrap();
+    format!("{}://{}:{}", u.scheme(), u.host_str().unwrap(), u.port_or_known_default().unwrap())
 }
 
 impl Browser {
     pub fn new() -> Browser {
-        Browser { http: reqwest::Client::builder().redirect(redirect::Policy::none()).build().unwrap(), cookies: BTreeMap::new() }
+        Browser {
+            http: reqwest::Client::builder().redirect(redirect::Policy::none()).build().unwrap(),
+            cookies: BTreeMap::new(),
+            hints: BTreeMap::new(),
+        }
+    }
+
+    /// Signs in as `account` at the provider (or issuer) at `url`.
+    pub fn sign_in_at(&mut self, url: &str, account: &str) {
+        self.hints.insert(Some(origin(url)), account.to_owned());
+    }
+
+    fn cookie_header(&self, url: &str) -> Option<String> {
+        let o = origin(url);
+        let pairs: Vec<String> = self.cookies.iter().filter(|((co, _), _)| *co == o).map(|((_, k), v)| format!("{k}={v}")).collect();
+        (!pairs.is_empty()).then(|| pairs.join("; "))
+    }
+
+    fn keep_cookies(&mut self, url: &str, r: &reqwest::Response) {
+        for c in r.headers().get_all(SET_COOKIE) {
+            if let Some((k, v)) = c.to_str().unwrap().split(';').next().and_then(|kv| kv.split_once('=')) {
+                self.cookies.insert((origin(url), k.trim().to_owned()), v.to_owned());
+            }
+        }
     }
 
     pub async fn get(&mut self, url: &str) -> reqwest::Response {
         let mut req = self.http.get(url);
-        if !self.cookies.is_empty() {
-            req = req.header(COOKIE, self.cookies.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; "));
+        if let Some(c) = self.cookie_header(url) {
+            req = req.header(COOKIE, c);
         }
         let r = req.send().await.unwrap();
-        for c in r.headers().get_all(SET_COOKIE) {
-            if let Some((k, v)) = c.to_str().unwrap().split(';').next().and_then(|kv| kv.split_once('=')) {
-                self.cookies.insert(k.trim().to_owned(), v.to_owned());
-            }
-        }
+        self.keep_cookies(url, &r);
         r
     }
 
-    /// Opens a connect link and follows the provider's redirects up to (not into) the
-    /// callback; returns the callback URL.
-    pub async fn login(&mut self, connect_url: &str, callback_prefix: &str, login_hint: &str) -> String {
+    pub async fn post_form(&mut self, url: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        let mut req = self.http.post(url).form(form);
+        if let Some(c) = self.cookie_header(url) {
+            req = req.header(COOKIE, c);
+        }
+        let r = req.send().await.unwrap();
+        self.keep_cookies(url, &r);
+        r
+    }
+
+    /// Shows a connect link's confirmation page and presses its button; returns where the
+    /// browser is sent next.
+    pub async fn continue_link(&mut self, connect_url: &str) -> String {
         let r = self.get(connect_url).await;
-        assert_eq!(r.status(), StatusCode::FOUND, "connect link");
-        let mut next = location(&r, connect_url);
+        assert_eq!(r.status(), StatusCode::OK, "confirmation page");
+        assert_eq!(r.headers()["content-security-policy"], "default-src 'none'; frame-ancestors 'none'");
+        let html = r.text().await.unwrap();
+        let csrf = csrf_of(&html);
+        let r = self.post_form(connect_url, &[("csrf", &csrf)]).await;
+        assert_eq!(r.status(), StatusCode::FOUND, "continue");
+        let next = location(&r, connect_url);
         assert!(next.contains("code_challenge_method=S256") && next.contains("state="), "{next}");
-        next.push_str(&format!("&login_hint={login_hint}"));
-        for _ in 0..10 {
-            if next.starts_with(callback_prefix) {
+        next
+    }
+
+    /// Follows redirects from `start` until one leads to a URL starting with `stop`, which
+    /// is returned (not fetched).
+    pub async fn follow(&mut self, start: String, stop: &str) -> String {
+        let mut next = start;
+        for _ in 0..12 {
+            if next.starts_with(stop) {
                 return next;
             }
+            if url::Url::parse(&next).unwrap().path() == "/auth" {
+                let hint = self.hints.get(&Some(origin(&next))).or(self.hints.get(&None)).cloned();
+                if let Some(h) = hint {
+                    next.push_str(&format!("&login_hint={h}"));
+                }
+            }
             let r = self.get(&next).await;
-            assert!(r.status().is_redirection(), "provider answered {} at {next}", r.status());
+            assert!(r.status().is_redirection(), "answered {} at {next}", r.status());
             next = location(&r, &next);
         }
-        panic!("no redirect to the callback");
+        panic!("no redirect to {stop}");
     }
+
+    /// Opens a connect link and follows the redirects up to (not into) the callback,
+    /// signing in as `login_hint` wherever asked; returns the callback URL.
+    pub async fn login(&mut self, connect_url: &str, callback_prefix: &str, login_hint: &str) -> String {
+        self.hints.insert(None, login_hint.to_owned());
+        let next = self.continue_link(connect_url).await;
+        self.follow(next, callback_prefix).await
+    }
+}
+
+/// The CSRF token in a confirmation page's form.
+pub fn csrf_of(html: &str) -> String {
+    let i = html.find("name=\"csrf\" value=\"").expect("csrf field") + "name=\"csrf\" value=\"".len();
+    html[i..].split('"').next().unwrap().to_owned()
 }
 
 pub fn location(r: &reqwest::Response, base: &str) -> String {
