@@ -29,6 +29,16 @@ pub enum CredentialsCmd {
     List { connection: String },
     /// Disconnect a credential: revoke it at the provider where possible, then delete it.
     Rm { connection: String, owner: String },
+    /// Move every credential whose owner names no issuer (user:alice) into a trusted
+    /// issuer's namespace (user:<prefix>:alice), where token exchange looks for it.
+    Namespace {
+        /// The issuer's subject_prefix.
+        #[arg(long)]
+        prefix: String,
+        /// Only list the moves.
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 pub fn exec(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
@@ -60,6 +70,15 @@ pub fn exec(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
             let o = owner.clone();
             with_services(settings, async move |s| Ok(s.disconnect(Actor::cli(), id, o).await?))?;
             println!("credential of {owner} for {connection} revoked where possible and deleted (see `latchkey audit tail`)");
+            Ok(())
+        }
+        CredentialsCmd::Namespace { prefix, dry_run } => {
+            let moves = open_vault(settings)?.namespace_owners(&Actor::cli(), &prefix, dry_run)?;
+            for (from, to) in &moves {
+                println!("{from} -> {to}");
+            }
+            let verb = if dry_run { "would move" } else { "moved" };
+            eprintln!("{verb} {} credential(s)", moves.len());
             Ok(())
         }
     }

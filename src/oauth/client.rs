@@ -24,6 +24,10 @@ pub enum ProviderError {
     /// The provider refused the grant (`invalid_grant` or equivalent).
     #[error("the provider refused the grant ({code})")]
     Rejected { code: String },
+    /// The provider refused the scopes asked for (`invalid_scope`): a narrower token is not
+    /// to be had. The grant itself is not in question.
+    #[error("the provider refused the requested scope")]
+    ScopeRefused,
     /// Anything that may heal: transport, timeout, 5xx, 429, garbage, oversized.
     #[error("{reason}")]
     Transient { reason: String, retry_after: Option<u64> },
@@ -38,6 +42,7 @@ impl ProviderError {
     pub fn class(&self) -> &'static str {
         match self {
             ProviderError::Rejected { .. } => "rejected",
+            ProviderError::ScopeRefused => "scope_refused",
             ProviderError::Transient { .. } => "transient",
         }
     }
@@ -176,6 +181,9 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
         let code: String = code.chars().take(64).filter(|c| c.is_ascii_graphic()).collect();
         if REJECTED_CODES.contains(&code.as_str()) {
             return Err(ProviderError::Rejected { code });
+        }
+        if code == "invalid_scope" {
+            return Err(ProviderError::ScopeRefused);
         }
         return Err(ProviderError::transient(format!("provider error '{code}' (HTTP {status})")));
     }

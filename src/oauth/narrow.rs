@@ -101,8 +101,8 @@ impl OAuthService {
                     }
                 }
             }
-            Err(ProviderError::Rejected { code }) => {
-                tracing::info!(connection = %connection, code = %code, "the provider refused a narrowing refresh; enforcing strictly");
+            Err(e @ (ProviderError::Rejected { .. } | ProviderError::ScopeRefused)) => {
+                tracing::info!(connection = %connection, reason = %e, "the provider refused a narrowing refresh; enforcing strictly");
                 self.metrics.refresh(connection.as_str(), "narrow_refused");
                 Narrowed::Unavailable
             }

@@ -194,7 +194,7 @@ impl OAuthService {
         self.metrics.refresh(connection.as_str(), "transient");
         let wait = match e {
             ProviderError::Transient { retry_after, .. } => *retry_after,
-            ProviderError::Rejected { .. } => None,
+            ProviderError::Rejected { .. } | ProviderError::ScopeRefused => None,
         };
         // Exponential backoff with jitter: 5 s, 10 s, 20 s … capped at 15 min.
         let exp = 5i64.saturating_mul(1 << m.refresh_failures.clamp(0, 8)).min(900);

@@ -224,3 +224,62 @@ pub fn schema_version() -> u32 {
 pub fn db_schema_version(c: &Connection) -> Result<u32, StoreError> {
     Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A database at schema `version`, as an older latchkey left it.
+    fn database_at(dir: &Path, version: usize) -> Connection {
+        let c = Connection::open(Store::db_path(dir)).unwrap();
+        c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
+        for sql in &MIGRATIONS[..version] {
+            c.execute_batch(sql).unwrap();
+        }
+        c.execute_batch(&format!("PRAGMA user_version = {version}")).unwrap();
+        c
+    }
+
+    #[test]
+    fn schema_7_makes_scope_enforcement_explicit_and_namespaces_issuers() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = database_at(dir.path(), 6);
+        let insert = |id: &str, spec: &str| {
+            c.execute("INSERT INTO connections (id, kind, spec, created_at, updated_at) VALUES (?1, 'oauth2', ?2, 0, 0)", [id, spec])
+                .unwrap();
+        };
+        insert("ms", r#"{"id":"ms","kind":"oauth2","provider":"microsoft","oauth2":{"client_id":"c"}}"#);
+        insert(
+            "crm",
+            r#"{"id":"crm","kind":"oauth2","oauth2":{"client_id":"c","authorization_endpoint":"https://a.example/a","token_endpoint":"https://a.example/t"}}"#,
+        );
+        insert(
+            "lbl",
+            r#"{"id":"lbl","kind":"oauth2","oauth2":{"client_id":"c","discovery_url":"https://a.example/.well-known/openid-configuration","scope_enforcement":"label"}}"#,
+        );
+        c.execute("INSERT INTO issuers (issuer, jwks_uri, audience, created_at) VALUES ('https://idp.example', 'https://idp.example/jwks', 'a', 0)", [])
+            .unwrap();
+        drop(c);
+        let store = Store::open(dir.path()).unwrap();
+        let mode = |id: &str| -> String {
+            store
+                .read(|c| {
+                    c.query_row("SELECT json_extract(spec, '$.oauth2.scope_enforcement') FROM connections WHERE id = ?1", [id], |r| {
+                        r.get(0)
+                    })
+                    .map_err(StoreError::from)
+                })
+                .unwrap()
+        };
+        assert_eq!((mode("ms").as_str(), mode("crm").as_str(), mode("lbl").as_str()), ("downscope", "strict", "label"));
+        let prefix: String =
+            store.read(|c| c.query_row("SELECT subject_prefix FROM issuers", [], |r| r.get(0)).map_err(StoreError::from)).unwrap();
+        assert_eq!(prefix, "iss1");
+        // The stored specs still parse, now stating their mode.
+        let spec: String = store
+            .read(|c| c.query_row("SELECT spec FROM connections WHERE id = 'crm'", [], |r| r.get(0)).map_err(StoreError::from))
+            .unwrap();
+        let parsed: crate::model::ConnectionSpec = serde_json::from_str(&spec).unwrap();
+        assert_eq!(parsed.oauth2.unwrap().scope_enforcement, Some(crate::model::ScopeEnforcement::Strict));
+    }
+}

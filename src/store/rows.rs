@@ -496,6 +496,63 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
     }
 }
 
+/// Moves a credential to another owner (its ciphertexts re-sealed under the new binding by
+/// the caller) if it is still at `version`; deletes the replaced data key. `Conflict` if
+/// the credential changed or the new owner already has one.
+#[allow(clippy::too_many_arguments)]
+pub fn move_credential(
+    c: &Connection,
+    id: &str,
+    version: i64,
+    new_owner: &str,
+    new_version: i64,
+    dek_id: i64,
+    primary: &[u8],
+    refresh: Option<&[u8]>,
+    now: i64,
+) -> Result<()> {
+    let old_dek: i64 = c.query_row("SELECT dek_id FROM credentials WHERE id = ?1", [id], |r| r.get(0))?;
+    let res = c.execute(
+        "UPDATE credentials SET owner = ?3, secret_version = ?4, dek_id = ?5, primary_secret = ?6, refresh_secret = ?7, updated_at = ?8 \
+         WHERE id = ?1 AND secret_version = ?2",
+        params![id, version, new_owner, new_version, dek_id, primary, refresh, now],
+    );
+    match res {
+        Ok(1) => delete_dek(c, old_dek),
+        Ok(_) => Err(StoreError::Conflict),
+        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A narrowed token with what its binding needs.
+#[derive(Debug, Clone)]
+pub struct NarrowedEntry {
+    pub credential_id: String,
+    pub connection_id: String,
+    pub owner: String,
+    pub scopes: String,
+    pub row: NarrowedRow,
+}
+
+/// Every narrowed token (for verification).
+pub fn all_narrowed(c: &Connection) -> Result<Vec<NarrowedEntry>> {
+    let mut st = c.prepare(
+        "SELECT n.credential_id, k.connection_id, k.owner, n.scopes, n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
+         FROM narrowed_tokens n JOIN credentials k ON k.id = n.credential_id JOIN deks d ON d.id = n.dek_id",
+    )?;
+    let rows = st.query_map([], |r| {
+        Ok(NarrowedEntry {
+            credential_id: r.get(0)?,
+            connection_id: r.get(1)?,
+            owner: r.get(2)?,
+            scopes: r.get(3)?,
+            row: NarrowedRow { access_token: r.get(4)?, token_type: r.get(5)?, expires_at: r.get(6)?, dek: dek_row(r, 7)? },
+        })
+    })?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
 /// Deletes a credential and its data key; returns whether it existed.
 pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<bool> {
     if let Some(id) = c

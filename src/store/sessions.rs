@@ -176,6 +176,17 @@ pub fn purge_sessions(c: &Connection, now: i64) -> Result<u64> {
     Ok(ids.len() as u64)
 }
 
+/// Deletes every session of a connection with its data key (before the connection goes:
+/// the foreign key would otherwise take the sessions and leave their keys behind).
+pub fn delete_sessions_of(c: &Connection, connection_id: &str) -> Result<u64> {
+    let mut st = c.prepare("DELETE FROM connect_sessions WHERE connection_id = ?1 RETURNING dek_id")?;
+    let ids: Vec<Option<i64>> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    for id in ids.iter().flatten() {
+        delete_dek(c, *id)?;
+    }
+    Ok(ids.len() as u64)
+}
+
 /// Connect sessions holding a sealed verifier (each owns a data key).
 pub fn count_session_deks(c: &Connection) -> Result<u64> {
     Ok(c.query_row("SELECT count(*) FROM connect_sessions WHERE dek_id IS NOT NULL", [], |r| r.get::<_, i64>(0))? as u64)

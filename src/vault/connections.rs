@@ -145,6 +145,7 @@ impl Vault {
                 )));
             }
             let removed = rows::delete_credentials_of(tx, id.as_str())?;
+            crate::store::sessions::delete_sessions_of(tx, id.as_str())?;
             rows::delete_connection(tx, id.as_str())?;
             if let Some(s) = &row.secret {
                 rows::delete_dek(tx, s.dek.id)?;

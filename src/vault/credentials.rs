@@ -217,6 +217,66 @@ impl Vault {
         Ok((id, version, previous.is_some()))
     }
 
+    /// For deployments from before subject prefixes: moves every credential whose owner
+    /// names no issuer (`user:alice`) to `prefix`'s namespace (`user:<prefix>:alice`), where
+    /// token exchange now looks for it. Each is re-sealed, since the owner is bound into its
+    /// ciphertexts. Returns the moves (made, or with `dry_run` only planned).
+    pub fn namespace_owners(&self, actor: &Actor, prefix: &str, dry_run: bool) -> Result<Vec<(String, String)>> {
+        if !crate::auth::subject::valid_subject_prefix(prefix) {
+            return Err(crate::model::ValidationError("the prefix must be a subject prefix: 1-32 of a-z, 0-9 and '-'".into()).into());
+        }
+        let mut moves = Vec::new();
+        let mut after = 0i64;
+        loop {
+            let page = self.store.read(|c| rows::credentials_page(c, after, 1000))?;
+            let Some(last) = page.last() else { break };
+            after = last.0;
+            for (_, row) in page {
+                let owner = Owner::parse(&row.meta.owner)?;
+                if owner.id().contains(':') {
+                    continue;
+                }
+                let moved = Owner::new(owner.kind(), &format!("{prefix}:{}", owner.id()))?;
+                let connection = crate::model::ConnectionId::parse(&row.meta.connection_id)?;
+                if !dry_run {
+                    self.move_credential(actor, &connection, row, &moved)?;
+                }
+                moves.push((format!("{connection}/{owner}"), format!("{connection}/{moved}")));
+            }
+        }
+        Ok(moves)
+    }
+
+    fn move_credential(&self, actor: &Actor, connection: &ConnectionId, row: CredentialRow, to: &Owner) -> Result<()> {
+        let now = self.clock.now();
+        let (id, version, from) = (row.meta.id.clone(), row.meta.secret_version, row.meta.owner.clone());
+        let opened = self.open_credential_row(row)?;
+        let to_s = to.to_string();
+        let b = binding(connection.as_str(), &to_s, &id, version + 1);
+        self.store.write(|tx| {
+            let (dek, dek_id) = self.new_dek(tx, &b)?;
+            let (primary, refresh) = match &opened.secret {
+                CredentialSecret::ApiKey(k) => (dek.seal(k.expose().as_bytes(), &b, F_API_KEY)?, None),
+                CredentialSecret::OAuth2 { access_token, refresh_token, .. } => (
+                    dek.seal(access_token.expose().as_bytes(), &b, F_ACCESS)?,
+                    refresh_token.as_ref().map(|r| dek.seal(r.expose().as_bytes(), &b, F_REFRESH)).transpose()?,
+                ),
+            };
+            rows::delete_narrowed(tx, &id)?;
+            rows::move_credential(tx, &id, version, &to_s, version + 1, dek_id, &primary, refresh.as_deref(), now).map_err(
+                |e| match e {
+                    crate::store::StoreError::Conflict => {
+                        VaultError::Conflict(format!("{connection}/{to_s} already has a credential, or {connection}/{from} changed"))
+                    }
+                    other => other.into(),
+                },
+            )?;
+            let detail = json!({"credential_id": id, "from": from, "to": to_s});
+            self.audit(tx, Event::new(&actor.name(), "credential.namespace", format!("{connection}/{to_s}"), Outcome::Ok, detail))?;
+            Ok(())
+        })
+    }
+
     /// Credential metadata of a connection, by owner, `limit` at a time after `after`.
     pub fn list_credentials(&self, connection: &ConnectionId, after: Option<&Owner>, limit: usize) -> Result<Vec<CredentialView>> {
         let after = after.map(|o| o.to_string()).unwrap_or_default();

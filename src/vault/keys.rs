@@ -274,7 +274,8 @@ impl Vault {
         report.failures.extend(failures);
         report.deks = self.store.read(rows::count_deks)?;
         let sessions = self.store.read(crate::store::sessions::count_session_deks)?;
-        let narrowed = self.count_narrowed()?;
+        let (narrowed, failures) = self.verify_narrowed()?;
+        report.failures.extend(failures);
         let referenced = report.credentials + report.connection_secrets + signing_keys + sessions + issuer_secrets + narrowed;
         if report.deks != referenced {
             report.failures.push(format!("{} data keys are stored but {referenced} records reference one", report.deks));

@@ -116,8 +116,20 @@ impl Vault {
         })
     }
 
-    /// For `keys verify`: every narrowed token decrypts.
-    pub(super) fn count_narrowed(&self) -> Result<u64> {
-        Ok(self.store.read(rows::count_narrowed)?)
+    /// For `keys verify`: every narrowed token decrypts. Returns (count, failures).
+    pub(super) fn verify_narrowed(&self) -> Result<(u64, Vec<String>)> {
+        let all = self.store.read(rows::all_narrowed)?;
+        let mut failures = Vec::new();
+        for n in &all {
+            let b = binding(&n.connection_id, &n.owner, &n.credential_id, &n.scopes);
+            let ok = self.open_dek(&n.row.dek, &b).is_ok_and(|dek| dek.open(&n.row.access_token, &b, FIELD).is_ok());
+            if !ok {
+                failures.push(format!(
+                    "narrowed token of credential {} ({}/{}, {}) failed to decrypt",
+                    n.credential_id, n.connection_id, n.owner, n.scopes
+                ));
+            }
+        }
+        Ok((all.len() as u64, failures))
     }
 }

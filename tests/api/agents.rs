@@ -502,3 +502,31 @@ async fn changes_from_another_process_reach_the_next_release() {
     let v = expect(w.release(&token, path).await, 200).await;
     assert_eq!(v["header"], json!({"name": "X-Report-Key", "value": "sk-replaced"}));
 }
+
+/// The reported attack: a second trusted issuer's `alice` released the first issuer's
+/// Alice's credentials. Subjects are now namespaced by each issuer's subject prefix.
+#[tokio::test]
+async fn a_second_issuers_alice_is_someone_else() {
+    let w = World::new().await;
+    let other = Issuer::start(w.app.clock.clone()).await;
+    let body = json!({"issuer": other.url, "jwks_uri": format!("{}/jwks.json", other.url), "audience": AUDIENCE, "subject_prefix": "other", "tenant_claim": "org"});
+    expect(w.app.post_json("/v1/admin/issuers", body).await, 201).await;
+    // The prefix is unique: a third issuer cannot claim "idp".
+    let clash = json!({"issuer": "http://127.0.0.1:9/x", "jwks_uri": "http://127.0.0.1:9/jwks", "audience": "a", "subject_prefix": "idp"});
+    assert_eq!(expect(w.app.post_json("/v1/admin/issuers", clash).await, 409).await["error"], "conflict");
+    let subject = other.token(Algorithm::RS256, "rsa-1", other.claims("alice", json!({"org": "acme"})));
+    let v = expect(w.exchange(&w.user_agent, &subject).await, 200).await;
+    let token = v["access_token"].as_str().unwrap().to_owned();
+    let claims: Value = serde_json::from_slice(&base64_decode(token.split('.').nth(1).unwrap())).unwrap();
+    assert_eq!((claims["sub"].as_str(), claims["tenant"].as_str()), (Some("other:alice"), Some("other:acme")));
+    // Neither idp's Alice's credential nor idp's acme's key is reachable with it.
+    let r = w.release(&token, "/v1/connections/crm/token").await;
+    assert_eq!(expect(r, 404).await["error"], "not_connected");
+    let r = w.release(&token, "/v1/connections/reports/token").await;
+    let v = expect(r, 404).await;
+    assert!(!v.to_string().contains(API_KEY));
+    // The first issuer's alice still gets hers.
+    let alice = w.user_token("alice", json!({"org": "acme"})).await;
+    let v = expect(w.release(&alice, "/v1/connections/crm/token").await, 200).await;
+    assert_eq!(v["owner"], "user:idp:alice");
+}

@@ -177,3 +177,36 @@ fn agents_are_managed_from_the_cli() {
     assert!(dirs.run(&["agents", "rm", "cal"]).status.success());
     assert_eq!(dirs.run(&["agents", "show", "cal"]).status.code(), Some(1));
 }
+
+/// The upgrade path for credentials stored before subject prefixes: they move into an
+/// issuer's namespace, re-sealed, and `keys verify` still passes.
+#[test]
+fn credentials_move_into_an_issuers_namespace() {
+    let dirs = Dirs::new();
+    init(&dirs);
+    let conn = dirs.root.path().join("c.json");
+    std::fs::write(&conn, r#"{"id": "reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"}}"#).unwrap();
+    assert!(dirs.run(&["connections", "add", "--from", conn.to_str().unwrap()]).status.success());
+    let key = dirs.root.path().join("k");
+    for (owner, secret) in [("user:alice", "k-alice"), ("tenant:acme", "k-acme"), ("user:idp:bob", "k-bob")] {
+        std::fs::write(&key, secret).unwrap();
+        let out = dirs.run(&["credentials", "put", "reporting", owner, "--api-key-file", key.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let out = dirs.run(&["credentials", "namespace", "--prefix", "idp", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "reporting/user:alice -> reporting/user:idp:alice\nreporting/tenant:acme -> reporting/tenant:idp:acme\n");
+    assert_eq!(dirs.run(&["credentials", "namespace", "--prefix", "Not A Prefix"]).status.code(), Some(2));
+    assert!(dirs.run(&["credentials", "namespace", "--prefix", "idp"]).status.success());
+    let list: Value = serde_json::from_str(&stdout(&dirs.run(&["credentials", "list", "reporting"]))).unwrap();
+    let owners: Vec<&str> = list.as_array().unwrap().iter().map(|c| c["owner"].as_str().unwrap()).collect();
+    assert_eq!(owners, ["tenant:idp:acme", "user:idp:alice", "user:idp:bob"]);
+    let out = dirs.run(&["keys", "verify"]);
+    assert!(out.status.success(), "the moved credentials are re-sealed under their new owner: {}", stdout(&out));
+    // A move onto an owner that already has a credential is refused, nothing changes.
+    std::fs::write(&key, "k-alice-2").unwrap();
+    assert!(dirs.run(&["credentials", "put", "reporting", "user:alice", "--api-key-file", key.to_str().unwrap()]).status.success());
+    let out = dirs.run(&["credentials", "namespace", "--prefix", "idp"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("already has a credential"), "{}", stderr(&out));
+}

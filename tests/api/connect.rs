@@ -291,4 +291,21 @@ async fn every_way_out_revokes_at_the_provider() {
     let deletes = w.audit("credential.delete");
     assert_eq!(deletes.len(), 2);
     assert!(deletes.iter().all(|r| r.detail.contains("\"revoked\"")), "{deletes:?}");
+
+    // The connection's connect sessions went with it, data keys included.
+    let out = w.app._dirs.run(&["keys", "verify"]);
+    assert!(out.status.success(), "{}", crate::helpers::stdout(&out));
+
+    // The CLI disconnects the same way, next to the running server.
+    let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {
+        "discovery_url": format!("{}/.well-known/openid-configuration", w.provider.url),
+        "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"]}});
+    expect(w.app.post_json("/v1/admin/connections", conn).await, 201).await;
+    let (url, _) = w.link_url(&w.app.token, "user:idp:f3").await;
+    assert_eq!(w.complete(&mut Browser::new(), &url, "-", "f3").await.status(), 200);
+    let r3 = w.refresh_token("user:idp:f3");
+    let out = w.app._dirs.run(&["credentials", "rm", "crm", "user:idp:f3"]);
+    assert!(out.status.success(), "{}", crate::helpers::stderr(&out));
+    assert_eq!(w.provider.introspect(&r3).await["active"], false, "credentials rm revokes at the provider");
+    assert!(w.credential("user:idp:f3").is_none());
 }

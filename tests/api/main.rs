@@ -11,3 +11,4 @@ mod layering;
 mod oauth;
 mod plaintext;
 mod rotation;
+mod scopes;

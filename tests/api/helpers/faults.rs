@@ -41,6 +41,7 @@ impl FaultServer {
                             br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200,"instance_url":"https://acme.my.salesforce.example"}"#,
                         ),
                         "500" => reply(&mut s, "500 Internal Server Error", "text/plain", b"oops"),
+                        "invalid_scope" => reply(&mut s, "400 Bad Request", "application/json", br#"{"error":"invalid_scope"}"#),
                         "429" => {
                             let body = b"slow down";
                             let head = format!(
