@@ -187,6 +187,7 @@ fn seed(args: &[String]) {
         "policy": {"grants": [{"connection": "svc", "owners": "any"}, {"connection": "crm", "owners": "any"}]}}))
     .expect("agent body");
     vault.create_agent(&actor, agent).expect("agent");
+    let epoch = vault.active_agent("bench").expect("agent").expect("enabled").token_epoch;
     let signer = latchkey::auth::TokenService::new(public_url.clone(), vault.signing_keys().expect("signing keys"));
     let now = Clock::system().now();
     let mut out = String::with_capacity(tokens * 300);
@@ -203,6 +204,7 @@ fn seed(args: &[String]) {
             act: None,
             tenant: None,
             roles: vec![],
+            epoch,
         };
         out.push_str(&signer.sign(&claims).expect("sign"));
         out.push('\n');

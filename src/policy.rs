@@ -113,6 +113,8 @@ pub struct Principal {
     pub user: Option<String>,
     pub tenant: Option<String>,
     pub roles: Vec<String>,
+    /// The agent token epoch the token was issued at.
+    pub epoch: i64,
 }
 
 /// What the caller asked for.
@@ -325,10 +327,11 @@ mod tests {
             user: Some(u.into()),
             tenant: tenant.map(Into::into),
             roles: roles.iter().map(|r| r.to_string()).collect(),
+            epoch: 0,
         }
     }
     fn service() -> Principal {
-        Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![] }
+        Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![], epoch: 0 }
     }
     fn req(user: Option<&str>, tenant: Option<&str>) -> ReleaseRequest {
         ReleaseRequest { scopes: vec![], user_id: user.map(Into::into), tenant_id: tenant.map(Into::into) }

@@ -45,6 +45,10 @@ pub struct AgentClaims {
     pub tenant: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub roles: Vec<String>,
+    /// The agent's token epoch when the token was issued: rotating the agent's secret or
+    /// disabling it moves the agent past it. (Tokens from before epochs existed carry 0.)
+    #[serde(default)]
+    pub epoch: i64,
 }
 
 impl AgentClaims {
@@ -55,6 +59,7 @@ impl AgentClaims {
             user: self.act.as_ref().map(|_| self.sub.clone()),
             tenant: self.tenant.clone(),
             roles: self.roles.clone(),
+            epoch: self.epoch,
         }
     }
 }
@@ -229,6 +234,7 @@ mod tests {
             act: None,
             tenant: None,
             roles: vec![],
+            epoch: 0,
         }
     }
 

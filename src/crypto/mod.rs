@@ -232,6 +232,18 @@ pub fn wrapped_key_version(wrapped: &[u8]) -> Result<u32, CryptoError> {
     Ok(u32::from_be_bytes([wrapped[2], wrapped[3], wrapped[4], wrapped[5]]))
 }
 
+/// HMAC-SHA256 of `data` under `key` (RFC 2104).
+pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
+    use hmac::{Mac, SimpleHmac};
+    // Any key length is valid for HMAC, so this cannot fail.
+    let mut mac = match <SimpleHmac<sha2::Sha256> as Mac>::new_from_slice(key) {
+        Ok(m) => m,
+        Err(_) => return [0u8; 32],
+    };
+    mac.update(data);
+    mac.finalize().into_bytes().into()
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;
@@ -274,6 +286,16 @@ mod tests {
 
     fn binding(owner: &str, version: u64) -> Binding {
         Binding::new("credential", "crm", owner, "cred_1", version)
+    }
+
+    #[test]
+    fn hmac_matches_rfc_4231() {
+        // Test case 2.
+        let mac = hmac_sha256(b"Jefe", b"what do ya want for nothing?");
+        assert_eq!(hex(&mac), "5bdcc146bf60754e6a042426089575c75a003f089d2739839dec58b964ec3843");
+        // Test case 6: a key longer than the block size.
+        let mac = hmac_sha256(&[0xaa; 131], b"Test Using Larger Than Block-Size Key - Hash Key First");
+        assert_eq!(hex(&mac), "60e431591ee0b67f0d8a26aacbf5b77f8e0bc6213728c5140546040f0ee37f54");
     }
 
     #[test]

@@ -156,6 +156,9 @@ impl Services {
         let principal = self.agent_principal(bearer).ok_or(ConnectError::Unauthorized)?;
         let agent_id = principal.agent_id.clone();
         let agent = self.blocking(move |v| v.active_agent(&agent_id)).await?.ok_or(ConnectError::Unauthorized)?;
+        if principal.epoch < agent.token_epoch {
+            return Err(ConnectError::Unauthorized);
+        }
         let grant =
             policy::authorize_connect(&agent.policy, &req.connection, &principal, &req.owner).map_err(|_| ConnectError::Forbidden)?;
         let role = grant.connect_role.clone();
@@ -426,6 +429,7 @@ mod tests {
                 act: user.map(|_| Act { sub: agent.into() }),
                 tenant: Some("idp:acme".into()),
                 roles: vec![],
+                epoch: i64::MAX,
             };
             s.tokens.sign(&claims).unwrap()
         };
@@ -468,6 +472,7 @@ mod tests {
             act: None,
             tenant: None,
             roles: vec![],
+            epoch: i64::MAX,
         };
         let svc = s.tokens.sign(&claims).unwrap();
         // No issuer prefix, or no issuer with it: proof cannot happen, so no link.

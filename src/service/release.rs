@@ -56,7 +56,7 @@ mod tests {
 
     fn input(user: &str, connection: &str) -> ReleaseInput {
         ReleaseInput {
-            principal: Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![] },
+            principal: Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![], epoch: i64::MAX },
             connection: ConnectionId::parse(connection).unwrap(),
             request: ReleaseRequest { scopes: Vec::<Scope>::new(), user_id: Some(user.into()), tenant_id: None },
             min_ttl: DEFAULT_MIN_TTL,

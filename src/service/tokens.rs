@@ -130,6 +130,7 @@ impl Services {
             act: None,
             tenant: None,
             roles: vec![],
+            epoch: agent.token_epoch,
         };
         if grant == GrantType::TokenExchange {
             if let Err(reason) = self.bind_subject(subject_token, subject_token_type.as_deref(), &mut claims, now).await {

@@ -15,7 +15,8 @@ pub struct AgentRow {
     pub secret_hash: String,
     pub policy: String,
     pub disabled: bool,
-    pub generation: i64,
+    /// Tokens issued with a lower epoch are no longer accepted.
+    pub token_epoch: i64,
     pub created_at: i64,
     pub updated_at: i64,
 }
@@ -27,18 +28,24 @@ fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
         secret_hash: r.get(2)?,
         policy: r.get(3)?,
         disabled: r.get(4)?,
-        generation: r.get(5)?,
+        token_epoch: r.get(5)?,
         created_at: r.get(6)?,
         updated_at: r.get(7)?,
     })
 }
 
-const AGENT_COLS: &str = "id, name, secret_hash, policy, disabled, generation, created_at, updated_at";
+const AGENT_COLS: &str = "id, name, secret_hash, policy, disabled, token_epoch, created_at, updated_at";
+
+/// The next agent token epoch: a counter shared by all agents that never goes back, so
+/// that an agent deleted and created again starts above every token issued before.
+pub fn next_agent_epoch(c: &Connection) -> Result<i64> {
+    Ok(c.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'agent_epoch' RETURNING value")?.query_row([], |r| r.get(0))?)
+}
 
 pub fn insert_agent(c: &Connection, a: &AgentRow) -> Result<()> {
     let res = c.execute(
         &format!("INSERT INTO agents ({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
-        params![a.id, a.name, a.secret_hash, a.policy, a.disabled, a.generation, a.created_at, a.updated_at],
+        params![a.id, a.name, a.secret_hash, a.policy, a.disabled, a.token_epoch, a.created_at, a.updated_at],
     );
     match res {
         Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
@@ -50,14 +57,15 @@ pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
     Ok(c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?.query_row([id], agent_row).optional()?)
 }
 
-/// What the release path needs of an agent — `(policy JSON, disabled)` — with the
-/// configuration generation it was read at (one statement, one snapshot).
-pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<(String, bool)>)> {
-    let sql = "SELECT g.value, a.policy, a.disabled FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
+/// What the release path needs of an agent — policy JSON, disabled, token epoch — with
+/// the configuration generation it was read at (one statement, one snapshot).
+pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<(String, bool, i64)>)> {
+    let sql = "SELECT g.value, a.policy, a.disabled, a.token_epoch FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
     Ok(c.prepare_cached(sql)?.query_row([id], |r| {
         let policy: Option<String> = r.get(1)?;
         let disabled: Option<bool> = r.get(2)?;
-        Ok((r.get(0)?, policy.zip(disabled)))
+        let epoch: Option<i64> = r.get(3)?;
+        Ok((r.get(0)?, policy.zip(disabled).zip(epoch).map(|((p, d), e)| (p, d, e))))
     })?)
 }
 
@@ -72,13 +80,23 @@ pub fn update_agent_policy(c: &Connection, id: &str, policy: &str, now: i64) -> 
     Ok(c.execute("UPDATE agents SET policy = ?2, updated_at = ?3 WHERE id = ?1", params![id, policy, now])? == 1)
 }
 
-pub fn update_agent_secret(c: &Connection, id: &str, hash: &str, now: i64) -> Result<bool> {
-    Ok(c.execute("UPDATE agents SET secret_hash = ?2, generation = generation + 1, updated_at = ?3 WHERE id = ?1", params![id, hash, now])?
+/// A new secret, and a new epoch that ends every token issued with the old one.
+pub fn update_agent_secret(c: &Connection, id: &str, hash: &str, epoch: i64, now: i64) -> Result<bool> {
+    Ok(c.execute("UPDATE agents SET secret_hash = ?2, token_epoch = ?3, updated_at = ?4 WHERE id = ?1", params![id, hash, epoch, now])?
         == 1)
 }
 
-pub fn set_agent_disabled(c: &Connection, id: &str, disabled: bool, now: i64) -> Result<bool> {
-    Ok(c.execute("UPDATE agents SET disabled = ?2, updated_at = ?3 WHERE id = ?1", params![id, disabled, now])? == 1)
+/// Replaces a legacy hash of the same secret (the epoch stays: tokens stay valid).
+pub fn upgrade_agent_hash(c: &Connection, id: &str, old: &str, new: &str) -> Result<bool> {
+    Ok(c.execute("UPDATE agents SET secret_hash = ?3 WHERE id = ?1 AND secret_hash = ?2", params![id, old, new])? == 1)
+}
+
+/// Disables (with a new epoch that ends every token issued so far) or enables an agent.
+pub fn set_agent_disabled(c: &Connection, id: &str, disabled: bool, epoch: Option<i64>, now: i64) -> Result<bool> {
+    Ok(c.execute(
+        "UPDATE agents SET disabled = ?2, token_epoch = coalesce(?3, token_epoch), updated_at = ?4 WHERE id = ?1",
+        params![id, disabled, epoch, now],
+    )? == 1)
 }
 
 pub fn delete_agent(c: &Connection, id: &str) -> Result<bool> {

@@ -655,6 +655,32 @@ pub fn count_narrowed(c: &Connection) -> Result<u64> {
     Ok(c.query_row("SELECT count(*) FROM narrowed_tokens", [], |r| r.get::<_, i64>(0))? as u64)
 }
 
+// ---------------------------------------------------------------- vault keys
+
+/// A long-lived random key for `purpose`, sealed under a data key.
+pub fn get_vault_key(c: &Connection, purpose: &str) -> Result<Option<SealedSecret>> {
+    Ok(c.prepare_cached(
+        "SELECT v.sealed, d.id, d.key_version, d.binding, d.wrapped FROM vault_keys v JOIN deks d ON d.id = v.dek_id WHERE v.purpose = ?1",
+    )?
+    .query_row([purpose], |r| Ok(SealedSecret { ciphertext: r.get(0)?, dek: dek_row(r, 1)? }))
+    .optional()?)
+}
+
+pub fn insert_vault_key(c: &Connection, purpose: &str, dek_id: i64, sealed: &[u8], now: i64) -> Result<()> {
+    c.execute(
+        "INSERT INTO vault_keys (purpose, dek_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
+        params![purpose, dek_id, sealed, now],
+    )?;
+    Ok(())
+}
+
+/// Every vault key's purpose.
+pub fn vault_key_purposes(c: &Connection) -> Result<Vec<String>> {
+    let mut st = c.prepare("SELECT purpose FROM vault_keys ORDER BY purpose")?;
+    let rows = st.query_map([], |r| r.get(0))?;
+    Ok(rows.collect::<std::result::Result<_, _>>()?)
+}
+
 // ---------------------------------------------------------------- admin tokens
 
 #[derive(Debug, Clone)]

@@ -1,8 +1,11 @@
-//! Agents: registered callers with an argon2id-hashed client secret and a policy.
+//! Agents: registered callers with a client secret (stored as a keyed hash, see
+//! `auth::secrets`), a policy, and a token epoch: tokens issued before the agent's secret
+//! was rotated, or before it was disabled, carry a lower epoch and are refused.
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
+use super::vault_keys::AGENT_SECRETS;
 use super::{Actor, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::auth::secrets;
@@ -84,6 +87,14 @@ pub struct TokenDecision {
 pub struct AgentState {
     pub id: String,
     pub policy: Policy,
+    /// Tokens must carry at least this epoch.
+    pub token_epoch: i64,
+}
+
+fn state(r: AgentRow) -> Result<AgentState> {
+    let policy =
+        serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(format!("agent '{}' has an unreadable policy: {e}", r.id)))?;
+    Ok(AgentState { id: r.id, policy, token_epoch: r.token_epoch })
 }
 
 fn not_found(id: &AgentId) -> VaultError {
@@ -94,19 +105,21 @@ impl Vault {
     /// Registers an agent; the client secret is returned once.
     pub fn create_agent(&self, actor: &Actor, new: NewAgent) -> Result<(AgentView, Secret)> {
         let NewAgent { id, name, policy } = new;
-        let (secret, hash) = secrets::generate()?;
+        let (secret, hash) = secrets::generate(&self.vault_key(AGENT_SECRETS)?[..])?;
         let now = self.clock.now();
-        let row = AgentRow {
+        let mut row = AgentRow {
             id: id.as_str().to_owned(),
             name,
             secret_hash: hash,
             policy: serde_json::to_string(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?,
             disabled: false,
-            generation: 1,
+            token_epoch: 0,
             created_at: now,
             updated_at: now,
         };
         let view = self.store.write(|tx| {
+            // Above every token issued so far, including those of a deleted agent of this id.
+            row.token_epoch = rows::next_agent_epoch(tx)?;
             rows::insert_agent(tx, &row).map_err(|e| match e {
                 crate::store::StoreError::Conflict => VaultError::Conflict(format!("agent '{id}' already exists")),
                 other => other.into(),
@@ -136,11 +149,13 @@ impl Vault {
         })
     }
 
-    /// Replaces the client secret (the old one stops working at once).
+    /// Replaces the client secret: the old one, and every token issued with it, stop
+    /// working at once.
     pub fn rotate_agent_secret(&self, actor: &Actor, id: &AgentId) -> Result<Secret> {
-        let (secret, hash) = secrets::generate()?;
+        let (secret, hash) = secrets::generate(&self.vault_key(AGENT_SECRETS)?[..])?;
         self.store.write(|tx| {
-            if !rows::update_agent_secret(tx, id.as_str(), &hash, self.clock.now())? {
+            let epoch = rows::next_agent_epoch(tx)?;
+            if !rows::update_agent_secret(tx, id.as_str(), &hash, epoch, self.clock.now())? {
                 return Err(not_found(id));
             }
             self.audit(tx, Event::new(&actor.name(), "agent.rotate_secret", id.as_str(), Outcome::Ok, json!({})))?;
@@ -149,9 +164,12 @@ impl Vault {
         Ok(secret)
     }
 
+    /// Disables an agent (ending every token issued so far, also after a later enable) or
+    /// enables it again.
     pub fn set_agent_disabled(&self, actor: &Actor, id: &AgentId, disabled: bool) -> Result<AgentView> {
         self.store.write(|tx| {
-            if !rows::set_agent_disabled(tx, id.as_str(), disabled, self.clock.now())? {
+            let epoch = if disabled { Some(rows::next_agent_epoch(tx)?) } else { None };
+            if !rows::set_agent_disabled(tx, id.as_str(), disabled, epoch, self.clock.now())? {
                 return Err(not_found(id));
             }
             let action = if disabled { "agent.disable" } else { "agent.enable" };
@@ -171,17 +189,22 @@ impl Vault {
     }
 
     /// Client authentication for `/oauth2/token`. Unknown, disabled and wrong-secret
-    /// clients are indistinguishable (and cost the same argon2 work).
+    /// clients are indistinguishable, and cost the same keyed hash. A secret that matches a
+    /// legacy (argon2) hash gets a keyed hash in its place.
     pub fn authenticate_agent(&self, client_id: &str, secret: &str) -> Result<AgentState> {
-        const DUMMY: &str = "$argon2id$v=19$m=19456,t=2,p=1$AAAAAAAAAAAAAAAAAAAAAA$Yc5pXfbbrSDFrwThMO1PnSRSYF3S+/NTP3zGAo2t7hU";
+        let key = self.vault_key(AGENT_SECRETS)?;
         let row = match AgentId::parse(client_id) {
             Ok(id) => self.store.read(|c| rows::get_agent(c, id.as_str()))?,
             Err(_) => None,
         };
-        let ok = secrets::verify(secret, row.as_ref().map(|r| r.secret_hash.as_str()).unwrap_or(DUMMY));
+        let verified = secrets::verify(&key[..], secret, row.as_ref().map(|r| r.secret_hash.as_str()));
         match row {
-            Some(r) if ok && !r.disabled => {
-                Ok(AgentState { policy: serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(e.to_string()))?, id: r.id })
+            Some(r) if verified != secrets::Verified::No && !r.disabled => {
+                if verified == secrets::Verified::YesLegacy {
+                    let keyed = secrets::hash(&key[..], secret);
+                    self.store.write(|tx| rows::upgrade_agent_hash(tx, &r.id, &r.secret_hash, &keyed))?;
+                }
+                state(r)
             }
             _ => Err(VaultError::Unauthorized),
         }
@@ -201,10 +224,7 @@ impl Vault {
     pub fn active_agent(&self, id: &str) -> Result<Option<AgentState>> {
         let row = self.store.read(|c| rows::get_agent(c, id))?;
         match row {
-            Some(r) if !r.disabled => Ok(Some(AgentState {
-                policy: serde_json::from_str(&r.policy).map_err(|e| VaultError::Integrity(e.to_string()))?,
-                id: r.id,
-            })),
+            Some(r) if !r.disabled => Ok(Some(state(r)?)),
             _ => Ok(None),
         }
     }

@@ -15,6 +15,14 @@ use std::sync::{Arc, Mutex};
 use crate::model::ConnectionSpec;
 use crate::policy::Policy;
 
+/// An enabled agent as the release path needs it.
+#[derive(Debug)]
+pub(super) struct AgentPolicy {
+    pub policy: Policy,
+    /// Tokens must carry at least this epoch.
+    pub token_epoch: i64,
+}
+
 /// Beyond this many entries the cache starts over (a bound, not an eviction policy:
 /// deployments have tens of agents and connections).
 const MAX_ENTRIES: usize = 4096;
@@ -27,7 +35,7 @@ pub(super) struct ConfigCache {
 #[derive(Default)]
 struct Inner {
     generation: i64,
-    policies: HashMap<String, Arc<Policy>>,
+    policies: HashMap<String, Arc<AgentPolicy>>,
     specs: HashMap<String, Arc<ConnectionSpec>>,
 }
 
@@ -54,7 +62,7 @@ impl ConfigCache {
     }
 
     /// An enabled agent's policy, with the generation it is valid for.
-    pub fn policy(&self, agent: &str) -> Option<(i64, Arc<Policy>)> {
+    pub fn policy(&self, agent: &str) -> Option<(i64, Arc<AgentPolicy>)> {
         let g = self.lock();
         g.policies.get(agent).map(|p| (g.generation, p.clone()))
     }
@@ -64,7 +72,7 @@ impl ConfigCache {
         g.specs.get(connection).map(|s| (g.generation, s.clone()))
     }
 
-    pub fn put_policy(&self, generation: i64, agent: &str, policy: Arc<Policy>) {
+    pub fn put_policy(&self, generation: i64, agent: &str, policy: Arc<AgentPolicy>) {
         let mut g = self.lock();
         if g.advance(generation) {
             g.make_room();
@@ -95,8 +103,8 @@ impl ConfigCache {
 mod tests {
     use super::*;
 
-    fn policy() -> Arc<Policy> {
-        Arc::new(Policy::default())
+    fn policy() -> Arc<AgentPolicy> {
+        Arc::new(AgentPolicy { policy: Policy::default(), token_epoch: 1 })
     }
 
     #[test]

@@ -276,7 +276,9 @@ impl Vault {
         let sessions = self.store.read(crate::store::sessions::count_session_deks)?;
         let (narrowed, failures) = self.verify_narrowed()?;
         report.failures.extend(failures);
-        let referenced = report.credentials + report.connection_secrets + signing_keys + sessions + issuer_secrets + narrowed;
+        let (vault_keys, failures) = self.verify_vault_keys()?;
+        report.failures.extend(failures);
+        let referenced = report.credentials + report.connection_secrets + signing_keys + sessions + issuer_secrets + narrowed + vault_keys;
         if report.deks != referenced {
             report.failures.push(format!("{} data keys are stored but {referenced} records reference one", report.deks));
         }

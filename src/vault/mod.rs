@@ -17,6 +17,7 @@ mod narrowed;
 mod refresh_state;
 mod release;
 mod signing;
+mod vault_keys;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -117,6 +118,7 @@ pub struct Vault {
     clock: Clock,
     audit_sink: std::sync::OnceLock<audit_sink::AuditSink>,
     config: config_cache::ConfigCache,
+    vault_keys: std::sync::Mutex<std::collections::HashMap<&'static str, vault_keys::VaultKey>>,
 }
 
 impl std::fmt::Debug for Vault {
@@ -152,7 +154,14 @@ impl Vault {
                 return Err(e.into());
             }
         };
-        let vault = Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default(), config: Default::default() };
+        let vault = Vault {
+            store: Arc::new(store),
+            keys,
+            clock,
+            audit_sink: Default::default(),
+            config: Default::default(),
+            vault_keys: Default::default(),
+        };
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
@@ -177,7 +186,14 @@ impl Vault {
     pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
         let store = Store::open(data_dir)?;
-        Ok(Vault { store: Arc::new(store), keys, clock, audit_sink: Default::default(), config: Default::default() })
+        Ok(Vault {
+            store: Arc::new(store),
+            keys,
+            clock,
+            audit_sink: Default::default(),
+            config: Default::default(),
+            vault_keys: Default::default(),
+        })
     }
 
     /// Loads every master key that data may be wrapped under, so a server refuses to

@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use serde::Serialize;
 
+use super::config_cache::AgentPolicy;
 use super::{new_id, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
 use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, Scope, ScopeEnforcement};
@@ -209,17 +210,19 @@ impl Vault {
         }
     }
 
-    /// The agent's policy (`None`: disabled or deleted) and the generation it is valid for.
-    fn release_policy(&self, agent: &str) -> Result<(i64, Option<Arc<Policy>>)> {
+    /// The agent's policy and token epoch (`None`: disabled or deleted) and the generation
+    /// they are valid for.
+    fn release_policy(&self, agent: &str) -> Result<(i64, Option<Arc<AgentPolicy>>)> {
         if let Some((g, p)) = self.config.policy(agent) {
             return Ok((g, Some(p)));
         }
         let (generation, row) = self.store.read(|c| identity::agent_policy_at_generation(c, agent))?;
         match row {
-            Some((policy, false)) => {
-                let policy: Arc<Policy> = Arc::new(serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?);
-                self.config.put_policy(generation, agent, policy.clone());
-                Ok((generation, Some(policy)))
+            Some((policy, false, token_epoch)) => {
+                let policy: Policy = serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
+                let agent_policy = Arc::new(AgentPolicy { policy, token_epoch });
+                self.config.put_policy(generation, agent, agent_policy.clone());
+                Ok((generation, Some(agent_policy)))
             }
             _ => {
                 self.config.observe(generation);
@@ -257,11 +260,17 @@ impl Vault {
 
     fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>, last: bool) -> std::result::Result<Released, Refuse> {
         let (generation, policy) = self.release_policy(&input.principal.agent_id).map_err(internal)?;
-        let Some(policy) = policy else {
+        let Some(agent) = policy else {
             self.still_current(generation, last)?;
             rec.reason = "agent disabled or deleted";
             return Err(ReleaseError::InvalidToken.into());
         };
+        if input.principal.epoch < agent.token_epoch {
+            self.still_current(generation, last)?;
+            rec.reason = "token issued before the agent's secret was rotated or the agent was disabled";
+            return Err(ReleaseError::InvalidToken.into());
+        }
+        let policy = &agent.policy;
         // Until the policy decides, audit the owner the caller named (or speaks for).
         let req = &input.request;
         rec.owner = match (&req.user_id, &req.tenant_id, &input.principal.user) {
@@ -271,7 +280,7 @@ impl Vault {
             _ => None,
         }
         .filter(|o| Owner::parse(o).is_ok());
-        let (grant, owner) = match policy::authorize(&policy, &input.connection, &input.principal, &input.request) {
+        let (grant, owner) = match policy::authorize(policy, &input.connection, &input.principal, &input.request) {
             Ok(x) => x,
             Err(Refusal::AccessDenied(why)) => {
                 self.still_current(generation, last)?;

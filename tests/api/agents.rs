@@ -277,14 +277,29 @@ async fn forged_and_bad_agent_tokens_are_refused() {
     expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/disable").send().await.unwrap(), 200).await;
     assert_eq!(expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 401).await["error"], "invalid_token");
     expect(w.token_request(&w.service_agent, &[("grant_type", "client_credentials")], true).await, 401).await;
+    // Enabling it again does not revive tokens issued before it was disabled.
     expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/enable").send().await.unwrap(), 200).await;
-    expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
+    assert_eq!(expect(w.release(&good, "/v1/connections/reports/token?tenant_id=idp:acme").await, 401).await["error"], "invalid_token");
+    let fresh = w.service_token().await;
+    expect(w.release(&fresh, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
 
-    // Rotating the secret retires the old one.
+    // Rotating the secret retires the old one, and every token issued with it.
     let v = expect(w.app.admin(Method::POST, "/v1/admin/agents/reporter/secret").send().await.unwrap(), 200).await;
     expect(w.token_request(&w.service_agent, &[("grant_type", "client_credentials")], true).await, 401).await;
+    assert_eq!(expect(w.release(&fresh, "/v1/connections/reports/token?tenant_id=idp:acme").await, 401).await["error"], "invalid_token");
     let rotated = (w.service_agent.0.clone(), v["client_secret"].as_str().unwrap().to_owned());
-    expect(w.token_request(&rotated, &[("grant_type", "client_credentials")], true).await, 200).await;
+    let t = expect(w.token_request(&rotated, &[("grant_type", "client_credentials")], true).await, 200).await;
+    let after_rotation = t["access_token"].as_str().unwrap().to_owned();
+    expect(w.release(&after_rotation, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
+
+    // Deleted and created again under the same id: tokens from before the delete stay dead.
+    expect(w.app.admin(Method::DELETE, "/v1/admin/agents/reporter").send().await.unwrap(), 204).await;
+    let policy = json!({"grants": [{"connection": "reports", "owners": "any"}]});
+    expect(w.app.post_json("/v1/admin/agents", json!({"id": "reporter", "name": "again", "policy": policy})).await, 201).await;
+    assert_eq!(
+        expect(w.release(&after_rotation, "/v1/connections/reports/token?tenant_id=idp:acme").await, 401).await["error"],
+        "invalid_token"
+    );
 }
 
 #[tokio::test]
@@ -478,6 +493,8 @@ async fn changes_from_another_process_reach_the_next_release() {
     cli(&["agents", "disable", "reporter"]);
     assert_eq!(expect(w.release(&token, path).await, 401).await["error"], "invalid_token");
     cli(&["agents", "enable", "reporter"]);
+    assert_eq!(expect(w.release(&token, path).await, 401).await["error"], "invalid_token", "disabling ended the token");
+    let token = w.service_token().await;
     expect(w.release(&token, path).await, 200).await;
 
     // A narrower policy: the reports grant is gone at once (and comes back at once).
@@ -529,4 +546,30 @@ async fn a_second_issuers_alice_is_someone_else() {
     let alice = w.user_token("alice", json!({"org": "acme"})).await;
     let v = expect(w.release(&alice, "/v1/connections/crm/token").await, 200).await;
     assert_eq!(v["owner"], "user:idp:alice");
+}
+
+/// Agent secrets are keyed hashes now; a secret stored as an argon2 hash by an older
+/// version still works, and is replaced by a keyed hash on its first successful use.
+#[tokio::test]
+async fn legacy_argon2_secrets_work_once_and_become_keyed_hashes() {
+    use argon2::password_hash::{PasswordHasher, SaltString};
+    let w = World::new().await;
+    let salt = SaltString::encode_b64(&[9u8; 16]).unwrap();
+    let params = argon2::Params::new(19 * 1024, 2, 1, None).unwrap();
+    let legacy = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params)
+        .hash_password(b"lks_from-an-older-version", &salt)
+        .unwrap()
+        .to_string();
+    let db = rusqlite::Connection::open(w.app.vault.store().path()).unwrap();
+    let stored = |db: &rusqlite::Connection| -> String {
+        db.query_row("SELECT secret_hash FROM agents WHERE id = 'reporter'", [], |r| r.get(0)).unwrap()
+    };
+    assert!(stored(&db).starts_with("hmac-sha256$"), "new secrets are keyed hashes");
+    db.execute("UPDATE agents SET secret_hash = ?1 WHERE id = 'reporter'", [&legacy]).unwrap();
+    let old = (w.service_agent.0.clone(), "lks_from-an-older-version".to_owned());
+    expect(w.token_request(&old, &[("grant_type", "client_credentials")], true).await, 200).await;
+    assert!(stored(&db).starts_with("hmac-sha256$"), "replaced on first use");
+    expect(w.token_request(&old, &[("grant_type", "client_credentials")], true).await, 200).await;
+    let wrong = (w.service_agent.0.clone(), "lks_wrong".to_owned());
+    expect(w.token_request(&wrong, &[("grant_type", "client_credentials")], true).await, 401).await;
 }

@@ -52,6 +52,7 @@ impl World {
     /// An agent token of `agent`, bound to `user` of the IdP (as token exchange makes them).
     fn token(&self, agent: &str, user: Option<&str>) -> String {
         let now = self.app.clock.now();
+        let epoch = self.app.vault.active_agent(agent).unwrap().unwrap().token_epoch;
         let claims = AgentClaims {
             iss: self.app.addr.clone(),
             aud: self.app.addr.clone(),
@@ -64,6 +65,7 @@ impl World {
             act: user.map(|_| Act { sub: agent.into() }),
             tenant: user.map(|_| "idp:acme".to_owned()),
             roles: vec![],
+            epoch,
         };
         self.app.services.tokens.sign(&claims).unwrap()
     }
