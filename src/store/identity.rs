@@ -57,15 +57,24 @@ pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
     Ok(c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?.query_row([id], agent_row).optional()?)
 }
 
-/// What the release path needs of an agent — policy JSON, disabled, token epoch — with
-/// the configuration generation it was read at (one statement, one snapshot).
-pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<(String, bool, i64)>)> {
+/// What the release path needs of an agent.
+#[derive(Debug, Clone)]
+pub struct AgentPolicyRow {
+    pub policy: String,
+    pub disabled: bool,
+    pub token_epoch: i64,
+}
+
+/// An agent's [`AgentPolicyRow`] with the configuration generation it was read at (one
+/// statement, one snapshot).
+pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<AgentPolicyRow>)> {
     let sql = "SELECT g.value, a.policy, a.disabled, a.token_epoch FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
     Ok(c.prepare_cached(sql)?.query_row([id], |r| {
         let policy: Option<String> = r.get(1)?;
         let disabled: Option<bool> = r.get(2)?;
         let epoch: Option<i64> = r.get(3)?;
-        Ok((r.get(0)?, policy.zip(disabled).zip(epoch).map(|((p, d), e)| (p, d, e))))
+        let row = policy.zip(disabled).zip(epoch).map(|((policy, disabled), token_epoch)| AgentPolicyRow { policy, disabled, token_epoch });
+        Ok((r.get(0)?, row))
     })?)
 }
 

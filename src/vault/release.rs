@@ -218,7 +218,7 @@ impl Vault {
         }
         let (generation, row) = self.store.read(|c| identity::agent_policy_at_generation(c, agent))?;
         match row {
-            Some((policy, false, token_epoch)) => {
+            Some(identity::AgentPolicyRow { policy, disabled: false, token_epoch }) => {
                 let policy: Policy = serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
                 let agent_policy = Arc::new(AgentPolicy { policy, token_epoch });
                 self.config.put_policy(generation, agent, agent_policy.clone());
