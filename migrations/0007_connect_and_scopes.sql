@@ -24,6 +24,8 @@ ALTER TABLE connect_sessions ADD COLUMN proof_state_hash BLOB;
 ALTER TABLE connect_sessions ADD COLUMN nonce_hash BLOB;
 ALTER TABLE connect_sessions ADD COLUMN proven_at INTEGER;
 CREATE UNIQUE INDEX connect_sessions_proof_state ON connect_sessions (proof_state_hash);
+-- Links agents made under the old rules (no connect grant, no owner proof) are ended.
+UPDATE connect_sessions SET finished_at = created_at WHERE finished_at IS NULL AND created_by LIKE 'agent:%';
 
 -- Credentials: the provider account's identity, (iss, sub) of a verified ID token.
 ALTER TABLE credentials ADD COLUMN account_iss TEXT;

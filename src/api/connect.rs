@@ -81,7 +81,7 @@ struct ContinueForm {
 
 /// The page's button: binds the link to this browser, then on to proof or the provider.
 async fn continue_link(req: HttpRequest, state: web::Data<AppState>, id: web::Path<String>, form: web::Form<ContinueForm>) -> HttpResponse {
-    let expected = cookies(&req).into_iter().find(|(n, _)| n.trim_start_matches("__Host-") == csrf_cookie_name(&id)).map(|(_, v)| v);
+    let expected = session_cookies(&state, &req).into_iter().find(|(n, _)| *n == csrf_cookie_name(&id)).map(|(_, v)| v);
     if !expected.is_some_and(|c| ct_eq(c.as_bytes(), form.csrf.as_bytes())) {
         return page(StatusCode::FORBIDDEN, "Request not accepted", "Open the link again and use its button to continue.");
     }
@@ -103,18 +103,18 @@ struct CallbackQuery {
     error: Option<String>,
 }
 
-fn callback_input(req: &HttpRequest, q: CallbackQuery) -> Callback {
-    Callback { code: q.code, state: q.state, iss: q.iss, error: q.error, cookies: cookies(req) }
+fn callback_input(state: &AppState, req: &HttpRequest, q: CallbackQuery) -> Callback {
+    Callback { code: q.code, state: q.state, iss: q.iss, error: q.error, cookies: session_cookies(state, req) }
 }
 
 /// The trusted issuer's redirect back after owner proof.
 async fn proof_callback(req: HttpRequest, state: web::Data<AppState>, q: web::Query<CallbackQuery>) -> HttpResponse {
-    outcome_page(state.services.proof_callback(callback_input(&req, q.into_inner())).await)
+    outcome_page(state.services.proof_callback(callback_input(&state, &req, q.into_inner())).await)
 }
 
 /// The provider's redirect back.
 async fn callback(req: HttpRequest, state: web::Data<AppState>, q: web::Query<CallbackQuery>) -> HttpResponse {
-    outcome_page(state.services.connect_callback(callback_input(&req, q.into_inner())).await)
+    outcome_page(state.services.connect_callback(callback_input(&state, &req, q.into_inner())).await)
 }
 
 fn outcome_page(outcome: CallbackOutcome) -> HttpResponse {
@@ -187,22 +187,34 @@ fn csrf_cookie_name(session_id: &str) -> String {
     format!("{CSRF_COOKIE}{}", &hex(&sha256(session_id.as_bytes()))[..16])
 }
 
+fn secure(state: &AppState) -> bool {
+    state.services.tokens.public_url().starts_with("https://")
+}
+
 /// A session cookie: HttpOnly, `__Host-` and Secure when the vault is served over https.
 fn cookie(state: &AppState, name: &str, value: &str, same_site: &str) -> String {
-    if state.services.tokens.public_url().starts_with("https://") {
+    if secure(state) {
         format!("__Host-{name}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; Secure; SameSite={same_site}")
     } else {
         format!("{name}={value}; Path=/; Max-Age={COOKIE_MAX_AGE}; HttpOnly; SameSite={same_site}")
     }
 }
 
-/// The request's cookies, by name.
-fn cookies(req: &HttpRequest) -> Vec<(String, String)> {
+/// The request's session cookies, by name. Over https only `__Host-` cookies count (the
+/// prefix is stripped): a same-named cookie without it could have been planted by a
+/// sibling domain.
+fn session_cookies(state: &AppState, req: &HttpRequest) -> Vec<(String, String)> {
+    let secure = secure(state);
     req.headers()
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
-        .filter_map(|kv| kv.trim().split_once('=').map(|(k, v)| (k.to_owned(), v.to_owned())))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .filter_map(|(k, v)| match (secure, k.strip_prefix("__Host-")) {
+            (true, Some(name)) => Some((name.to_owned(), v.to_owned())),
+            (false, None) => Some((k.to_owned(), v.to_owned())),
+            _ => None,
+        })
         .collect()
 }
 

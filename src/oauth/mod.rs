@@ -104,6 +104,10 @@ pub struct OAuthService {
     metrics: Arc<Metrics>,
     /// Verification keys of providers' and issuers' ID tokens.
     jwks: Arc<JwksCache>,
+    /// Scope sets a provider would not narrow to, per credential, until when: releases
+    /// for them are decided as `strict` without asking the provider (and rotating its
+    /// refresh token) every time.
+    unnarrowable: Mutex<HashMap<String, Instant>>,
 }
 
 impl std::fmt::Debug for OAuthService {
@@ -137,6 +141,7 @@ impl OAuthService {
             wake: Notify::new(),
             metrics,
             jwks,
+            unnarrowable: Mutex::new(HashMap::new()),
         })
     }
 

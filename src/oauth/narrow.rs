@@ -7,10 +7,17 @@
 //! mint meets — `invalid_scope`, `invalid_grant` or anything else — marks the credential
 //! `needs_reauth`: only the ordinary refresh decides that.
 
+use std::time::{Duration, Instant};
+
 use super::client::{self, ProviderError};
 use super::OAuthService;
 use crate::model::providers;
 use crate::model::{ConnectionId, CredentialStatus, Owner, Scope};
+
+/// How long a provider's refusal to narrow a scope set is remembered.
+const REMEMBER_REFUSAL: Duration = Duration::from_secs(600);
+/// At most this many refusals are remembered.
+const MAX_REMEMBERED: usize = 10_000;
 
 /// What a narrowing attempt came to.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -27,6 +34,24 @@ impl OAuthService {
     /// Makes sure a narrower token for exactly `scopes`, valid for `min_ttl` more seconds,
     /// is stored for the credential.
     pub async fn narrow(&self, connection: &ConnectionId, owner: &Owner, scopes: &[Scope], min_ttl: i64) -> Narrowed {
+        let refused_key = format!("{connection}/{owner}/{}", scopes.iter().map(Scope::as_str).collect::<Vec<_>>().join(" "));
+        if self.unnarrowable.lock().unwrap_or_else(|p| p.into_inner()).get(&refused_key).is_some_and(|until| Instant::now() < *until) {
+            return Narrowed::Unavailable;
+        }
+        let outcome = self.narrow_flight(connection, owner, scopes, min_ttl).await;
+        if outcome == Narrowed::Unavailable {
+            let mut refused = self.unnarrowable.lock().unwrap_or_else(|p| p.into_inner());
+            if refused.len() >= MAX_REMEMBERED {
+                refused.retain(|_, until| Instant::now() < *until);
+            }
+            if refused.len() < MAX_REMEMBERED {
+                refused.insert(refused_key, Instant::now() + REMEMBER_REFUSAL);
+            }
+        }
+        outcome
+    }
+
+    async fn narrow_flight(&self, connection: &ConnectionId, owner: &Owner, scopes: &[Scope], min_ttl: i64) -> Narrowed {
         let key = format!("{connection}/{owner}");
         let entry = self.flight(&key);
         let guard = entry.lock.lock().await;

@@ -93,7 +93,8 @@ pub struct Callback {
     pub state: Option<String>,
     pub iss: Option<String>,
     pub error: Option<String>,
-    /// The browser's binding cookies, by name.
+    /// The browser's session cookies, by name (without a `__Host-` prefix, which the HTTP
+    /// layer requires and strips when the vault is served over https).
     pub cookies: Vec<(String, String)>,
 }
 
@@ -122,7 +123,7 @@ pub fn binding_cookie_name(session_id: &str) -> String {
 fn binding_lookup(cookies: Vec<(String, String)>) -> impl Fn(&str) -> Option<String> {
     move |session_id| {
         let name = binding_cookie_name(session_id);
-        cookies.iter().find(|(n, _)| n.trim_start_matches("__Host-") == name).map(|(_, v)| v.clone())
+        cookies.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone())
     }
 }
 
@@ -161,7 +162,8 @@ impl Services {
         }
         let grant =
             policy::authorize_connect(&agent.policy, &req.connection, &principal, &req.owner).map_err(|_| ConnectError::Forbidden)?;
-        let role = grant.connect_role.clone();
+        // The role is asked of whoever proves membership of a tenant owner.
+        let role = grant.connect_role.clone().filter(|_| req.owner.kind() == OwnerKind::Tenant);
         let connection = req.connection.clone();
         let spec = self.blocking(move |v| v.connection_spec(&connection)).await?;
         let proof = match spec.oauth2.as_ref() {

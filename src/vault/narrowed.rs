@@ -15,6 +15,8 @@ use crate::secret::Secret;
 use crate::store::rows;
 
 const FIELD: &str = "access_token";
+/// How long a narrower token without `expires_in` is reused.
+const UNDATED_NARROW_TTL: i64 = 3600;
 
 fn binding(connection: &str, owner: &str, credential_id: &str, scopes: &str) -> Binding {
     Binding::new("narrowed_token", connection, owner, &format!("{credential_id}/{scopes}"), 1)
@@ -107,7 +109,9 @@ impl Vault {
                 let b = binding(connection.as_str(), &owner_s, &credential_id, &k);
                 let (dek, dek_id) = self.new_dek(tx, &b)?;
                 let sealed = dek.seal(tokens.access_token.expose().as_bytes(), &b, FIELD)?;
-                let expires_at = tokens.expires_in.map(|s| now + s);
+                // A narrower token the provider gives no lifetime is reused for an hour at
+                // most, then minted again, rather than kept indefinitely.
+                let expires_at = Some(now + tokens.expires_in.unwrap_or(UNDATED_NARROW_TTL));
                 rows::put_narrowed(tx, &credential_id, &k, dek_id, &sealed, &tokens.token_type, expires_at, now)?;
             }
             let detail = json!({"scopes": k, "confirmed": confirmed, "refresh_token_rotated": rotated});

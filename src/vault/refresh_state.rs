@@ -135,7 +135,8 @@ impl Vault {
             };
             let (id, version, _) = self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, None, account)?;
             let Some((old_account, previous_refresh)) = previous else {
-                let detail = json!({"credential_id": id, "version": version, "requested_by": requester, "account": account.map(|a| a.1)});
+                let detail = json!({"credential_id": id, "version": version, "requested_by": requester,
+                    "account": account.map(|(iss, sub)| json!({"iss": iss, "sub": sub}))});
                 self.audit(tx, Event::new(&Actor::System.name(), "credential.connect", target.as_str(), Outcome::Ok, detail))?;
                 return Ok(Replacement { change: AccountChange::New, previous_refresh: None });
             };
@@ -151,7 +152,8 @@ impl Vault {
                 _ => "not attempted: the provider account of the previous or the new tokens is unknown",
             };
             let detail = json!({"credential_id": id, "version": version, "requested_by": requester,
-                "previous_account": old_account.as_ref().map(|a| &a.1), "account": account.map(|a| a.1), "revocation": revocation});
+                "previous_account": old_account.as_ref().map(|(iss, sub)| json!({"iss": iss, "sub": sub})),
+                "account": account.map(|(iss, sub)| json!({"iss": iss, "sub": sub})), "revocation": revocation});
             self.audit(tx, Event::new(&Actor::System.name(), "credential.replaced", target.as_str(), Outcome::Ok, detail))?;
             let previous_refresh = if change == AccountChange::Different { previous_refresh } else { None };
             Ok(Replacement { change, previous_refresh })

@@ -311,3 +311,33 @@ async fn every_way_out_revokes_at_the_provider() {
     assert_eq!(w.provider.introspect(&r3).await["active"], false, "credentials rm revokes at the provider");
     assert!(w.credential("user:idp:f3").is_none());
 }
+
+/// Over https the session cookies are `__Host-` cookies, and a same-named cookie without the
+/// prefix (which a sibling domain could plant) does not count.
+#[tokio::test]
+async fn over_https_only_host_prefixed_cookies_count() {
+    let app = TestApp::spawn_with(Some("https://vault.example")).await;
+    let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {"client_id": "c", "authorization_endpoint": "https://crm.example/authorize",
+        "token_endpoint": "https://crm.example/token"}});
+    expect(app.post_json("/v1/admin/connections", conn).await, 201).await;
+    let v = expect(app.post_json("/v1/connect/sessions", json!({"connection_id": "crm", "owner": "user:alice"})).await, 201).await;
+    let url = v["connect_url"].as_str().unwrap().replace("https://vault.example", &app.addr);
+    let r = app.http.get(&url).send().await.unwrap();
+    let set_cookie = r.headers()["set-cookie"].to_str().unwrap().to_owned();
+    assert!(
+        set_cookie.starts_with("__Host-lk_csrf_") && set_cookie.contains("; Secure") && set_cookie.contains("; HttpOnly"),
+        "{set_cookie}"
+    );
+    let csrf = csrf_of(&r.text().await.unwrap());
+    let (name, value) = set_cookie.split(';').next().unwrap().split_once('=').unwrap();
+    let client = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let post = |cookie: String| client.post(&url).header("cookie", cookie).form(&[("csrf", csrf.as_str())]).send();
+    assert_eq!(
+        post(format!("{}={value}", name.trim_start_matches("__Host-"))).await.unwrap().status(),
+        StatusCode::FORBIDDEN,
+        "unprefixed"
+    );
+    let r = post(format!("{name}={value}")).await.unwrap();
+    assert_eq!(r.status(), StatusCode::FOUND);
+    assert!(r.headers()["set-cookie"].to_str().unwrap().starts_with("__Host-lk_bind_"));
+}

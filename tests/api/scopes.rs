@@ -98,9 +98,22 @@ async fn a_provider_that_ignores_or_refuses_the_narrower_scope_gets_strict_and_k
     let (status, refresh, scopes) = stored();
     assert_eq!((status, refresh.as_str()), (CredentialStatus::Active, "rt-recovered"));
     assert_eq!(scopes.joined(), "crm:admin crm:read crm:write");
+    // The refusal is remembered: more releases do not call the provider (and rotate its
+    // refresh token) each time.
+    let hits = faults.hits.load(std::sync::atomic::Ordering::SeqCst);
+    for _ in 0..3 {
+        expect(release(&app, &token, "/v1/connections/crm/token?user_id=alice").await, 403).await;
+    }
+    assert_eq!(faults.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
     // invalid_scope: strict again, and the credential is not marked needs_reauth.
     faults.set("invalid_scope");
-    expect(release(&app, &token, "/v1/connections/crm/token?user_id=alice").await, 403).await;
+    imported(&app, "crm2", "downscope", &faults.url, Some(FULL_POWER)).await;
+    let token2 = agent(&app, "reader2", json!({"connection": "crm2", "owners": "any", "scopes": ["crm:read"]})).await;
+    let v = expect(release(&app, &token2, "/v1/connections/crm2/token?user_id=alice").await, 403).await;
+    assert_eq!(v["excess_scopes"], json!(["crm:admin", "crm:write"]));
+    assert_eq!(faults.hits.load(std::sync::atomic::Ordering::SeqCst), hits + 1, "asked once");
+    let c = app.vault.get_credential(&ConnectionId::parse("crm2").unwrap(), &Owner::parse("user:alice").unwrap()).unwrap();
+    assert_eq!(c.status, CredentialStatus::Active);
     assert_eq!(stored().0, CredentialStatus::Active);
 }
 

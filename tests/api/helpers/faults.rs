@@ -8,6 +8,8 @@ use std::time::Duration;
 /// A token endpoint whose next answers are chosen by the test.
 pub struct FaultServer {
     pub url: String,
+    /// Requests answered so far.
+    pub hits: Arc<std::sync::atomic::AtomicUsize>,
     mode: Arc<Mutex<&'static str>>,
 }
 
@@ -16,10 +18,12 @@ impl FaultServer {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let mode = Arc::new(Mutex::new("ok"));
-        let m = mode.clone();
+        let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let (m, h) = (mode.clone(), hits.clone());
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(mut s) = stream else { continue };
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 let mode = *m.lock().unwrap();
                 std::thread::spawn(move || {
                     let mut buf = [0u8; 8192];
@@ -85,7 +89,7 @@ impl FaultServer {
                 });
             }
         });
-        FaultServer { url, mode }
+        FaultServer { url, hits, mode }
     }
 
     pub fn set(&self, mode: &'static str) {

@@ -83,6 +83,11 @@ pub struct TestApp {
 
 impl TestApp {
     pub async fn spawn() -> TestApp {
+        Self::spawn_with(None).await
+    }
+
+    /// An app whose public URL is `public_url` (default: its own address).
+    pub async fn spawn_with(public_url: Option<&str>) -> TestApp {
         let dirs = Dirs::new();
         let clock = Clock::fixed(Clock::system().now());
         let init = Vault::init(&dirs.data(), &dirs.keys(), None, clock.clone(), &Actor::Cli("test".into())).expect("init");
@@ -90,7 +95,7 @@ impl TestApp {
         let vault = Arc::new(init.vault);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
-        let mut opts = latchkey::startup::ServerOptions::new(addr.clone(), 64 * 1024);
+        let mut opts = latchkey::startup::ServerOptions::new(public_url.unwrap_or(&addr).to_owned(), 64 * 1024);
         opts.workers = Some(1);
         opts.client = ClientOptions { timeout: TEST_PROVIDER_TIMEOUT };
         let app = latchkey::startup::Application::build(vault.clone(), listener, opts).expect("server");
