@@ -23,6 +23,11 @@ struct FileConfig {
     log: Option<String>,
     log_format: Option<LogFormat>,
     max_body_bytes: Option<usize>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<usize>,
+    request_timeout_ms: Option<u64>,
+    metrics_token_file: Option<PathBuf>,
+    metrics_bind: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -35,6 +40,66 @@ pub struct Settings {
     pub log: String,
     pub log_format: LogFormat,
     pub max_body_bytes: usize,
+    /// Load balancers whose `X-Forwarded-For` is believed (the client address is the last
+    /// one not among them). Empty: the peer address is the client.
+    pub trusted_proxies: Vec<Cidr>,
+    pub limits: HttpLimits,
+    /// A bearer token `/metrics` requires (read from a file); `None`: open.
+    pub metrics_token: Option<crate::secret::Secret>,
+    /// Serve `/metrics` on this address only (not on the main listener).
+    pub metrics_bind: Option<String>,
+}
+
+/// Limits of the HTTP server against slow or numerous clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HttpLimits {
+    /// Concurrent connections per worker.
+    pub max_connections: usize,
+    /// Time a client has to send a request's head, and then its body.
+    pub request_timeout: std::time::Duration,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        HttpLimits { max_connections: 10_000, request_timeout: std::time::Duration::from_secs(10) }
+    }
+}
+
+/// An IP network, `10.0.0.0/8` or a single address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cidr {
+    addr: std::net::IpAddr,
+    prefix: u8,
+}
+
+impl Cidr {
+    pub fn parse(s: &str) -> Option<Cidr> {
+        let (a, p) = match s.split_once('/') {
+            Some((a, p)) => (a, Some(p)),
+            None => (s, None),
+        };
+        let addr: std::net::IpAddr = a.trim().parse().ok()?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = match p {
+            Some(p) => p.trim().parse::<u8>().ok().filter(|p| *p <= max)?,
+            None => max,
+        };
+        Some(Cidr { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        // IPv4 addresses sit in the top 32 bits, so one mask serves both families.
+        let bits = |ip: std::net::IpAddr| match ip.to_canonical() {
+            std::net::IpAddr::V4(v) => (u128::from(u32::from(v)) << 96, true),
+            std::net::IpAddr::V6(v) => (u128::from(v), false),
+        };
+        let ((net, net_v4), (other, other_v4)) = (bits(self.addr), bits(ip));
+        if net_v4 != other_v4 {
+            return false;
+        }
+        let mask = u128::MAX.checked_shl(128 - u32::from(self.prefix)).unwrap_or(0);
+        net & mask == other & mask
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -87,6 +152,44 @@ impl Settings {
         if !(1024..=16 * 1024 * 1024).contains(&max_body_bytes) {
             return Err(ConfigError::Invalid("max_body_bytes must be between 1 KiB and 16 MiB".into()));
         }
+        let proxies: Vec<String> = match env("LATCHKEY_TRUSTED_PROXIES") {
+            Some(v) => v.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect(),
+            None => fc.trusted_proxies.unwrap_or_default(),
+        };
+        let trusted_proxies = proxies
+            .iter()
+            .map(|p| Cidr::parse(p).ok_or_else(|| ConfigError::Invalid(format!("trusted_proxies: '{p}' is not an address or network such as 10.0.0.0/8"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut limits = HttpLimits::default();
+        if let Some(n) = fc.max_connections {
+            if !(1..=1_000_000).contains(&n) {
+                return Err(ConfigError::Invalid("max_connections must be between 1 and 1000000".into()));
+            }
+            limits.max_connections = n;
+        }
+        if let Some(ms) = fc.request_timeout_ms {
+            if !(100..=600_000).contains(&ms) {
+                return Err(ConfigError::Invalid("request_timeout_ms must be between 100 and 600000".into()));
+            }
+            limits.request_timeout = std::time::Duration::from_millis(ms);
+        }
+        let metrics_token = match path_env("LATCHKEY_METRICS_TOKEN_FILE").or(fc.metrics_token_file) {
+            Some(p) => {
+                let raw = std::fs::read_to_string(&p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
+                let token = raw.trim().to_owned();
+                if token.len() < 16 {
+                    return Err(ConfigError::Invalid("the metrics token must be at least 16 characters".into()));
+                }
+                Some(crate::secret::Secret::new(token))
+            }
+            None => None,
+        };
+        let metrics_bind = env("LATCHKEY_METRICS_BIND").or(fc.metrics_bind);
+        if let Some(b) = &metrics_bind {
+            if b.parse::<std::net::SocketAddr>().is_err() {
+                return Err(ConfigError::Invalid(format!("metrics_bind: '{b}' is not an address such as 127.0.0.1:9200")));
+            }
+        }
         Ok(Settings {
             data_dir: path_env("LATCHKEY_DATA_DIR").or(fc.data_dir).unwrap_or_else(|| "./data".into()),
             keys_dir: path_env("LATCHKEY_KEYS_DIR").or(fc.keys_dir).unwrap_or_else(|| "./keys".into()),
@@ -96,6 +199,10 @@ impl Settings {
             log: env("LATCHKEY_LOG").or(fc.log).unwrap_or_else(|| "info".into()),
             log_format,
             max_body_bytes,
+            trusted_proxies,
+            limits,
+            metrics_token,
+            metrics_bind,
         })
     }
 
@@ -125,6 +232,26 @@ mod tests {
         assert_eq!(s.bind, "127.0.0.1:1");
         assert_eq!(s.public_url, "http://127.0.0.1:1");
         assert_eq!(s.keys_dir, PathBuf::from("./keys"));
+    }
+
+    #[test]
+    fn networks_match_addresses_including_mapped_ipv4() {
+        let n = Cidr::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(n.contains("::ffff:10.9.9.9".parse().unwrap()), "an IPv4-mapped address is the IPv4 one");
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(!n.contains("::1".parse().unwrap()));
+        let one = Cidr::parse("192.168.1.7").unwrap();
+        assert!(one.contains("192.168.1.7".parse().unwrap()) && !one.contains("192.168.1.8".parse().unwrap()));
+        let v6 = Cidr::parse("fd00::/8").unwrap();
+        assert!(v6.contains("fd12::1".parse().unwrap()) && !v6.contains("fe80::1".parse().unwrap()));
+        assert!(Cidr::parse("0.0.0.0/0").unwrap().contains("8.8.8.8".parse().unwrap()));
+        for bad in ["10.0.0.0/33", "nope", "10.0.0/8", "::/129"] {
+            assert!(Cidr::parse(bad).is_none(), "{bad}");
+        }
+        let s = Settings::load(None, &env(&[("LATCHKEY_TRUSTED_PROXIES", "10.0.0.0/8, ::1")])).unwrap();
+        assert_eq!(s.trusted_proxies.len(), 2);
+        assert!(Settings::load(None, &env(&[("LATCHKEY_TRUSTED_PROXIES", "10.0.0.0/99")])).is_err());
     }
 
     #[test]

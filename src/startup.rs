@@ -7,7 +7,7 @@ use std::sync::Arc;
 use actix_web::dev::Server;
 use actix_web::{App, HttpServer};
 
-use crate::api::{self, AppState, RequestContext};
+use crate::api::{self, body_deadline, AppState, BodyDeadline, RequestContext};
 use crate::oauth::ClientOptions;
 use crate::service::Services;
 use crate::vault::Vault;
@@ -31,11 +31,33 @@ pub struct ServerOptions {
     pub refresher: bool,
     /// Limits of calls to OAuth providers.
     pub client: ClientOptions,
+    pub trusted_proxies: Vec<crate::config::Cidr>,
+    pub limits: crate::config::HttpLimits,
+    pub metrics_token: Option<crate::secret::Secret>,
 }
 
 impl ServerOptions {
     pub fn new(public_url: String, max_body_bytes: usize) -> Self {
-        ServerOptions { public_url, max_body_bytes, workers: None, refresher: true, client: ClientOptions::default() }
+        ServerOptions {
+            public_url,
+            max_body_bytes,
+            workers: None,
+            refresher: true,
+            client: ClientOptions::default(),
+            trusted_proxies: Vec::new(),
+            limits: crate::config::HttpLimits::default(),
+            metrics_token: None,
+        }
+    }
+}
+
+/// Writes the audit records of repeated authentication failures every few seconds.
+async fn flush_failure_audit(services: Arc<Services>) {
+    loop {
+        tokio::time::sleep(std::time::Duration::from_secs(5)).await;
+        if let Err(e) = services.flush_failure_audit().await {
+            tracing::error!(error = %e, "cannot write the audit record of repeated authentication failures");
+        }
     }
 }
 
@@ -53,11 +75,30 @@ impl Application {
         if opts.refresher {
             tokio::spawn(services.oauth.clone().run_refresher());
         }
-        let state = AppState { services: services.clone(), max_body_bytes: opts.max_body_bytes };
-        let mut http = HttpServer::new(move || App::new().wrap(RequestContext).configure(api::routes(state.clone())))
-            .shutdown_timeout(SHUTDOWN_GRACE_SECS)
-            .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
-            .listen(listener)?;
+        tokio::spawn(flush_failure_audit(services.clone()));
+        let state = AppState {
+            services: services.clone(),
+            max_body_bytes: opts.max_body_bytes,
+            trusted_proxies: Arc::new(opts.trusted_proxies),
+            metrics_token: opts.metrics_token,
+        };
+        let limits = opts.limits;
+        let deadline = BodyDeadline(limits.request_timeout);
+        let mut http = HttpServer::new(move || {
+            App::new()
+                .app_data(deadline)
+                .wrap(actix_web::middleware::from_fn(body_deadline))
+                .wrap(RequestContext)
+                .configure(api::routes(state.clone()))
+        })
+        .shutdown_timeout(SHUTDOWN_GRACE_SECS)
+        .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
+        // A client has this long to send a request's head, the body deadline covers the rest.
+        .client_request_timeout(limits.request_timeout)
+        .client_disconnect_timeout(std::time::Duration::from_secs(1))
+        .keep_alive(std::time::Duration::from_secs(30))
+        .max_connections(limits.max_connections)
+        .listen(listener)?;
         if let Some(n) = opts.workers {
             http = http.workers(n);
         }

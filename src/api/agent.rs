@@ -6,7 +6,7 @@ use actix_web::{web, HttpMessage, HttpRequest, HttpResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use super::middleware::bearer;
+use super::middleware::{bearer, client_ip};
 use super::{method_not_allowed, ApiError, AppState, RequestId};
 use crate::model::{ConnectionId, Scope};
 use crate::policy::ReleaseRequest;
@@ -41,7 +41,7 @@ struct TokenForm {
 }
 
 async fn token(req: HttpRequest, state: web::Data<AppState>, form: web::Form<TokenForm>) -> Result<HttpResponse, ApiError> {
-    let request = token_request(&req, form.into_inner())?;
+    let request = token_request(&req, &state, form.into_inner())?;
     let issued = state.services.issue_token(request).await?;
     let mut body = json!({"access_token": issued.access_token.expose(), "token_type": "Bearer", "expires_in": issued.expires_in});
     if let Some(t) = issued.issued_token_type {
@@ -52,7 +52,7 @@ async fn token(req: HttpRequest, state: web::Data<AppState>, form: web::Form<Tok
 
 /// Client authentication (`client_secret_basic` or `client_secret_post`, exactly one),
 /// then the grant type.
-fn token_request(req: &HttpRequest, form: TokenForm) -> Result<TokenRequest, TokenEndpointError> {
+fn token_request(req: &HttpRequest, state: &AppState, form: TokenForm) -> Result<TokenRequest, TokenEndpointError> {
     let basic = req
         .headers()
         .get(header::AUTHORIZATION)
@@ -65,7 +65,14 @@ fn token_request(req: &HttpRequest, form: TokenForm) -> Result<TokenRequest, Tok
         _ => return Err(TokenEndpointError::InvalidClient),
     };
     let grant = form.grant_type.as_deref().unwrap_or("").parse()?;
-    Ok(TokenRequest { client_id, client_secret, grant, subject_token: form.subject_token, subject_token_type: form.subject_token_type })
+    Ok(TokenRequest {
+        source: client_ip(req, &state.trusted_proxies),
+        client_id,
+        client_secret,
+        grant,
+        subject_token: form.subject_token,
+        subject_token_type: form.subject_token_type,
+    })
 }
 
 /// RFC 6749 §2.3.1: Basic credentials whose parts are form-encoded.

@@ -164,6 +164,11 @@ impl From<TokenEndpointError> for ApiError {
             TokenEndpointError::InvalidClient => Self::new(StatusCode::UNAUTHORIZED, "invalid_client", msg),
             TokenEndpointError::InvalidGrant(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", msg),
             TokenEndpointError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
+            TokenEndpointError::TooManyRequests { retry_after } => {
+                let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg);
+                e.retry_after = Some(retry_after);
+                e
+            }
             TokenEndpointError::Internal => Self::internal(),
         }
     }
@@ -193,6 +198,9 @@ impl From<actix_web::error::JsonPayloadError> for ApiError {
             J::Deserialize(d) => ApiError::invalid(format!("invalid JSON body: {}", crate::model::clean_serde_error(&d.to_string()))),
             J::Payload(actix_web::error::PayloadError::Overflow) => {
                 ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "the request body is too large")
+            }
+            J::Payload(actix_web::error::PayloadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time")
             }
             _ => ApiError::invalid("the request body could not be read"),
         }

@@ -94,6 +94,62 @@ fn new_request_id() -> String {
     crate::crypto::hex(&b)
 }
 
+/// How long a request's body may take to arrive (app data, set by `startup`).
+#[derive(Debug, Clone, Copy)]
+pub struct BodyDeadline(pub std::time::Duration);
+
+/// A request body that fails once its deadline passes: a client sending its body a byte a
+/// second cannot hold a handler (and its connection) open indefinitely.
+struct DeadlineBody {
+    inner: actix_web::dev::Payload,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl futures_core::Stream for DeadlineBody {
+    type Item = Result<web::Bytes, actix_web::error::PayloadError>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<Option<Self::Item>> {
+        use std::task::Poll;
+        if let Poll::Ready(item) = Pin::new(&mut self.inner).poll_next(cx) {
+            return Poll::Ready(item);
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                let timeout = std::io::Error::new(std::io::ErrorKind::TimedOut, "request body too slow");
+                Poll::Ready(Some(Err(actix_web::error::PayloadError::Io(timeout))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+/// Puts a deadline on every request body.
+pub async fn body_deadline(mut req: ServiceRequest, next: Next<impl MessageBody + 'static>) -> Result<ServiceResponse<BoxBody>, Error> {
+    if let Some(d) = req.app_data::<BodyDeadline>().copied() {
+        let inner = req.take_payload();
+        let body = DeadlineBody { inner, deadline: Box::pin(tokio::time::sleep(d.0)) };
+        req.set_payload(actix_web::dev::Payload::Stream { payload: Box::pin(body) });
+    }
+    Ok(next.call(req).await?.map_into_boxed_body())
+}
+
+/// The client's address: the peer, or, when the peer is a trusted proxy, the last address
+/// in `X-Forwarded-For` that is not one (the ones before it could be forged by the client).
+pub fn client_ip(req: &actix_web::HttpRequest, trusted: &[crate::config::Cidr]) -> std::net::IpAddr {
+    let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
+    if !trusted.iter().any(|c| c.contains(peer)) {
+        return peer;
+    }
+    let hops: Vec<std::net::IpAddr> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map_while(|h| h.trim().parse().ok())
+        .collect();
+    hops.iter().rev().find(|ip| !trusted.iter().any(|c| c.contains(**ip))).or(hops.first()).copied().unwrap_or(peer)
+}
+
 /// Longest bearer token accepted (agent tokens are well under 2 KiB).
 const MAX_BEARER: usize = 8 * 1024;
 

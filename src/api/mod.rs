@@ -14,7 +14,7 @@ use std::sync::Arc;
 use actix_web::{web, HttpResponse};
 
 pub use error::ApiError;
-pub use middleware::{RequestContext, RequestId};
+pub use middleware::{body_deadline, BodyDeadline, RequestContext, RequestId};
 
 use crate::service::Services;
 use crate::vault::{self, Vault};
@@ -24,6 +24,10 @@ use crate::vault::{self, Vault};
 pub struct AppState {
     pub services: Arc<Services>,
     pub max_body_bytes: usize,
+    /// Proxies whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Arc<Vec<crate::config::Cidr>>,
+    /// A bearer token `/metrics` requires.
+    pub metrics_token: Option<crate::secret::Secret>,
 }
 
 impl AppState {

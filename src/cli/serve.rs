@@ -21,7 +21,10 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     let vault = Arc::new(vault);
-    let opts = crate::startup::ServerOptions::new(settings.public_url.clone(), settings.max_body_bytes);
+    let mut opts = crate::startup::ServerOptions::new(settings.public_url.clone(), settings.max_body_bytes);
+    opts.trusted_proxies = settings.trusted_proxies.clone();
+    opts.limits = settings.limits;
+    opts.metrics_token = settings.metrics_token.clone();
     let public_url = opts.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
         let app = crate::startup::Application::build(vault, listener, opts)?;

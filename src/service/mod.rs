@@ -10,6 +10,7 @@
 
 pub mod connect;
 pub mod credentials;
+pub mod limits;
 pub mod release;
 pub mod tokens;
 
@@ -39,6 +40,10 @@ pub struct Services {
     pub tokens: Arc<TokenService>,
     pub jwks: Arc<JwksCache>,
     pub metrics: Arc<Metrics>,
+    /// Failed client authentications per source address.
+    pub failures: limits::FailureLimiter,
+    /// Repeated failures per client, audited once a minute.
+    pub failure_audit: limits::FailureAudit,
 }
 
 impl std::fmt::Debug for Services {
@@ -55,7 +60,7 @@ impl Services {
         let metrics = Arc::new(Metrics::default());
         let jwks = Arc::new(JwksCache::new().map_err(|e| StartError::Jwks(e.to_string()))?);
         let oauth = Arc::new(OAuthService::new(vault.clone(), public_url, metrics.clone(), jwks.clone(), client)?);
-        Ok(Services { vault, oauth, tokens, jwks, metrics })
+        Ok(Services { vault, oauth, tokens, jwks, metrics, failures: Default::default(), failure_audit: Default::default() })
     }
 
     /// Runs a vault call on the blocking pool: SQLite, argon2 and key loading must not

@@ -2,6 +2,7 @@
 //! or bound to a user by RFC 8693 token exchange. Every decision is audited (fail closed).
 
 use std::str::FromStr;
+use std::time::Instant;
 
 use crate::audit::Outcome;
 use crate::auth::subject::{unverified_issuer, SubjectError};
@@ -55,6 +56,8 @@ impl FromStr for GrantType {
 /// A token request as parsed from the form.
 #[derive(Debug)]
 pub struct TokenRequest {
+    /// Where it came from (the client's address, behind trusted proxies).
+    pub source: std::net::IpAddr,
     pub client_id: String,
     pub client_secret: Secret,
     pub grant: GrantType,
@@ -86,6 +89,9 @@ pub enum TokenEndpointError {
     InvalidGrant(String),
     #[error("the audit trail cannot be written; no token is issued")]
     AuditUnavailable,
+    /// Too many failed authentications from this address.
+    #[error("too many failed client authentications from this address; retry later")]
+    TooManyRequests { retry_after: u64 },
     #[error("internal error")]
     Internal,
 }
@@ -106,15 +112,21 @@ impl Services {
     /// Authenticates the client, then issues an agent token. Refusals are audited too.
     pub async fn issue_token(&self, req: TokenRequest) -> Result<IssuedToken, TokenEndpointError> {
         let grant = req.grant;
-        let TokenRequest { client_id, client_secret, subject_token, subject_token_type, .. } = req;
+        let TokenRequest { source, client_id, client_secret, subject_token, subject_token_type, .. } = req;
+        // Refused before any work: no hash, no audit write.
+        self.failures.check(source, Instant::now()).map_err(|retry_after| TokenEndpointError::TooManyRequests { retry_after })?;
         let audit_id = crate::model::AgentId::parse(&client_id).map(|a| a.to_string()).unwrap_or_else(|_| "?".into());
         let agent = match self.blocking(move |v| v.authenticate_agent(&client_id, client_secret.expose())).await {
             Ok(a) => a,
-            Err(_) => {
-                let reason = Some("client authentication failed".to_owned());
-                self.audit_token(&audit_id, grant, Outcome::Denied, TokenDecision { reason, ..Default::default() }).await?;
+            Err(VaultError::Unauthorized) => {
+                self.failures.failed(source, Instant::now());
+                if self.failure_audit.record(&audit_id, self.vault.clock().now()) {
+                    let reason = Some("client authentication failed".to_owned());
+                    self.audit_token(&audit_id, grant, Outcome::Denied, TokenDecision { reason, ..Default::default() }).await?;
+                }
                 return Err(TokenEndpointError::InvalidClient);
             }
+            Err(e) => return Err(e.into()),
         };
         let now = self.vault.clock().now();
         let public = self.tokens.public_url().to_owned();
@@ -152,6 +164,20 @@ impl Services {
             expires_in: claims.exp - now,
             issued_token_type: (grant == GrantType::TokenExchange).then_some(ACCESS_TOKEN_TYPE),
         })
+    }
+
+    /// Writes the failed authentications counted in minutes that are over, one record per
+    /// client and minute. Runs every few seconds in the background.
+    pub async fn flush_failure_audit(&self) -> Result<(), VaultError> {
+        for (client, minute, repeated) in self.failure_audit.take_finished(self.vault.clock().now()) {
+            let reason = Some(format!(
+                "client authentication failed {repeated} more time(s) in the minute from {}",
+                crate::time::rfc3339(minute)
+            ));
+            let decision = TokenDecision { grant_type: "any", reason, ..Default::default() };
+            self.blocking(move |v| v.audit_token_decision(&client, "token.issue", Outcome::Denied, &decision)).await?;
+        }
+        Ok(())
     }
 
     async fn audit_token(
@@ -213,6 +239,7 @@ mod tests {
 
     fn request(client_id: &str, secret: &str, grant: GrantType) -> TokenRequest {
         TokenRequest {
+            source: "10.1.1.1".parse().unwrap(),
             client_id: client_id.into(),
             client_secret: Secret::new(secret.into()),
             grant,
