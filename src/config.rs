@@ -158,7 +158,10 @@ impl Settings {
         };
         let trusted_proxies = proxies
             .iter()
-            .map(|p| Cidr::parse(p).ok_or_else(|| ConfigError::Invalid(format!("trusted_proxies: '{p}' is not an address or network such as 10.0.0.0/8"))))
+            .map(|p| {
+                Cidr::parse(p)
+                    .ok_or_else(|| ConfigError::Invalid(format!("trusted_proxies: '{p}' is not an address or network such as 10.0.0.0/8")))
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let mut limits = HttpLimits::default();
         if let Some(n) = fc.max_connections {
@@ -175,7 +178,8 @@ impl Settings {
         }
         let metrics_token = match path_env("LATCHKEY_METRICS_TOKEN_FILE").or(fc.metrics_token_file) {
             Some(p) => {
-                let raw = std::fs::read_to_string(&p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
+                let raw =
+                    std::fs::read_to_string(&p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
                 let token = raw.trim().to_owned();
                 if token.len() < 16 {
                     return Err(ConfigError::Invalid("the metrics token must be at least 16 characters".into()));

@@ -34,6 +34,8 @@ pub struct ServerOptions {
     pub trusted_proxies: Vec<crate::config::Cidr>,
     pub limits: crate::config::HttpLimits,
     pub metrics_token: Option<crate::secret::Secret>,
+    /// Serve `/metrics` here only (not on the main listener).
+    pub metrics_listener: Option<Arc<TcpListener>>,
 }
 
 impl ServerOptions {
@@ -47,6 +49,7 @@ impl ServerOptions {
             trusted_proxies: Vec::new(),
             limits: crate::config::HttpLimits::default(),
             metrics_token: None,
+            metrics_listener: None,
         }
     }
 }
@@ -81,6 +84,19 @@ impl Application {
             max_body_bytes: opts.max_body_bytes,
             trusted_proxies: Arc::new(opts.trusted_proxies),
             metrics_token: opts.metrics_token,
+            metrics_elsewhere: opts.metrics_listener.is_some(),
+        };
+        let metrics_server = match &opts.metrics_listener {
+            Some(l) => {
+                let metrics_state = AppState { metrics_elsewhere: false, ..state.clone() };
+                let server = HttpServer::new(move || App::new().configure(api::metrics_routes(metrics_state.clone())))
+                    .workers(1)
+                    .shutdown_timeout(1)
+                    .listen(l.try_clone()?)?
+                    .run();
+                Some(server)
+            }
+            None => None,
         };
         let limits = opts.limits;
         let deadline = BodyDeadline(limits.request_timeout);
@@ -101,6 +117,10 @@ impl Application {
         .listen(listener)?;
         if let Some(n) = opts.workers {
             http = http.workers(n);
+        }
+        if let Some(m) = metrics_server {
+            // Stops with the process: it has no state of its own to drain.
+            tokio::spawn(m);
         }
         Ok(Application { server: http.run(), services })
     }

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::middleware::bearer;
-use super::{method_not_allowed, ApiError, AppState};
+use super::{method_not_allowed, read_json, ApiError, AppState};
 use crate::crypto::{ct_eq, hex, sha256};
 use crate::model::oauth::random_token;
 use crate::model::{ConnectionId, Owner};
@@ -43,11 +43,13 @@ struct NewSessionBody {
 }
 
 /// Admin token, or an agent token whose grant allows connect links for that owner.
-async fn create_session(req: HttpRequest, state: web::Data<AppState>, body: web::Json<NewSessionBody>) -> Result<HttpResponse, ApiError> {
+/// The caller is authenticated before the body is read.
+async fn create_session(req: HttpRequest, state: web::Data<AppState>, payload: web::Payload) -> Result<HttpResponse, ApiError> {
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
-    let body = body.into_inner();
+    let caller = state.services.connect_caller(token).await?;
+    let body: NewSessionBody = read_json(&req, payload, state.max_body_bytes).await?;
     let new = NewConnectSession { connection: body.connection_id, owner: body.owner, return_to: body.return_to };
-    let created = state.services.create_connect_session(token, new).await?;
+    let created = state.services.create_connect_session(caller, new).await?;
     Ok(HttpResponse::Created().insert_header((header::CACHE_CONTROL, "no-store")).json(json!({
         "connect_url": created.connect_url,
         "expires_at": crate::time::rfc3339(created.expires_at),

@@ -185,6 +185,21 @@ impl From<ConnectError> for ApiError {
     }
 }
 
+impl From<actix_web::error::UrlencodedError> for ApiError {
+    fn from(e: actix_web::error::UrlencodedError) -> Self {
+        use actix_web::error::UrlencodedError as U;
+        match e {
+            U::Overflow { limit, .. } => {
+                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("the request body exceeds {limit} bytes"))
+            }
+            U::Payload(actix_web::error::PayloadError::Io(e)) if e.kind() == std::io::ErrorKind::TimedOut => {
+                ApiError::new(StatusCode::REQUEST_TIMEOUT, "request_timeout", "the request body did not arrive in time")
+            }
+            _ => ApiError::invalid("the body must be application/x-www-form-urlencoded"),
+        }
+    }
+}
+
 impl From<actix_web::error::JsonPayloadError> for ApiError {
     fn from(e: actix_web::error::JsonPayloadError) -> Self {
         use actix_web::error::JsonPayloadError as J;

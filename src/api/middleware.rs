@@ -137,17 +137,24 @@ pub async fn body_deadline(mut req: ServiceRequest, next: Next<impl MessageBody 
 /// in `X-Forwarded-For` that is not one (the ones before it could be forged by the client).
 pub fn client_ip(req: &actix_web::HttpRequest, trusted: &[crate::config::Cidr]) -> std::net::IpAddr {
     let peer = req.peer_addr().map(|a| a.ip()).unwrap_or(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED));
-    if !trusted.iter().any(|c| c.contains(peer)) {
+    let is_trusted = |ip: std::net::IpAddr| trusted.iter().any(|c| c.contains(ip));
+    if !is_trusted(peer) {
         return peer;
     }
-    let hops: Vec<std::net::IpAddr> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map_while(|h| h.trim().parse().ok())
-        .collect();
-    hops.iter().rev().find(|ip| !trusted.iter().any(|c| c.contains(**ip))).or(hops.first()).copied().unwrap_or(peer)
+    // Walk the hops right to left (nearest first): the first one not a trusted proxy is
+    // the client. Hops left of it were written by the client and mean nothing; a hop that
+    // does not parse ends the walk at the last proxy that vouched for it.
+    let hops: Vec<&str> =
+        req.headers().get_all("x-forwarded-for").filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).map(str::trim).collect();
+    let mut client = peer;
+    for hop in hops.iter().rev() {
+        match hop.parse::<std::net::IpAddr>() {
+            Ok(ip) if is_trusted(ip) => client = ip,
+            Ok(ip) => return ip,
+            Err(_) => return client,
+        }
+    }
+    client
 }
 
 /// Longest bearer token accepted (agent tokens are well under 2 KiB).
@@ -177,5 +184,33 @@ pub async fn require_admin(req: ServiceRequest, next: Next<impl MessageBody + 's
             Ok(next.call(req).await?.map_into_boxed_body())
         }
         Err(e) => Ok(req.error_response(e)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::client_ip;
+    use crate::config::Cidr;
+    use actix_web::test::TestRequest;
+
+    fn ip(req: TestRequest, trusted: &[&str]) -> String {
+        let trusted: Vec<Cidr> = trusted.iter().map(|c| Cidr::parse(c).expect("cidr")).collect();
+        client_ip(&req.to_http_request(), &trusted).to_string()
+    }
+
+    #[test]
+    fn forwarded_for_is_believed_only_from_trusted_proxies() {
+        let from = |peer: &str| TestRequest::default().peer_addr(peer.parse().expect("addr"));
+        // No trusted proxies: the header is the client's to forge.
+        assert_eq!(ip(from("203.0.113.9:1").insert_header(("x-forwarded-for", "1.1.1.1")), &[]), "203.0.113.9");
+        // Behind a trusted proxy: the nearest hop the proxies did not write.
+        let lb = &["10.0.0.0/8"];
+        assert_eq!(ip(from("10.0.0.2:1").insert_header(("x-forwarded-for", "1.1.1.1, 198.51.100.7")), lb), "198.51.100.7");
+        assert_eq!(ip(from("10.0.0.2:1").insert_header(("x-forwarded-for", "198.51.100.7, 10.0.0.5")), lb), "198.51.100.7");
+        // Garbage the client put first does not hide the address the proxy appended.
+        assert_eq!(ip(from("10.0.0.2:1").insert_header(("x-forwarded-for", "nonsense, 198.51.100.7")), lb), "198.51.100.7");
+        // Garbage right after a proxy: the proxy is the last address anyone vouched for.
+        assert_eq!(ip(from("10.0.0.2:1").insert_header(("x-forwarded-for", "198.51.100.7, nonsense")), lb), "10.0.0.2");
+        assert_eq!(ip(from("10.0.0.2:1"), lb), "10.0.0.2");
     }
 }

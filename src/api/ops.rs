@@ -1,15 +1,20 @@
 //! Operations endpoints: liveness and readiness.
 
-use actix_web::{web, HttpResponse};
+use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
+use super::middleware::bearer;
 use super::{method_not_allowed, ApiError, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
         .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(web::to(method_not_allowed)))
         .service(web::resource("/openapi.json").route(web::get().to(openapi)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/metrics").route(web::get().to(metrics)).default_service(web::to(method_not_allowed)));
+        .configure(metrics_route);
+}
+
+pub fn metrics_route(cfg: &mut web::ServiceConfig) {
+    cfg.service(web::resource("/metrics").route(web::get().to(metrics)).default_service(web::to(method_not_allowed)));
 }
 
 async fn healthz() -> HttpResponse {
@@ -35,7 +40,18 @@ async fn openapi() -> HttpResponse {
 }
 
 /// Prometheus metrics: refresh outcomes and latency, credentials by status, releases.
-async fn metrics(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+/// Counts only, no identifiers. Open by default; `metrics_token` requires a bearer token,
+/// `metrics_bind` moves it to its own listener.
+async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    if state.metrics_elsewhere {
+        return Err(ApiError::not_found("no such route"));
+    }
+    if let Some(expected) = &state.metrics_token {
+        let given = bearer(req.headers()).unwrap_or_default();
+        if !crate::crypto::ct_eq(given.as_bytes(), expected.expose().as_bytes()) {
+            return Err(ApiError::unauthorized());
+        }
+    }
     let text = state.services.metrics_text().await?;
     Ok(HttpResponse::Ok().content_type("text/plain; version=0.0.4").body(text))
 }

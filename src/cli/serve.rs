@@ -25,6 +25,10 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     opts.trusted_proxies = settings.trusted_proxies.clone();
     opts.limits = settings.limits;
     opts.metrics_token = settings.metrics_token.clone();
+    if let Some(bind) = &settings.metrics_bind {
+        let l = TcpListener::bind(bind).map_err(|e| CliError::failed(format!("cannot listen on {bind} for metrics: {e}")))?;
+        opts.metrics_listener = Some(Arc::new(l));
+    }
     let public_url = opts.public_url.clone();
     actix_web::rt::System::new().block_on(async move {
         let app = crate::startup::Application::build(vault, listener, opts)?;

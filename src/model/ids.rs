@@ -4,7 +4,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use super::{invalid, preview, ValidationError};
+use super::{invalid, ValidationError};
 
 /// A connection id: `^[a-z0-9][a-z0-9._-]{0,62}$`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -33,10 +33,7 @@ impl ConnectionId {
         if ok {
             Ok(ConnectionId(s.to_owned()))
         } else {
-            invalid(format!(
-                "invalid connection id '{}': use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit",
-                preview(s)
-            ))
+            invalid("invalid connection id: use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit")
         }
     }
 
@@ -72,10 +69,7 @@ impl From<AgentId> for String {
 impl AgentId {
     pub fn parse(s: &str) -> Result<Self, ValidationError> {
         ConnectionId::parse(s).map(|c| AgentId(c.0)).map_err(|_| {
-            ValidationError(format!(
-                "invalid agent id '{}': use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit",
-                preview(s)
-            ))
+            ValidationError("invalid agent id: use 1-63 characters from a-z, 0-9, '.', '_', '-', starting with a letter or digit".into())
         })
     }
 
@@ -113,7 +107,7 @@ impl Owner {
         let (kind, id) = match s.split_once(':') {
             Some(("user", id)) => (OwnerKind::User, id),
             Some(("tenant", id)) => (OwnerKind::Tenant, id),
-            _ => return invalid(format!("invalid owner '{}': expected 'user:<id>' or 'tenant:<id>'", preview(s))),
+            _ => return invalid("invalid owner: expected 'user:<id>' or 'tenant:<id>'"),
         };
         Self::new(kind, id)
     }
@@ -124,10 +118,7 @@ impl Owner {
         if ok {
             Ok(Owner { kind, id: id.to_owned() })
         } else {
-            invalid(format!(
-                "invalid owner id '{}': use 1-{MAX_OWNER_ID} printable ASCII characters without '/', '?', '#', '%' or spaces",
-                preview(id)
-            ))
+            invalid(format!("invalid owner id: use 1-{MAX_OWNER_ID} printable ASCII characters without '/', '?', '#', '%' or spaces"))
         }
     }
 
@@ -174,7 +165,7 @@ impl Scope {
         if ok {
             Ok(Scope(s.to_owned()))
         } else {
-            invalid(format!("invalid scope '{}'", preview(s)))
+            invalid("invalid scope: use 1-256 printable ASCII characters without spaces, '\"' or '\\'")
         }
     }
 

@@ -26,36 +26,40 @@ pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T, ValidationError> {
     Err(ValidationError(msg.into()))
 }
 
-/// Shortens untrusted input for use in an error message.
-pub(crate) fn preview(s: &str) -> String {
-    let mut p: String = s.chars().take(40).filter(|c| !c.is_control()).collect();
-    if s.chars().count() > 40 {
-        p.push('…');
-    }
-    p
-}
-
-/// serde's messages can quote the offending input; keep the field-level part only.
+/// serde's messages can quote the offending input (`unknown variant \`sk-live-…\``,
+/// `invalid type: string "…"`, `invalid type: integer \`5\``): drop every quoted value
+/// before "expected", and keep the quoted names after it, which are latchkey's own. Messages
+/// without "expected" quote only latchkey's field names (`missing field \`x\``) unless
+/// they are custom ones, whose values are dropped too.
 pub fn clean_serde_error(msg: &str) -> String {
-    // serde_json reports e.g. "unknown field `x`, expected one of ..." or
-    // "invalid type: string \"...\", expected u64 at line 1 column 9". Strip quoted values.
+    let ours = msg.starts_with("missing field") || msg.starts_with("duplicate field");
+    let (input, names) = match msg.find("expected") {
+        Some(i) => msg.split_at(i),
+        None if ours => ("", msg),
+        None => (msg, ""),
+    };
     let mut out = String::with_capacity(msg.len());
-    let mut in_quote = false;
-    for c in msg.chars() {
-        if c == '"' {
-            if !in_quote {
-                out.push_str("\"…");
+    let mut open: Option<char> = None;
+    for c in input.chars() {
+        match (open, c) {
+            (None, '"' | '`') => {
+                open = Some(c);
+                out.push(c);
+                out.push('…');
             }
-            in_quote = !in_quote;
-            if !in_quote {
-                out.push('"');
+            (Some(q), c) if c == q => {
+                open = None;
+                out.push(c);
             }
-            continue;
-        }
-        if !in_quote {
-            out.push(c);
+            (Some(_), _) => {}
+            (None, c) => out.push(c),
         }
     }
+    if open.is_some() {
+        // An unterminated quote swallowed the rest of the input part; names follow.
+        out.push(' ');
+    }
+    out.push_str(names);
     out
 }
 
@@ -67,5 +71,34 @@ mod tests {
     fn serde_errors_do_not_echo_values() {
         let e = serde_json::from_str::<CredentialInput>(r#"{"expires_in": "sekrit"}"#).unwrap_err().to_string();
         assert!(!clean_serde_error(&e).contains("sekrit"), "{}", clean_serde_error(&e));
+        let e = serde_json::from_str::<CredentialInput>(r#"{"sk-live-field": 1}"#).unwrap_err().to_string();
+        let clean = clean_serde_error(&e);
+        assert!(!clean.contains("sk-live") && clean.contains("`access_token`"), "{clean}");
+        let e = serde_json::from_str::<crate::model::ScopeEnforcement>(r#""sk-live-variant""#).unwrap_err().to_string();
+        let clean = clean_serde_error(&e);
+        assert!(!clean.contains("sk-live") && clean.contains("`strict`"), "{clean}");
+        let e = serde_json::from_str::<CredentialInput>(r#"{"api_key": 12345678}"#).unwrap_err().to_string();
+        assert!(!clean_serde_error(&e).contains("12345678"), "{}", clean_serde_error(&e));
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Required {
+            owner: String,
+        }
+        let e = serde_json::from_str::<Required>(r#"{}"#).unwrap_err().to_string();
+        assert_eq!(clean_serde_error(&e), e, "names of missing fields are latchkey's own");
+    }
+
+    #[test]
+    fn parse_errors_do_not_echo_values() {
+        let errors = [
+            ConnectionId::parse("SK-LIVE-0123").map(|_| ()).unwrap_err(),
+            AgentId::parse("SK-LIVE-0123").map(|_| ()).unwrap_err(),
+            Owner::parse("SK-LIVE-0123").map(|_| ()).unwrap_err(),
+            Owner::parse("user:SK-LIVE 0123").map(|_| ()).unwrap_err(),
+            Scope::parse("SK-LIVE 0123").map(|_| ()).unwrap_err(),
+        ];
+        for e in errors {
+            assert!(!e.to_string().contains("SK-LIVE"), "{e}");
+        }
     }
 }

@@ -98,6 +98,21 @@ pub struct Callback {
     pub cookies: Vec<(String, String)>,
 }
 
+/// An authenticated asker of connect links ([`Services::connect_caller`]).
+#[derive(Debug)]
+pub struct ConnectCaller(Caller);
+
+#[derive(Debug)]
+enum Caller {
+    /// The admin's actor name.
+    Admin(String),
+    Agent {
+        principal: crate::policy::Principal,
+        policy: crate::policy::Policy,
+        id: String,
+    },
+}
+
 /// How a callback ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum CallbackOutcome {
@@ -128,9 +143,30 @@ fn binding_lookup(cookies: Vec<(String, String)>) -> impl Fn(&str) -> Option<Str
 }
 
 impl Services {
-    /// Creates a single-use connect link, if `bearer` may.
-    pub async fn create_connect_session(&self, bearer: &str, req: NewConnectSession) -> Result<CreatedSession, ConnectError> {
-        let (requester, proof) = self.connect_requester(bearer, &req).await?;
+    /// Authenticates whoever asks for a connect link, before the request body is read:
+    /// an admin token, or an agent token that is current (its agent active, its epoch not
+    /// passed).
+    pub async fn connect_caller(&self, bearer: &str) -> Result<ConnectCaller, ConnectError> {
+        if bearer.starts_with(ADMIN_TOKEN_PREFIX) {
+            let token = bearer.to_owned();
+            return match self.blocking(move |v| v.authenticate_admin(&token)).await {
+                Ok(admin) => Ok(ConnectCaller(Caller::Admin(admin.actor().name()))),
+                Err(VaultError::Unauthorized) => Err(ConnectError::Unauthorized),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let principal = self.agent_principal(bearer).ok_or(ConnectError::Unauthorized)?;
+        let agent_id = principal.agent_id.clone();
+        let agent = self.blocking(move |v| v.active_agent(&agent_id)).await?.ok_or(ConnectError::Unauthorized)?;
+        if principal.epoch < agent.token_epoch {
+            return Err(ConnectError::Unauthorized);
+        }
+        Ok(ConnectCaller(Caller::Agent { principal, policy: agent.policy, id: agent.id }))
+    }
+
+    /// Creates a single-use connect link, if `caller` may.
+    pub async fn create_connect_session(&self, caller: ConnectCaller, req: NewConnectSession) -> Result<CreatedSession, ConnectError> {
+        let (requester, proof) = self.connect_requester(caller, &req).await?;
         let NewConnectSession { connection, owner, return_to } = req;
         let link = NewLink { requester, connection, owner, return_to, proof: proof.clone() };
         let created = self.blocking(move |v| v.create_connect_session(link)).await?;
@@ -145,23 +181,12 @@ impl Services {
     /// Who is asking (for the audit trail and the page) and the owner proof their link
     /// needs: none for an admin token; for an agent, a grant with `connect: true` for exactly
     /// that owner, and proof at the owner's issuer unless the connection turns it off.
-    async fn connect_requester(&self, bearer: &str, req: &NewConnectSession) -> Result<(String, Option<ProofPlan>), ConnectError> {
-        if bearer.starts_with(ADMIN_TOKEN_PREFIX) {
-            let token = bearer.to_owned();
-            return match self.blocking(move |v| v.authenticate_admin(&token)).await {
-                Ok(admin) => Ok((admin.actor().name(), None)),
-                Err(VaultError::Unauthorized) => Err(ConnectError::Unauthorized),
-                Err(e) => Err(e.into()),
-            };
-        }
-        let principal = self.agent_principal(bearer).ok_or(ConnectError::Unauthorized)?;
-        let agent_id = principal.agent_id.clone();
-        let agent = self.blocking(move |v| v.active_agent(&agent_id)).await?.ok_or(ConnectError::Unauthorized)?;
-        if principal.epoch < agent.token_epoch {
-            return Err(ConnectError::Unauthorized);
-        }
-        let grant =
-            policy::authorize_connect(&agent.policy, &req.connection, &principal, &req.owner).map_err(|_| ConnectError::Forbidden)?;
+    async fn connect_requester(&self, caller: ConnectCaller, req: &NewConnectSession) -> Result<(String, Option<ProofPlan>), ConnectError> {
+        let (principal, policy, agent_id) = match caller.0 {
+            Caller::Admin(name) => return Ok((name, None)),
+            Caller::Agent { principal, policy, id } => (principal, policy, id),
+        };
+        let grant = policy::authorize_connect(&policy, &req.connection, &principal, &req.owner).map_err(|_| ConnectError::Forbidden)?;
         // The role is asked of whoever proves membership of a tenant owner.
         let role = grant.connect_role.clone().filter(|_| req.owner.kind() == OwnerKind::Tenant);
         let connection = req.connection.clone();
@@ -170,7 +195,7 @@ impl Services {
             Some(o) if o.owner_proof => Some(self.proof_plan(&req.owner, role).await?),
             _ => None,
         };
-        Ok((format!("agent:{}", agent.id), proof))
+        Ok((format!("agent:{agent_id}"), proof))
     }
 
     /// Where the owner proves who they are: the trusted issuer named by the owner's subject
@@ -400,6 +425,12 @@ mod tests {
     use crate::service::testing::fixture;
     use crate::vault::Actor;
 
+    /// Authenticates `bearer`, then asks for a link.
+    async fn create(s: &Services, bearer: &str, req: NewConnectSession) -> Result<CreatedSession, ConnectError> {
+        let caller = s.connect_caller(bearer).await?;
+        s.create_connect_session(caller, req).await
+    }
+
     fn session(owner: &str) -> NewConnectSession {
         NewConnectSession { connection: ConnectionId::parse("crm").unwrap(), owner: Owner::parse(owner).unwrap(), return_to: None }
     }
@@ -436,20 +467,20 @@ mod tests {
             s.tokens.sign(&claims).unwrap()
         };
 
-        let created = s.create_connect_session(&f.admin_token, session("user:bob")).await.unwrap();
+        let created = create(&s, &f.admin_token, session("user:bob")).await.unwrap();
         assert!(created.connect_url.starts_with("http://vault.test/v1/connect/s/cs_"));
         assert!(!created.replaces_existing && !created.owner_proof, "admin links need no owner proof");
         // Reading a credential never implies replacing it.
         let reader = token("reader", None);
-        assert!(matches!(s.create_connect_session(&reader, session("user:bob")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(&s, &reader, session("user:bob")).await, Err(ConnectError::Forbidden)));
         let alice = token("cal", Some("idp:alice"));
-        assert!(s.create_connect_session(&alice, session("user:idp:alice")).await.is_ok(), "a connect grant for its own user");
-        assert!(matches!(s.create_connect_session(&alice, session("user:idp:bob")).await, Err(ConnectError::Forbidden)));
-        assert!(matches!(s.create_connect_session(&alice, session("tenant:idp:acme")).await, Err(ConnectError::Forbidden)));
-        assert!(matches!(s.create_connect_session("lka_0000000000000000.x", session("user:bob")).await, Err(ConnectError::Unauthorized)));
-        assert!(matches!(s.create_connect_session("garbage", session("user:bob")).await, Err(ConnectError::Unauthorized)));
+        assert!(create(&s, &alice, session("user:idp:alice")).await.is_ok(), "a connect grant for its own user");
+        assert!(matches!(create(&s, &alice, session("user:idp:bob")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(&s, &alice, session("tenant:idp:acme")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(&s, "lka_0000000000000000.x", session("user:bob")).await, Err(ConnectError::Unauthorized)));
+        assert!(matches!(create(&s, "garbage", session("user:bob")).await, Err(ConnectError::Unauthorized)));
         s.vault.set_agent_disabled(&Actor::System, &crate::model::AgentId::parse("cal").unwrap(), true).unwrap();
-        assert!(matches!(s.create_connect_session(&alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
+        assert!(matches!(create(&s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
     }
 
     #[tokio::test]
@@ -478,8 +509,8 @@ mod tests {
         };
         let svc = s.tokens.sign(&claims).unwrap();
         // No issuer prefix, or no issuer with it: proof cannot happen, so no link.
-        assert!(matches!(s.create_connect_session(&svc, session("user:bob")).await, Err(ConnectError::ProofUnavailable(_))));
-        assert!(matches!(s.create_connect_session(&svc, session("user:idp:bob")).await, Err(ConnectError::ProofUnavailable(_))));
+        assert!(matches!(create(&s, &svc, session("user:bob")).await, Err(ConnectError::ProofUnavailable(_))));
+        assert!(matches!(create(&s, &svc, session("user:idp:bob")).await, Err(ConnectError::ProofUnavailable(_))));
     }
 
     #[tokio::test]

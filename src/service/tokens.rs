@@ -170,10 +170,8 @@ impl Services {
     /// client and minute. Runs every few seconds in the background.
     pub async fn flush_failure_audit(&self) -> Result<(), VaultError> {
         for (client, minute, repeated) in self.failure_audit.take_finished(self.vault.clock().now()) {
-            let reason = Some(format!(
-                "client authentication failed {repeated} more time(s) in the minute from {}",
-                crate::time::rfc3339(minute)
-            ));
+            let reason =
+                Some(format!("client authentication failed {repeated} more time(s) in the minute from {}", crate::time::rfc3339(minute)));
             let decision = TokenDecision { grant_type: "any", reason, ..Default::default() };
             self.blocking(move |v| v.audit_token_decision(&client, "token.issue", Outcome::Denied, &decision)).await?;
         }

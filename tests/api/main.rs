@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod keyfiles;
 mod layering;
+mod limits;
 mod oauth;
 mod plaintext;
 mod rotation;

@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use latchkey::oauth::ClientOptions;
 use latchkey::service::Services;
+use latchkey::startup::ServerOptions;
 use latchkey::time::Clock;
 use latchkey::vault::{Actor, Vault};
 use serde_json::Value;
@@ -88,6 +89,11 @@ impl TestApp {
 
     /// An app whose public URL is `public_url` (default: its own address).
     pub async fn spawn_with(public_url: Option<&str>) -> TestApp {
+        Self::spawn_configured(public_url, |_| {}).await
+    }
+
+    /// An app whose server options `configure` adjusts.
+    pub async fn spawn_configured(public_url: Option<&str>, configure: impl FnOnce(&mut ServerOptions)) -> TestApp {
         let dirs = Dirs::new();
         let clock = Clock::fixed(Clock::system().now());
         let init = Vault::init(&dirs.data(), &dirs.keys(), None, clock.clone(), &Actor::Cli("test".into())).expect("init");
@@ -98,6 +104,7 @@ impl TestApp {
         let mut opts = latchkey::startup::ServerOptions::new(public_url.unwrap_or(&addr).to_owned(), 64 * 1024);
         opts.workers = Some(1);
         opts.client = ClientOptions { timeout: TEST_PROVIDER_TIMEOUT };
+        configure(&mut opts);
         let app = latchkey::startup::Application::build(vault.clone(), listener, opts).expect("server");
         let services = app.services();
         tokio::spawn(app.run());
