@@ -11,9 +11,9 @@ use super::{method_not_allowed, ApiError, AppState, RequestId};
 use crate::model::{ConnectionId, Scope};
 use crate::policy::ReleaseRequest;
 use crate::secret::Secret;
-use crate::service::release::DEFAULT_MIN_TTL;
 use crate::service::tokens::{TokenEndpointError, TokenRequest, TOKEN_EXCHANGE};
 use crate::time::rfc3339;
+use crate::vault::MinTtl;
 use crate::vault::{Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret};
 
 /// The largest `min_ttl` a caller may ask for.
@@ -108,10 +108,11 @@ async fn release(
 fn release_input(req: &HttpRequest, state: &AppState, id: &str, q: ReleaseQuery) -> Result<ReleaseInput, ApiError> {
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     let principal = state.services.agent_principal(token).ok_or(ReleaseError::InvalidToken)?;
-    let min_ttl = q.min_ttl.unwrap_or(DEFAULT_MIN_TTL);
-    if !(0..=MAX_MIN_TTL).contains(&min_ttl) {
-        return Err(ApiError::invalid(format!("min_ttl must be between 0 and {MAX_MIN_TTL} seconds")));
-    }
+    let min_ttl = match q.min_ttl {
+        None => MinTtl::Default,
+        Some(t) if (0..=MAX_MIN_TTL).contains(&t) => MinTtl::Explicit(t),
+        Some(_) => return Err(ApiError::invalid(format!("min_ttl must be between 0 and {MAX_MIN_TTL} seconds"))),
+    };
     Ok(ReleaseInput {
         principal,
         connection: ConnectionId::parse(id)?,

@@ -149,6 +149,9 @@ impl From<ReleaseError> for ApiError {
                 e
             }
             ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
+            ReleaseError::MinTtlUnsatisfiable { lifetime } => {
+                Self::new(StatusCode::BAD_REQUEST, "min_ttl_unsatisfiable", msg).with("token_lifetime", json!(lifetime))
+            }
             ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. } | ReleaseError::Internal => Self::internal(),
         }
     }

@@ -217,13 +217,7 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
         Some("bot" | "user") if shape == ResponseShape::Slack => "Bearer".to_owned(),
         Some(_) => return Err(ProviderError::transient("provider issued an unsupported token_type")),
     };
-    let expires_in = match &raw.expires_in {
-        None | Some(serde_json::Value::Null) => None,
-        Some(serde_json::Value::Number(n)) => n.as_i64(),
-        Some(serde_json::Value::String(s)) => s.parse().ok(),
-        Some(_) => None,
-    }
-    .filter(|s| *s > 0);
+    let expires_in = raw.expires_in.as_ref().and_then(expires_in);
     Ok(TokenSet {
         access_token: Secret::new(access_token.clone()),
         refresh_token: raw.refresh_token.as_ref().filter(|t| !t.is_empty()).map(|t| Secret::new(t.clone())),
@@ -233,6 +227,22 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
         instance_url: raw.instance_url.clone().filter(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "https")),
         id_token: raw.id_token.as_ref().filter(|t| !t.is_empty() && t.len() <= 16 * 1024).map(|t| Secret::new(t.clone())),
     })
+}
+
+/// The longest token lifetime believed: a larger `expires_in` is clamped to it (a huge
+/// value would overflow the expiry time).
+pub const MAX_EXPIRES_IN: i64 = 10 * 365 * 86_400;
+
+/// `expires_in` as a number or a numeric string (some providers send one), clamped to
+/// [`MAX_EXPIRES_IN`]; anything else, zero or negative means no expiry is known.
+fn expires_in(v: &serde_json::Value) -> Option<i64> {
+    let seconds = match v {
+        serde_json::Value::Number(n) => n.as_f64(),
+        serde_json::Value::String(s) => s.trim().parse::<f64>().ok(),
+        _ => None,
+    }?;
+    // `as` saturates: NaN becomes 0 and infinities the bounds.
+    (seconds.is_finite() && seconds >= 1.0).then(|| (seconds as i64).min(MAX_EXPIRES_IN))
 }
 
 /// Authorization-code exchange (with the PKCE verifier).
@@ -362,6 +372,23 @@ mod tests {
         )
         .unwrap();
         assert_eq!((ok.token_type.as_str(), ok.expires_in), ("Bearer", Some(3600)));
+        // A huge expires_in is clamped, never wrapped into the past.
+        for huge in [
+            serde_json::json!(i64::MAX),
+            serde_json::json!(u64::MAX),
+            serde_json::json!(1e300),
+            serde_json::json!("99999999999999999999999"),
+        ] {
+            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": huge})), 200, std).unwrap();
+            assert_eq!(t.expires_in, Some(MAX_EXPIRES_IN), "{huge}");
+        }
+        for none in
+            [serde_json::json!(0), serde_json::json!(-5), serde_json::json!("soon"), serde_json::json!(null), serde_json::json!([1])]
+        {
+            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": none})), 200, std).unwrap();
+            assert_eq!(t.expires_in, None, "{none}");
+        }
+        assert_eq!(parse(raw(serde_json::json!({"access_token": "a", "expires_in": 3599.9})), 200, std).unwrap().expires_in, Some(3599));
         // Slack: errors in a 200, user tokens under authed_user.
         let slack = ResponseShape::Slack;
         assert!(matches!(

@@ -78,11 +78,17 @@ pub enum Error {
 pub struct ClientOptions {
     /// Whole-request limit of one provider call.
     pub timeout: Duration,
+    /// Seconds between two refreshes that releases ask for while the token is still valid
+    /// (per credential, across processes; at most half the provider's token lifetime).
+    pub on_demand_cooldown: i64,
 }
+
+/// Default of [`ClientOptions::on_demand_cooldown`].
+pub const ON_DEMAND_COOLDOWN: i64 = 30;
 
 impl Default for ClientOptions {
     fn default() -> Self {
-        ClientOptions { timeout: client::TIMEOUT }
+        ClientOptions { timeout: client::TIMEOUT, on_demand_cooldown: ON_DEMAND_COOLDOWN }
     }
 }
 
@@ -95,6 +101,7 @@ pub struct OAuthService {
     /// A crashed holder blocks refreshes of its credential for at most this long: longer
     /// than one provider call plus the commit.
     lease_ms: i64,
+    on_demand_cooldown: i64,
     /// Per credential: the single-flight lock and a count of refreshes completed under it.
     inflight: Mutex<HashMap<String, Arc<refresh::InFlight>>>,
     discovery: Mutex<HashMap<String, (client::Discovered, Instant)>>,
@@ -134,6 +141,7 @@ impl OAuthService {
             public_url,
             holder,
             lease_ms,
+            on_demand_cooldown: options.on_demand_cooldown,
             inflight: Mutex::new(HashMap::new()),
             discovery: Mutex::new(HashMap::new()),
             per_provider: Mutex::new(HashMap::new()),

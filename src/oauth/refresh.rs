@@ -28,6 +28,8 @@ pub enum Refreshed {
     Rejected,
     /// A transient failure; tokens kept. Seconds to wait.
     Failed { retry_after: u64 },
+    /// Not tried: a release refreshed this still-valid token moments ago. Seconds to wait.
+    Cooldown { retry_after: u64 },
 }
 
 /// Why a refresh is wanted.
@@ -130,9 +132,19 @@ impl OAuthService {
                 return Refreshed::NotNeeded;
             }
             let Some(refresh_token) = m.refresh_token.clone() else { return Refreshed::Impossible };
+            // A release may not refresh a still-valid token more often than the cooldown:
+            // otherwise every request with a demanding min_ttl rotates the grant.
+            let on_demand = matches!(need, Need::MinTtl(_)) && m.expires_at.is_some_and(|e| e > now);
+            if on_demand {
+                // Never longer than half a token's life, so short-lived tokens stay usable.
+                let cooldown = m.issued_lifetime.map_or(self.on_demand_cooldown, |l| self.on_demand_cooldown.min(l / 2));
+                if let Some(wait) = m.on_demand_refresh_at.map(|t| t + cooldown - now).filter(|w| *w > 0) {
+                    return Refreshed::Cooldown { retry_after: wait.unsigned_abs() };
+                }
+            }
             // Cross-process single flight: the lease in the row.
             let (id, holder, ttl) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms);
-            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl)).await {
+            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl, on_demand)).await {
                 Ok(true) => return self.refresh_leased(connection, owner, m, refresh_token).await,
                 Ok(false) => {
                     if !self.wait_for_other(&m.credential_id).await {

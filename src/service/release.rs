@@ -7,8 +7,6 @@ use super::Services;
 use crate::oauth::{Narrowed, Refreshed};
 use crate::vault::{Narrowing, ReleaseError, ReleaseInput, Released, VaultError};
 
-/// A token with this much validity is enough when the caller names no `min_ttl`.
-pub const DEFAULT_MIN_TTL: i64 = 60;
 /// Seconds a caller is told to wait when a refresh it needed did not happen.
 const RETRY_AFTER_UNKNOWN: u64 = 30;
 
@@ -22,15 +20,17 @@ impl Services {
             // a pool thread and back. Waiting for the audit commit holds no thread.
             let decision = self.vault.decide_release(&input);
             match self.vault.commit_release(decision).await {
-                Err(VaultError::Release(ReleaseError::RefreshNeeded { owner })) if input.refresh_attempted.is_none() => {
-                    let retry = match self.oauth.refresh_for_release(&input.connection, &owner, input.min_ttl).await {
-                        Refreshed::Failed { retry_after } => retry_after,
+                Err(VaultError::Release(ReleaseError::RefreshNeeded { owner, min_ttl })) if input.refresh_attempted.is_none() => {
+                    let retry = match self.oauth.refresh_for_release(&input.connection, &owner, min_ttl).await {
+                        Refreshed::Failed { retry_after } | Refreshed::Cooldown { retry_after } => retry_after,
                         _ => RETRY_AFTER_UNKNOWN,
                     };
                     input.refresh_attempted = Some(retry);
                 }
-                Err(VaultError::Release(ReleaseError::NarrowNeeded { owner, scopes })) if input.narrowing == Narrowing::Allowed => {
-                    input.narrowing = match self.oauth.narrow(&input.connection, &owner, &scopes, input.min_ttl).await {
+                Err(VaultError::Release(ReleaseError::NarrowNeeded { owner, scopes, min_ttl }))
+                    if input.narrowing == Narrowing::Allowed =>
+                {
+                    input.narrowing = match self.oauth.narrow(&input.connection, &owner, &scopes, min_ttl).await {
                         // Minted: the next decision finds it (and mints no more this request).
                         Narrowed::Done => Narrowing::Failed { retry_after: RETRY_AFTER_UNKNOWN },
                         Narrowed::Unavailable => Narrowing::Unavailable,
@@ -59,7 +59,7 @@ mod tests {
             principal: Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![], epoch: i64::MAX },
             connection: ConnectionId::parse(connection).unwrap(),
             request: ReleaseRequest { scopes: Vec::<Scope>::new(), user_id: Some(user.into()), tenant_id: None },
-            min_ttl: DEFAULT_MIN_TTL,
+            min_ttl: crate::vault::MinTtl::Default,
             request_id: "req-1".into(),
             refresh_attempted: None,
             narrowing: Narrowing::Allowed,

@@ -292,6 +292,10 @@ pub struct CredentialMeta {
     pub instance_url: Option<String>,
     /// The provider account: (iss, sub) of a verified ID token, when known.
     pub account: Option<(String, String)>,
+    /// The lifetime (`expires_in`) the provider gave the stored token, when it issued it.
+    pub issued_lifetime: Option<i64>,
+    /// When a release last asked for a refresh while the token was still valid.
+    pub on_demand_refresh_at: Option<i64>,
 }
 
 #[derive(Debug, Clone)]
@@ -303,7 +307,7 @@ pub struct CredentialRow {
 }
 
 const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub";
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, k.issued_lifetime, k.on_demand_refresh_at";
 
 /// The stored scope list and whether it is known.
 fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> rusqlite::Result<HeldScopes> {
@@ -337,16 +341,18 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
         refresh_due_at: r.get(o + 16)?,
         instance_url: r.get(o + 17)?,
         account: r.get::<_, Option<String>>(o + 19)?.zip(r.get::<_, Option<String>>(o + 20)?),
+        issued_lifetime: r.get(o + 21)?,
+        on_demand_refresh_at: r.get(o + 22)?,
     })
 }
 
 fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
-    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 21)?, primary: r.get(o + 25)?, refresh: r.get(o + 26)? })
+    Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 23)?, primary: r.get(o + 27)?, refresh: r.get(o + 28)? })
 }
 
 const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
     k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, \
-    d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
+    k.issued_lifetime, k.on_demand_refresh_at, d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
 pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
     let sql =
@@ -413,6 +419,8 @@ pub struct CredentialWrite<'a> {
     /// The provider account: `None` keeps the stored one (a refresh); `Some(None)` clears it
     /// (tokens of an unknown account); `Some(Some((iss, sub)))` sets it.
     pub account: Option<Option<(&'a str, &'a str)>>,
+    /// The provider's `expires_in` for these tokens: `None` keeps the stored one.
+    pub issued_lifetime: Option<Option<i64>>,
     pub now: i64,
 }
 
@@ -424,13 +432,14 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
     let (scopes, scopes_known) = (w.scopes.joined(), w.scopes.known().is_some());
     let set_account = w.account.is_some();
     let (account_iss, account_sub) = w.account.flatten().unzip();
+    let (set_lifetime, lifetime) = (w.issued_lifetime.is_some(), w.issued_lifetime.flatten());
     match previous {
         None => {
             let res = c
                 .prepare_cached(
                     "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
-                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known, account_iss, account_sub) \
-                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17, ?18)",
+                     expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known, account_iss, account_sub, issued_lifetime) \
+                     VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
                 )?
                 .execute(params![
                     w.id,
@@ -450,7 +459,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     w.instance_url,
                     scopes_known,
                     account_iss,
-                    account_sub
+                    account_sub,
+                    lifetime
                 ]);
             match res {
                 Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
@@ -466,7 +476,8 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
                      scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
                      last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13, scopes_known = ?14, \
-                     account_iss = CASE WHEN ?15 THEN ?16 ELSE account_iss END, account_sub = CASE WHEN ?15 THEN ?17 ELSE account_sub END \
+                     account_iss = CASE WHEN ?15 THEN ?16 ELSE account_iss END, account_sub = CASE WHEN ?15 THEN ?17 ELSE account_sub END, \
+                     issued_lifetime = CASE WHEN ?18 THEN ?19 ELSE issued_lifetime END \
                      WHERE id = ?1 AND secret_version = ?10",
                 )?
                 .execute(params![
@@ -486,7 +497,9 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     scopes_known,
                     set_account,
                     account_iss,
-                    account_sub
+                    account_sub,
+                    set_lifetime,
+                    lifetime
                 ])?;
             if n != 1 {
                 return Err(StoreError::Conflict);
@@ -732,13 +745,22 @@ pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
 // ---------------------------------------------------------------- refresh scheduling
 
 /// Takes the single-flight refresh lease of a credential if nobody holds a live one.
-pub fn acquire_refresh_lease(c: &Connection, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+/// Takes the refresh lease of a credential if nobody holds a live one; `on_demand_at`
+/// records a release's refresh of a still-valid token (the cooldown's start).
+pub fn acquire_refresh_lease(
+    c: &Connection,
+    id: &str,
+    holder: &str,
+    now_ms: i64,
+    until_ms: i64,
+    on_demand_at: Option<i64>,
+) -> Result<bool> {
     let n = c
         .prepare_cached(
-            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
+            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2, on_demand_refresh_at = coalesce(?5, on_demand_refresh_at) \
              WHERE id = ?1 AND status = 'active' AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4)",
         )?
-        .execute(params![id, holder, until_ms, now_ms])?;
+        .execute(params![id, holder, until_ms, now_ms, on_demand_at])?;
     Ok(n == 1)
 }
 

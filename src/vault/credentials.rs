@@ -120,7 +120,8 @@ impl Vault {
         self.store.write(|tx| {
             let kind = connection_kind(tx, connection)?;
             let secret = input.into_secret(kind, now)?;
-            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None, None)?;
+            // Tokens from elsewhere: how long the provider issues them for is not known.
+            let (id, version, replaced) = self.write_credential(tx, connection, owner, kind, &secret, now, None, None, Some(None))?;
             let detail =
                 json!({"credential_id": id, "version": version, "kind": kind, "replaced": replaced, "scopes": held_scopes(&secret).joined()});
             self.audit(tx, Event::new(&actor.name(), "credential.put", target(connection, owner), Outcome::Ok, detail))?;
@@ -141,7 +142,7 @@ impl Vault {
                 let secret = input
                     .into_secret(kind, now)
                     .map_err(|e| VaultError::Invalid(crate::model::ValidationError(format!("{owner}: {}", e.0))))?;
-                self.write_credential(tx, connection, &owner, kind, &secret, now, None, None)?;
+                self.write_credential(tx, connection, &owner, kind, &secret, now, None, None, Some(None))?;
                 n += 1;
             }
             self.audit(tx, Event::new(&actor.name(), "credential.import", connection.as_str(), Outcome::Ok, json!({"count": n})))?;
@@ -165,6 +166,7 @@ impl Vault {
         now: i64,
         refresh_of: Option<i64>,
         account: Option<(&str, &str)>,
+        issued_lifetime: Option<Option<i64>>,
     ) -> Result<(String, i64, bool)> {
         let (conn_s, owner_s) = (connection.as_str(), owner.to_string());
         let existing = rows::get_credential(tx, conn_s, &owner_s)?;
@@ -208,6 +210,7 @@ impl Vault {
             refreshed: refresh_of.is_some(),
             instance_url,
             account: if refresh_of.is_some() { None } else { Some(account) },
+            issued_lifetime,
             now,
         };
         if refresh_of.is_none() && previous.is_some() {

@@ -43,7 +43,7 @@ pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
 };
 pub use refresh_state::{AccountChange, RefreshMaterial, Replacement};
-pub use release::{Decision, Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret};
+pub use release::{Decision, MinTtl, Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret, DEFAULT_MIN_TTL};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in one place (`cli::CliError`).

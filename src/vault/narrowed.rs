@@ -103,7 +103,7 @@ impl Vault {
                     token_type,
                     instance_url,
                 };
-                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &kept, now, Some(version), None)?;
+                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &kept, now, Some(version), None, None)?;
             }
             if confirmed {
                 let b = binding(connection.as_str(), &owner_s, &credential_id, &k);

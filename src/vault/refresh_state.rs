@@ -24,6 +24,10 @@ pub struct RefreshMaterial {
     pub scopes: HeldScopes,
     pub refresh_due_at: Option<i64>,
     pub refresh_failures: i64,
+    /// When a release last refreshed this credential's still-valid token.
+    pub on_demand_refresh_at: Option<i64>,
+    /// The lifetime the provider gave the stored token, when known.
+    pub issued_lifetime: Option<i64>,
 }
 
 /// Whether a completed connect flow changed the provider account behind a credential.
@@ -74,6 +78,7 @@ impl Vault {
     ) -> Result<()> {
         let now = self.clock.now();
         let scopes = parse_scopes(connection, tokens.scope.as_deref()).unwrap_or(old_scopes);
+        let lifetime = Some(tokens.expires_in);
         let secret = CredentialSecret::OAuth2 {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token.or(old_refresh),
@@ -84,7 +89,7 @@ impl Vault {
         };
         self.store.write(|tx| {
             let (id, version, _) =
-                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, Some(version), None)?;
+                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, Some(version), None, lifetime)?;
             let detail = json!({"credential_id": id, "version": version});
             self.audit(tx, Event::new(&Actor::System.name(), "credential.refresh", format!("{connection}/{owner}"), Outcome::Ok, detail))?;
             Ok(())
@@ -111,6 +116,7 @@ impl Vault {
             None if !requested.is_empty() => HeldScopes::Known(requested.to_vec()),
             None => HeldScopes::Unknown,
         };
+        let lifetime = Some(tokens.expires_in);
         let secret = CredentialSecret::OAuth2 {
             access_token: tokens.access_token,
             refresh_token: tokens.refresh_token,
@@ -133,7 +139,8 @@ impl Vault {
                 }
                 None => None,
             };
-            let (id, version, _) = self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, None, account)?;
+            let (id, version, _) =
+                self.write_credential(tx, connection, owner, ConnectionKind::Oauth2, &secret, now, None, account, lifetime)?;
             let Some((old_account, previous_refresh)) = previous else {
                 let detail = json!({"credential_id": id, "version": version, "requested_by": requester,
                     "account": account.map(|(iss, sub)| json!({"iss": iss, "sub": sub}))});
@@ -186,6 +193,7 @@ impl Vault {
         let client_secret = self.open_client_secret(&conn)?;
         let (id, version, status) = (cred.meta.id.clone(), cred.meta.secret_version, cred.meta.status);
         let (refresh_due_at, refresh_failures) = (cred.meta.refresh_due_at, cred.meta.refresh_failures);
+        let (on_demand_refresh_at, issued_lifetime) = (cred.meta.on_demand_refresh_at, cred.meta.issued_lifetime);
         let opened = self.open_credential_row(cred)?;
         let (refresh_token, expires_at, scopes) = match opened.secret {
             CredentialSecret::OAuth2 { refresh_token, expires_at, scopes, .. } => (refresh_token, expires_at, scopes),
@@ -202,12 +210,17 @@ impl Vault {
             scopes,
             refresh_due_at,
             refresh_failures,
+            on_demand_refresh_at,
+            issued_lifetime,
         }))
     }
 
-    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+    /// Takes the refresh lease (cross-process single flight). `on_demand`: a release asks
+    /// to refresh a token that is still valid, which starts the credential's cooldown.
+    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64, on_demand: bool) -> Result<bool> {
         let now = self.clock.now_millis();
-        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms))?)
+        let on_demand_at = on_demand.then(|| self.clock.now());
+        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms, on_demand_at))?)
     }
 
     pub fn release_refresh_lease(&self, credential_id: &str, holder: &str) -> Result<()> {

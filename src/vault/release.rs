@@ -40,6 +40,10 @@ pub enum ReleaseError {
     ReauthRequired,
     #[error("no token valid for the requested time is available; retry later")]
     ProviderUnavailable { retry_after: u64 },
+    /// The caller's `min_ttl` exceeds the lifetime of the tokens the provider issues: no
+    /// refresh can meet it, so none is tried.
+    #[error("min_ttl exceeds the lifetime of the tokens this provider issues ({lifetime} s); ask for at most that")]
+    MinTtlUnsatisfiable { lifetime: i64 },
     #[error("the audit trail cannot be written; nothing is released")]
     AuditUnavailable,
     /// The store or a stored secret failed (details are logged, never returned).
@@ -47,10 +51,37 @@ pub enum ReleaseError {
     Internal,
     /// Internal: the token must be refreshed first (never audited, never answered).
     #[error("refresh needed")]
-    RefreshNeeded { owner: Owner },
+    RefreshNeeded { owner: Owner, min_ttl: i64 },
     /// Internal: a narrower token must be minted first (never audited, never answered).
     #[error("narrower token needed")]
-    NarrowNeeded { owner: Owner, scopes: Vec<Scope> },
+    NarrowNeeded { owner: Owner, scopes: Vec<Scope>, min_ttl: i64 },
+}
+
+/// Validity a token must have left when the caller names no `min_ttl`, at most.
+pub const DEFAULT_MIN_TTL: i64 = 60;
+
+/// The validity a released token must have left.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MinTtl {
+    /// None named: [`DEFAULT_MIN_TTL`], or a quarter of the provider's issued lifetime if
+    /// that is less, so that a release without `min_ttl` always works (the background
+    /// refresher renews a token by half its lifetime).
+    Default,
+    /// Named by the caller (seconds).
+    Explicit(i64),
+}
+
+impl MinTtl {
+    /// The seconds required of a credential whose provider issues tokens for `lifetime`
+    /// seconds (when known); `Err(lifetime)` if no token of the provider's can meet it.
+    pub fn resolve(self, lifetime: Option<i64>) -> std::result::Result<i64, i64> {
+        match (self, lifetime) {
+            (MinTtl::Default, Some(l)) => Ok(DEFAULT_MIN_TTL.min(l / 4).max(1)),
+            (MinTtl::Default, None) => Ok(DEFAULT_MIN_TTL),
+            (MinTtl::Explicit(t), Some(l)) if t > l => Err(l),
+            (MinTtl::Explicit(t), _) => Ok(t.max(1)),
+        }
+    }
 }
 
 /// Whether a release may ask for a narrower token.
@@ -107,7 +138,7 @@ pub struct ReleaseInput {
     pub principal: Principal,
     pub connection: ConnectionId,
     pub request: ReleaseRequest,
-    pub min_ttl: i64,
+    pub min_ttl: MinTtl,
     pub request_id: String,
     /// Set on the second pass, after a refresh was attempted: no further refresh signal.
     pub refresh_attempted: Option<u64>,
@@ -324,6 +355,13 @@ impl Vault {
             }
         }
         let credential_id = cred.meta.id.clone();
+        let min_ttl = match input.min_ttl.resolve(cred.meta.issued_lifetime) {
+            Ok(t) => t,
+            Err(lifetime) => {
+                rec.reason = "min_ttl exceeds the provider's token lifetime";
+                return Err(ReleaseError::MinTtlUnsatisfiable { lifetime }.into());
+            }
+        };
         let opened = self.open_credential_row(cred).map_err(internal)?;
         let now = self.clock.now();
         let roles = &input.principal.roles;
@@ -357,9 +395,9 @@ impl Vault {
                     }
                     Ok(ScopePlan::AsIs { scopes, enforced }) => {
                         let remaining = expires_at.map(|e| e - now);
-                        if remaining.is_some_and(|r| r < input.min_ttl.max(1)) {
+                        if remaining.is_some_and(|r| r < min_ttl) {
                             if refresh_token.is_some() && input.refresh_attempted.is_none() {
-                                return Err(ReleaseError::RefreshNeeded { owner }.into());
+                                return Err(ReleaseError::RefreshNeeded { owner, min_ttl }.into());
                             }
                             rec.reason = "no token valid for min_ttl (refresh failed or impossible)";
                             return Err(
@@ -371,7 +409,7 @@ impl Vault {
                     }
                     Ok(ScopePlan::Narrow { scopes }) => {
                         let cached = self.open_narrowed(&input.connection, &owner, &credential_id, &scopes).map_err(internal)?;
-                        match cached.filter(|t| t.expires_at.is_none_or(|e| e - now >= input.min_ttl.max(1))) {
+                        match cached.filter(|t| t.expires_at.is_none_or(|e| e - now >= min_ttl)) {
                             Some(t) => {
                                 rec.scope_enforced = true;
                                 rec.narrowed = true;
@@ -384,7 +422,7 @@ impl Vault {
                                 }
                             }
                             None => match input.narrowing {
-                                Narrowing::Allowed => return Err(ReleaseError::NarrowNeeded { owner, scopes }.into()),
+                                Narrowing::Allowed => return Err(ReleaseError::NarrowNeeded { owner, scopes, min_ttl }.into()),
                                 Narrowing::Failed { retry_after } => {
                                     rec.reason = "no narrower token could be minted (provider unavailable)";
                                     return Err(ReleaseError::ProviderUnavailable { retry_after: retry_after.max(1) }.into());
@@ -462,4 +500,25 @@ fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, Re
         None => rec.connection.to_owned(),
     };
     Event::serialized(format!("agent:{}", rec.agent), "token.release", target, decision, &rec)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn min_ttl_adapts_to_the_provider_lifetime() {
+        // Unknown lifetime: the default, or what the caller names.
+        assert_eq!(MinTtl::Default.resolve(None), Ok(DEFAULT_MIN_TTL));
+        assert_eq!(MinTtl::Explicit(86_400).resolve(None), Ok(86_400));
+        // Long-lived tokens: the default stands.
+        assert_eq!(MinTtl::Default.resolve(Some(3600)), Ok(60));
+        // Short-lived ones: a quarter of the lifetime, at least a second.
+        assert_eq!(MinTtl::Default.resolve(Some(30)), Ok(7));
+        assert_eq!(MinTtl::Default.resolve(Some(2)), Ok(1));
+        // An explicit min_ttl no token can meet is refused with the lifetime.
+        assert_eq!(MinTtl::Explicit(3601).resolve(Some(3600)), Err(3600));
+        assert_eq!(MinTtl::Explicit(3600).resolve(Some(3600)), Ok(3600));
+        assert_eq!(MinTtl::Explicit(0).resolve(Some(3600)), Ok(1));
+    }
 }

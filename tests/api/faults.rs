@@ -12,7 +12,8 @@ use latchkey::model::{ConnectionId, CredentialSecret, Owner};
 
 #[tokio::test]
 async fn provider_faults_are_bounded_keep_tokens_and_recover() {
-    let app = TestApp::spawn().await;
+    // Every release below must reach the provider: no cooldown between on-demand refreshes.
+    let app = TestApp::spawn_configured(None, |o| o.client.on_demand_cooldown = 0).await;
     let faults = FaultServer::start();
     let conn = json!({"id": "flaky", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/authorize", faults.url),
         "token_endpoint": format!("{}/token", faults.url), "client_id": "c", "client_secret": "s"}});
@@ -113,4 +114,107 @@ async fn a_due_backlog_larger_than_the_refresh_window_drains() {
     let audited: i64 =
         db.query_row("SELECT count(*) FROM audit WHERE action = 'credential.refresh' AND target LIKE 'bulk/%'", [], |r| r.get(0)).unwrap();
     assert_eq!(audited, N as i64, "one audited refresh per credential");
+}
+
+/// A connection at the fault server with alice's tokens (600 s left, lifetime unknown)
+/// and an agent token that may release them.
+async fn storm_setup(app: &TestApp, provider: &FaultServer) -> String {
+    let conn = json!({"id": "storm", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/authorize", provider.url),
+        "token_endpoint": format!("{}/token", provider.url), "client_id": "c", "client_secret": "s"}});
+    assert_eq!(app.post_json("/v1/admin/connections", conn).await.status(), 201);
+    let r = app
+        .put_json(
+            "/v1/admin/connections/storm/credentials/user:alice",
+            json!({"access_token": "at-original", "refresh_token": "rt-original", "expires_in": 600}),
+        )
+        .await;
+    assert_eq!(r.status(), 200);
+    app.service_agent_token("storm").await
+}
+
+async fn release_storm(app: &TestApp, token: &str, min_ttl: Option<i64>) -> (u16, Value, Option<u64>) {
+    let q = min_ttl.map(|t| format!("&min_ttl={t}")).unwrap_or_default();
+    let r = app.http.get(app.url(&format!("/v1/connections/storm/token?user_id=alice{q}"))).bearer_auth(token).send().await.unwrap();
+    let retry = r.headers().get("retry-after").and_then(|v| v.to_str().ok()).and_then(|v| v.parse().ok());
+    (r.status().as_u16(), r.json().await.unwrap(), retry)
+}
+
+#[tokio::test]
+async fn an_unsatisfiable_min_ttl_refreshes_at_most_once() {
+    let app = TestApp::spawn().await;
+    let provider = FaultServer::start();
+    let token = storm_setup(&app, &provider).await;
+    let hits = || provider.hits.load(std::sync::atomic::Ordering::SeqCst);
+
+    // The provider's lifetime (7200 s) is not known yet: one refresh learns it.
+    for i in 0..20 {
+        let (status, body, _) = release_storm(&app, &token, Some(86_400)).await;
+        assert_eq!(status, 400, "release {i}: {body}");
+        assert_eq!(body["error"], "min_ttl_unsatisfiable");
+        assert_eq!(body["token_lifetime"], 7200);
+    }
+    let mut concurrent = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (http, url, token) = (app.http.clone(), app.url("/v1/connections/storm/token?user_id=alice&min_ttl=86400"), token.clone());
+        concurrent.spawn(async move { http.get(url).bearer_auth(token).send().await.unwrap().status().as_u16() });
+    }
+    while let Some(status) = concurrent.join_next().await {
+        assert_eq!(status.unwrap(), 400);
+    }
+    assert_eq!(hits(), 1, "forty releases, one provider refresh");
+    // The refresh that happened was kept; a release without min_ttl shows its true expiry.
+    let (status, body, _) = release_storm(&app, &token, None).await;
+    assert_eq!((status, &body["access_token"], &body["expires_in"]), (200, &json!("at-recovered"), &json!(7200)));
+
+    // A satisfiable but demanding min_ttl refreshes a valid token at most once per cooldown.
+    app.clock.advance(60);
+    let (status, body, _) = release_storm(&app, &token, Some(7190)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(hits(), 2);
+    app.clock.advance(10);
+    let (status, body, retry) = release_storm(&app, &token, Some(7195)).await;
+    assert_eq!((status, &body["error"]), (503, &json!("provider_unavailable")), "{body}");
+    assert_eq!(retry, Some(20), "the rest of the cooldown");
+    assert_eq!(hits(), 2, "no refresh during the cooldown");
+    app.clock.advance(20);
+    assert_eq!(release_storm(&app, &token, Some(7195)).await.0, 200);
+    assert_eq!(hits(), 3);
+}
+
+#[tokio::test]
+async fn short_lived_tokens_release_without_min_ttl() {
+    let app = TestApp::spawn().await;
+    let provider = FaultServer::start();
+    provider.set("short");
+    let token = storm_setup(&app, &provider).await;
+    // Learn the 30 s lifetime.
+    app.clock.advance(599);
+    let (status, body, _) = release_storm(&app, &token, None).await;
+    assert_eq!((status, &body["access_token"], &body["expires_in"]), (200, &json!("at-short"), &json!(30)), "{body}");
+    let hits = provider.hits.load(std::sync::atomic::Ordering::SeqCst);
+    // Ten releases over the next 20 s: the default min_ttl adapts (7 s), none refreshes.
+    for i in 0..10 {
+        let (status, body, _) = release_storm(&app, &token, None).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["expires_in"], json!(30 - 2 * i));
+        app.clock.advance(2);
+    }
+    assert_eq!(provider.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+}
+
+#[tokio::test]
+async fn a_huge_expires_in_is_clamped() {
+    let app = TestApp::spawn().await;
+    let provider = FaultServer::start();
+    provider.set("huge_expiry");
+    let token = storm_setup(&app, &provider).await;
+    let (status, body, _) = release_storm(&app, &token, Some(3600)).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["access_token"], "at-forever");
+    let ten_years = 10 * 365 * 86_400;
+    assert_eq!(body["expires_in"], json!(ten_years));
+    // No hot loop: nothing is due for years.
+    let db = rusqlite::Connection::open(app.vault.store().path()).unwrap();
+    let due: i64 = db.query_row("SELECT refresh_due_at FROM credentials WHERE connection_id = 'storm'", [], |r| r.get(0)).unwrap();
+    assert!(due > app.clock.now() + ten_years - 3600, "due at {due}");
 }

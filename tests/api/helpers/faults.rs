@@ -45,6 +45,19 @@ impl FaultServer {
                             br#"{"access_token":"at-recovered","refresh_token":"rt-recovered","token_type":"bearer","expires_in":7200,"instance_url":"https://acme.my.salesforce.example"}"#,
                         ),
                         "500" => reply(&mut s, "500 Internal Server Error", "text/plain", b"oops"),
+                        // A provider that issues 30-second tokens.
+                        "short" => reply(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            br#"{"access_token":"at-short","refresh_token":"rt-short","token_type":"Bearer","expires_in":30}"#,
+                        ),
+                        "huge_expiry" => reply(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            br#"{"access_token":"at-forever","token_type":"Bearer","expires_in":1e300}"#,
+                        ),
                         "invalid_scope" => reply(&mut s, "400 Bad Request", "application/json", br#"{"error":"invalid_scope"}"#),
                         "429" => {
                             let body = b"slow down";

@@ -103,7 +103,7 @@ impl TestApp {
         let addr = format!("http://{}", listener.local_addr().expect("addr"));
         let mut opts = latchkey::startup::ServerOptions::new(public_url.unwrap_or(&addr).to_owned(), 64 * 1024);
         opts.workers = Some(1);
-        opts.client = ClientOptions { timeout: TEST_PROVIDER_TIMEOUT };
+        opts.client = ClientOptions { timeout: TEST_PROVIDER_TIMEOUT, ..Default::default() };
         configure(&mut opts);
         let app = latchkey::startup::Application::build(vault.clone(), listener, opts).expect("server");
         let services = app.services();
