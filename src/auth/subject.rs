@@ -303,13 +303,15 @@ struct Cached {
 pub struct JwksCache {
     http: reqwest::Client,
     entries: Mutex<HashMap<(String, String), Cached>>,
+    /// One fetch per issuer and key location at a time: concurrent callers wait for it.
+    fetching: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl JwksCache {
     /// Fails if the HTTP client (with its timeout and no-redirect policy) cannot be built.
     pub fn new() -> Result<Self, reqwest::Error> {
         let http = reqwest::Client::builder().timeout(FETCH_TIMEOUT).redirect(reqwest::redirect::Policy::none()).build()?;
-        Ok(JwksCache { http, entries: Mutex::new(HashMap::new()) })
+        Ok(JwksCache { http, entries: Mutex::new(HashMap::new()), fetching: Mutex::new(HashMap::new()) })
     }
 
     /// The issuer's key `kid` (or its only key when the token names none).
@@ -324,21 +326,30 @@ impl JwksCache {
             Keys::Uri(uri) => uri,
         };
         let cache_key = (expect.issuer.to_owned(), uri.to_owned());
-        let (cached, may_fetch) = {
+        let look = || {
             let entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
             match entries.get(&cache_key) {
                 Some(c) => {
                     let fresh = c.fetched.is_some_and(|f| f.elapsed() < JWKS_TTL);
-                    (c.set.clone().filter(|_| fresh), c.attempted.elapsed() >= MIN_REFETCH)
+                    (c.set.clone().filter(|_| fresh), c.attempted.elapsed() >= MIN_REFETCH, Some(c.attempted))
                 }
-                None => (None, true),
+                None => (None, true, None),
             }
         };
+        let refuse = |cached: Option<Arc<JwkSet>>| if cached.is_some() { SubjectError::UnknownKey } else { SubjectError::JwksUnavailable };
+        let (cached, may_fetch, attempted) = look();
         if let Some(k) = cached.as_deref().and_then(find) {
             return Ok(k);
         }
         if !may_fetch {
-            return Err(if cached.is_some() { SubjectError::UnknownKey } else { SubjectError::JwksUnavailable });
+            return Err(refuse(cached));
+        }
+        let flight = self.fetching.lock().unwrap_or_else(|p| p.into_inner()).entry(cache_key.clone()).or_default().clone();
+        let _fetching = flight.lock().await;
+        // Someone else fetched while we waited: their answer is ours.
+        let (cached, _, now_attempted) = look();
+        if now_attempted != attempted {
+            return cached.as_deref().and_then(find).ok_or_else(|| refuse(cached));
         }
         let fetched = self.fetch(uri).await;
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
@@ -375,6 +386,7 @@ impl JwksCache {
     /// Forgets every key fetched for `issuer` (it was replaced or deleted).
     pub fn forget(&self, issuer: &str) {
         self.entries.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _), _| i != issuer);
+        self.fetching.lock().unwrap_or_else(|p| p.into_inner()).retain(|(i, _), _| i != issuer);
     }
 
     /// Verifies a JWT as `expect` says, at time `now` (latchkey's clock, not the library's).

@@ -573,3 +573,50 @@ async fn legacy_argon2_secrets_work_once_and_become_keyed_hashes() {
     let wrong = (w.service_agent.0.clone(), "lks_wrong".to_owned());
     expect(w.token_request(&wrong, &[("grant_type", "client_credentials")], true).await, 401).await;
 }
+
+#[tokio::test]
+async fn replaced_or_deleted_issuer_keys_are_not_trusted_from_the_cache() {
+    let w = World::new().await;
+    // Twenty concurrent exchanges with a cold cache: one JWKS fetch.
+    let subject = w.issuer.token(Algorithm::RS256, "rsa-1", w.issuer.claims("alice", json!({})));
+    let mut set = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let (http, url, agent, subject) = (w.app.http.clone(), w.app.url("/oauth2/token"), w.user_agent.clone(), subject.clone());
+        set.spawn(async move {
+            let form = [
+                ("grant_type", "urn:ietf:params:oauth:grant-type:token-exchange"),
+                ("subject_token", subject.as_str()),
+                ("subject_token_type", "urn:ietf:params:oauth:token-type:jwt"),
+            ];
+            http.post(url).basic_auth(&agent.0, Some(&agent.1)).form(&form).send().await.unwrap().status().as_u16()
+        });
+    }
+    while let Some(status) = set.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    assert_eq!(w.issuer.fetches.load(Ordering::SeqCst), 1, "one fetch per issuer at a time");
+
+    // The RSA key is compromised: the admin points the issuer at a JWKS without it. A token
+    // signed with it is refused at once, although the old document is still cached.
+    let delete_issuer = format!("/v1/admin/issuers?issuer={}", w.issuer.url);
+    let replaced = json!({"issuer": w.issuer.url, "jwks_uri": format!("{}/rotated.json", w.issuer.url), "audience": AUDIENCE,
+        "subject_prefix": "idp", "tenant_claim": "org", "roles_claim": "roles"});
+    expect(w.app.post_json("/v1/admin/issuers", replaced.clone()).await, 201).await;
+    assert_eq!(expect(w.exchange(&w.user_agent, &subject).await, 400).await["error"], "invalid_grant");
+    let ec = w.issuer.token(Algorithm::ES256, "ec-1", w.issuer.claims("alice", json!({})));
+    expect(w.exchange(&w.user_agent, &ec).await, 200).await;
+
+    // Deleted and added again (first with the old location, which is fetched afresh, then
+    // with the new): nothing from before the delete is reused.
+    assert_eq!(w.app.delete(&delete_issuer).await.status(), 204);
+    assert_eq!(w.exchange(&w.user_agent, &ec).await.status(), 400, "no issuer, no exchange");
+    let before = w.issuer.fetches.load(Ordering::SeqCst);
+    let original = json!({"issuer": w.issuer.url, "jwks_uri": format!("{}/jwks.json", w.issuer.url), "audience": AUDIENCE,
+        "subject_prefix": "idp", "tenant_claim": "org", "roles_claim": "roles"});
+    expect(w.app.post_json("/v1/admin/issuers", original).await, 201).await;
+    expect(w.exchange(&w.user_agent, &subject).await, 200).await;
+    assert_eq!(w.issuer.fetches.load(Ordering::SeqCst), before + 1, "the re-added issuer's keys are fetched again");
+    assert_eq!(w.app.delete(&delete_issuer).await.status(), 204);
+    expect(w.app.post_json("/v1/admin/issuers", replaced).await, 201).await;
+    assert_eq!(expect(w.exchange(&w.user_agent, &subject).await, 400).await["error"], "invalid_grant");
+}

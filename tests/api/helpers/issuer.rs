@@ -32,17 +32,32 @@ impl Issuer {
         let fetches = Arc::new(AtomicUsize::new(0));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        let (body, counter) = (jwks.to_string(), fetches.clone());
+        // After a key compromise: the same document without the RSA key.
+        let mut rotated = jwks.clone();
+        rotated["keys"].as_array_mut().unwrap().retain(|k| k["kid"] != "rsa-1");
+        let (body, rotated, counter) = (jwks.to_string(), rotated.to_string(), fetches.clone());
         let server = actix_web::HttpServer::new(move || {
-            let (body, counter) = (body.clone(), counter.clone());
-            actix_web::App::new().route(
-                "/jwks.json",
-                actix_web::web::get().to(move || {
-                    counter.fetch_add(1, Ordering::SeqCst);
-                    let body = body.clone();
-                    async move { actix_web::HttpResponse::Ok().content_type("application/json").body(body) }
-                }),
-            )
+            let (body, rotated, counter) = (body.clone(), rotated.clone(), counter.clone());
+            actix_web::App::new()
+                .route(
+                    "/jwks.json",
+                    actix_web::web::get().to(move || {
+                        counter.fetch_add(1, Ordering::SeqCst);
+                        let body = body.clone();
+                        async move {
+                            // Slow enough that concurrent verifications overlap the fetch.
+                            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                            actix_web::HttpResponse::Ok().content_type("application/json").body(body)
+                        }
+                    }),
+                )
+                .route(
+                    "/rotated.json",
+                    actix_web::web::get().to(move || {
+                        let body = rotated.clone();
+                        async move { actix_web::HttpResponse::Ok().content_type("application/json").body(body) }
+                    }),
+                )
         })
         .workers(1)
         .listen(listener)
