@@ -152,7 +152,10 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::MinTtlUnsatisfiable { lifetime } => {
                 Self::new(StatusCode::BAD_REQUEST, "min_ttl_unsatisfiable", msg).with("token_lifetime", json!(lifetime))
             }
-            ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. } | ReleaseError::Internal => Self::internal(),
+            ReleaseError::RefreshNeeded { .. }
+            | ReleaseError::NarrowNeeded { .. }
+            | ReleaseError::KeyNeeded { .. }
+            | ReleaseError::Internal => Self::internal(),
         }
     }
 }

@@ -7,9 +7,11 @@
 
 pub mod files;
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
 
 use crate::crypto::keyfile::{self, KdfLimits, KdfParams, KeyFileError, Protection};
 use crate::crypto::{ct_eq, CryptoError, MasterKey};
@@ -34,6 +36,11 @@ pub enum KeyError {
     PassphraseRequired,
     #[error("the key written for version {0} did not read back identically; nothing was activated")]
     ReadBack(u32),
+    #[error("master key file {path} is not passphrase-protected, but this vault's keys are; refusing to adopt it (anyone who can read it would hold the key to new data): remove it and run `latchkey keys rotate`")]
+    Unprotected { path: String },
+    /// The key is needed on a thread that must not derive it (an async worker).
+    #[error("master key version {0} is not loaded yet")]
+    NotLoaded(u32),
     #[error(transparent)]
     Crypto(#[from] CryptoError),
 }
@@ -104,6 +111,24 @@ pub struct KeyRing {
     passphrase: OnceLock<Option<Secret>>,
     limits: KdfLimits,
     loaded: RwLock<HashMap<u32, Arc<MasterKey>>>,
+    /// Held while a key file is decoded (argon2 at 64 MiB): concurrent callers wait and
+    /// share the one derivation.
+    loading: Mutex<()>,
+    /// Key files decoded so far.
+    loads: AtomicU64,
+}
+
+thread_local! {
+    static NO_LOADING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Runs `f` with key loading forbidden on this thread: a version not loaded yet is
+/// [`KeyError::NotLoaded`] instead of a key derivation that would stall an async worker.
+pub fn without_loading<T>(f: impl FnOnce() -> T) -> T {
+    let before = NO_LOADING.with(|n| n.replace(true));
+    let out = f();
+    NO_LOADING.with(|n| n.set(before));
+    out
 }
 
 impl std::fmt::Debug for KeyRing {
@@ -117,11 +142,15 @@ impl KeyRing {
     /// The passphrase is asked of `source` only when a protected key is first needed.
     pub fn open(path: &Path, source: PassphraseSource) -> Result<Self, KeyError> {
         let dir = KeyDir::open(path)?;
-        let mut protected = false;
+        let mut protection = Vec::new();
         for v in dir.versions()? {
             let bytes = dir.read(v)?;
             let header = keyfile::header(&bytes, &KdfLimits::PRODUCTION).map_err(|source| file_error(&dir, v, source))?;
-            protected |= matches!(header.protection, Protection::Passphrase(_));
+            protection.push((v, matches!(header.protection, Protection::Passphrase(_))));
+        }
+        let protected = protection.iter().any(|(_, p)| *p);
+        if let Some((v, _)) = protection.iter().find(|(_, p)| protected && !*p) {
+            return Err(KeyError::Unprotected { path: dir.file_path(*v).display().to_string() });
         }
         Ok(KeyRing {
             dir,
@@ -130,6 +159,8 @@ impl KeyRing {
             passphrase: OnceLock::new(),
             limits: KdfLimits::PRODUCTION,
             loaded: RwLock::new(HashMap::new()),
+            loading: Mutex::new(()),
+            loads: AtomicU64::new(0),
         })
     }
 
@@ -143,6 +174,8 @@ impl KeyRing {
             passphrase: OnceLock::from(passphrase),
             limits: KdfLimits::PRODUCTION,
             loaded: RwLock::new(HashMap::new()),
+            loading: Mutex::new(()),
+            loads: AtomicU64::new(0),
         };
         ring.create_version(1)?;
         Ok(ring)
@@ -167,17 +200,39 @@ impl KeyRing {
         self.protected
     }
 
-    /// The key of `version`, loaded from its file on first use.
+    fn cached(&self, version: u32) -> Option<Arc<MasterKey>> {
+        self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(&version).cloned()
+    }
+
+    /// The key of `version`, loaded from its file on first use (once, however many ask at
+    /// the same time). Inside [`without_loading`] only a loaded key is returned.
     pub fn get(&self, version: u32) -> Result<Arc<MasterKey>, KeyError> {
-        if let Some(k) = self.loaded.read().unwrap_or_else(|p| p.into_inner()).get(&version) {
-            return Ok(k.clone());
+        if let Some(k) = self.cached(version) {
+            return Ok(k);
+        }
+        if NO_LOADING.with(Cell::get) {
+            return Err(KeyError::NotLoaded(version));
+        }
+        let _loading = self.loading.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(k) = self.cached(version) {
+            return Ok(k);
         }
         let bytes = self.dir.read(version)?;
+        let header = keyfile::header(&bytes, &self.limits).map_err(|source| file_error(&self.dir, version, source))?;
+        if self.protected && header.protection == Protection::None {
+            return Err(KeyError::Unprotected { path: self.dir.file_path(version).display().to_string() });
+        }
         let key =
             keyfile::decode(&bytes, version, self.passphrase()?, &self.limits).map_err(|source| file_error(&self.dir, version, source))?;
+        self.loads.fetch_add(1, Ordering::Relaxed);
         let key = Arc::new(key);
         self.loaded.write().unwrap_or_else(|p| p.into_inner()).insert(version, key.clone());
         Ok(key)
+    }
+
+    /// Key files decoded so far (each at most once).
+    pub fn loads(&self) -> u64 {
+        self.loads.load(Ordering::Relaxed)
     }
 
     /// Generates `version`, writes it atomically, reads it back and checks it, and only
@@ -213,4 +268,52 @@ impl KeyRing {
 fn file_error(dir: &KeyDir, version: u32, source: KeyFileError) -> KeyError {
     let hint = hint(&source);
     KeyError::File { path: dir.file_path(version).display().to_string(), source, hint }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn protected_ring(dir: &Path) -> (KeyRing, std::path::PathBuf) {
+        let pass_file = dir.join("pass");
+        std::fs::write(&pass_file, "correct horse battery staple").unwrap();
+        let keys = dir.join("keys");
+        KeyRing::init(&keys, Some(Secret::new("correct horse battery staple".into()))).unwrap();
+        (KeyRing::open(&keys, PassphraseSource::File(pass_file.clone())).unwrap(), pass_file)
+    }
+
+    #[test]
+    fn a_key_is_derived_once_however_many_ask_and_never_where_loading_is_forbidden() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ring, _) = protected_ring(tmp.path());
+        assert!(matches!(without_loading(|| ring.get(1)), Err(KeyError::NotLoaded(1))));
+        assert_eq!(ring.loads(), 0, "nothing was derived on the forbidden thread");
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| ring.get(1).unwrap());
+            }
+        });
+        assert_eq!(ring.loads(), 1, "eight callers, one derivation");
+        assert!(without_loading(|| ring.get(1)).is_ok(), "a loaded key is there for everyone");
+    }
+
+    #[test]
+    fn an_unprotected_key_file_is_not_adopted_into_a_protected_vault() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (ring, pass_file) = protected_ring(tmp.path());
+        // Someone who can write the keys directory (not read the passphrase) plants v2.
+        let planted = MasterKey::generate(2).unwrap();
+        let bytes = keyfile::encode(&planted, Protection::None, None).unwrap();
+        ring.dir().write_new(2, &bytes).unwrap();
+        // A running server refuses to load it...
+        assert!(matches!(ring.get(2), Err(KeyError::Unprotected { .. })));
+        // ...and so does the next start.
+        let keys = tmp.path().join("keys");
+        assert!(matches!(KeyRing::open(&keys, PassphraseSource::File(pass_file)), Err(KeyError::Unprotected { .. })));
+        // An unprotected (development) vault is all unprotected and opens.
+        let dev = tmp.path().join("dev");
+        KeyRing::init(&dev, None).unwrap();
+        let ring = KeyRing::open(&dev, PassphraseSource::None).unwrap();
+        assert!(ring.get(1).is_ok());
+    }
 }

@@ -14,6 +14,7 @@ impl Services {
     /// Releases a credential as `input` asks, or says why not. Every decision is audited
     /// before it is returned; a decision whose audit record cannot be written is refused.
     pub async fn release(&self, mut input: ReleaseInput) -> Result<Released, VaultError> {
+        let mut key_loaded = false;
         let outcome = loop {
             // Decided on the worker, not the blocking pool: with the policy and spec cached it
             // is one point read from the page cache and an AES-GCM open, cheaper than a hop to
@@ -36,6 +37,12 @@ impl Services {
                         Narrowed::Unavailable => Narrowing::Unavailable,
                         Narrowed::Failed { retry_after } => Narrowing::Failed { retry_after },
                     };
+                }
+                Err(VaultError::Release(ReleaseError::KeyNeeded { version })) if !key_loaded => {
+                    // A version activated since (a rotation by another process): derived
+                    // once, on the blocking pool, shared by everyone waiting for it.
+                    self.blocking(move |v| v.load_key(version)).await?;
+                    key_loaded = true;
                 }
                 other => break other,
             }

@@ -210,6 +210,17 @@ impl Vault {
         active.ok_or_else(|| VaultError::Integrity("no active master key is recorded in the database".into()))
     }
 
+    /// Loads master key `version` (a key derivation: call it on the blocking pool).
+    pub fn load_key(&self, version: u32) -> Result<()> {
+        self.keys.get(version)?;
+        Ok(())
+    }
+
+    /// Master key files decoded by this process so far.
+    pub fn key_loads(&self) -> u64 {
+        self.keys.loads()
+    }
+
     pub fn clock(&self) -> &Clock {
         &self.clock
     }

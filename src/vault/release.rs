@@ -55,6 +55,9 @@ pub enum ReleaseError {
     /// Internal: a narrower token must be minted first (never audited, never answered).
     #[error("narrower token needed")]
     NarrowNeeded { owner: Owner, scopes: Vec<Scope>, min_ttl: i64 },
+    /// Internal: a master key must be loaded (off the async workers) first.
+    #[error("master key needed")]
+    KeyNeeded { version: u32 },
 }
 
 /// Validity a token must have left when the caller names no `min_ttl`, at most.
@@ -211,14 +214,16 @@ impl Vault {
                 request_id: &input.request_id,
                 ..Record::default()
             };
-            match self.decide(input, &mut rec, attempt == MAX_ATTEMPTS) {
+            // Decided on an async worker: a master key not loaded yet is loaded by the
+            // caller on the blocking pool (KeyNeeded), never derived here.
+            match crate::keys::without_loading(|| self.decide(input, &mut rec, attempt == MAX_ATTEMPTS)) {
                 Ok(r) => break (Ok(r), rec),
                 Err(Refuse::Release(e)) => break (Err(e), rec),
                 Err(Refuse::Stale) => continue,
             }
         };
         let request_id = input.request_id.clone();
-        if let Err(ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. }) = &outcome {
+        if let Err(ReleaseError::RefreshNeeded { .. } | ReleaseError::NarrowNeeded { .. } | ReleaseError::KeyNeeded { .. }) = &outcome {
             // The caller refreshes and asks again; that second decision is audited.
             return Decision { outcome, event: None, request_id };
         }
@@ -480,6 +485,9 @@ fn refused(rec: &mut Record<'_>, refused: Vec<Scope>) -> ReleaseError {
 
 /// Logs an internal failure of the release path; the caller sees only `internal_error`.
 fn internal(e: VaultError) -> ReleaseError {
+    if let VaultError::Keys(crate::keys::KeyError::NotLoaded(version)) = e {
+        return ReleaseError::KeyNeeded { version };
+    }
     tracing::error!(error = %e, "release failed");
     ReleaseError::Internal
 }

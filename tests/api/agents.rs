@@ -518,6 +518,16 @@ async fn changes_from_another_process_reach_the_next_release() {
     cli(&["credentials", "put", "reports", "tenant:idp:acme", "--api-key-file", key.to_str().unwrap()]);
     let v = expect(w.release(&token, path).await, 200).await;
     assert_eq!(v["header"], json!({"name": "X-Report-Key", "value": "sk-replaced"}));
+
+    // Master keys rotated by another process: releases load the new version once, on the
+    // blocking pool, and go on working.
+    let loads = w.app.vault.key_loads();
+    cli(&["keys", "rotate"]);
+    for _ in 0..5 {
+        let v = expect(w.release(&token, path).await, 200).await;
+        assert_eq!(v["header"]["value"], "sk-replaced");
+    }
+    assert_eq!(w.app.vault.key_loads(), loads + 1);
 }
 
 /// The reported attack: a second trusted issuer's `alice` released the first issuer's
