@@ -141,6 +141,17 @@ impl Store {
             .mode(0o700)
             .create(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
+        // Created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the
+        // database file's mode).
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&path)
+                .map_err(|e| StoreError::Io(format!("cannot create database {}: {e}", path.display())))?;
+        }
         let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
         c.execute_batch("PRAGMA journal_mode = WAL;")?;
         drop(c);
@@ -153,6 +164,7 @@ impl Store {
         if !path.exists() {
             return Err(StoreError::NotInitialised(data_dir.display().to_string()));
         }
+        tighten_modes(data_dir, &path)?;
         let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
         configure(&mut writer)?;
         writer.execute_batch("PRAGMA journal_mode = WAL;")?;
@@ -196,6 +208,30 @@ impl Store {
     }
 }
 
+/// The data directory is 0700 and the database files 0600: looser modes (an older
+/// version, a restore, a umask) are tightened at every open, or the open fails.
+fn tighten_modes(data_dir: &Path, db: &Path) -> Result<(), StoreError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut wal = db.as_os_str().to_owned();
+    wal.push("-wal");
+    let mut shm = db.as_os_str().to_owned();
+    shm.push("-shm");
+    let files = [(data_dir.to_path_buf(), 0o700), (db.to_path_buf(), 0o600), (wal.into(), 0o600), (shm.into(), 0o600)];
+    for (path, mode) in files {
+        let Ok(meta) = std::fs::metadata(&path) else { continue };
+        if meta.permissions().mode() & 0o077 != 0 {
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
+                StoreError::Io(format!(
+                    "{} is readable by others and cannot be made {mode:o}: {e}; run chmod {mode:o} on it",
+                    path.display()
+                ))
+            })?;
+            tracing::warn!(path = %path.display(), "tightened the mode to {mode:o}");
+        }
+    }
+    Ok(())
+}
+
 fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let current: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = MIGRATIONS.len() as u32;
@@ -229,6 +265,25 @@ pub fn db_schema_version(c: &Connection) -> Result<u32, StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_files_are_private_and_loose_modes_are_tightened() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("data");
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        let store = Store::create(&dir).unwrap();
+        store.write(|c| c.execute_batch("CREATE TABLE t (x)").map_err(StoreError::from)).unwrap();
+        let wal = dir.join(format!("{DB_FILE}-wal"));
+        assert_eq!((mode(&dir), mode(&Store::db_path(&dir)), mode(&wal)), (0o700, 0o600, 0o600));
+        drop(store);
+        // As an older version or a careless restore left them.
+        for (p, m) in [(dir.clone(), 0o755), (Store::db_path(&dir), 0o644)] {
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
+        }
+        drop(Store::open(&dir).unwrap());
+        assert_eq!((mode(&dir), mode(&Store::db_path(&dir))), (0o700, 0o600));
+    }
 
     /// A database at schema `version`, as an older latchkey left it.
     fn database_at(dir: &Path, version: usize) -> Connection {
