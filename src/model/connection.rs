@@ -77,8 +77,9 @@ pub struct OAuth2Spec {
     pub client_id: String,
     #[serde(default)]
     pub scopes: Vec<Scope>,
-    #[serde(default)]
-    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
+    /// Absent: the catalog provider's method, else `client_secret_basic`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_endpoint_auth_method: Option<TokenEndpointAuthMethod>,
     #[serde(default = "yes")]
     pub pkce: bool,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]

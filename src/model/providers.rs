@@ -4,6 +4,8 @@
 
 use serde::Serialize;
 
+use super::TokenEndpointAuthMethod;
+
 /// How a provider's token endpoint shapes its answers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -15,6 +17,21 @@ pub enum ResponseShape {
     Slack,
 }
 
+/// A provider's own sign that a refresh grant is gone, beyond the standard codes (every
+/// given part must match).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct GrantGone {
+    /// The HTTP status it comes with.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    /// The `error` code.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'static str>,
+    /// A body field, and text its value contains.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub field: Option<(&'static str, &'static str)>,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct Provider {
     pub name: &'static str,
@@ -24,7 +41,8 @@ pub struct Provider {
     pub token_endpoint: &'static str,
     /// RFC 7009 endpoint, when the provider has one.
     pub revocation_endpoint: Option<&'static str>,
-    pub token_endpoint_auth_method: &'static str,
+    /// How the provider wants the client to authenticate, unless the connection says.
+    pub token_endpoint_auth_method: TokenEndpointAuthMethod,
     pub pkce: bool,
     /// Added to every authorization request.
     pub extra_authorize_params: &'static [(&'static str, &'static str)],
@@ -38,6 +56,9 @@ pub struct Provider {
     /// Documented to honour a narrower `scope` on the refresh grant (RFC 6749 §6), so that
     /// `downscope` is the default scope enforcement for its connections.
     pub honours_narrow_refresh: bool,
+    /// How the provider says a refresh grant is gone, where it does not use a standard code.
+    #[serde(skip_serializing_if = "<[GrantGone]>::is_empty")]
+    pub grant_gone: &'static [GrantGone],
     pub notes: &'static str,
 }
 
@@ -54,7 +75,7 @@ const fn p(
         authorization_endpoint: authz,
         token_endpoint: token,
         revocation_endpoint: revoke,
-        token_endpoint_auth_method: "client_secret_basic",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
         pkce: true,
         extra_authorize_params: &[],
         scope_separator: " ",
@@ -62,6 +83,7 @@ const fn p(
         rotates_refresh_tokens: false,
         expiry_optional: false,
         honours_narrow_refresh: false,
+        grant_gone: &[],
         notes: "",
     }
 }
@@ -70,28 +92,28 @@ const fn p(
 pub const CATALOG: &[Provider] = &[
     Provider {
         extra_authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "A refresh token is only issued with access_type=offline; prompt=consent makes Google issue it again on reconnect.",
         ..p("google", "Google", "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token", Some("https://oauth2.googleapis.com/revoke"))
     },
     Provider {
         rotates_refresh_tokens: true,
         honours_narrow_refresh: true,
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Tenant in the URL: set oauth2.tenant (default 'common'). Add the offline_access scope for refresh tokens. No RFC 7009 revocation endpoint. The refresh grant takes a scope subset, so downscoping works.",
         ..p("microsoft", "Microsoft Entra ID", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token", None)
     },
     Provider {
         expiry_optional: true,
         pkce: true,
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "token_type is lowercase 'bearer'; tokens expire (8 h, refresh 6 months) only if the app opts into expiring user tokens. Needs Accept: application/json. Revocation is a non-standard API call.",
         ..p("github", "GitHub", "https://github.com/login/oauth/authorize", "https://github.com/login/oauth/access_token", None)
     },
     Provider {
         response_shape: ResponseShape::Slack,
         scope_separator: ",",
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         expiry_optional: true,
         pkce: false,
         notes: "oauth.v2.access answers HTTP 200 with {\"ok\": false, \"error\"} on failure; user tokens arrive under authed_user. Tokens expire only with token rotation enabled. Comma-separated scopes.",
@@ -99,14 +121,16 @@ pub const CATALOG: &[Provider] = &[
     },
     Provider {
         expiry_optional: true,
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Responses carry instance_url (the org's API host); no expires_in (session policy decides).",
         ..p("salesforce", "Salesforce", "https://login.salesforce.com/services/oauth2/authorize", "https://login.salesforce.com/services/oauth2/token", Some("https://login.salesforce.com/services/oauth2/revoke"))
     },
     Provider {
         extra_authorize_params: &[("audience", "api.atlassian.com"), ("prompt", "consent")],
         rotates_refresh_tokens: true,
-        token_endpoint_auth_method: "client_secret_post",
+        // An expired or revoked refresh token: HTTP 403 unauthorized_client.
+        grant_gone: &[GrantGone { status: Some(403), error: Some("unauthorized_client"), field: None }],
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Rotating refresh tokens; request the offline_access scope.",
         ..p("atlassian", "Atlassian (Jira, Confluence)", "https://auth.atlassian.com/authorize", "https://auth.atlassian.com/oauth/token", None)
     },
@@ -118,7 +142,9 @@ pub const CATALOG: &[Provider] = &[
         ..p("notion", "Notion", "https://api.notion.com/v1/oauth/authorize", "https://api.notion.com/v1/oauth/token", None)
     },
     Provider {
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
+        // {"status": "BAD_REFRESH_TOKEN", "message": ...} with no `error` field.
+        grant_gone: &[GrantGone { status: None, error: None, field: Some(("status", "BAD_REFRESH_TOKEN")) }],
         notes: "Access tokens last 30 minutes. Revocation is DELETE /oauth/v1/refresh-tokens/{token} (non-standard).",
         ..p("hubspot", "HubSpot", "https://app.hubspot.com/oauth/authorize", "https://api.hubapi.com/oauth/v1/token", None)
     },
@@ -129,26 +155,33 @@ pub const CATALOG: &[Provider] = &[
     },
     Provider {
         rotates_refresh_tokens: true,
+        // {"reason": "Invalid Token!", "error": "invalid_request"}.
+        grant_gone: &[GrantGone { status: None, error: Some("invalid_request"), field: Some(("reason", "Invalid Token")) }],
         notes: "Rotating refresh tokens: the previous one stops working after a refresh.",
         ..p("zoom", "Zoom", "https://zoom.us/oauth/authorize", "https://zoom.us/oauth/token", Some("https://zoom.us/oauth/revoke"))
     },
     Provider {
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Comma- or space-separated scopes accepted.",
         ..p("linear", "Linear", "https://linear.app/oauth/authorize", "https://api.linear.app/oauth/token", Some("https://api.linear.app/oauth/revoke"))
     },
     Provider {
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Access tokens last one hour.",
         ..p("asana", "Asana", "https://app.asana.com/-/oauth_authorize", "https://app.asana.com/-/oauth_token", Some("https://app.asana.com/-/oauth_revoke"))
     },
     Provider {
         rotates_refresh_tokens: true,
-        token_endpoint_auth_method: "client_secret_post",
+        token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Rotating single-use refresh tokens (60 days).",
         ..p("box", "Box", "https://account.box.com/api/oauth2/authorize", "https://api.box.com/oauth2/token", Some("https://api.box.com/oauth2/revoke"))
     },
-    Provider { notes: "Access tokens last 7 days.", ..p("discord", "Discord", "https://discord.com/oauth2/authorize", "https://discord.com/api/oauth2/token", Some("https://discord.com/api/oauth2/token/revoke")) },
+    Provider {
+        // {"error": "invalid_request", "error_description": "Invalid \"refresh_token\" in request."}.
+        grant_gone: &[GrantGone { status: None, error: Some("invalid_request"), field: Some(("error_description", "Invalid \"refresh_token\"")) }],
+        notes: "Access tokens last 7 days.",
+        ..p("discord", "Discord", "https://discord.com/oauth2/authorize", "https://discord.com/api/oauth2/token", Some("https://discord.com/api/oauth2/token/revoke"))
+    },
     Provider {
         rotates_refresh_tokens: true,
         notes: "gitlab.com; for self-managed GitLab give explicit endpoints. Rotating refresh tokens; access tokens last 2 hours.",

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::endpoints::Endpoints;
 use crate::model::oauth::TokenSet;
-use crate::model::providers::ResponseShape;
+use crate::model::providers::{GrantGone, ResponseShape};
 use crate::model::TokenEndpointAuthMethod;
 use crate::secret::Secret;
 
@@ -48,8 +48,27 @@ impl ProviderError {
     }
 }
 
-/// Error codes meaning "this grant is gone", across providers.
-const REJECTED_CODES: [&str; 5] = ["invalid_grant", "invalid_refresh_token", "token_revoked", "token_expired", "refresh_token_expired"];
+/// Error codes meaning "this grant is gone", across providers: RFC 6749's `invalid_grant`,
+/// Slack's and others' token codes, GitHub's `bad_refresh_token` (sent with HTTP 200),
+/// Microsoft's "the user must sign in again" codes, Salesforce's inactive user or org.
+const REJECTED_CODES: [&str; 11] = [
+    "invalid_grant",
+    "invalid_refresh_token",
+    "token_revoked",
+    "token_expired",
+    "refresh_token_expired",
+    "bad_refresh_token",
+    "interaction_required",
+    "consent_required",
+    "login_required",
+    "inactive_user",
+    "inactive_org",
+];
+
+/// Codes meaning latchkey's own client credentials are refused: an operator must fix the
+/// connection, the owner's grant is not in question (GitHub's, Slack's, HubSpot's names).
+const CLIENT_CODES: [&str; 5] =
+    ["invalid_client", "unauthorized_client", "incorrect_client_credentials", "bad_client_secret", "BAD_CLIENT_ID"];
 
 /// The client for provider calls: bounded in time, never following redirects.
 pub fn http_client(timeout: Duration) -> Result<reqwest::Client, reqwest::Error> {
@@ -71,8 +90,30 @@ struct Raw {
     instance_url: Option<String>,
     id_token: Option<String>,
     error: Option<String>,
+    error_description: Option<String>,
+    /// Zoom's explanation next to `error`.
+    reason: Option<String>,
+    /// HubSpot's error code (and a number elsewhere).
+    status: Option<serde_json::Value>,
     ok: Option<bool>,
     authed_user: Option<Box<Raw>>,
+}
+
+impl Raw {
+    /// A body field a provider rule may look at.
+    fn field(&self, name: &str) -> Option<&str> {
+        match name {
+            "error_description" => self.error_description.as_deref(),
+            "reason" => self.reason.as_deref(),
+            "status" => self.status.as_ref().and_then(|s| s.as_str()),
+            _ => None,
+        }
+    }
+}
+
+/// Sanitised for storage and logs: short, printable, no spaces.
+fn code_of(s: &str) -> String {
+    s.chars().take(64).filter(|c| c.is_ascii_graphic()).collect()
 }
 
 impl Drop for Raw {
@@ -169,21 +210,45 @@ async fn token_request(
     let raw: Raw = serde_json::from_slice(&body)
         .map_err(|_| ProviderError::transient(format!("provider answered HTTP {} with a non-JSON or malformed body", status.as_u16())))?;
     drop(zeroize::Zeroizing::new(body));
-    parse(raw, status.as_u16(), ep.shape)
+    parse(raw, status.as_u16(), ep.shape, ep.grant_gone)
 }
 
-fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, ProviderError> {
+/// The provider's own rule that says this answer means the grant is gone, if any.
+fn grant_gone(raw: &Raw, status: u16, rules: &[GrantGone]) -> Option<String> {
+    rules.iter().find_map(|r| {
+        let status_ok = r.status.is_none_or(|s| s == status);
+        let error_ok = r.error.is_none_or(|e| raw.error.as_deref() == Some(e));
+        let field = match r.field {
+            None => Some(None),
+            Some((name, text)) => raw.field(name).filter(|v| v.contains(text)).map(Some),
+        };
+        match (status_ok && error_ok, field) {
+            (true, Some(value)) => Some(code_of(raw.error.as_deref().or(value).unwrap_or("grant_gone"))),
+            _ => None,
+        }
+    })
+}
+
+fn parse(raw: Raw, status: u16, shape: ResponseShape, rules: &[GrantGone]) -> Result<TokenSet, ProviderError> {
+    if let Some(code) = grant_gone(&raw, status, rules) {
+        return Err(ProviderError::Rejected { code });
+    }
     let error = match shape {
         ResponseShape::Slack if raw.ok == Some(false) => Some(raw.error.clone().unwrap_or_else(|| "unknown_error".into())),
-        _ => raw.error.clone(),
+        _ => raw.error.clone().or_else(|| raw.field("status").filter(|_| !(200..300).contains(&status)).map(str::to_owned)),
     };
     if let Some(code) = error {
-        let code: String = code.chars().take(64).filter(|c| c.is_ascii_graphic()).collect();
+        let code = code_of(&code);
         if REJECTED_CODES.contains(&code.as_str()) {
             return Err(ProviderError::Rejected { code });
         }
         if code == "invalid_scope" {
             return Err(ProviderError::ScopeRefused);
+        }
+        if CLIENT_CODES.contains(&code.as_str()) {
+            return Err(ProviderError::transient(format!(
+                "the provider refused latchkey's client credentials ('{code}', HTTP {status}): check the connection's client_id and client_secret"
+            )));
         }
         return Err(ProviderError::transient(format!("provider error '{code}' (HTTP {status})")));
     }
@@ -201,6 +266,9 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape) -> Result<TokenSet, Provid
             instance_url: None,
             id_token: None,
             error: None,
+            error_description: None,
+            reason: None,
+            status: None,
             ok: None,
             authed_user: None,
         },
@@ -355,20 +423,102 @@ mod tests {
         serde_json::from_value(v).unwrap()
     }
 
+    /// Every documented "the grant is gone" answer of the catalog's providers, and answers
+    /// that look alike but are not (client misconfiguration, outages).
+    #[test]
+    fn dead_grants_per_provider() {
+        use crate::model::providers::find;
+        let rules = |name: &str| find(name).unwrap().grant_gone;
+        let shape = |name: &str| find(name).unwrap().response_shape;
+        let cases: &[(&str, u16, serde_json::Value, bool)] = &[
+            // (provider, HTTP status, body, grant gone?)
+            ("google", 400, serde_json::json!({"error": "invalid_grant", "error_description": "Token has been expired or revoked."}), true),
+            ("microsoft", 400, serde_json::json!({"error": "invalid_grant", "error_description": "AADSTS70008"}), true),
+            ("microsoft", 400, serde_json::json!({"error": "interaction_required"}), true),
+            ("microsoft", 400, serde_json::json!({"error": "consent_required"}), true),
+            ("microsoft", 400, serde_json::json!({"error": "login_required"}), true),
+            ("microsoft", 400, serde_json::json!({"error": "temporarily_unavailable"}), false),
+            (
+                "github",
+                200,
+                serde_json::json!({"error": "bad_refresh_token", "error_description": "The refresh token passed is incorrect or expired."}),
+                true,
+            ),
+            ("github", 200, serde_json::json!({"error": "incorrect_client_credentials"}), false),
+            ("slack", 200, serde_json::json!({"ok": false, "error": "invalid_refresh_token"}), true),
+            ("slack", 200, serde_json::json!({"ok": false, "error": "token_revoked"}), true),
+            ("slack", 200, serde_json::json!({"ok": false, "error": "token_expired"}), true),
+            ("slack", 200, serde_json::json!({"ok": false, "error": "bad_client_secret"}), false),
+            ("slack", 200, serde_json::json!({"ok": false, "error": "ratelimited"}), false),
+            ("salesforce", 400, serde_json::json!({"error": "invalid_grant", "error_description": "expired access/refresh token"}), true),
+            ("salesforce", 400, serde_json::json!({"error": "inactive_user"}), true),
+            ("salesforce", 400, serde_json::json!({"error": "inactive_org"}), true),
+            ("atlassian", 403, serde_json::json!({"error": "unauthorized_client", "error_description": "refresh_token is invalid"}), true),
+            ("atlassian", 401, serde_json::json!({"error": "access_denied", "error_description": "Unauthorized"}), false),
+            ("atlassian", 400, serde_json::json!({"error": "unauthorized_client"}), false),
+            ("hubspot", 400, serde_json::json!({"status": "BAD_REFRESH_TOKEN", "message": "missing or unknown refresh token"}), true),
+            ("hubspot", 400, serde_json::json!({"status": "BAD_CLIENT_ID", "message": "missing or unknown client id"}), false),
+            ("zoom", 400, serde_json::json!({"reason": "Invalid Token!", "error": "invalid_request"}), true),
+            ("zoom", 401, serde_json::json!({"reason": "Invalid client_id or client_secret", "error": "invalid_client"}), false),
+            ("zoom", 400, serde_json::json!({"error": "invalid_grant"}), true),
+            (
+                "discord",
+                400,
+                serde_json::json!({"error": "invalid_request", "error_description": "Invalid \"refresh_token\" in request."}),
+                true,
+            ),
+            ("discord", 400, serde_json::json!({"error": "invalid_request", "error_description": "Missing \"code\" in request."}), false),
+            (
+                "dropbox",
+                400,
+                serde_json::json!({"error": "invalid_grant", "error_description": "refresh token is invalid or revoked"}),
+                true,
+            ),
+            ("box", 400, serde_json::json!({"error": "invalid_grant", "error_description": "Refresh token has expired"}), true),
+            ("gitlab", 400, serde_json::json!({"error": "invalid_grant"}), true),
+            ("linear", 400, serde_json::json!({"error": "invalid_grant"}), true),
+            ("asana", 400, serde_json::json!({"error": "invalid_grant"}), true),
+            ("spotify", 400, serde_json::json!({"error": "invalid_grant", "error_description": "Refresh token revoked"}), true),
+            ("spotify", 400, serde_json::json!({"error": "invalid_client"}), false),
+            ("google", 503, serde_json::json!({"error": "server_error"}), false),
+        ];
+        for (provider, status, body, gone) in cases {
+            let outcome = parse(raw(body.clone()), *status, shape(provider), rules(provider));
+            match (gone, &outcome) {
+                (true, Err(ProviderError::Rejected { .. })) | (false, Err(ProviderError::Transient { .. })) => {}
+                _ => panic!("{provider} HTTP {status} {body}: {outcome:?}"),
+            }
+        }
+        // Provider rules do not leak onto other providers: Atlassian's 403 elsewhere is a
+        // client problem, not a dead grant.
+        let other = parse(raw(serde_json::json!({"error": "unauthorized_client"})), 403, ResponseShape::Standard, &[]);
+        assert!(matches!(other, Err(ProviderError::Transient { .. })), "{other:?}");
+    }
+
+    #[test]
+    fn catalog_auth_method_applies_unless_the_connection_names_one() {
+        let names = include_str!("../../migrations/0009_catalog_auth_method.sql");
+        for p in crate::model::providers::CATALOG {
+            let listed = names.contains(&format!("'{}'", p.name));
+            assert_eq!(listed, p.token_endpoint_auth_method == TokenEndpointAuthMethod::ClientSecretPost, "{} in migration 0009", p.name);
+        }
+    }
+
     #[test]
     fn classification() {
         let std = ResponseShape::Standard;
-        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_grant"})), 400, std), Err(ProviderError::Rejected { .. })));
-        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_client"})), 401, std), Err(ProviderError::Transient { .. })));
-        assert!(matches!(parse(raw(serde_json::json!({"token_type": "bearer"})), 200, std), Err(ProviderError::Transient { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_grant"})), 400, std, &[]), Err(ProviderError::Rejected { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"error": "invalid_client"})), 401, std, &[]), Err(ProviderError::Transient { .. })));
+        assert!(matches!(parse(raw(serde_json::json!({"token_type": "bearer"})), 200, std, &[]), Err(ProviderError::Transient { .. })));
         assert!(matches!(
-            parse(raw(serde_json::json!({"access_token": "a", "token_type": "mac"})), 200, std),
+            parse(raw(serde_json::json!({"access_token": "a", "token_type": "mac"})), 200, std, &[]),
             Err(ProviderError::Transient { .. })
         ));
         let ok = parse(
             raw(serde_json::json!({"access_token": "a", "token_type": "bearer", "expires_in": "3600", "refresh_token": "r"})),
             200,
             std,
+            &[],
         )
         .unwrap();
         assert_eq!((ok.token_type.as_str(), ok.expires_in), ("Bearer", Some(3600)));
@@ -379,24 +529,27 @@ mod tests {
             serde_json::json!(1e300),
             serde_json::json!("99999999999999999999999"),
         ] {
-            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": huge})), 200, std).unwrap();
+            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": huge})), 200, std, &[]).unwrap();
             assert_eq!(t.expires_in, Some(MAX_EXPIRES_IN), "{huge}");
         }
         for none in
             [serde_json::json!(0), serde_json::json!(-5), serde_json::json!("soon"), serde_json::json!(null), serde_json::json!([1])]
         {
-            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": none})), 200, std).unwrap();
+            let t = parse(raw(serde_json::json!({"access_token": "a", "expires_in": none})), 200, std, &[]).unwrap();
             assert_eq!(t.expires_in, None, "{none}");
         }
-        assert_eq!(parse(raw(serde_json::json!({"access_token": "a", "expires_in": 3599.9})), 200, std).unwrap().expires_in, Some(3599));
+        assert_eq!(
+            parse(raw(serde_json::json!({"access_token": "a", "expires_in": 3599.9})), 200, std, &[]).unwrap().expires_in,
+            Some(3599)
+        );
         // Slack: errors in a 200, user tokens under authed_user.
         let slack = ResponseShape::Slack;
         assert!(matches!(
-            parse(raw(serde_json::json!({"ok": false, "error": "invalid_refresh_token"})), 200, slack),
+            parse(raw(serde_json::json!({"ok": false, "error": "invalid_refresh_token"})), 200, slack, &[]),
             Err(ProviderError::Rejected { .. })
         ));
-        let u =
-            parse(raw(serde_json::json!({"ok": true, "authed_user": {"access_token": "xoxp", "token_type": "user"}})), 200, slack).unwrap();
+        let u = parse(raw(serde_json::json!({"ok": true, "authed_user": {"access_token": "xoxp", "token_type": "user"}})), 200, slack, &[])
+            .unwrap();
         assert_eq!(u.access_token.expose(), "xoxp");
     }
 }

@@ -18,6 +18,8 @@ pub struct Endpoints {
     pub revocation: Option<String>,
     pub auth_method: TokenEndpointAuthMethod,
     pub shape: ResponseShape,
+    /// The provider's own signs of a dead grant (catalog providers).
+    pub grant_gone: &'static [providers::GrantGone],
     pub scope_separator: &'static str,
     /// The provider's ID-token keys, when known.
     pub jwks_uri: Option<String>,
@@ -38,8 +40,10 @@ impl OAuthService {
             authorization: o.authorization_endpoint.clone().or(provider.map(|p| fill(p.authorization_endpoint))).unwrap_or_default(),
             token: o.token_endpoint.clone().or(provider.map(|p| fill(p.token_endpoint))).unwrap_or_default(),
             revocation: o.revocation_endpoint.clone().or(provider.and_then(|p| p.revocation_endpoint.map(fill))),
-            auth_method: o.token_endpoint_auth_method,
+            // Explicit, else the catalog's, else RFC 6749's default.
+            auth_method: o.token_endpoint_auth_method.or(provider.map(|p| p.token_endpoint_auth_method)).unwrap_or_default(),
             shape: provider.map(|p| p.response_shape).unwrap_or(ResponseShape::Standard),
+            grant_gone: provider.map(|p| p.grant_gone).unwrap_or(&[]),
             scope_separator: provider.map(|p| p.scope_separator).unwrap_or(" "),
             jwks_uri: o.jwks_uri.clone(),
             iss_required: false,
@@ -80,6 +84,7 @@ impl OAuthService {
             revocation: found.revocation,
             auth_method: TokenEndpointAuthMethod::ClientSecretBasic,
             shape: ResponseShape::Standard,
+            grant_gone: &[],
             scope_separator: " ",
             jwks_uri: found.jwks_uri,
             iss_required: found.iss_parameter_supported,
@@ -101,5 +106,29 @@ impl OAuthService {
         let found = client::discover(&self.http, url).await.map_err(Error::Discovery)?;
         self.discovery.lock().unwrap_or_else(|p| p.into_inner()).insert(url.to_owned(), (found.clone(), Instant::now()));
         Ok(found)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::model::{NewConnection, TokenEndpointAuthMethod};
+    use crate::service::testing::fixture;
+
+    #[tokio::test]
+    async fn client_authentication_is_explicit_then_the_catalogs_then_basic() {
+        let f = fixture();
+        let method = |body: serde_json::Value| {
+            let spec = NewConnection::from_json(body).unwrap().spec;
+            let oauth = f.services.oauth.clone();
+            async move { oauth.endpoints(&spec).await.unwrap().auth_method }
+        };
+        let google = serde_json::json!({"id": "g", "kind": "oauth2", "provider": "google", "oauth2": {"client_id": "c"}});
+        assert_eq!(method(google).await, TokenEndpointAuthMethod::ClientSecretPost, "the catalog's method");
+        let explicit = serde_json::json!({"id": "g", "kind": "oauth2", "provider": "google",
+            "oauth2": {"client_id": "c", "token_endpoint_auth_method": "client_secret_basic"}});
+        assert_eq!(method(explicit).await, TokenEndpointAuthMethod::ClientSecretBasic, "the connection's own");
+        let custom = serde_json::json!({"id": "x", "kind": "oauth2",
+            "oauth2": {"client_id": "c", "authorization_endpoint": "https://x.example/a", "token_endpoint": "https://x.example/t"}});
+        assert_eq!(method(custom).await, TokenEndpointAuthMethod::ClientSecretBasic, "RFC 6749's default");
     }
 }

@@ -28,6 +28,7 @@ const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/0006_scopes_known.sql"),
     include_str!("../../migrations/0007_connect_and_scopes.sql"),
     include_str!("../../migrations/0008_hardening.sql"),
+    include_str!("../../migrations/0009_catalog_auth_method.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;

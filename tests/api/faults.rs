@@ -218,3 +218,20 @@ async fn a_huge_expires_in_is_clamped() {
     let due: i64 = db.query_row("SELECT refresh_due_at FROM credentials WHERE connection_id = 'storm'", [], |r| r.get(0)).unwrap();
     assert!(due > app.clock.now() + ten_years - 3600, "due at {due}");
 }
+
+#[tokio::test]
+async fn a_dead_grant_reported_with_http_200_needs_reauth_instead_of_backing_off() {
+    let app = TestApp::spawn().await;
+    let provider = FaultServer::start();
+    provider.set("bad_refresh_token");
+    let token = storm_setup(&app, &provider).await;
+    let (status, body, _) = release_storm(&app, &token, Some(3600)).await;
+    assert_eq!((status, &body["error"]), (409, &json!("reauth_required")), "{body}");
+    let view = app.vault.get_credential(&ConnectionId::parse("storm").unwrap(), &Owner::parse("user:alice").unwrap()).unwrap();
+    assert_eq!(view.status.as_str(), "needs_reauth");
+    // No more provider calls for it: the background refresher leaves it alone.
+    let hits = provider.hits.load(std::sync::atomic::Ordering::SeqCst);
+    app.advance(601);
+    assert_eq!(release_storm(&app, &token, None).await.0, 409);
+    assert_eq!(provider.hits.load(std::sync::atomic::Ordering::SeqCst), hits);
+}

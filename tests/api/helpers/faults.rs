@@ -52,6 +52,13 @@ impl FaultServer {
                             "application/json",
                             br#"{"access_token":"at-short","refresh_token":"rt-short","token_type":"Bearer","expires_in":30}"#,
                         ),
+                        // GitHub's answer to a dead refresh token: an error in an HTTP 200.
+                        "bad_refresh_token" => reply(
+                            &mut s,
+                            "200 OK",
+                            "application/json",
+                            br#"{"error":"bad_refresh_token","error_description":"The refresh token passed is incorrect or expired."}"#,
+                        ),
                         "huge_expiry" => reply(
                             &mut s,
                             "200 OK",
