@@ -164,13 +164,21 @@ impl Settings {
             })
             .collect::<Result<Vec<_>, _>>()?;
         let mut limits = HttpLimits::default();
-        if let Some(n) = fc.max_connections {
+        let number = |key: &str| -> Result<Option<u64>, ConfigError> {
+            env(key).map(|v| v.trim().parse::<u64>().map_err(|_| ConfigError::Invalid(format!("{key} must be a whole number")))).transpose()
+        };
+        let max_connections = match number("LATCHKEY_MAX_CONNECTIONS")? {
+            Some(n) => Some(usize::try_from(n).unwrap_or(usize::MAX)),
+            None => fc.max_connections,
+        };
+        let request_timeout_ms = number("LATCHKEY_REQUEST_TIMEOUT_MS")?.or(fc.request_timeout_ms);
+        if let Some(n) = max_connections {
             if !(1..=1_000_000).contains(&n) {
                 return Err(ConfigError::Invalid("max_connections must be between 1 and 1000000".into()));
             }
             limits.max_connections = n;
         }
-        if let Some(ms) = fc.request_timeout_ms {
+        if let Some(ms) = request_timeout_ms {
             if !(100..=600_000).contains(&ms) {
                 return Err(ConfigError::Invalid("request_timeout_ms must be between 100 and 600000".into()));
             }
@@ -256,6 +264,16 @@ mod tests {
         let s = Settings::load(None, &env(&[("LATCHKEY_TRUSTED_PROXIES", "10.0.0.0/8, ::1")])).unwrap();
         assert_eq!(s.trusted_proxies.len(), 2);
         assert!(Settings::load(None, &env(&[("LATCHKEY_TRUSTED_PROXIES", "10.0.0.0/99")])).is_err());
+    }
+
+    #[test]
+    fn http_limits_from_the_environment() {
+        let s = Settings::load(None, &env(&[("LATCHKEY_MAX_CONNECTIONS", "500"), ("LATCHKEY_REQUEST_TIMEOUT_MS", "2500")])).unwrap();
+        assert_eq!(s.limits, HttpLimits { max_connections: 500, request_timeout: std::time::Duration::from_millis(2500) });
+        assert_eq!(Settings::load(None, &env(&[])).unwrap().limits, HttpLimits::default());
+        for (k, v) in [("LATCHKEY_MAX_CONNECTIONS", "0"), ("LATCHKEY_REQUEST_TIMEOUT_MS", "5"), ("LATCHKEY_REQUEST_TIMEOUT_MS", "soon")] {
+            assert!(Settings::load(None, &env(&[(k, v)])).is_err(), "{k}={v}");
+        }
     }
 
     #[test]
