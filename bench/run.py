@@ -88,9 +88,9 @@ def refresh_scenario(n, latency_ms, duration):
         provider.wait(timeout=10)
 
 
-def start_server(work):
+def start_server(work, extra_env=None):
     env = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", LATCHKEY_BIND=f"127.0.0.1:{PORT}",
-               LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn")
+               LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn", **(extra_env or {}))
     p = subprocess.Popen([f"{ROOT}/target/release/latchkey", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(200):
         try:
@@ -121,8 +121,8 @@ def to_ms(v):
     return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
 
 
-def wrk(path, duration, script=None, env=None, base=BASE, conns=64):
-    cmd = ["wrk", f"-t{min(2, conns)}", f"-c{conns}", f"-d{duration}s", "--latency"]
+def wrk(path, duration, script=None, env=None, base=BASE, conns=64, threads=2):
+    cmd = ["wrk", f"-t{min(threads, conns)}", f"-c{conns}", f"-d{duration}s", "--latency"]
     if script:
         cmd += ["-s", f"{ROOT}/bench/wrk/{script}"]
     out = subprocess.run(cmd + [base + path], capture_output=True, text=True, env=dict(os.environ, **(env or {}))).stdout
@@ -145,12 +145,20 @@ def main():
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--full", action="store_true", help="also 1M credentials (rotation, RSS)")
     ap.add_argument("--refresh-only", action="store_true", help="only the refresh-throughput scenario")
+    ap.add_argument("--release-only", action="store_true", help="only the release scenarios (before/after comparisons)")
+    ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     a = ap.parse_args()
     ensure_wrk()
     sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
     sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
+    if a.flood_only:
+        flood_scenarios(a)
+        return
     if not a.refresh_only:
         release_scenarios(a)
+        if a.release_only:
+            return
+        flood_scenarios(a)
     refresh_scenarios(a)
     if a.full:
         full(a)
@@ -214,6 +222,36 @@ def release_scenarios(a):
     print(f"| server RSS after (a)–(c) | {rss_b:.1f} MiB | < 64 MiB at 1M |")
     print(f"| server RSS after (d) (verified-token cache filled: 100k entries max) | {rss:.1f} MiB | |")
     print(f"| seeding {a.n:,} credentials through the library | {seed_s:.1f} s | |")
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def flood_scenarios(a):
+    """Admin latency alone, then while wrk floods /oauth2/token with a wrong client secret:
+    from one address (the per-address limit answers 429 at once) and from a random
+    forwarded address per request (the limit never applies: every attempt is verified)."""
+    import base64
+    work, _ = seed(1_000, 1)
+    admin = open(f"{work}/admin.txt").read().strip()
+    bad = "Basic " + base64.b64encode(b"bench:lks_not-the-secret").decode()
+    server = start_server(work, {"LATCHKEY_TRUSTED_PROXIES": "127.0.0.1"})
+    admin_env = {"LK_ADMIN": admin}
+    wrk("/", 2, "admin.lua", admin_env, conns=4, threads=1)  # warm-up
+    rows = [("admin reads alone", wrk("/", a.duration, "admin.lua", admin_env, conns=4, threads=1), None)]
+    for label, spread in (("one address", "0"), ("a new forwarded address per request", "1")):
+        flood = subprocess.Popen(["wrk", "-t1", "-c32", f"-d{a.duration + 2}s", "-s", f"{ROOT}/bench/wrk/flood.lua", BASE + "/oauth2/token"],
+                                 env=dict(os.environ, LK_AUTH=bad, LK_SPREAD=spread), stdout=subprocess.PIPE, text=True)
+        time.sleep(1)
+        r = wrk("/", a.duration, "admin.lua", admin_env, conns=4, threads=1)
+        out = flood.communicate()[0]
+        flood_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+        rows.append((f"admin reads during a bad-credential flood from {label}", r, flood_rps))
+    audit_rows = subprocess.run(["sqlite3", f"{work}/data/latchkey.db", "SELECT count(*) FROM audit WHERE action = 'token.issue'"],
+                                capture_output=True, text=True).stdout.strip() if shutil.which("sqlite3") else "n/a"
+    stop_server(server)
+    print(f"\n| admin p99 under a bad-credential flood (wrk -c4 admin reads, wrk -c32 flood) | admin req/s | admin p50 ms | admin p99 ms | flood req/s | target |\n|---|---:|---:|---:|---:|---|")
+    for label, r, f in rows:
+        print(f"| {label} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {f'{f:,.0f}' if f else '–'} | p99 < 20 ms |")
+    print(f"\nAudit records of failed token requests after both floods: {audit_rows} (aggregated per client per minute).")
     shutil.rmtree(work, ignore_errors=True)
 
 

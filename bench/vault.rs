@@ -126,14 +126,17 @@ fn arg<'a>(args: &'a [String], name: &str) -> Option<&'a str> {
 /// `seed --dir D --n N --tokens M --public-url URL`: a vault for the load harness (bench/run.py):
 /// N/2 API-key credentials (`tenant:t<i>` on `svc`), N/2 OAuth credentials (`user:u<i>` on `crm`,
 /// valid 30 days), an agent `bench` allowed both for any owner, and M distinct pre-signed agent
-/// tokens (one per line in D/tokens.txt) for first-use measurements.
+/// tokens (one per line in D/tokens.txt) for first-use measurements; the admin token in
+/// D/admin.txt.
 fn seed(args: &[String]) {
     let dir = std::path::PathBuf::from(arg(args, "--dir").expect("--dir"));
     let n: usize = arg(args, "--n").and_then(|v| v.parse().ok()).unwrap_or(10_000);
     let tokens: usize = arg(args, "--tokens").and_then(|v| v.parse().ok()).unwrap_or(1);
     let public_url = arg(args, "--public-url").expect("--public-url").to_owned();
     let actor = Actor::Cli("bench".into());
-    let vault = Vault::init(&dir.join("data"), &dir.join("keys"), None, Clock::system(), &actor).expect("init").vault;
+    let init = Vault::init(&dir.join("data"), &dir.join("keys"), None, Clock::system(), &actor).expect("init");
+    std::fs::write(dir.join("admin.txt"), init.admin_token.expose()).expect("admin token");
+    let vault = init.vault;
     let json = |v: serde_json::Value| NewConnection::from_json(v).expect("spec");
     vault
         .create_connection(&actor, json(serde_json::json!({"id": "svc", "kind": "api_key", "api_key": {"header": "X-API-Key"}})))
