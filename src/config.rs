@@ -190,7 +190,7 @@ impl Settings {
                     std::fs::read_to_string(&p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
                 let token = raw.trim().to_owned();
                 if token.len() < 16 {
-                    return Err(ConfigError::Invalid("the metrics token must be at least 16 characters".into()));
+                    return Err(ConfigError::Invalid("the metrics token must be at least 16 bytes".into()));
                 }
                 Some(crate::secret::Secret::new(token))
             }

@@ -40,7 +40,7 @@ async fn openapi() -> HttpResponse {
 }
 
 /// Prometheus metrics: refresh outcomes and latency, credentials by status, releases.
-/// Counts only, no identifiers. Open by default; `metrics_token` requires a bearer token,
+/// Counts, labelled by connection id at most (no owners, agents or secrets). Open by default; `metrics_token` requires a bearer token,
 /// `metrics_bind` moves it to its own listener.
 async fn metrics(req: HttpRequest, state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
     if state.metrics_elsewhere {

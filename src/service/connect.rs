@@ -462,7 +462,8 @@ mod tests {
                 act: user.map(|_| Act { sub: agent.into() }),
                 tenant: Some("idp:acme".into()),
                 roles: vec![],
-                epoch: i64::MAX,
+                // As the token endpoint would issue it now.
+                epoch: s.vault.active_agent(agent).unwrap().map_or(0, |a| a.token_epoch),
             };
             s.tokens.sign(&claims).unwrap()
         };
@@ -479,8 +480,14 @@ mod tests {
         assert!(matches!(create(&s, &alice, session("tenant:idp:acme")).await, Err(ConnectError::Forbidden)));
         assert!(matches!(create(&s, "lka_0000000000000000.x", session("user:bob")).await, Err(ConnectError::Unauthorized)));
         assert!(matches!(create(&s, "garbage", session("user:bob")).await, Err(ConnectError::Unauthorized)));
-        s.vault.set_agent_disabled(&Actor::System, &crate::model::AgentId::parse("cal").unwrap(), true).unwrap();
+        let cal = crate::model::AgentId::parse("cal").unwrap();
+        s.vault.set_agent_disabled(&Actor::System, &cal, true).unwrap();
         assert!(matches!(create(&s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
+        // Enabled again, the agent is active but its old token's epoch has passed.
+        s.vault.set_agent_disabled(&Actor::System, &cal, false).unwrap();
+        assert!(matches!(create(&s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
+        let fresh = token("cal", Some("idp:alice"));
+        assert!(create(&s, &fresh, session("user:idp:alice")).await.is_ok(), "a token issued after enabling works");
     }
 
     #[tokio::test]
