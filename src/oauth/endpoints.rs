@@ -111,15 +111,24 @@ impl OAuthService {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use crate::model::{NewConnection, TokenEndpointAuthMethod};
-    use crate::service::testing::fixture;
+    use crate::oauth::{ClientOptions, OAuthService};
+    use crate::vault::{Actor, Vault};
 
     #[tokio::test]
     async fn client_authentication_is_explicit_then_the_catalogs_then_basic() {
-        let f = fixture();
+        let dir = tempfile::tempdir().unwrap();
+        let clock = crate::time::Clock::fixed(1_800_000_000);
+        let vault = Vault::init(&dir.path().join("d"), &dir.path().join("k"), None, clock, &Actor::System).unwrap().vault;
+        let jwks = Arc::new(crate::auth::subject::JwksCache::new().unwrap());
+        let oauth = Arc::new(
+            OAuthService::new(Arc::new(vault), "http://vault.test".into(), Default::default(), jwks, ClientOptions::default()).unwrap(),
+        );
         let method = |body: serde_json::Value| {
             let spec = NewConnection::from_json(body).unwrap().spec;
-            let oauth = f.services.oauth.clone();
+            let oauth = oauth.clone();
             async move { oauth.endpoints(&spec).await.unwrap().auth_method }
         };
         let google = serde_json::json!({"id": "g", "kind": "oauth2", "provider": "google", "oauth2": {"client_id": "c"}});
