@@ -87,7 +87,7 @@ impl OAuthService {
             }
         };
         let (id, holder, ttl) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms);
-        match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl, false)).await {
+        match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl)).await {
             Ok(true) => {}
             // Another process is refreshing this credential right now.
             Ok(false) => return Narrowed::Failed { retry_after: 2 },

@@ -144,8 +144,8 @@ impl OAuthService {
             }
             // Cross-process single flight: the lease in the row.
             let (id, holder, ttl) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms);
-            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl, on_demand)).await {
-                Ok(true) => return self.refresh_leased(connection, owner, m, refresh_token).await,
+            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl)).await {
+                Ok(true) => return self.refresh_leased(connection, owner, m, refresh_token, on_demand).await,
                 Ok(false) => {
                     if !self.wait_for_other(&m.credential_id).await {
                         return Refreshed::Failed { retry_after: 5 };
@@ -161,7 +161,14 @@ impl OAuthService {
     }
 
     /// The provider call and its bookkeeping, under our lease.
-    async fn refresh_leased(&self, connection: &ConnectionId, owner: &Owner, m: RefreshMaterial, refresh_token: Secret) -> Refreshed {
+    async fn refresh_leased(
+        &self,
+        connection: &ConnectionId,
+        owner: &Owner,
+        m: RefreshMaterial,
+        refresh_token: Secret,
+        on_demand: bool,
+    ) -> Refreshed {
         let ep = match self.endpoints(&m.spec).await {
             Ok(ep) => ep,
             Err(e) => return self.transient(connection, &m, &ProviderError::Transient { reason: e.to_string(), retry_after: None }).await,
@@ -172,6 +179,12 @@ impl OAuthService {
         let result = client::refresh(&self.http, &ep, &client_id, m.client_secret.as_ref(), &refresh_token, None).await;
         self.metrics.refresh_latency(started.elapsed());
         drop(provider_slot);
+        if on_demand {
+            let id = m.credential_id.clone();
+            if let Err(e) = self.run_blocking(move |v| v.mark_on_demand_refresh(&id)).await {
+                tracing::warn!(error = %e, "could not record the on-demand refresh");
+            }
+        }
         match result {
             Ok(tokens) => {
                 let (c, o, version, scopes) = (connection.clone(), owner.clone(), m.version, m.scopes.clone());

@@ -745,23 +745,28 @@ pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
 // ---------------------------------------------------------------- refresh scheduling
 
 /// Takes the single-flight refresh lease of a credential if nobody holds a live one.
-/// Takes the refresh lease of a credential if nobody holds a live one; `on_demand_at`
-/// records a release's refresh of a still-valid token (the cooldown's start).
+/// Takes the refresh lease of a credential if nobody holds a live one.
 pub fn acquire_refresh_lease(
     c: &Connection,
     id: &str,
     holder: &str,
     now_ms: i64,
     until_ms: i64,
-    on_demand_at: Option<i64>,
 ) -> Result<bool> {
     let n = c
         .prepare_cached(
-            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2, on_demand_refresh_at = coalesce(?5, on_demand_refresh_at) \
+            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
              WHERE id = ?1 AND status = 'active' AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4)",
         )?
-        .execute(params![id, holder, until_ms, now_ms, on_demand_at])?;
+        .execute(params![id, holder, until_ms, now_ms])?;
     Ok(n == 1)
+}
+
+/// Records that a release's refresh of a still-valid token was answered by the provider
+/// at `now` (the on-demand cooldown starts).
+pub fn mark_on_demand_refresh(c: &Connection, id: &str, now: i64) -> Result<()> {
+    c.prepare_cached("UPDATE credentials SET on_demand_refresh_at = ?2 WHERE id = ?1")?.execute(params![id, now])?;
+    Ok(())
 }
 
 /// Gives up a lease without changing anything else.

@@ -215,12 +215,18 @@ impl Vault {
         }))
     }
 
-    /// Takes the refresh lease (cross-process single flight). `on_demand`: a release asks
-    /// to refresh a token that is still valid, which starts the credential's cooldown.
-    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64, on_demand: bool) -> Result<bool> {
+    /// Takes the refresh lease (cross-process single flight).
+    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
         let now = self.clock.now_millis();
-        let on_demand_at = on_demand.then(|| self.clock.now());
-        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms, on_demand_at))?)
+        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms))?)
+    }
+
+    /// The provider answered a release's refresh of a still-valid token: the credential's
+    /// on-demand cooldown starts now. (A refresh that never got an answer, because its
+    /// process died, starts none.)
+    pub fn mark_on_demand_refresh(&self, credential_id: &str) -> Result<()> {
+        let now = self.clock.now();
+        Ok(self.store.write(|tx| rows::mark_on_demand_refresh(tx, credential_id, now))?)
     }
 
     pub fn release_refresh_lease(&self, credential_id: &str, holder: &str) -> Result<()> {

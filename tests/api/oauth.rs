@@ -147,7 +147,9 @@ async fn a_provider_that_forgets_the_grant_gives_needs_reauth_then_reconnect_wor
     let w = OAuthWorld::new(300).await;
     assert_eq!(w.connect("user:bob", "bob").await.status(), 200);
     w.provider.forget("bob").await;
-    let r = w.release("bob", 3600).await;
+    // 100 s of the 300 s token left, 200 asked for: a refresh, which the provider refuses.
+    w.app.clock.advance(200);
+    let r = w.release("bob", 200).await;
     assert_eq!(r.status(), 409);
     let v: Value = r.json().await.unwrap();
     assert_eq!(v["error"], "reauth_required");
@@ -157,7 +159,7 @@ async fn a_provider_that_forgets_the_grant_gives_needs_reauth_then_reconnect_wor
     assert!(c.last_error.unwrap().contains("invalid_grant"));
     let refreshes = w.provider.stats().await["refresh_failed"].as_u64().unwrap();
     // No further retries: another release does not call the provider again.
-    assert_eq!(w.release("bob", 3600).await.status(), 409);
+    assert_eq!(w.release("bob", 200).await.status(), 409);
     assert_eq!(w.provider.stats().await["refresh_failed"].as_u64().unwrap(), refreshes);
     let audit = w.app.vault.audit_tail(1000).unwrap();
     assert!(audit.iter().any(|r| r.action == "credential.needs_reauth"));
