@@ -468,26 +468,26 @@ mod tests {
             s.tokens.sign(&claims).unwrap()
         };
 
-        let created = create(&s, &f.admin_token, session("user:bob")).await.unwrap();
+        let created = create(s, &f.admin_token, session("user:bob")).await.unwrap();
         assert!(created.connect_url.starts_with("http://vault.test/v1/connect/s/cs_"));
         assert!(!created.replaces_existing && !created.owner_proof, "admin links need no owner proof");
         // Reading a credential never implies replacing it.
         let reader = token("reader", None);
-        assert!(matches!(create(&s, &reader, session("user:bob")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(s, &reader, session("user:bob")).await, Err(ConnectError::Forbidden)));
         let alice = token("cal", Some("idp:alice"));
-        assert!(create(&s, &alice, session("user:idp:alice")).await.is_ok(), "a connect grant for its own user");
-        assert!(matches!(create(&s, &alice, session("user:idp:bob")).await, Err(ConnectError::Forbidden)));
-        assert!(matches!(create(&s, &alice, session("tenant:idp:acme")).await, Err(ConnectError::Forbidden)));
-        assert!(matches!(create(&s, "lka_0000000000000000.x", session("user:bob")).await, Err(ConnectError::Unauthorized)));
-        assert!(matches!(create(&s, "garbage", session("user:bob")).await, Err(ConnectError::Unauthorized)));
+        assert!(create(s, &alice, session("user:idp:alice")).await.is_ok(), "a connect grant for its own user");
+        assert!(matches!(create(s, &alice, session("user:idp:bob")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(s, &alice, session("tenant:idp:acme")).await, Err(ConnectError::Forbidden)));
+        assert!(matches!(create(s, "lka_0000000000000000.x", session("user:bob")).await, Err(ConnectError::Unauthorized)));
+        assert!(matches!(create(s, "garbage", session("user:bob")).await, Err(ConnectError::Unauthorized)));
         let cal = crate::model::AgentId::parse("cal").unwrap();
         s.vault.set_agent_disabled(&Actor::System, &cal, true).unwrap();
-        assert!(matches!(create(&s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
+        assert!(matches!(create(s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
         // Enabled again, the agent is active but its old token's epoch has passed.
         s.vault.set_agent_disabled(&Actor::System, &cal, false).unwrap();
-        assert!(matches!(create(&s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
+        assert!(matches!(create(s, &alice, session("user:idp:alice")).await, Err(ConnectError::Unauthorized)));
         let fresh = token("cal", Some("idp:alice"));
-        assert!(create(&s, &fresh, session("user:idp:alice")).await.is_ok(), "a token issued after enabling works");
+        assert!(create(s, &fresh, session("user:idp:alice")).await.is_ok(), "a token issued after enabling works");
     }
 
     #[tokio::test]
@@ -516,8 +516,8 @@ mod tests {
         };
         let svc = s.tokens.sign(&claims).unwrap();
         // No issuer prefix, or no issuer with it: proof cannot happen, so no link.
-        assert!(matches!(create(&s, &svc, session("user:bob")).await, Err(ConnectError::ProofUnavailable(_))));
-        assert!(matches!(create(&s, &svc, session("user:idp:bob")).await, Err(ConnectError::ProofUnavailable(_))));
+        assert!(matches!(create(s, &svc, session("user:bob")).await, Err(ConnectError::ProofUnavailable(_))));
+        assert!(matches!(create(s, &svc, session("user:idp:bob")).await, Err(ConnectError::ProofUnavailable(_))));
     }
 
     #[tokio::test]

@@ -744,15 +744,8 @@ pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
 
 // ---------------------------------------------------------------- refresh scheduling
 
-/// Takes the single-flight refresh lease of a credential if nobody holds a live one.
 /// Takes the refresh lease of a credential if nobody holds a live one.
-pub fn acquire_refresh_lease(
-    c: &Connection,
-    id: &str,
-    holder: &str,
-    now_ms: i64,
-    until_ms: i64,
-) -> Result<bool> {
+pub fn acquire_refresh_lease(c: &Connection, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
     let n = c
         .prepare_cached(
             "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
