@@ -10,6 +10,7 @@ mod keyfiles;
 mod layering;
 mod limits;
 mod oauth;
+mod openapi;
 mod plaintext;
 mod rotation;
 mod scopes;
