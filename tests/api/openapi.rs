@@ -1224,7 +1224,12 @@ fn agent_and_policy_bodies_agree_with_the_validators() {
 fn issuer_bodies_agree_with_the_validator() {
     let s = Schemas::new();
     let x = |n: usize| "x".repeat(n);
-    let okp = json!({"kty": "OKP", "crv": "Ed25519", "x": "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"});
+    // Real key material (the fixtures' keys, RFC 8037's Ed25519 key): what a key must look like
+    // beyond its members is the validator's business, and may grow stricter.
+    let fixture: Value = serde_json::from_str(crate::helpers::issuer::ISSUER_JWKS).unwrap();
+    let (rsa_n, ec_x, ec_y) = (fixture["keys"][0]["n"].clone(), fixture["keys"][1]["x"].clone(), fixture["keys"][1]["y"].clone());
+    let ed_x = "11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo";
+    let okp = json!({"kty": "OKP", "crv": "Ed25519", "x": ed_x});
     let issuer = json!({"issuer": "https://idp.example.com", "subject_prefix": "acme", "audience": "latchkey", "jwks": {"keys": [okp]}});
     let keys = |k: Value| Some(json!({"keys": [k]}));
     let mut bodies = mutations(
@@ -1266,21 +1271,21 @@ fn issuer_bodies_agree_with_the_validator() {
                     Some(json!({"keys": []})),
                     Some(json!({})),
                     Some(json!({"keys": [okp], "extra": 1})),
-                    keys(json!({"kty": "RSA", "n": "sXch", "e": "AQAB", "alg": "RS256", "kid": "r1", "use": "sig"})),
-                    keys(json!({"kty": "RSA", "n": "sXch", "e": "AQAB", "alg": "RS512"})),
-                    keys(json!({"kty": "RSA", "n": "sXch", "e": "AQAB", "alg": null, "kid": null, "x5c": null, "key_ops": ["verify"]})),
-                    keys(json!({"kty": "RSA", "n": "sXch"})),
+                    keys(json!({"kty": "RSA", "n": rsa_n, "e": "AQAB", "alg": "RS256", "kid": "r1", "use": "sig"})),
+                    keys(json!({"kty": "RSA", "n": rsa_n, "e": "AQAB", "alg": "RS512"})),
+                    keys(json!({"kty": "RSA", "n": rsa_n, "e": "AQAB", "alg": null, "kid": null, "x5c": null, "key_ops": ["verify"]})),
+                    keys(json!({"kty": "RSA", "n": rsa_n})),
                     keys(json!({"kty": "RSA", "n": 5, "e": "AQAB"})),
-                    keys(json!({"kty": "EC", "crv": "P-256", "x": "a", "y": "b"})),
-                    keys(json!({"kty": "EC", "crv": "P-256", "x": "a", "y": "b", "alg": "ES256"})),
-                    keys(json!({"kty": "EC", "crv": "P-384", "x": "a", "y": "b"})),
-                    keys(json!({"kty": "EC", "crv": "P-256", "x": "a"})),
-                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": "a", "alg": "EdDSA"})),
-                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": "a", "alg": "ES256"})),
-                    keys(json!({"kty": "OKP", "crv": "P-256", "x": "a"})),
+                    keys(json!({"kty": "EC", "crv": "P-256", "x": ec_x, "y": ec_y})),
+                    keys(json!({"kty": "EC", "crv": "P-256", "x": ec_x, "y": ec_y, "alg": "ES256"})),
+                    keys(json!({"kty": "EC", "crv": "P-384", "x": ec_x, "y": ec_y})),
+                    keys(json!({"kty": "EC", "crv": "P-256", "x": ec_x})),
+                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": ed_x, "alg": "EdDSA"})),
+                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": ed_x, "alg": "ES256"})),
+                    keys(json!({"kty": "OKP", "crv": "P-256", "x": ed_x})),
                     keys(json!({"kty": "oct", "k": "c2VjcmV0"})),
-                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": "a", "kid": 5})),
-                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": "a", "something": {"else": 1}})),
+                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": ed_x, "kid": 5})),
+                    keys(json!({"kty": "OKP", "crv": "Ed25519", "x": ed_x, "something": {"else": 1}})),
                 ],
             ),
             ("/colour", vec![Some(json!("red"))]),

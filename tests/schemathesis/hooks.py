@@ -165,6 +165,35 @@ def finding_expires_at_range(failure: Any, case: Any, response: Any) -> bool:
     return any(not TIMESTAMP.match(v) for v in shown)
 
 
+ED25519_X = re.compile(r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")
+
+
+def short_ed25519_keys(value: Any) -> bool:
+    """Whether a JSON value holds an OKP JWK whose `x` is not a 32-byte key."""
+    if isinstance(value, dict):
+        if value.get("kty") == "OKP" and not (isinstance(value.get("x"), str) and ED25519_X.match(value["x"])):
+            return True
+        return any(short_ed25519_keys(v) for v in value.values())
+    if isinstance(value, list):
+        return any(short_ed25519_keys(v) for v in value)
+    return False
+
+
+@exclusion
+def finding_ed25519_key_length(failure: Any, case: Any, response: Any) -> bool:
+    """FINDING (found by the fuzz targets; the fix, refusing such keys, is on its way): an issuer's
+    inline Ed25519 JWK whose `x` is not 32 bytes is accepted, and jsonwebtoken's verifier panics
+    on it. The document states the 32-byte rule; this drops the failures of issuer requests and
+    responses carrying such a key until the fix lands (then it matches nothing)."""
+    if not case.operation.path.startswith("/v1/admin/issuers"):
+        return False
+    try:
+        shown = json.loads(response.content)
+    except ValueError:
+        shown = None
+    return short_ed25519_keys(case.body) or short_ed25519_keys(shown)
+
+
 @schemathesis.hook
 def filter_failure(context: Any, failure: Any, case: Any, response: Any) -> bool:
     if case.id in REDIRECTED:
