@@ -41,3 +41,14 @@ pub mod store;
 pub mod telemetry;
 pub mod time;
 pub mod vault;
+
+/// Entry points for the fuzz targets in `fuzz/` that are private to their modules; built only
+/// with the `fuzzing` feature. Not an API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use crate::auth::subject::pinned_algorithm_for_fuzzing as pinned_algorithm;
+    pub use crate::oauth::client::{
+        discovery_document_for_fuzzing as discovery_document, provider_token_response_for_fuzzing as provider_token_response,
+    };
+}

@@ -279,7 +279,8 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
     let alg = match &jwk.algorithm {
         AlgorithmParameters::RSA(_) => Algorithm::RS256,
         AlgorithmParameters::EllipticCurve(p) if p.curve == EllipticCurve::P256 => Algorithm::ES256,
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Algorithm::EdDSA,
+        // A public key of any other length panics jsonwebtoken's verifier (found by fuzzing).
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 && ed25519_key_len(&p.x) => Algorithm::EdDSA,
         _ => return None,
     };
     let declared_ok = match jwk.common.key_algorithm {
@@ -290,6 +291,17 @@ fn pinned_algorithm(jwk: &Jwk) -> Option<Algorithm> {
         Some(_) => false,
     };
     declared_ok.then_some(alg)
+}
+
+/// Whether a JWK's `x` is an Ed25519 public key: 32 bytes, base64url.
+fn ed25519_key_len(x: &str) -> bool {
+    crate::crypto::b64url_decode(x).is_some_and(|k| k.len() == 32)
+}
+
+/// [`pinned_algorithm`], for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn pinned_algorithm_for_fuzzing(jwk: &Jwk) -> Option<Algorithm> {
+    pinned_algorithm(jwk)
 }
 
 struct Cached {
@@ -413,10 +425,11 @@ impl JwksCache {
         let sub = claims["sub"].as_str().filter(|s| !s.is_empty()).ok_or_else(|| SubjectError::Invalid("missing sub".into()))?.to_owned();
         let exp = claims["exp"].as_i64().ok_or_else(|| SubjectError::Invalid("missing exp".into()))?;
         let leeway = super::tokens::LEEWAY;
-        if exp + leeway <= now {
+        // Saturating: an issuer may sign any number.
+        if exp.saturating_add(leeway) <= now {
             return Err(SubjectError::Invalid("ExpiredSignature".into()));
         }
-        if claims.get("nbf").and_then(|n| n.as_i64()).is_some_and(|nbf| nbf - leeway > now) {
+        if claims.get("nbf").and_then(|n| n.as_i64()).is_some_and(|nbf| nbf.saturating_sub(leeway) > now) {
             return Err(SubjectError::Invalid("ImmatureSignature".into()));
         }
         let tenant = expect.tenant_claim.and_then(|c| claims.get(c)).and_then(|v| v.as_str()).map(str::to_owned);
@@ -427,5 +440,66 @@ impl JwksCache {
         };
         let nonce = claims.get("nonce").and_then(|n| n.as_str()).map(str::to_owned);
         Ok(Subject { sub, exp, tenant, roles, nonce })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::crypto::b64url;
+
+    /// Found by the `jwks` fuzz target (fuzz/): an Ed25519 key shorter than 32 bytes
+    /// panicked jsonwebtoken's verifier (a slice `[..32]`); it is now no key latchkey takes.
+    #[tokio::test]
+    async fn short_ed25519_keys_are_refused_not_a_panic() {
+        let crash = r#"{"keys": [{"kty": "OKP", "crv": "Ed25519","jwalg": "EA", "x": "2ZH96_drE8WLyXp9hg"}]}"#;
+        let set: JwkSet = serde_json::from_str(crash).unwrap();
+        assert_eq!(pinned_algorithm(&set.keys[0]), None);
+        let expect = Expect {
+            issuer: "https://issuer.example",
+            keys: Keys::Inline(&set),
+            audience: "latchkey",
+            tenant_claim: None,
+            roles_claim: None,
+        };
+        let token = format!("{}.{}.{}", b64url(br#"{"alg":"EdDSA"}"#), b64url(br#"{"sub":"a"}"#), b64url(&[0u8; 64]));
+        assert_eq!(JwksCache::new().unwrap().verify(&expect, &token, 0).await.unwrap_err(), SubjectError::Algorithm);
+        let body = serde_json::json!({"issuer": "https://issuer.example", "subject_prefix": "p", "audience": "a", "jwks": set});
+        assert!(serde_json::from_value::<NewIssuer>(body).is_err());
+        // A key of the right length is still taken.
+        let ok: Jwk = serde_json::from_value(serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": b64url(&[9u8; 32])})).unwrap();
+        assert_eq!(pinned_algorithm(&ok), Some(Algorithm::EdDSA));
+    }
+
+    /// Replayed through the `subject_token` fuzz target: `exp` of `i64::MAX` or `nbf` of
+    /// `i64::MIN` in a validly signed token overflowed the leeway arithmetic (a panic with
+    /// overflow checks, a wrapped comparison without).
+    #[tokio::test]
+    async fn extreme_times_in_signed_tokens_do_not_overflow() {
+        use ed25519_dalek::{Signer, SigningKey};
+        let key = SigningKey::from_bytes(&[9u8; 32]);
+        let x = b64url(key.verifying_key().as_bytes());
+        let set: JwkSet =
+            serde_json::from_value(serde_json::json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "s1", "x": x}]})).unwrap();
+        let expect = Expect {
+            issuer: "https://issuer.example",
+            keys: Keys::Inline(&set),
+            audience: "latchkey",
+            tenant_claim: None,
+            roles_claim: None,
+        };
+        let sign = |claims: serde_json::Value| {
+            let input = format!("{}.{}", b64url(br#"{"alg":"EdDSA","kid":"s1"}"#), b64url(claims.to_string().as_bytes()));
+            format!("{input}.{}", b64url(&key.sign(input.as_bytes()).to_bytes()))
+        };
+        let base = serde_json::json!({"iss": "https://issuer.example", "aud": "latchkey", "sub": "alice"});
+        let cache = JwksCache::new().unwrap();
+        let mut forever = base.clone();
+        forever["exp"] = i64::MAX.into();
+        assert_eq!(cache.verify(&expect, &sign(forever), 1_000).await.unwrap().exp, i64::MAX);
+        let mut always = base;
+        always["exp"] = 2_000.into();
+        always["nbf"] = i64::MIN.into();
+        assert!(cache.verify(&expect, &sign(always), 1_000).await.is_ok());
     }
 }

@@ -161,7 +161,7 @@ impl TokenService {
                 let c = Arc::new(self.verify_uncached(token)?);
                 let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= CACHE_LIMIT {
-                    cache.retain(|_, v| v.exp + LEEWAY > now);
+                    cache.retain(|_, v| v.exp.saturating_add(LEEWAY) > now);
                     if cache.len() >= CACHE_LIMIT {
                         cache.clear();
                     }
@@ -170,10 +170,10 @@ impl TokenService {
                 c
             }
         };
-        if claims.exp + LEEWAY <= now {
+        if claims.exp.saturating_add(LEEWAY) <= now {
             return Err(TokenError::Expired);
         }
-        if claims.nbf - LEEWAY > now {
+        if claims.nbf.saturating_sub(LEEWAY) > now {
             return Err(TokenError::NotYetValid);
         }
         Ok(claims)
@@ -253,6 +253,17 @@ mod tests {
         assert_eq!(s.verify(&t, 1500).unwrap().sub, "agent-1", "cached path");
         assert_eq!(s.verify(&t, 2000 + LEEWAY).unwrap_err(), TokenError::Expired);
         assert_eq!(s.verify(&t, 1000 - LEEWAY - 1).unwrap_err(), TokenError::NotYetValid);
+    }
+
+    /// Replayed through the `agent_token` fuzz target: extreme `exp` / `nbf` overflowed the
+    /// leeway arithmetic (a panic with overflow checks).
+    #[test]
+    fn extreme_times_do_not_overflow() {
+        let s = service();
+        let mut c = claims(i64::MAX);
+        c.nbf = i64::MIN;
+        let t = s.sign(&c).unwrap();
+        assert_eq!(s.verify(&t, 1500).unwrap().exp, i64::MAX);
     }
 
     #[test]

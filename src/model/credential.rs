@@ -132,7 +132,10 @@ impl CredentialInput {
                     return invalid("token_type must be a short word such as 'Bearer'");
                 }
                 if let Some(u) = &self.instance_url {
-                    if !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https") || u.len() > 512 {
+                    // Whole: the URL parser would quietly drop surrounding spaces and inner
+                    // tabs and newlines, which would then be stored.
+                    let whole = !u.chars().any(|c| c.is_whitespace() || c.is_control());
+                    if !whole || !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https") || u.len() > 512 {
                         return invalid("instance_url must be an https URL");
                     }
                 }
@@ -174,5 +177,17 @@ mod tests {
         let t: CredentialInput = serde_json::from_value(json!({"access_token": "a", "expires_at": 10})).unwrap();
         assert!(t.into_secret(ConnectionKind::Oauth2, now).is_err());
         assert!(serde_json::from_value::<CredentialInput>(json!({"apikey": "a"})).is_err());
+    }
+
+    /// The gap the `provider_token` fuzz target found in token answers, here in imports: an
+    /// `instance_url` the URL parser accepts only after trimming is refused, not stored.
+    #[test]
+    fn instance_urls_are_whole_https_urls() {
+        for bad in [" https:/n", "https://na1.example\n", "https://na\t1.example"] {
+            let t: CredentialInput = serde_json::from_value(json!({"access_token": "a", "instance_url": bad})).unwrap();
+            assert!(t.into_secret(ConnectionKind::Oauth2, 1_000).is_err(), "{bad:?}");
+        }
+        let t: CredentialInput = serde_json::from_value(json!({"access_token": "a", "instance_url": "https://na1.example"})).unwrap();
+        assert!(t.into_secret(ConnectionKind::Oauth2, 1_000).is_ok());
     }
 }

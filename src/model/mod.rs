@@ -27,37 +27,33 @@ pub(crate) fn invalid<T>(msg: impl Into<String>) -> Result<T, ValidationError> {
 }
 
 /// serde's messages can quote the offending input (`unknown variant \`sk-live-…\``,
-/// `invalid type: string "…"`, `invalid type: integer \`5\``): drop every quoted value
-/// before "expected", and keep the quoted names after it, which are latchkey's own. Messages
-/// without "expected" quote only latchkey's field names (`missing field \`x\``) unless
-/// they are custom ones, whose values are dropped too.
+/// `invalid type: string "…"`, `invalid type: integer \`5\``): they read `<what was found>,
+/// expected <latchkey's names>`. The input can itself hold quotes, backticks (escaped or
+/// not) and the word "expected", so the message is split at its *last* ", expected", and in
+/// the part before it everything from the first quote to the last is dropped. Messages
+/// without it quote only latchkey's field names (`missing field \`x\``) or nothing (JSON
+/// syntax errors, `expected value at …`) unless they are custom ones, whose values are
+/// dropped too.
 pub fn clean_serde_error(msg: &str) -> String {
-    let ours = msg.starts_with("missing field") || msg.starts_with("duplicate field");
-    let (input, names) = match msg.find("expected") {
+    let ours = msg.starts_with("missing field") || msg.starts_with("duplicate field") || msg.starts_with("expected");
+    let (input, names) = match msg.rfind(", expected") {
         Some(i) => msg.split_at(i),
         None if ours => ("", msg),
         None => (msg, ""),
     };
     let mut out = String::with_capacity(msg.len());
-    let mut open: Option<char> = None;
-    for c in input.chars() {
-        match (open, c) {
-            (None, '"' | '`') => {
-                open = Some(c);
-                out.push(c);
-                out.push('…');
-            }
-            (Some(q), c) if c == q => {
-                open = None;
-                out.push(c);
-            }
-            (Some(_), _) => {}
-            (None, c) => out.push(c),
+    match (input.find(['"', '`']), input.rfind(['"', '`'])) {
+        (Some(first), Some(last)) if last > first => {
+            out.push_str(&input[..=first]);
+            out.push('…');
+            out.push_str(&input[last..]);
         }
-    }
-    if open.is_some() {
-        // An unterminated quote swallowed the rest of the input part; names follow.
-        out.push(' ');
+        (Some(first), _) => {
+            // A lone quote: whatever follows it may be input.
+            out.push_str(&input[..=first]);
+            out.push('…');
+        }
+        _ => out.push_str(input),
     }
     out.push_str(names);
     out
@@ -86,6 +82,38 @@ mod tests {
         }
         let e = serde_json::from_str::<Required>(r#"{}"#).unwrap_err().to_string();
         assert_eq!(clean_serde_error(&e), e, "names of missing fields are latchkey's own");
+        let e = serde_json::from_str::<CredentialInput>("{").unwrap_err().to_string();
+        assert_eq!(clean_serde_error(&e), e, "syntax errors quote no input");
+    }
+
+    /// Found by the fuzz targets (fuzz/): values holding a backtick, an escaped quote or the
+    /// word "expected" were echoed, since the quotes were paired naively and the message was
+    /// split at the first "expected".
+    #[test]
+    fn serde_errors_do_not_echo_values_holding_quotes_or_expected() {
+        let cases: [(&str, &str); 5] = [
+            // credential_body: a key with a backtick.
+            (r##"{"`pi_k&ey":"#"}"##, "pi_k&ey"),
+            // issuer_body: a key holding "expected".
+            (r#"{"expectede":""}"#, "expectede"),
+            // policy: a string holding an escaped quote.
+            (r#""\"subrfix""#, "subrfix"),
+            (r#"{"expires_in": "a\"sk-live-0123"}"#, "sk-live"),
+            (r#"{"sk-live-0123, expected `x`": 1}"#, "sk-live"),
+        ];
+        for (body, secret) in cases {
+            let e = serde_json::from_str::<CredentialInput>(body).unwrap_err().to_string();
+            let clean = clean_serde_error(&e);
+            assert!(!clean.contains(secret), "{body}: {clean}");
+            assert!(clean.contains("expected"), "{body}: {clean}");
+        }
+        // connection_spec: a nested key with a backtick.
+        let e = NewConnection::from_json(serde_json::json!({"id": "x", "kind": "api_key", "api_key": {"`ssingat": "To"}})).unwrap_err();
+        assert!(!e.0.contains("ssingat") && e.0.contains("`header`"), "{e}");
+        let e = serde_json::from_str::<CredentialInput>(r#"{"api_key": "k", "sk-live-0123": 1}"#).unwrap_err().to_string();
+        assert_eq!(clean_serde_error(&e).split(" at line").next(), Some(
+            "unknown field `…`, expected one of `api_key`, `access_token`, `refresh_token`, `expires_in`, `expires_at`, `scope`, `token_type`, `instance_url`"
+        ));
     }
 
     #[test]

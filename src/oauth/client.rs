@@ -292,7 +292,12 @@ fn parse(raw: Raw, status: u16, shape: ResponseShape, rules: &[GrantGone]) -> Re
         expires_in,
         scope: raw.scope.clone(),
         token_type,
-        instance_url: raw.instance_url.clone().filter(|u| url::Url::parse(u).is_ok_and(|u| u.scheme() == "https")),
+        // Whole: the URL parser drops surrounding spaces and inner tabs and newlines, which
+        // would be kept in the stored string and handed out (found by fuzzing).
+        instance_url: raw
+            .instance_url
+            .clone()
+            .filter(|u| !u.chars().any(|c| c.is_whitespace() || c.is_control()) && url::Url::parse(u).is_ok_and(|u| u.scheme() == "https")),
         id_token: raw.id_token.as_ref().filter(|t| !t.is_empty() && t.len() <= 16 * 1024).map(|t| Secret::new(t.clone())),
     })
 }
@@ -391,6 +396,11 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Dis
         return Err("discovery endpoint answered an error status");
     }
     let body = bounded_body(resp).await.map_err(|_| "discovery document too large, truncated or too slow")?;
+    discovery_document(&body, expected)
+}
+
+/// Reads a discovery document whose `issuer` must be `expected`.
+fn discovery_document(body: &[u8], expected: &str) -> Result<Discovered, &'static str> {
     #[derive(Deserialize)]
     struct Meta {
         issuer: String,
@@ -401,7 +411,7 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Dis
         #[serde(default)]
         authorization_response_iss_parameter_supported: bool,
     }
-    let m: Meta = serde_json::from_slice(&body).map_err(|_| "discovery document is malformed")?;
+    let m: Meta = serde_json::from_slice(body).map_err(|_| "discovery document is malformed")?;
     if m.issuer.trim_end_matches('/') != expected.trim_end_matches('/') {
         return Err("discovery document names a different issuer than its URL");
     }
@@ -413,6 +423,23 @@ pub async fn discover(http: &reqwest::Client, discovery_url: &str) -> Result<Dis
         jwks_uri: m.jwks_uri,
         iss_parameter_supported: m.authorization_response_iss_parameter_supported,
     })
+}
+
+/// A token endpoint's answer (`body` with HTTP `status`) read as `token_request` reads it,
+/// for a catalog `provider` (`None`: a custom one); for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn provider_token_response_for_fuzzing(body: &[u8], status: u16, provider: Option<&str>) -> Result<TokenSet, ProviderError> {
+    let p = provider.and_then(crate::model::providers::find);
+    let shape = p.map(|p| p.response_shape).unwrap_or(ResponseShape::Standard);
+    let rules = p.map(|p| p.grant_gone).unwrap_or(&[]);
+    let raw: Raw = serde_json::from_slice(body).map_err(|_| ProviderError::transient("malformed body"))?;
+    parse(raw, status, shape, rules)
+}
+
+/// [`discovery_document`], for the fuzz targets.
+#[cfg(feature = "fuzzing")]
+pub fn discovery_document_for_fuzzing(body: &[u8], expected: &str) -> Result<Discovered, &'static str> {
+    discovery_document(body, expected)
 }
 
 #[cfg(test)]
@@ -493,6 +520,19 @@ mod tests {
         // client problem, not a dead grant.
         let other = parse(raw(serde_json::json!({"error": "unauthorized_client"})), 403, ResponseShape::Standard, &[]);
         assert!(matches!(other, Err(ProviderError::Transient { .. })), "{other:?}");
+    }
+
+    /// Found by the `provider_token` fuzz target (fuzz/): an `instance_url` with a leading
+    /// space passed the https check (the URL parser trims it) and was kept as sent.
+    #[test]
+    fn instance_urls_are_taken_only_as_written_https_urls() {
+        let std = ResponseShape::Standard;
+        for bad in [" https:/n", "https://na1.example\n", "https://na\t1.example", "http://na1.example"] {
+            let t = parse(raw(serde_json::json!({"access_token": "y", "instance_url": bad})), 200, std, &[]).unwrap();
+            assert_eq!(t.instance_url, None, "{bad:?}");
+        }
+        let t = parse(raw(serde_json::json!({"access_token": "y", "instance_url": "https://na1.example"})), 200, std, &[]).unwrap();
+        assert_eq!(t.instance_url.as_deref(), Some("https://na1.example"));
     }
 
     #[test]
