@@ -42,7 +42,7 @@ pub struct Grant {
     pub scopes: Option<Vec<Scope>>,
     pub owners: OwnerRule,
     /// Upper bound on a lease, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_u64")]
     pub max_ttl: Option<u64>,
     /// Whether the holder may create connect links, which store (or replace) the owner's
     /// credential. Reading a credential never implies it.
@@ -96,8 +96,14 @@ impl TryFrom<PolicyBody> for Policy {
 impl Policy {
     /// Parses a policy document (JSON text). Messages never quote input values.
     pub fn parse_json(text: &str) -> Result<Policy, ValidationError> {
-        serde_json::from_str(text)
-            .map_err(|e| ValidationError(format!("invalid policy: {}", crate::model::clean_serde_error(&e.to_string()))))
+        let invalid =
+            |e: serde_json::Error| ValidationError(format!("invalid policy: {}", crate::model::clean_serde_error(&e.to_string())));
+        let value: serde_json::Value = serde_json::from_str(text).map_err(invalid)?;
+        // An object: serde would also read the struct from an array, member by position.
+        if !value.is_object() {
+            return Err(ValidationError("invalid policy: a policy is a JSON object {\"grants\": [...]}".into()));
+        }
+        crate::model::from_value_strict(value).map_err(invalid)
     }
 
     pub fn grant_for(&self, connection: &ConnectionId) -> Option<&Grant> {
@@ -302,6 +308,14 @@ pub fn lease_ttl(grant: &Grant, remaining: Option<i64>) -> i64 {
         (None, Some(r)) => r,
         (None, None) => DEFAULT_API_KEY_LEASE,
     }
+}
+
+/// [`crate::model::whole_number`], non-negative.
+fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    crate::model::whole_number(d)?
+        .map(|n| u64::try_from(n).map_err(|_| D::Error::custom("expected a non-negative whole number")))
+        .transpose()
 }
 
 #[cfg(test)]

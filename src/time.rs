@@ -38,15 +38,21 @@ impl Clock {
     }
 }
 
+/// The first and last second with a four-digit year (0001-01-01, 9999-12-31T23:59:59).
+pub const EARLIEST: Timestamp = -62_135_596_800;
+pub const LATEST: Timestamp = 253_402_300_799;
+
 /// Formats unix seconds as RFC 3339 UTC (`2026-11-23T10:00:00Z`).
 pub fn rfc3339(ts: Timestamp) -> String {
-    let millis = rfc3339_millis(ts * 1000);
+    let millis = rfc3339_millis(ts.clamp(EARLIEST, LATEST) * 1000);
     // Drop the ".000" added by the millisecond form.
     format!("{}Z", &millis[..19])
 }
 
 /// Formats unix milliseconds as RFC 3339 UTC with milliseconds.
 pub fn rfc3339_millis(ms: i64) -> String {
+    // Four-digit years only: anything outside prints as the nearest end of that range.
+    let ms = ms.clamp(EARLIEST * 1000, LATEST * 1000 + 999);
     let secs = ms.div_euclid(1000);
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     let (y, m, d) = civil_from_days(days);
@@ -77,6 +83,11 @@ mod tests {
         assert_eq!(rfc3339(951_782_400), "2000-02-29T00:00:00Z");
         assert_eq!(rfc3339(1_795_435_200), "2026-11-23T12:00:00Z");
         assert_eq!(rfc3339_millis(1_795_435_200_123), "2026-11-23T12:00:00.123Z");
+        // Out of range: clamped, never garbled and never an overflow.
+        assert_eq!(rfc3339(LATEST), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MIN), "0001-01-01T00:00:00Z");
+        assert_eq!(rfc3339_millis(i64::MAX), "9999-12-31T23:59:59.999Z");
     }
 
     #[test]

@@ -4,7 +4,7 @@ use actix_web::{web, HttpResponse};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{method_not_allowed, ApiError, AppState};
+use super::{not_allowed, ApiError, AppState, Body};
 use crate::audit::{Outcome, Query};
 use crate::auth::subject::NewIssuer;
 use crate::model::{AgentId, ConnectionId, ConnectionPatch, CredentialInput, NewConnection, Owner};
@@ -15,52 +15,59 @@ type Admin = web::ReqData<AdminPrincipal>;
 type Reply = Result<HttpResponse, ApiError>;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    let not_allowed = || web::to(method_not_allowed);
     cfg.service(
         web::resource("/connections")
             .route(web::post().to(create_connection))
             .route(web::get().to(list_connections))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("POST, GET")),
     )
     .service(
         web::resource("/connections/{id}")
             .route(web::get().to(get_connection))
             .route(web::patch().to(update_connection))
             .route(web::delete().to(delete_connection))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("GET, PATCH, DELETE")),
     )
-    .service(web::resource("/connections/{id}/credentials").route(web::get().to(list_credentials)).default_service(not_allowed()))
+    .service(web::resource("/connections/{id}/credentials").route(web::get().to(list_credentials)).default_service(not_allowed("GET")))
     .service(
         web::resource("/connections/{id}/credentials/{owner}")
             .route(web::put().to(put_credential))
             .route(web::get().to(get_credential))
             .route(web::delete().to(delete_credential))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("PUT, GET, DELETE")),
     )
-    .service(web::resource("/agents").route(web::post().to(create_agent)).route(web::get().to(list_agents)).default_service(not_allowed()))
     .service(
-        web::resource("/agents/{id}").route(web::get().to(get_agent)).route(web::delete().to(delete_agent)).default_service(not_allowed()),
+        web::resource("/agents")
+            .route(web::post().to(create_agent))
+            .route(web::get().to(list_agents))
+            .default_service(not_allowed("POST, GET")),
     )
-    .service(web::resource("/agents/{id}/policy").route(web::put().to(set_policy)).default_service(not_allowed()))
-    .service(web::resource("/agents/{id}/secret").route(web::post().to(rotate_secret)).default_service(not_allowed()))
-    .service(web::resource("/agents/{id}/disable").route(web::post().to(disable_agent)).default_service(not_allowed()))
-    .service(web::resource("/agents/{id}/enable").route(web::post().to(enable_agent)).default_service(not_allowed()))
+    .service(
+        web::resource("/agents/{id}")
+            .route(web::get().to(get_agent))
+            .route(web::delete().to(delete_agent))
+            .default_service(not_allowed("GET, DELETE")),
+    )
+    .service(web::resource("/agents/{id}/policy").route(web::put().to(set_policy)).default_service(not_allowed("PUT")))
+    .service(web::resource("/agents/{id}/secret").route(web::post().to(rotate_secret)).default_service(not_allowed("POST")))
+    .service(web::resource("/agents/{id}/disable").route(web::post().to(disable_agent)).default_service(not_allowed("POST")))
+    .service(web::resource("/agents/{id}/enable").route(web::post().to(enable_agent)).default_service(not_allowed("POST")))
     .service(
         web::resource("/issuers")
             .route(web::post().to(put_issuer))
             .route(web::get().to(list_issuers))
             .route(web::delete().to(delete_issuer))
-            .default_service(not_allowed()),
+            .default_service(not_allowed("POST, GET, DELETE")),
     )
-    .service(web::resource("/audit").route(web::get().to(audit)).default_service(not_allowed()));
+    .service(web::resource("/audit").route(web::get().to(audit)).default_service(not_allowed("GET")));
 }
 
 fn ok(v: impl serde::Serialize) -> Reply {
     Ok(HttpResponse::Ok().insert_header(("Cache-Control", "no-store")).json(v))
 }
 
-async fn create_connection(state: web::Data<AppState>, admin: Admin, body: web::Json<Value>) -> Reply {
-    let new = NewConnection::from_json(body.into_inner())?;
+async fn create_connection(state: web::Data<AppState>, admin: Admin, body: Body<Value>) -> Reply {
+    let new = NewConnection::from_json(body.0)?;
     let actor = admin.actor();
     let view = state.blocking(move |v| v.create_connection(&actor, new)).await?;
     Ok(HttpResponse::Created().json(view))
@@ -75,9 +82,9 @@ async fn get_connection(state: web::Data<AppState>, id: web::Path<String>) -> Re
     ok(state.blocking(move |v| v.get_connection(&id)).await?)
 }
 
-async fn update_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Value>) -> Reply {
+async fn update_connection(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: Body<Value>) -> Reply {
     let id = ConnectionId::parse(&id)?;
-    let patch = ConnectionPatch::from_json(body.into_inner())?;
+    let patch = ConnectionPatch::from_json(body.0)?;
     let actor = admin.actor();
     ok(state.blocking(move |v| v.update_connection(&actor, &id, patch)).await?)
 }
@@ -99,15 +106,10 @@ fn cred_path(p: &(String, String)) -> Result<(ConnectionId, Owner), ApiError> {
     Ok((ConnectionId::parse(&p.0)?, Owner::parse(&p.1)?))
 }
 
-async fn put_credential(
-    state: web::Data<AppState>,
-    admin: Admin,
-    path: web::Path<(String, String)>,
-    body: web::Json<CredentialInput>,
-) -> Reply {
+async fn put_credential(state: web::Data<AppState>, admin: Admin, path: web::Path<(String, String)>, body: Body<CredentialInput>) -> Reply {
     let (id, owner) = cred_path(&path)?;
     let actor = admin.actor();
-    ok(state.blocking(move |v| v.put_credential(&actor, &id, &owner, body.into_inner())).await?)
+    ok(state.blocking(move |v| v.put_credential(&actor, &id, &owner, body.0)).await?)
 }
 
 async fn get_credential(state: web::Data<AppState>, path: web::Path<(String, String)>) -> Reply {
@@ -141,9 +143,9 @@ async fn list_credentials(state: web::Data<AppState>, id: web::Path<String>, q: 
     ok(json!({"credentials": page, "next_after": next}))
 }
 
-async fn create_agent(state: web::Data<AppState>, admin: Admin, body: web::Json<NewAgent>) -> Reply {
+async fn create_agent(state: web::Data<AppState>, admin: Admin, body: Body<NewAgent>) -> Reply {
     let actor = admin.actor();
-    let (agent, secret) = state.blocking(move |v| v.create_agent(&actor, body.into_inner())).await?;
+    let (agent, secret) = state.blocking(move |v| v.create_agent(&actor, body.0)).await?;
     Ok(HttpResponse::Created()
         .insert_header(("Cache-Control", "no-store"))
         .json(json!({"client_id": agent.client_id, "client_secret": secret.expose(), "agent": agent})))
@@ -165,10 +167,10 @@ async fn delete_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<St
     Ok(HttpResponse::NoContent().finish())
 }
 
-async fn set_policy(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: web::Json<Policy>) -> Reply {
+async fn set_policy(state: web::Data<AppState>, admin: Admin, id: web::Path<String>, body: Body<Policy>) -> Reply {
     let id = AgentId::parse(&id)?;
     let actor = admin.actor();
-    ok(state.blocking(move |v| v.set_agent_policy(&actor, &id, body.into_inner())).await?)
+    ok(state.blocking(move |v| v.set_agent_policy(&actor, &id, body.0)).await?)
 }
 
 async fn rotate_secret(state: web::Data<AppState>, admin: Admin, id: web::Path<String>) -> Reply {
@@ -193,8 +195,8 @@ async fn enable_agent(state: web::Data<AppState>, admin: Admin, id: web::Path<St
     set_disabled(state, admin, id, false).await
 }
 
-async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: web::Json<NewIssuer>) -> Reply {
-    let cfg = state.services.put_issuer(admin.actor(), body.into_inner()).await?;
+async fn put_issuer(state: web::Data<AppState>, admin: Admin, body: Body<NewIssuer>) -> Reply {
+    let cfg = state.services.put_issuer(admin.actor(), body.0).await?;
     Ok(HttpResponse::Created().json(cfg))
 }
 

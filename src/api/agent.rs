@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::middleware::{bearer, client_ip};
-use super::{method_not_allowed, ApiError, AppState, RequestId};
+use super::{not_allowed, ApiError, AppState, RequestId};
 use crate::model::{ConnectionId, Scope};
 use crate::policy::ReleaseRequest;
 use crate::secret::Secret;
@@ -20,10 +20,12 @@ use crate::vault::{Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecr
 const MAX_MIN_TTL: i64 = 86_400;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/oauth2/token").route(web::post().to(token)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/v1/connections/{id}/token").route(web::get().to(release)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)))
-        .service(web::resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)));
+    cfg.service(web::resource("/oauth2/token").route(web::post().to(token)).default_service(not_allowed("POST")))
+        .service(web::resource("/v1/connections/{id}/token").route(web::get().to(release)).default_service(not_allowed("GET")))
+        .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)).default_service(not_allowed("GET")))
+        .service(
+            web::resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)).default_service(not_allowed("GET")),
+        );
 }
 
 fn no_store(mut b: actix_web::HttpResponseBuilder) -> actix_web::HttpResponseBuilder {

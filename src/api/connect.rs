@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::middleware::bearer;
-use super::{method_not_allowed, read_json, ApiError, AppState};
+use super::{not_allowed, read_json, ApiError, AppState};
 use crate::crypto::{ct_eq, hex, sha256};
 use crate::model::oauth::random_token;
 use crate::model::{ConnectionId, Owner};
@@ -23,15 +23,15 @@ const CSRF_COOKIE: &str = "lk_csrf_";
 const COOKIE_MAX_AGE: i64 = crate::vault::SESSION_TTL;
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/v1/connect/sessions").route(web::post().to(create_session)).default_service(web::to(method_not_allowed)))
+    cfg.service(web::resource("/v1/connect/sessions").route(web::post().to(create_session)).default_service(not_allowed("POST")))
         .service(
             web::resource("/v1/connect/s/{session}")
                 .route(web::get().to(confirm_page))
                 .route(web::post().to(continue_link))
-                .default_service(web::to(method_not_allowed)),
+                .default_service(not_allowed("GET, POST")),
         )
-        .service(web::resource("/v1/connect/proof").route(web::get().to(proof_callback)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/v1/connect/callback").route(web::get().to(callback)).default_service(web::to(method_not_allowed)));
+        .service(web::resource("/v1/connect/proof").route(web::get().to(proof_callback)).default_service(not_allowed("GET")))
+        .service(web::resource("/v1/connect/callback").route(web::get().to(callback)).default_service(not_allowed("GET")));
 }
 
 #[derive(Deserialize)]

@@ -22,11 +22,13 @@ pub struct ApiError {
     /// Extra body members (e.g. `refused_scopes`).
     pub extra: serde_json::Map<String, serde_json::Value>,
     pub retry_after: Option<u64>,
+    /// The methods a 405's resource allows (the `Allow` header).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
     pub fn new(status: StatusCode, code: &'static str, description: impl Into<String>) -> Self {
-        ApiError { status, code, description: description.into(), extra: serde_json::Map::new(), retry_after: None }
+        ApiError { status, code, description: description.into(), extra: serde_json::Map::new(), retry_after: None, allow: None }
     }
 
     pub fn with(mut self, key: &str, value: serde_json::Value) -> Self {
@@ -72,6 +74,9 @@ impl ApiError {
                 code => format!("Bearer error=\"{code}\""),
             };
             b.insert_header((header::WWW_AUTHENTICATE, challenge));
+        }
+        if let Some(a) = self.allow {
+            b.insert_header((header::ALLOW, a));
         }
         if let Some(s) = self.retry_after {
             b.insert_header((header::RETRY_AFTER, s.to_string()));

@@ -69,15 +69,43 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         }
         body.extend_from_slice(&chunk);
     }
-    serde_json::from_slice(&body).map_err(|e| JsonPayloadError::Deserialize(e).into())
+    let value: serde_json::Value = serde_json::from_slice(&body).map_err(JsonPayloadError::Deserialize)?;
+    object_body(value)
+}
+
+/// A body that must be a JSON object: an array is refused even where serde would read a
+/// struct from it by position.
+pub(crate) struct Body<T>(pub T);
+
+impl<T: serde::de::DeserializeOwned + 'static> actix_web::FromRequest for Body<T> {
+    type Error = actix_web::Error;
+    type Future = std::pin::Pin<Box<dyn std::future::Future<Output = Result<Self, Self::Error>>>>;
+
+    fn from_request(req: &actix_web::HttpRequest, payload: &mut actix_web::dev::Payload) -> Self::Future {
+        let value = web::Json::<serde_json::Value>::from_request(req, payload);
+        Box::pin(async move { Ok(Body(object_body(value.await?.into_inner())?)) })
+    }
+}
+
+fn object_body<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> Result<T, ApiError> {
+    if !value.is_object() {
+        return Err(ApiError::invalid("the body must be a JSON object"));
+    }
+    crate::model::from_value_strict(value)
+        .map_err(|e| ApiError::invalid(format!("invalid JSON body: {}", crate::model::clean_serde_error(&e.to_string()))))
 }
 
 async fn not_found() -> Result<HttpResponse, ApiError> {
     Err(ApiError::not_found("no such route"))
 }
 
-async fn method_not_allowed() -> Result<HttpResponse, ApiError> {
-    Err(ApiError::method_not_allowed())
+/// The answer of a resource to any other method: 405 with `Allow: <allow>`.
+fn not_allowed(allow: &'static str) -> actix_web::Route {
+    web::to(move || async move {
+        let mut e = ApiError::method_not_allowed();
+        e.allow = Some(allow);
+        Err::<HttpResponse, ApiError>(e)
+    })
 }
 
 /// The separate metrics listener's only route.

@@ -4,17 +4,17 @@ use actix_web::{web, HttpRequest, HttpResponse};
 use serde_json::json;
 
 use super::middleware::bearer;
-use super::{method_not_allowed, ApiError, AppState};
+use super::{not_allowed, ApiError, AppState};
 
 pub fn routes(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(web::to(method_not_allowed)))
-        .service(web::resource("/openapi.json").route(web::get().to(openapi)).default_service(web::to(method_not_allowed)))
+    cfg.service(web::resource("/healthz").route(web::get().to(healthz)).default_service(not_allowed("GET")))
+        .service(web::resource("/readyz").route(web::get().to(readyz)).default_service(not_allowed("GET")))
+        .service(web::resource("/openapi.json").route(web::get().to(openapi)).default_service(not_allowed("GET")))
         .configure(metrics_route);
 }
 
 pub fn metrics_route(cfg: &mut web::ServiceConfig) {
-    cfg.service(web::resource("/metrics").route(web::get().to(metrics)).default_service(web::to(method_not_allowed)));
+    cfg.service(web::resource("/metrics").route(web::get().to(metrics)).default_service(not_allowed("GET")));
 }
 
 async fn healthz() -> HttpResponse {

@@ -168,7 +168,7 @@ impl TryFrom<IssuerBody> for NewIssuer {
 
     fn try_from(c: IssuerBody) -> Result<Self, ValidationError> {
         let url_ok = |u: &str| {
-            url::Url::parse(u).is_ok_and(|u| {
+            crate::model::web_url(u).is_ok_and(|u| {
                 u.scheme() == "https" || (u.scheme() == "http" && matches!(u.host_str(), Some("localhost" | "127.0.0.1" | "[::1]")))
             })
         };
@@ -310,13 +310,16 @@ struct Cached {
     attempted: Instant,
 }
 
+/// A fetch in progress: held while one caller fetches, waited on by the rest.
+type Flight = Arc<tokio::sync::Mutex<()>>;
+
 /// Fetches and caches issuers' JWKS documents, by issuer *and* key location: replacing an
 /// issuer's `jwks_uri` never reuses keys fetched from the old one.
 pub struct JwksCache {
     http: reqwest::Client,
     entries: Mutex<HashMap<(String, String), Cached>>,
     /// One fetch per issuer and key location at a time: concurrent callers wait for it.
-    fetching: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<()>>>>,
+    fetching: Mutex<HashMap<(String, String), Flight>>,
 }
 
 impl JwksCache {

@@ -44,6 +44,7 @@ pub fn exec(settings: &Settings, cmd: AgentsCmd) -> CliResult {
         AgentsCmd::Add { from } => {
             let text = read_input(&from)?;
             let new: NewAgent = serde_json::from_str(&text)
+                .and_then(crate::model::from_value_strict)
                 .map_err(|e| CliError::usage(format!("invalid agent: {}", crate::model::clean_serde_error(&e.to_string()))))?;
             let (agent, secret) = open_vault(settings)?.create_agent(&actor, new)?;
             eprintln!("agent {} created; client secret (shown once):", agent.id);

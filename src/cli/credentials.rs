@@ -48,7 +48,7 @@ pub fn exec(settings: &Settings, cmd: CredentialsCmd) -> CliResult {
             let input: CredentialInput = match (from, api_key_file) {
                 (Some(f), None) => {
                     let text = read_input(&f)?;
-                    serde_json::from_str(&text).map_err(|e| {
+                    serde_json::from_str(&text).and_then(crate::model::from_value_strict).map_err(|e| {
                         CliError::usage(format!("invalid credential JSON: {}", crate::model::clean_serde_error(&e.to_string())))
                     })?
                 }

@@ -268,7 +268,7 @@ impl ConnectionSpec {
     /// Parses and validates a spec; an OAuth connection without `scope_enforcement` gets its
     /// provider's default, so that a stored spec always states it.
     pub fn from_json(value: serde_json::Value) -> Result<Self, ValidationError> {
-        let mut spec: ConnectionSpec = serde_json::from_value(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
+        let mut spec: ConnectionSpec = super::from_value_strict(value).map_err(|e| ValidationError(clean_serde_error(&e.to_string())))?;
         spec.validate()?;
         let provider = spec.provider.clone();
         if let Some(o) = spec.oauth2.as_mut() {
@@ -352,15 +352,35 @@ impl OAuth2Spec {
     }
 }
 
-/// URLs must be absolute https; plain http only for loopback (local providers, tests).
+/// URLs must be absolute https (plain http only for loopback: local providers, tests), in
+/// canonical form (lowercase scheme and host, no spaces), with no credentials in them.
 fn check_url(field: &str, raw: &str) -> Result<(), ValidationError> {
-    let url = url::Url::parse(raw).map_err(|_| ValidationError(format!("oauth2.{field}: not an absolute URL")))?;
+    let url = web_url(raw).map_err(|why| ValidationError(format!("oauth2.{field}: {why}")))?;
     let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
     match url.scheme() {
         "https" => Ok(()),
         "http" if loopback => Ok(()),
         _ => invalid(format!("oauth2.{field}: must use https (http only for localhost)")),
     }
+}
+
+/// Parses an absolute http(s) URL written the way it will be used: the scheme and host as
+/// the parser would write them (so `HTTPS://A.EXAMPLE`, `https:a.example` and `http://127.1`
+/// are refused rather than silently rewritten), no whitespace, no user or password.
+pub fn web_url(raw: &str) -> Result<url::Url, &'static str> {
+    if raw.len() > 2048 || raw.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return Err("not a URL (at most 2048 characters, no spaces)");
+    }
+    let url = url::Url::parse(raw).map_err(|_| "not an absolute URL")?;
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err("a URL may not carry a user name or password");
+    }
+    let host = url.host_str().ok_or("the URL names no host")?;
+    let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
+    if !raw.starts_with(&format!("{}://{host}{port}", url.scheme())) {
+        return Err("write the URL in canonical form: lowercase scheme and host, e.g. https://auth.example.com/token");
+    }
+    Ok(url)
 }
 
 impl ApiKeySpec {

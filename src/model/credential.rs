@@ -12,12 +12,32 @@ pub struct CredentialInput {
     pub api_key: Option<Secret>,
     pub access_token: Option<Secret>,
     pub refresh_token: Option<Secret>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub expires_in: Option<i64>,
+    #[serde(default, deserialize_with = "whole_number")]
     pub expires_at: Option<i64>,
     pub scope: Option<String>,
     pub token_type: Option<String>,
     /// Salesforce-style API host returned with the token.
     pub instance_url: Option<String>,
+}
+
+/// The latest `expires_at` accepted: the end of year 9999 (timestamps print as RFC 3339).
+pub const MAX_TIMESTAMP: i64 = crate::time::LATEST;
+
+/// An optional integer field that also accepts JSON numbers written with a zero fraction
+/// (`41.0` is the integer 41 to JSON Schema, and to many clients).
+pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64>, D::Error> {
+    use serde::de::Error;
+    let Some(n) = Option::<serde_json::Number>::deserialize(d)? else { return Ok(None) };
+    if let Some(i) = n.as_i64() {
+        return Ok(Some(i));
+    }
+    match n.as_f64() {
+        // Below 2^53 every whole f64 is exactly an integer.
+        Some(f) if f.fract() == 0.0 && f.abs() < 9.0e15 => Ok(Some(f as i64)),
+        _ => Err(D::Error::custom("expected a whole number")),
+    }
 }
 
 /// The scopes an OAuth credential holds. `Unknown` when nobody said (a token imported
@@ -116,6 +136,7 @@ impl CredentialInput {
                     (Some(_), Some(_)) => return invalid("give expires_in or expires_at, not both"),
                     (Some(s), None) if (1..=10 * 365 * 86_400).contains(&s) => Some(now + s),
                     (Some(_), None) => return invalid("expires_in must be between 1 second and 10 years"),
+                    (None, Some(t)) if t > MAX_TIMESTAMP => return invalid("expires_at (unix seconds) must be before the year 10000"),
                     (None, Some(t)) if t > now => Some(t),
                     (None, Some(_)) => return invalid("expires_at (unix seconds) is in the past"),
                     (None, None) => None,

@@ -10,11 +10,13 @@ mod ids;
 pub mod oauth;
 pub mod providers;
 mod state;
+mod strict;
 
 pub use connection::*;
 pub use credential::*;
 pub use ids::*;
 pub use state::*;
+pub use strict::from_value_strict;
 
 /// Input that does not describe a valid value; the message says what is wrong and is
 /// safe to show to the caller (it never contains a secret).

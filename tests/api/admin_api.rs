@@ -3,7 +3,7 @@
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::TestApp;
+use crate::helpers::{expect, TestApp};
 use latchkey::model::{ConnectionId, Owner};
 
 #[tokio::test]
@@ -371,4 +371,56 @@ async fn openapi_documents_only_routes_that_exist() {
         }
     }
     assert!(checked >= 28, "{checked}");
+}
+
+/// What schemathesis found: each refused with a clear 400 (or a 405 that says what is
+/// allowed), nothing stored, nothing echoed.
+#[tokio::test]
+async fn bodies_and_methods_the_document_does_not_allow_are_refused_cleanly() {
+    let app = TestApp::spawn().await;
+    // 405 says which methods the route has.
+    let r = app.http.request(Method::from_bytes(b"TRACE").unwrap(), app.url("/healthz")).send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["allow"].to_str().unwrap()), (405, "GET"));
+    let r = app.admin(Method::PATCH, "/v1/admin/agents").send().await.unwrap();
+    assert_eq!((r.status().as_u16(), r.headers()["allow"].to_str().unwrap()), (405, "POST, GET"));
+    let r = app.http.delete(app.url("/.well-known/jwks.json")).send().await.unwrap();
+    assert_eq!(expect(r, 405).await["error"], "method_not_allowed", "a JSON error, like every route");
+
+    // A JSON array is not an object, even where serde would read the struct from it.
+    let arrays = [
+        ("/v1/admin/connections", json!(["arr-conn", "api_key", null, null, null, {"header": "X"}])),
+        ("/v1/admin/agents", json!(["arr-agent", "Arr", [[]]])),
+    ];
+    for (path, body) in arrays {
+        assert_eq!(expect(app.post_json(path, body).await, 400).await["error_description"], "the body must be a JSON object");
+    }
+    assert!(app.get("/v1/admin/connections/arr-conn").await.status() == 404);
+
+    // Whole numbers written with a zero fraction are whole numbers.
+    app.api_key_connection("k").await;
+    let policy = json!({"grants": [{"connection": "k", "owners": "any", "max_ttl": 41.0}]});
+    expect(app.post_json("/v1/admin/agents", json!({"id": "a", "name": "a", "policy": policy})).await, 201).await;
+    assert_eq!(expect(app.get("/v1/admin/agents/a").await, 200).await["policy"]["grants"][0]["max_ttl"], 41);
+    let oauth = json!({"id": "o", "kind": "oauth2", "oauth2": {"client_id": "c", "authorization_endpoint": "https://p.example/a",
+        "token_endpoint": "https://p.example/t"}});
+    expect(app.post_json("/v1/admin/connections", oauth).await, 201).await;
+    let put = |body: Value| app.put_json("/v1/admin/connections/o/credentials/user:bob", body);
+    expect(put(json!({"access_token": "at", "expires_in": 3600.0})).await, 200).await;
+    assert_eq!(put(json!({"access_token": "at", "expires_in": 3600.5})).await.status(), 400);
+    // Expiry times stay printable: nothing past 9999-12-31.
+    for t in [253_402_300_800_i64, i64::MAX] {
+        let r = put(json!({"access_token": "at", "expires_at": t})).await;
+        assert_eq!(r.status(), 400, "{t}");
+    }
+    let v = expect(put(json!({"access_token": "at", "expires_at": 253_402_300_799_i64})).await, 200).await;
+    assert_eq!(v["expires_at"], "9999-12-31T23:59:59Z");
+
+    // URLs as they will be used: canonical, without credentials (which would be stored and
+    // shown back).
+    for bad in [" https://a.example/x", "https:a.example", "HTTPS://A.EXAMPLE/", "http://127.1/x", "https://user:hunter2@a.example/"] {
+        let body = json!({"id": "d", "kind": "oauth2", "oauth2": {"client_id": "c", "discovery_url": bad}});
+        let v = expect(app.post_json("/v1/admin/connections", body).await, 400).await;
+        assert!(!v.to_string().contains("hunter2"), "{v}");
+    }
+    assert_eq!(app.get("/v1/admin/connections/d").await.status(), 404);
 }

@@ -17,13 +17,8 @@
 //! implementation below. It refuses keywords and regex syntax it does not know, so the
 //! document cannot use one that goes unchecked.
 //!
-//! Known differences, reported and waiting for validator fixes (the samples stay clear of them;
-//! `FINDING` marks where): integer members refuse integral JSON numbers such as `41.0`, which
-//! JSON Schema counts as integers; bodies given as JSON arrays are taken member by member;
-//! `expires_at` accepts values past year 9999, which responses then render as invalid
-//! timestamps (or answer 500 past ~2.9e8 years); URLs are parsed leniently (surrounding
-//! whitespace, `https:host`, upper-case schemes, `http://127.1`), where the document states
-//! the canonical form; some limits count UTF-8 bytes where JSON Schema counts characters.
+//! A known difference: some limits count UTF-8 bytes where JSON Schema counts characters (the
+//! document's descriptions say "bytes" there).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -1048,7 +1043,7 @@ fn credential_bodies_agree_with_the_validator() {
     let now = 1_000_000;
     let x = |n: usize| "x".repeat(n);
     let validator = |b: &Value| {
-        let parse = || serde_json::from_value::<CredentialInput>(b.clone()).map_err(|e| e.to_string());
+        let parse = || latchkey::model::from_value_strict::<CredentialInput>(b.clone()).map_err(|e| e.to_string());
         let api = parse().and_then(|c| c.into_secret(ConnectionKind::ApiKey, now).map(|_| ()).map_err(|e| e.0));
         let oauth = parse().and_then(|c| c.into_secret(ConnectionKind::Oauth2, now).map(|_| ()).map_err(|e| e.0));
         api.or(oauth)
@@ -1122,15 +1117,20 @@ fn credential_bodies_agree_with_the_validator() {
         ],
     ));
     let no_expiry = with(&oauth, "/expires_in", None);
-    // FINDING: the validator accepts any future `expires_at` up to i64::MAX; past
-    // 253402300799 (9999-12-31T23:59:59Z) responses render broken timestamps, and past ~9.2e15
-    // they panic (500). The document states the bound a fix should enforce, so the samples
-    // here stay within it.
+    // The last second of year 9999 is the latest `expires_at`.
     bodies.extend(mutations(
         &no_expiry,
         &[(
             "/expires_at",
-            vec![Some(json!(now + 1)), Some(json!(253_402_300_799_i64)), Some(json!(now)), Some(json!("2030")), Some(Value::Null)],
+            vec![
+                Some(json!(now + 1)),
+                Some(json!(253_402_300_799_i64)),
+                Some(json!(253_402_300_800_i64)),
+                Some(json!(i64::MAX)),
+                Some(json!(now)),
+                Some(json!("2030")),
+                Some(Value::Null),
+            ],
         )],
     ));
     bodies.push(with(&oauth, "/expires_at", Some(json!(now + 10))));
@@ -1189,10 +1189,10 @@ fn agent_and_policy_bodies_agree_with_the_validators() {
     ));
     let mut policies: Vec<Value> = grants.iter().map(|g| json!({"grants": [g]})).collect();
     let many = |n: usize| json!({"grants": (0..n).map(|i| json!({"connection": format!("c{i}"), "owners": "self"})).collect::<Vec<_>>()});
-    // FINDING: serde's derived structs also take a JSON array, members by position (`[]`,
-    // `[[grant]]` here; `["sk-live"]` as a credential body): every body is documented as the
-    // object it should be, and arrays are left out of the samples until the validators refuse them.
+    // A body is an object: an array is refused, although serde would read a struct from it.
     policies.extend([
+        json!([]),
+        json!([[{"connection": "crm", "owners": "any"}]]),
         json!({}),
         json!({"grants": []}),
         json!({"grants": null}),
@@ -1217,7 +1217,9 @@ fn agent_and_policy_bodies_agree_with_the_validators() {
         ],
     );
     agents.extend(policies.into_iter().map(|p| with(&agent, "/policy", Some(p))));
-    agree_on_bodies(&s, "AgentInput", agents, |b| serde_json::from_value::<NewAgent>(b.clone()).map(|_| ()).map_err(|e| e.to_string()));
+    agree_on_bodies(&s, "AgentInput", agents, |b| {
+        latchkey::model::from_value_strict::<NewAgent>(b.clone()).map(|_| ()).map_err(|e| e.to_string())
+    });
 }
 
 #[test]
@@ -1293,7 +1295,9 @@ fn issuer_bodies_agree_with_the_validator() {
     );
     let by_uri = with(&with(&issuer, "/jwks", None), "/jwks_uri", Some(json!("https://idp.example.com/jwks")));
     bodies.extend(mutations(&by_uri, &[("/jwks_uri", url_samples()), ("/jwks", vec![Some(Value::Null), Some(json!({"keys": [okp]}))])]));
-    agree_on_bodies(&s, "IssuerInput", bodies, |b| serde_json::from_value::<NewIssuer>(b.clone()).map(|_| ()).map_err(|e| e.to_string()));
+    agree_on_bodies(&s, "IssuerInput", bodies, |b| {
+        latchkey::model::from_value_strict::<NewIssuer>(b.clone()).map(|_| ()).map_err(|e| e.to_string())
+    });
 }
 
 #[tokio::test]

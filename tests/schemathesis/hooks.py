@@ -19,7 +19,6 @@ own words (a member name or enum value of openapi.json).
 
 import json
 import os
-import re
 from typing import Any, Iterator
 
 import schemathesis
@@ -117,81 +116,14 @@ def no_secret_leak(ctx: Any, response: Any, case: Any) -> None:
 
 # Exclusions: known server findings, reported and waiting for a fix in src/. Each drops only
 # the failures that finding explains; every other failure of the same check still fails the
-# run. Remove an exclusion together with its fix.
+# run. Remove an exclusion together with its fix. (None at present: every finding so far is
+# fixed.)
 EXCLUSIONS = []
 
 
 def exclusion(f: Any) -> Any:
     EXCLUSIONS.append(f)
     return f
-
-
-@exclusion
-def finding_405_without_allow(failure: Any, case: Any, response: Any) -> bool:
-    """FINDING: 405 answers carry no `Allow` header (RFC 9110 15.5.6), e.g. `TRACE /healthz`."""
-    return getattr(failure, "failure_reason", None) == "missing_allow_header"
-
-
-@exclusion
-def finding_integral_floats(failure: Any, case: Any, response: Any) -> bool:
-    """FINDING: integer members refuse integral JSON numbers such as `41.0`, which JSON Schema
-    counts as integers (`max_ttl`, `expires_in`, `expires_at`)."""
-    return failure.code == "ST202" and response.status_code == 400 and b"invalid type: floating point" in response.content
-
-
-@exclusion
-def finding_positional_arrays(failure: Any, case: Any, response: Any) -> bool:
-    """FINDING: bodies given as a JSON array are taken as the struct's members by position
-    (serde's derived `Deserialize`), e.g. `POST /v1/admin/connections` with
-    `["x", "api_key", null, null, null, {"header": "X"}]` creates a connection."""
-    return failure.code == "ST201" and isinstance(case.body, list)
-
-
-TIMESTAMP = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
-EXPIRES_AT = re.compile(r'"expires_at":"([^"]*)"')
-
-
-@exclusion
-def finding_expires_at_range(failure: Any, case: Any, response: Any) -> bool:
-    """FINDING: `expires_at` of a credential import is accepted up to i64::MAX. Past
-    253402300799 (9999-12-31T23:59:59Z) responses render it as an invalid timestamp (e.g.
-    `10000-01-01T00:00:0Z`), and past about 9.2e15 the import answers 500 (an overflow panic in
-    `time::rfc3339`). Drops the failures of such imports and of responses showing such a value."""
-    body = case.body if isinstance(case.body, dict) else {}
-    value = body.get("expires_at")
-    if isinstance(value, int) and not isinstance(value, bool) and value > 253402300799:
-        return True
-    shown = EXPIRES_AT.findall(response.content.decode("utf-8", "replace"))
-    return any(not TIMESTAMP.match(v) for v in shown)
-
-
-ED25519_X = re.compile(r"^[A-Za-z0-9_-]{42}[AEIMQUYcgkosw048]$")
-
-
-def short_ed25519_keys(value: Any) -> bool:
-    """Whether a JSON value holds an OKP JWK whose `x` is not a 32-byte key."""
-    if isinstance(value, dict):
-        if value.get("kty") == "OKP" and not (isinstance(value.get("x"), str) and ED25519_X.match(value["x"])):
-            return True
-        return any(short_ed25519_keys(v) for v in value.values())
-    if isinstance(value, list):
-        return any(short_ed25519_keys(v) for v in value)
-    return False
-
-
-@exclusion
-def finding_ed25519_key_length(failure: Any, case: Any, response: Any) -> bool:
-    """FINDING (found by the fuzz targets; the fix, refusing such keys, is on its way): an issuer's
-    inline Ed25519 JWK whose `x` is not 32 bytes is accepted, and jsonwebtoken's verifier panics
-    on it. The document states the 32-byte rule; this drops the failures of issuer requests and
-    responses carrying such a key until the fix lands (then it matches nothing)."""
-    if not case.operation.path.startswith("/v1/admin/issuers"):
-        return False
-    try:
-        shown = json.loads(response.content)
-    except ValueError:
-        shown = None
-    return short_ed25519_keys(case.body) or short_ed25519_keys(shown)
 
 
 @schemathesis.hook
