@@ -147,12 +147,16 @@ def main():
     ap.add_argument("--refresh-only", action="store_true", help="only the refresh-throughput scenario")
     ap.add_argument("--release-only", action="store_true", help="only the release scenarios (before/after comparisons)")
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
+    ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
     a = ap.parse_args()
     ensure_wrk()
     sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
     sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
     if a.flood_only:
         flood_scenarios(a)
+        return
+    if a.full_only:
+        full(a)
         return
     if not a.refresh_only:
         release_scenarios(a)
