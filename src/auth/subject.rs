@@ -212,7 +212,7 @@ impl TryFrom<IssuerBody> for NewIssuer {
                     return Err(ValidationError("owner_proof.client_id must be 1-512 printable ASCII characters".into()));
                 }
                 if p.client_secret.as_ref().is_some_and(|s| s.is_empty() || s.len() > 4096) {
-                    return Err(ValidationError("owner_proof.client_secret must be 1-4096 characters".into()));
+                    return Err(ValidationError("owner_proof.client_secret must be 1-4096 bytes".into()));
                 }
                 let set = p.client_secret.is_some();
                 (Some(OwnerProofClient { client_id: p.client_id, client_secret_set: set }), p.client_secret)

@@ -192,7 +192,7 @@ pub fn take_client_secret(value: &mut serde_json::Value) -> Result<Option<Secret
     match oauth2.remove("client_secret") {
         None | Some(serde_json::Value::Null) => Ok(None),
         Some(serde_json::Value::String(s)) if (1..=4096).contains(&s.len()) => Ok(Some(Secret::new(s))),
-        Some(_) => invalid("oauth2.client_secret must be a string of 1-4096 characters"),
+        Some(_) => invalid("oauth2.client_secret must be a string of 1-4096 bytes"),
     }
 }
 

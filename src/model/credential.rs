@@ -153,11 +153,10 @@ impl CredentialInput {
                     return invalid("token_type must be a short word such as 'Bearer'");
                 }
                 if let Some(u) = &self.instance_url {
-                    // Whole: the URL parser would quietly drop surrounding spaces and inner
-                    // tabs and newlines, which would then be stored.
-                    let whole = !u.chars().any(|c| c.is_whitespace() || c.is_control());
-                    if !whole || !url::Url::parse(u).is_ok_and(|u| u.scheme() == "https") || u.len() > 512 {
-                        return invalid("instance_url must be an https URL");
+                    // As written and canonical: the URL parser would quietly drop surrounding
+                    // spaces, which would then be stored; no user or password in it.
+                    if !super::web_url(u).is_ok_and(|u| u.scheme() == "https") || u.len() > 512 {
+                        return invalid("instance_url must be an https URL in canonical form, at most 512 bytes");
                     }
                 }
                 Ok(CredentialSecret::OAuth2 {
