@@ -20,15 +20,15 @@ use rusqlite::{Connection, OpenFlags, TransactionBehavior};
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
 const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/0001_init.sql"),
-    include_str!("../../migrations/0002_agents.sql"),
-    include_str!("../../migrations/0003_oauth.sql"),
-    include_str!("../../migrations/0004_config_generation.sql"),
-    include_str!("../../migrations/0005_dek_references.sql"),
-    include_str!("../../migrations/0006_scopes_known.sql"),
-    include_str!("../../migrations/0007_connect_and_scopes.sql"),
-    include_str!("../../migrations/0008_hardening.sql"),
-    include_str!("../../migrations/0009_catalog_auth_method.sql"),
+    include_str!("../../migrations/sqlite/0001_init.sql"),
+    include_str!("../../migrations/sqlite/0002_agents.sql"),
+    include_str!("../../migrations/sqlite/0003_oauth.sql"),
+    include_str!("../../migrations/sqlite/0004_config_generation.sql"),
+    include_str!("../../migrations/sqlite/0005_dek_references.sql"),
+    include_str!("../../migrations/sqlite/0006_scopes_known.sql"),
+    include_str!("../../migrations/sqlite/0007_connect_and_scopes.sql"),
+    include_str!("../../migrations/sqlite/0008_hardening.sql"),
+    include_str!("../../migrations/sqlite/0009_catalog_auth_method.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
