@@ -537,7 +537,7 @@ mod tests {
 
     #[test]
     fn catalog_auth_method_applies_unless_the_connection_names_one() {
-        let names = include_str!("../../migrations/0009_catalog_auth_method.sql");
+        let names = include_str!("../../migrations/sqlite/0009_catalog_auth_method.sql");
         for p in crate::model::providers::CATALOG {
             let listed = names.contains(&format!("'{}'", p.name));
             assert_eq!(listed, p.token_endpoint_auth_method == TokenEndpointAuthMethod::ClientSecretPost, "{} in migration 0009", p.name);
