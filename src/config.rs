@@ -28,11 +28,16 @@ struct FileConfig {
     request_timeout_ms: Option<u64>,
     metrics_token_file: Option<PathBuf>,
     metrics_bind: Option<String>,
+    database_url: Option<String>,
+    database_url_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub data_dir: PathBuf,
+    /// A `postgres://` URL: the data lives in PostgreSQL instead of
+    /// `<data_dir>/latchkey.db`. A secret (it may hold a password).
+    pub database_url: Option<crate::secret::Secret>,
     pub keys_dir: PathBuf,
     pub bind: String,
     pub public_url: String,
@@ -202,8 +207,25 @@ impl Settings {
                 return Err(ConfigError::Invalid(format!("metrics_bind: '{b}' is not an address such as 127.0.0.1:9200")));
             }
         }
+        let data_dir: PathBuf = path_env("LATCHKEY_DATA_DIR").or(fc.data_dir).unwrap_or_else(|| "./data".into());
+        // A URL may hold a password: read from a file where possible, never echoed.
+        let database_url = match (env("LATCHKEY_DATABASE_URL"), path_env("LATCHKEY_DATABASE_URL_FILE")) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::Invalid("set LATCHKEY_DATABASE_URL or LATCHKEY_DATABASE_URL_FILE, not both".into()))
+            }
+            (Some(url), None) => Some(url),
+            (None, Some(p)) => Some(read_secret_file(&p)?),
+            (None, None) => match (fc.database_url, fc.database_url_file) {
+                (Some(_), Some(_)) => return Err(ConfigError::Invalid("set database_url or database_url_file, not both".into())),
+                (Some(url), None) => Some(url),
+                (None, Some(p)) => Some(read_secret_file(&p)?),
+                (None, None) => None,
+            },
+        };
+        let database_url = database_url.filter(|u| !u.trim().is_empty()).map(crate::secret::Secret::new);
         Ok(Settings {
-            data_dir: path_env("LATCHKEY_DATA_DIR").or(fc.data_dir).unwrap_or_else(|| "./data".into()),
+            data_dir,
+            database_url,
             keys_dir: path_env("LATCHKEY_KEYS_DIR").or(fc.keys_dir).unwrap_or_else(|| "./keys".into()),
             bind,
             public_url,
@@ -222,6 +244,11 @@ impl Settings {
     pub fn from_env(config: Option<&Path>) -> Result<Self, ConfigError> {
         Self::load(config, &|k| std::env::var(k).ok())
     }
+}
+
+fn read_secret_file(p: &Path) -> Result<String, ConfigError> {
+    let raw = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
+    Ok(raw.trim().to_owned())
 }
 
 #[cfg(test)]

@@ -229,8 +229,20 @@ pub fn with_services<T>(
     })
 }
 
+/// Where the data lives: PostgreSQL when a database URL is configured, else
+/// `<data_dir>/latchkey.db`.
+pub fn location(settings: &Settings) -> Result<crate::store::Location, CliError> {
+    match &settings.database_url {
+        Some(url) => {
+            let pg = crate::store::PgConfig::parse(url.expose()).map_err(|e| CliError::usage(e.to_string()))?;
+            Ok(crate::store::Location::Postgres(Box::new(pg)))
+        }
+        None => Ok(crate::store::Location::Embedded(settings.data_dir.clone())),
+    }
+}
+
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
-    Ok(Vault::open(&settings.data_dir, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
+    Ok(Vault::open_at(&location(settings)?, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
 }
 
 const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \
@@ -255,8 +267,8 @@ fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> 
             src => src.resolve(true)?,
         }
     };
-    let init = Vault::init(&settings.data_dir, &settings.keys_dir, passphrase, Clock::system(), &crate::vault::Actor::cli())?;
-    eprintln!("initialised {} (database) and {} (master key v1)", settings.data_dir.display(), settings.keys_dir.display());
+    let init = Vault::init_at(&location(settings)?, &settings.keys_dir, passphrase, Clock::system(), &crate::vault::Actor::cli())?;
+    eprintln!("initialised {} (database) and {} (master key v1)", location(settings)?, settings.keys_dir.display());
     deliver_token(&init.admin_token, token_file)
 }
 
@@ -284,9 +296,9 @@ pub fn deliver_token(token: &Secret, file: Option<&Path>) -> CliResult {
 }
 
 fn migrate(settings: &Settings) -> CliResult {
-    let store = crate::store::Store::open(&settings.data_dir)?;
+    let store = crate::store::Store::open(&location(settings)?)?;
     let v = store.read(crate::store::db_schema_version)?;
-    println!("database schema is at version {v} (latest known: {})", crate::store::schema_version());
+    println!("database schema is at version {v} (latest known: {})", crate::store::schema_version(store.is_remote()));
     Ok(())
 }
 

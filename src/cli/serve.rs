@@ -3,6 +3,7 @@
 use std::net::TcpListener;
 use std::sync::Arc;
 
+use super::location;
 use super::{open_vault, CliError, CliResult, NO_PASSPHRASE_WARNING};
 use crate::config::Settings;
 use crate::time::Clock;
@@ -10,10 +11,10 @@ use crate::vault::{Actor, Vault};
 
 pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     crate::telemetry::init(&settings.log, settings.log_format);
-    if dev && !Vault::is_initialised(&settings.data_dir) {
+    if dev && !Vault::is_initialised(&location(settings)?)? {
         eprintln!("{NO_PASSPHRASE_WARNING}");
-        let init = Vault::init(&settings.data_dir, &settings.keys_dir, None, Clock::system(), &Actor::cli())?;
-        eprintln!("development vault initialised in {} and {}", settings.data_dir.display(), settings.keys_dir.display());
+        let init = Vault::init_at(&location(settings)?, &settings.keys_dir, None, Clock::system(), &Actor::cli())?;
+        eprintln!("development vault initialised in {} and {}", location(settings)?, settings.keys_dir.display());
         super::deliver_token(&init.admin_token, None)?;
     }
     let vault = open_vault(settings)?;

@@ -1,12 +1,12 @@
 //! Audit statements. Appends run inside the caller's write transaction, so a change and
 //! its audit record commit together (or not at all).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::StoreError;
 use crate::audit::{chain_hash, Event, Outcome, Query, Record, GENESIS};
 
-fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
+fn record(r: &Row<'_>) -> Result<Record, StoreError> {
     Ok(Record {
         seq: r.get(0)?,
         ts_ms: r.get(1)?,
@@ -23,26 +23,24 @@ fn record(r: &Row<'_>) -> rusqlite::Result<Record> {
 const COLS: &str = "seq, ts_ms, actor, action, target, outcome, detail, prev_hash, hash";
 
 /// Appends `event` at `ts_ms`; must run in a write transaction.
-pub fn append(c: &Connection, event: &Event, ts_ms: i64) -> Result<i64, StoreError> {
+pub fn append(c: &Conn<'_>, event: &Event, ts_ms: i64) -> Result<i64, StoreError> {
     append_all(c, [(event, ts_ms)])?.pop().ok_or_else(|| StoreError::Corrupt("audit append wrote nothing".into()))
 }
 
 /// Appends events in order (one chain link each); must run in a write transaction.
 /// Returns their sequence numbers.
-pub fn append_all<'a>(c: &Connection, events: impl IntoIterator<Item = (&'a Event, i64)>) -> Result<Vec<i64>, StoreError> {
-    let last: Option<(i64, Vec<u8>)> = c
-        .prepare_cached("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1")?
-        .query_row([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
+pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event, i64)>) -> Result<Vec<i64>, StoreError> {
+    let last: Option<(i64, Vec<u8>)> =
+        c.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
-    let mut insert = c.prepare_cached(&format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)"))?;
+    let insert = format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
     let mut seqs = Vec::new();
     for (event, ts_ms) in events {
         seq += 1;
         let detail = &event.detail;
         let outcome = event.outcome.as_str();
         let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, detail, &prev);
-        insert.execute(params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;
+        c.execute(&insert, params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;
         prev = hash.to_vec();
         seqs.push(seq);
     }
@@ -50,32 +48,34 @@ pub fn append_all<'a>(c: &Connection, events: impl IntoIterator<Item = (&'a Even
 }
 
 /// Records with seq > `after`, ascending.
-pub fn page(c: &Connection, after: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
-    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
-    let rows = st.query_map(params![after, limit as i64], record)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+pub fn page(c: &Conn<'_>, after: i64, limit: usize) -> Result<Vec<Record>, StoreError> {
+    let rows =
+        c.query_all(&format!("SELECT {COLS} FROM audit WHERE seq > ?1 ORDER BY seq LIMIT ?2"), params![after, limit as i64], record)?;
+    Ok(rows)
 }
 
 /// The last `n` records, ascending.
-pub fn tail(c: &Connection, n: usize) -> Result<Vec<Record>, StoreError> {
-    let mut st = c.prepare_cached(&format!("SELECT {COLS} FROM audit ORDER BY seq DESC LIMIT ?1"))?;
-    let mut rows: Vec<Record> = st.query_map([n as i64], record)?.collect::<Result<_, _>>()?;
+pub fn tail(c: &Conn<'_>, n: usize) -> Result<Vec<Record>, StoreError> {
+    let mut rows: Vec<Record> = c.query_all(&format!("SELECT {COLS} FROM audit ORDER BY seq DESC LIMIT ?1"), params![n as i64], record)?;
     rows.reverse();
     Ok(rows)
 }
 
 /// Records matching `q`, ascending by sequence.
-pub fn query(c: &Connection, q: &Query) -> Result<Vec<Record>, StoreError> {
+pub fn query(c: &Conn<'_>, q: &Query) -> Result<Vec<Record>, StoreError> {
     // Releases have target "<connection>/<owner>"; admin changes "<connection>" or
     // "<connection>/<owner>" as well, so both filters work on either.
-    let mut st = c.prepare_cached(&format!(
-        "SELECT {COLS} FROM audit WHERE seq > ?1 \
+    let rows = c.query_all(
+        &format!(
+            "SELECT {COLS} FROM audit WHERE seq > ?1 \
          AND (?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/') \
          AND (?3 IS NULL OR actor = 'agent:' || ?3) \
          AND (?4 IS NULL OR substr(target, length(target) - length(?4)) = '/' || ?4) \
          AND (?5 IS NULL OR outcome = ?5) \
          ORDER BY seq LIMIT ?6"
-    ))?;
-    let rows = st.query_map(params![q.after, q.connection, q.agent, q.owner, q.outcome.map(Outcome::as_str), q.limit as i64], record)?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        ),
+        params![q.after, q.connection, q.agent, q.owner, q.outcome.map(Outcome::as_str), q.limit as i64],
+        record,
+    )?;
+    Ok(rows)
 }

@@ -11,8 +11,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
-use rusqlite::Connection;
-
+use super::sql::{Conn, Owned};
 use super::StoreError;
 
 /// A batch is committed once it holds this many writes even if more are queued, so that
@@ -25,8 +24,12 @@ pub(super) struct GroupWriter {
     queued: AtomicUsize,
 }
 
+type Reopen = Box<dyn Fn() -> Result<Owned, StoreError> + Send + Sync>;
+
 struct State {
-    conn: Connection,
+    /// `None` after the connection broke: the next write opens a new one.
+    conn: Option<Owned>,
+    reopen: Reopen,
     /// The open transaction's batch, if one is open.
     batch: Option<Arc<Batch>>,
     writes: usize,
@@ -57,8 +60,8 @@ impl Batch {
 }
 
 impl GroupWriter {
-    pub fn new(conn: Connection) -> Self {
-        GroupWriter { state: Mutex::new(State { conn, batch: None, writes: 0 }), queued: AtomicUsize::new(0) }
+    pub fn new(conn: Owned, reopen: Reopen) -> Self {
+        GroupWriter { state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0 }), queued: AtomicUsize::new(0) }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -69,12 +72,20 @@ impl GroupWriter {
     }
 
     /// Runs `f` in a savepoint of the shared transaction; returns once it is committed.
-    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
         let mut st = self.lock();
         let batch = match &st.batch {
             Some(b) => b.clone(),
             None => {
-                st.conn.execute_batch("BEGIN IMMEDIATE").map_err(StoreError::from)?;
+                if st.conn.as_ref().is_none_or(Owned::is_broken) {
+                    st.conn = None;
+                    st.conn = Some((st.reopen)()?);
+                }
+                let began = st.conn.as_ref().map_or(Err(StoreError::Unavailable), Owned::begin_write);
+                if let Err(e) = began {
+                    st.conn.take_if(|c| c.is_broken());
+                    return Err(e.into());
+                }
                 let b = Arc::new(Batch::default());
                 st.batch = Some(b.clone());
                 st.writes = 0;
@@ -82,14 +93,20 @@ impl GroupWriter {
             }
         };
         st.writes += 1;
-        let out = run_in_savepoint(&st.conn, f);
+        let out = match st.conn.as_ref() {
+            Some(conn) => run_in_savepoint(&conn.conn(), f),
+            None => Err(StoreError::Unavailable),
+        };
         let out = match out {
             Ok(out) => out,
             Err(broken) => {
                 // The savepoint itself could not be opened or closed: the transaction is
                 // in an unknown state, so nobody in this batch commits.
                 let msg = broken.to_string();
-                let _ = st.conn.execute_batch("ROLLBACK");
+                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn().batch("ROLLBACK").is_ok() && !c.is_broken());
+                if !rolled_back {
+                    st.conn = None;
+                }
                 st.batch = None;
                 drop(st);
                 batch.finish(Err(msg));
@@ -97,9 +114,15 @@ impl GroupWriter {
             }
         };
         if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
-            let outcome = st.conn.execute_batch("COMMIT").map_err(|e| e.to_string());
+            let outcome = match st.conn.as_ref() {
+                Some(c) => c.conn().batch("COMMIT").map_err(|e| e.to_string()),
+                None => Err(StoreError::Unavailable.to_string()),
+            };
             if outcome.is_err() {
-                let _ = st.conn.execute_batch("ROLLBACK");
+                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn().batch("ROLLBACK").is_ok() && !c.is_broken());
+                if !rolled_back {
+                    st.conn = None;
+                }
             }
             st.batch = None;
             drop(st);
@@ -117,8 +140,9 @@ impl GroupWriter {
 
     /// Direct use of the connection outside any batch.
     #[cfg(test)]
-    pub fn with_conn<T>(&self, f: impl FnOnce(&mut Connection) -> T) -> T {
-        f(&mut self.lock().conn)
+    pub fn with_conn<T>(&self, f: impl FnOnce(&Conn<'_>) -> T) -> T {
+        let st = self.lock();
+        f(&st.conn.as_ref().expect("a test writer's connection").conn())
     }
 }
 
@@ -129,14 +153,14 @@ enum Written<T, E> {
 
 /// `f` inside `SAVEPOINT`; rolled back to it if `f` fails or panics. `Err` only if the
 /// savepoint statements themselves fail.
-fn run_in_savepoint<T, E>(c: &Connection, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<Written<T, E>, StoreError> {
-    c.execute_batch("SAVEPOINT write")?;
+fn run_in_savepoint<T, E>(c: &Conn<'_>, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<Written<T, E>, StoreError> {
+    c.batch("SAVEPOINT write")?;
     let out = catch_unwind(AssertUnwindSafe(|| f(c)));
     let keep = matches!(out, Ok(Ok(_)));
     if !keep {
-        c.execute_batch("ROLLBACK TO write")?;
+        c.batch("ROLLBACK TO write")?;
     }
-    c.execute_batch("RELEASE write")?;
+    c.batch("RELEASE write")?;
     Ok(match out {
         Ok(r) => Written::Done(r),
         Err(p) => Written::Panicked(p),
@@ -149,13 +173,13 @@ mod tests {
 
     fn writer() -> (tempfile::TempDir, GroupWriter) {
         let dir = tempfile::tempdir().unwrap();
-        let c = Connection::open(dir.path().join("t.db")).unwrap();
+        let c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);").unwrap();
-        (dir, GroupWriter::new(c))
+        (dir, GroupWriter::new(Owned::Lite(c), Box::new(|| Err(StoreError::Unavailable))))
     }
 
     fn count(w: &GroupWriter) -> i64 {
-        w.with_conn(|c| c.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap())
+        w.with_conn(|c| c.query_one("SELECT count(*) FROM t", &[], |r| r.get(0)).unwrap())
     }
 
     #[test]
@@ -168,10 +192,10 @@ mod tests {
                     for j in 0..50i64 {
                         let v = i * 1000 + j;
                         let r = w.write(|c| {
-                            c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                            c.execute("INSERT INTO t (v) VALUES (?1)", super::super::sql::params![v])?;
                             if j % 10 == 0 {
                                 // Duplicate: fails after a successful insert in the same write.
-                                c.execute("INSERT INTO t (v) VALUES (?1)", [v])?;
+                                c.execute("INSERT INTO t (v) VALUES (?1)", super::super::sql::params![v])?;
                             }
                             Ok::<_, StoreError>(v)
                         });
@@ -188,14 +212,14 @@ mod tests {
         let (_d, w) = writer();
         let r = catch_unwind(AssertUnwindSafe(|| {
             w.write(|c| {
-                c.execute("INSERT INTO t (v) VALUES (1)", [])?;
+                c.execute("INSERT INTO t (v) VALUES (1)", &[])?;
                 panic!("boom");
                 #[allow(unreachable_code)]
                 Ok::<_, StoreError>(())
             })
         }));
         assert!(r.is_err());
-        w.write(|c| c.execute("INSERT INTO t (v) VALUES (2)", []).map_err(StoreError::from)).unwrap();
+        w.write(|c| c.execute("INSERT INTO t (v) VALUES (2)", &[])).unwrap();
         assert_eq!(count(&w), 1);
     }
 }

@@ -1,9 +1,9 @@
 //! Statements for the identities latchkey trusts: agents, trusted issuers and latchkey's
 //! own token-signing keys.
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, parsed, Conn, Row};
 
-use super::{parsed, StoreError};
+use super::StoreError;
 use crate::model::SigningKeyState;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -21,7 +21,7 @@ pub struct AgentRow {
     pub updated_at: i64,
 }
 
-fn agent_row(r: &Row<'_>) -> rusqlite::Result<AgentRow> {
+fn agent_row(r: &Row<'_>) -> Result<AgentRow> {
     Ok(AgentRow {
         id: r.get(0)?,
         name: r.get(1)?,
@@ -38,23 +38,23 @@ const AGENT_COLS: &str = "id, name, secret_hash, policy, disabled, token_epoch, 
 
 /// The next agent token epoch: a counter shared by all agents that never goes back, so
 /// that an agent deleted and created again starts above every token issued before.
-pub fn next_agent_epoch(c: &Connection) -> Result<i64> {
-    Ok(c.prepare_cached("UPDATE counters SET value = value + 1 WHERE name = 'agent_epoch' RETURNING value")?.query_row([], |r| r.get(0))?)
+pub fn next_agent_epoch(c: &Conn<'_>) -> Result<i64> {
+    Ok(c.query_one("UPDATE counters SET value = value + 1 WHERE name = 'agent_epoch' RETURNING value", params![], |r| r.get(0))?)
 }
 
-pub fn insert_agent(c: &Connection, a: &AgentRow) -> Result<()> {
+pub fn insert_agent(c: &Conn<'_>, a: &AgentRow) -> Result<()> {
     let res = c.execute(
         &format!("INSERT INTO agents ({AGENT_COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
         params![a.id, a.name, a.secret_hash, a.policy, a.disabled, a.token_epoch, a.created_at, a.updated_at],
     );
     match res {
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
-        other => other.map(|_| ()).map_err(Into::into),
+        Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
+        other => other.map(|_| ()),
     }
 }
 
-pub fn get_agent(c: &Connection, id: &str) -> Result<Option<AgentRow>> {
-    Ok(c.prepare_cached(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"))?.query_row([id], agent_row).optional()?)
+pub fn get_agent(c: &Conn<'_>, id: &str) -> Result<Option<AgentRow>> {
+    Ok(c.query_opt(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"), params![id], agent_row)?)
 }
 
 /// What the release path needs of an agent.
@@ -67,9 +67,9 @@ pub struct AgentPolicyRow {
 
 /// An agent's [`AgentPolicyRow`] with the configuration generation it was read at (one
 /// statement, one snapshot).
-pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<AgentPolicyRow>)> {
+pub fn agent_policy_at_generation(c: &Conn<'_>, id: &str) -> Result<(i64, Option<AgentPolicyRow>)> {
     let sql = "SELECT g.value, a.policy, a.disabled, a.token_epoch FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
-    Ok(c.prepare_cached(sql)?.query_row([id], |r| {
+    Ok(c.query_one(sql, params![id], |r| {
         let policy: Option<String> = r.get(1)?;
         let disabled: Option<bool> = r.get(2)?;
         let epoch: Option<i64> = r.get(3)?;
@@ -78,38 +78,37 @@ pub fn agent_policy_at_generation(c: &Connection, id: &str) -> Result<(i64, Opti
     })?)
 }
 
-pub fn list_agents(c: &Connection) -> Result<Vec<AgentRow>> {
-    let mut st = c.prepare(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"))?;
-    let rows = st.query_map([], agent_row)?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn list_agents(c: &Conn<'_>) -> Result<Vec<AgentRow>> {
+    let rows = c.query_all(&format!("SELECT {AGENT_COLS} FROM agents ORDER BY id"), params![], agent_row)?;
+    Ok(rows)
 }
 
 /// Updates one column set of an agent; returns whether it exists.
-pub fn update_agent_policy(c: &Connection, id: &str, policy: &str, now: i64) -> Result<bool> {
+pub fn update_agent_policy(c: &Conn<'_>, id: &str, policy: &str, now: i64) -> Result<bool> {
     Ok(c.execute("UPDATE agents SET policy = ?2, updated_at = ?3 WHERE id = ?1", params![id, policy, now])? == 1)
 }
 
 /// A new secret, and a new epoch that ends every token issued with the old one.
-pub fn update_agent_secret(c: &Connection, id: &str, hash: &str, epoch: i64, now: i64) -> Result<bool> {
+pub fn update_agent_secret(c: &Conn<'_>, id: &str, hash: &str, epoch: i64, now: i64) -> Result<bool> {
     Ok(c.execute("UPDATE agents SET secret_hash = ?2, token_epoch = ?3, updated_at = ?4 WHERE id = ?1", params![id, hash, epoch, now])?
         == 1)
 }
 
 /// Replaces a legacy hash of the same secret (the epoch stays: tokens stay valid).
-pub fn upgrade_agent_hash(c: &Connection, id: &str, old: &str, new: &str) -> Result<bool> {
+pub fn upgrade_agent_hash(c: &Conn<'_>, id: &str, old: &str, new: &str) -> Result<bool> {
     Ok(c.execute("UPDATE agents SET secret_hash = ?3 WHERE id = ?1 AND secret_hash = ?2", params![id, old, new])? == 1)
 }
 
 /// Disables (with a new epoch that ends every token issued so far) or enables an agent.
-pub fn set_agent_disabled(c: &Connection, id: &str, disabled: bool, epoch: Option<i64>, now: i64) -> Result<bool> {
+pub fn set_agent_disabled(c: &Conn<'_>, id: &str, disabled: bool, epoch: Option<i64>, now: i64) -> Result<bool> {
     Ok(c.execute(
         "UPDATE agents SET disabled = ?2, token_epoch = coalesce(?3, token_epoch), updated_at = ?4 WHERE id = ?1",
         params![id, disabled, epoch, now],
     )? == 1)
 }
 
-pub fn delete_agent(c: &Connection, id: &str) -> Result<bool> {
-    Ok(c.execute("DELETE FROM agents WHERE id = ?1", [id])? == 1)
+pub fn delete_agent(c: &Conn<'_>, id: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM agents WHERE id = ?1", params![id])? == 1)
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +127,7 @@ pub struct IssuerRow {
     pub created_at: i64,
 }
 
-fn issuer_row(r: &Row<'_>) -> rusqlite::Result<IssuerRow> {
+fn issuer_row(r: &Row<'_>) -> Result<IssuerRow> {
     let sealed: Option<Vec<u8>> = r.get(9)?;
     let dek_id: Option<i64> = r.get(11)?;
     let proof_secret = match (sealed, dek_id) {
@@ -157,20 +156,23 @@ const ISSUER_SELECT: &str =
 
 /// Inserts or replaces an issuer (keyed by its URL); `Conflict` if another issuer already
 /// uses its subject prefix. Returns the data key of a replaced proof secret, to delete.
-pub fn put_issuer(c: &Connection, i: &IssuerRow, proof_secret: Option<(i64, &[u8])>) -> Result<Option<i64>> {
-    let taken: Option<String> = c
-        .query_row("SELECT issuer FROM issuers WHERE subject_prefix = ?1 AND issuer != ?2", params![i.subject_prefix, i.issuer], |r| {
+pub fn put_issuer(c: &Conn<'_>, i: &IssuerRow, proof_secret: Option<(i64, &[u8])>) -> Result<Option<i64>> {
+    let taken: Option<String> =
+        c.query_opt("SELECT issuer FROM issuers WHERE subject_prefix = ?1 AND issuer != ?2", params![i.subject_prefix, i.issuer], |r| {
             r.get(0)
-        })
-        .optional()?;
+        })?;
     if taken.is_some() {
         return Err(StoreError::Conflict);
     }
     let old_dek: Option<Option<i64>> =
-        c.query_row("SELECT proof_dek_id FROM issuers WHERE issuer = ?1", [&i.issuer], |r| r.get(0)).optional()?;
+        c.query_opt("SELECT proof_dek_id FROM issuers WHERE issuer = ?1", params![&i.issuer], |r| r.get(0))?;
     c.execute(
-        "INSERT OR REPLACE INTO issuers (issuer, subject_prefix, display_name, jwks_uri, jwks, audience, tenant_claim, roles_claim, \
-         proof_client_id, proof_dek_id, proof_client_secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)",
+        "INSERT INTO issuers (issuer, subject_prefix, display_name, jwks_uri, jwks, audience, tenant_claim, roles_claim, \
+         proof_client_id, proof_dek_id, proof_client_secret, created_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12) \
+         ON CONFLICT (issuer) DO UPDATE SET subject_prefix = excluded.subject_prefix, display_name = excluded.display_name, \
+         jwks_uri = excluded.jwks_uri, jwks = excluded.jwks, audience = excluded.audience, tenant_claim = excluded.tenant_claim, \
+         roles_claim = excluded.roles_claim, proof_client_id = excluded.proof_client_id, proof_dek_id = excluded.proof_dek_id, \
+         proof_client_secret = excluded.proof_client_secret, created_at = excluded.created_at",
         params![
             i.issuer,
             i.subject_prefix,
@@ -189,23 +191,22 @@ pub fn put_issuer(c: &Connection, i: &IssuerRow, proof_secret: Option<(i64, &[u8
     Ok(old_dek.flatten())
 }
 
-pub fn get_issuer(c: &Connection, issuer: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.prepare_cached(&format!("{ISSUER_SELECT} WHERE i.issuer = ?1"))?.query_row([issuer], issuer_row).optional()?)
+pub fn get_issuer(c: &Conn<'_>, issuer: &str) -> Result<Option<IssuerRow>> {
+    Ok(c.query_opt(&format!("{ISSUER_SELECT} WHERE i.issuer = ?1"), params![issuer], issuer_row)?)
 }
 
-pub fn issuer_by_prefix(c: &Connection, prefix: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.prepare_cached(&format!("{ISSUER_SELECT} WHERE i.subject_prefix = ?1"))?.query_row([prefix], issuer_row).optional()?)
+pub fn issuer_by_prefix(c: &Conn<'_>, prefix: &str) -> Result<Option<IssuerRow>> {
+    Ok(c.query_opt(&format!("{ISSUER_SELECT} WHERE i.subject_prefix = ?1"), params![prefix], issuer_row)?)
 }
 
-pub fn list_issuers(c: &Connection) -> Result<Vec<IssuerRow>> {
-    let mut st = c.prepare(&format!("{ISSUER_SELECT} ORDER BY i.issuer"))?;
-    let rows = st.query_map([], issuer_row)?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn list_issuers(c: &Conn<'_>) -> Result<Vec<IssuerRow>> {
+    let rows = c.query_all(&format!("{ISSUER_SELECT} ORDER BY i.issuer"), params![], issuer_row)?;
+    Ok(rows)
 }
 
 /// Deletes an issuer; returns whether it existed and the data key of its proof secret.
-pub fn delete_issuer(c: &Connection, issuer: &str) -> Result<Option<Option<i64>>> {
-    Ok(c.query_row("DELETE FROM issuers WHERE issuer = ?1 RETURNING proof_dek_id", [issuer], |r| r.get(0)).optional()?)
+pub fn delete_issuer(c: &Conn<'_>, issuer: &str) -> Result<Option<Option<i64>>> {
+    Ok(c.query_opt("DELETE FROM issuers WHERE issuer = ?1 RETURNING proof_dek_id", params![issuer], |r| r.get(0))?)
 }
 
 #[derive(Debug, Clone)]
@@ -217,27 +218,27 @@ pub struct SigningKeyRow {
     pub state: SigningKeyState,
 }
 
-pub fn signing_keys(c: &Connection) -> Result<Vec<SigningKeyRow>> {
-    let mut st = c.prepare(
+pub fn signing_keys(c: &Conn<'_>) -> Result<Vec<SigningKeyRow>> {
+    let rows = c.query_all(
         "SELECT s.kid, s.public_key, s.private_key, s.state, d.id, d.key_version, d.binding, d.wrapped \
          FROM signing_keys s JOIN deks d ON d.id = s.dek_id WHERE s.state != 'retired' ORDER BY s.state = 'active' DESC, s.created_at DESC",
+        params![],
+        |r| {
+            Ok(SigningKeyRow {
+                kid: r.get(0)?,
+                public_key: r.get(1)?,
+                private_key: r.get(2)?,
+                state: parsed(r, 3)?,
+                dek: super::rows::DekRow { id: r.get(4)?, key_version: r.get(5)?, binding: r.get(6)?, wrapped: r.get(7)? },
+            })
+        },
     )?;
-    let rows = st.query_map([], |r| {
-        Ok(SigningKeyRow {
-            kid: r.get(0)?,
-            public_key: r.get(1)?,
-            private_key: r.get(2)?,
-            state: parsed(r, 3)?,
-            dek: super::rows::DekRow { id: r.get(4)?, key_version: r.get(5)?, binding: r.get(6)?, wrapped: r.get(7)? },
-        })
-    })?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    Ok(rows)
 }
 
-pub fn insert_signing_key(c: &Connection, kid: &str, public_key: &[u8], dek_id: i64, private_key: &[u8], now: i64) -> Result<()> {
+pub fn insert_signing_key(c: &Conn<'_>, kid: &str, public_key: &[u8], dek_id: i64, private_key: &[u8], now: i64) -> Result<()> {
     c.execute(
         "INSERT INTO signing_keys (kid, alg, public_key, dek_id, private_key, state, created_at) VALUES (?1, 'EdDSA', ?2, ?3, ?4, 'active', ?5)",
-        params![kid, public_key, dek_id, private_key, now],
-    )?;
+        params![kid, public_key, dek_id, private_key, now])?;
     Ok(())
 }

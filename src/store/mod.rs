@@ -1,55 +1,76 @@
-//! SQLite storage. Owns the schema, migrations and every SQL statement. Sees only
-//! ciphertext and metadata; never decrypts, never logs row contents.
+//! Storage: the schema, migrations and every SQL statement, for two backends — an
+//! embedded SQLite file (the default) and a PostgreSQL database shared by any number of
+//! replicas. Sees only ciphertext and metadata; never decrypts, never logs row contents.
 //!
-//! One writer connection and a small pool of readers (WAL). Writes run in
-//! `BEGIN IMMEDIATE` transactions so that the CLI and a running server can write to the
-//! same file safely; a busy handler makes them wait for each other instead of failing.
-//! Concurrent writes of one process share a transaction and its fsync ([`group`]).
+//! Statements are written once against the query layer in [`sql`]; what differs per
+//! backend (opening, migrations, the write lock) lives in [`sqlite`] and [`postgres`].
+//! One writer connection and a small pool of readers. Writes run in transactions that
+//! hold the write lock (`BEGIN IMMEDIATE`, or PostgreSQL's `write_lock` row), so the CLI,
+//! a running server and other replicas write safely side by side. Concurrent writes of
+//! one process share a transaction and its commit ([`group`]).
 
 pub mod audit;
 mod group;
 pub mod identity;
+pub mod postgres;
 pub mod rows;
 pub mod sessions;
+pub mod sql;
+mod sqlite;
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
-use std::time::Duration;
 
-use rusqlite::{Connection, OpenFlags, TransactionBehavior};
+pub use postgres::PgConfig;
+use sql::{Conn, Owned};
 
-/// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[
-    include_str!("../../migrations/sqlite/0001_init.sql"),
-    include_str!("../../migrations/sqlite/0002_agents.sql"),
-    include_str!("../../migrations/sqlite/0003_oauth.sql"),
-    include_str!("../../migrations/sqlite/0004_config_generation.sql"),
-    include_str!("../../migrations/sqlite/0005_dek_references.sql"),
-    include_str!("../../migrations/sqlite/0006_scopes_known.sql"),
-    include_str!("../../migrations/sqlite/0007_connect_and_scopes.sql"),
-    include_str!("../../migrations/sqlite/0008_hardening.sql"),
-    include_str!("../../migrations/sqlite/0009_catalog_auth_method.sql"),
-];
-const DB_FILE: &str = "latchkey.db";
 const MAX_IDLE_READERS: usize = 16;
+
+/// Where the data lives.
+#[derive(Clone)]
+pub enum Location {
+    /// `<data_dir>/latchkey.db`.
+    Embedded(PathBuf),
+    /// A PostgreSQL database, shared by every replica.
+    Postgres(Box<PgConfig>),
+}
+
+impl std::fmt::Display for Location {
+    /// Safe to log: never shows a password.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Embedded(dir) => write!(f, "{}", sqlite::db_path(dir).display()),
+            Location::Postgres(pg) => write!(f, "{pg}"),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Location({self})")
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("data directory {0} is not initialised: run `latchkey init` (or `latchkey serve --dev` for development)")]
+    #[error("{0} is not initialised: run `latchkey init` (or `latchkey serve --dev` for development)")]
     NotInitialised(String),
-    #[error("data directory {0} already holds a database; refusing to initialise over it")]
+    #[error("{0} already holds a latchkey database; refusing to initialise over it")]
     AlreadyInitialised(String),
-    #[error(
-        "the database schema is version {found}, newer than this latchkey knows ({known}); refusing to downgrade: run a newer latchkey"
-    )]
-    TooNew { found: u32, known: u32 },
+    #[error("the database needs latchkey {needs} or newer (this is {ours}); a newer replica has upgraded it: run a newer latchkey")]
+    TooOld { needs: String, ours: &'static str },
     #[error("the row changed concurrently")]
     Conflict,
     /// Another process holds the database lock past the busy timeout: retry later.
     #[error("the database is busy")]
     Busy,
+    /// The database cannot be reached (connection lost, server restarting): retry later.
+    #[error("the database is unavailable")]
+    Unavailable,
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
+    #[error("database error: {}", postgres::describe(.0))]
+    Postgres(::postgres::Error),
     #[error("{0}")]
     Io(String),
     #[error("stored data is corrupt: {0}")]
@@ -69,203 +90,226 @@ impl From<rusqlite::Error> for StoreError {
     }
 }
 
-/// Reads column `i` as text and parses it (a state or kind enum): an unknown value is a
-/// conversion error, never a default.
-pub(crate) fn parsed<T>(r: &rusqlite::Row<'_>, i: usize) -> rusqlite::Result<T>
-where
-    T: std::str::FromStr,
-    T::Err: std::error::Error + Send + Sync + 'static,
-{
-    let text: String = r.get(i)?;
-    text.parse().map_err(|e| rusqlite::Error::FromSqlConversionFailure(i, rusqlite::types::Type::Text, Box::new(e)))
+impl From<::postgres::Error> for StoreError {
+    fn from(e: ::postgres::Error) -> Self {
+        postgres::classify(e)
+    }
+}
+
+impl StoreError {
+    /// Whether retrying later may succeed (the caller answers 503, not 500).
+    pub fn is_transient(&self) -> bool {
+        matches!(self, StoreError::Busy | StoreError::Unavailable)
+    }
+}
+
+type Reopen = Box<dyn Fn() -> Result<Owned, StoreError> + Send + Sync>;
+
+thread_local! {
+    static MAY_BLOCK: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Runs `f` on this thread, marked as one that may block on the database (a thread of
+/// the blocking pool): PostgreSQL calls in `f` then run here, not on a helper thread.
+pub fn blocking_section<T>(f: impl FnOnce() -> T) -> T {
+    struct Reset(bool);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            MAY_BLOCK.set(self.0);
+        }
+    }
+    let _reset = Reset(MAY_BLOCK.replace(true));
+    f()
+}
+
+/// Whether this thread may block: a thread outside any async runtime, or one marked by
+/// [`blocking_section`]. The PostgreSQL driver blocks on a runtime of its own, which
+/// is impossible (it panics) on an async worker.
+pub(crate) fn may_block_here() -> bool {
+    MAY_BLOCK.get() || tokio::runtime::Handle::try_current().is_err()
+}
+
+/// Runs `f` here when this thread may block, else on a scoped thread of its own (a
+/// PostgreSQL call from an async worker: correct, but slower, so the hot paths go
+/// through the blocking pool instead).
+fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    if may_block_here() {
+        return f();
+    }
+    std::thread::scope(|s| match s.spawn(|| blocking_section(f)).join() {
+        Ok(v) => v,
+        Err(panic) => std::panic::resume_unwind(panic),
+    })
 }
 
 pub struct Store {
-    path: PathBuf,
+    location: Location,
     writer: group::GroupWriter,
-    readers: Mutex<Vec<Connection>>,
+    readers: Mutex<Vec<Owned>>,
+    open_reader: Reopen,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("Store").field("location", &self.location).finish_non_exhaustive()
     }
-}
-
-/// How long a write waits for another process's write lock (then `SQLITE_BUSY`).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
-/// Poll interval while waiting for it. SQLite's own busy handler backs off to sleeps of
-/// 25–100 ms, which tends to miss the gaps of a process taking the lock in a loop (a
-/// `keys rotate` sweep) while every release waits for the audit commit behind it; short,
-/// even polls find them.
-const BUSY_POLL: Duration = Duration::from_micros(500);
-
-fn busy(retries: i32) -> bool {
-    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= BUSY_TIMEOUT {
-        return false;
-    }
-    std::thread::sleep(BUSY_POLL);
-    true
-}
-
-fn configure(c: &mut Connection) -> Result<(), StoreError> {
-    c.busy_handler(Some(busy))?;
-    // More than the default 16: the write paths alone use ~20 distinct statements.
-    c.set_prepared_statement_cache_capacity(64);
-    // Query-planner stability: without it, a statement on a table with a partial index
-    // (credentials_refresh_due) is re-prepared on every new binding, and the release path
-    // would spend most of its time in SQLite's parser.
-    c.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
-    // FULL: a refreshed token must survive power loss before it is released.
-    c.execute_batch("PRAGMA foreign_keys = ON; PRAGMA synchronous = FULL; PRAGMA trusted_schema = OFF;")?;
-    Ok(())
 }
 
 impl Store {
-    pub fn db_path(data_dir: &Path) -> PathBuf {
-        data_dir.join(DB_FILE)
+    /// Whether `location` holds a latchkey database.
+    pub fn is_initialised(location: &Location) -> Result<bool, StoreError> {
+        match location {
+            Location::Embedded(dir) => Ok(sqlite::db_path(dir).exists()),
+            Location::Postgres(pg) => pg.is_initialised(),
+        }
     }
 
-    pub fn is_initialised(data_dir: &Path) -> bool {
-        Self::db_path(data_dir).exists()
-    }
-
-    /// Creates the data directory (0700) and a new database with the schema applied.
-    pub fn create(data_dir: &Path) -> Result<Self, StoreError> {
-        use std::os::unix::fs::DirBuilderExt;
-        let path = Self::db_path(data_dir);
-        if path.exists() {
-            return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()));
+    /// Creates a new database with the schema applied; refuses one that exists.
+    pub fn create(location: &Location) -> Result<Self, StoreError> {
+        match location {
+            Location::Embedded(dir) => sqlite::create(dir)?,
+            Location::Postgres(pg) => {
+                if pg.is_initialised()? {
+                    return Err(StoreError::AlreadyInitialised(location.to_string()));
+                }
+            }
         }
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(data_dir)
-            .map_err(|e| StoreError::Io(format!("cannot create data directory {}: {e}", data_dir.display())))?;
-        // Created 0600 before SQLite opens it (SQLite gives its -wal and -shm files the
-        // database file's mode).
-        {
-            use std::os::unix::fs::OpenOptionsExt;
-            std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(|e| StoreError::Io(format!("cannot create database {}: {e}", path.display())))?;
-        }
-        let c = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_CREATE)?;
-        c.execute_batch("PRAGMA journal_mode = WAL;")?;
-        drop(c);
-        Self::open(data_dir)
+        Self::open(location)
     }
 
     /// Opens an existing database and applies pending migrations.
-    pub fn open(data_dir: &Path) -> Result<Self, StoreError> {
-        let path = Self::db_path(data_dir);
-        if !path.exists() {
-            return Err(StoreError::NotInitialised(data_dir.display().to_string()));
-        }
-        tighten_modes(data_dir, &path)?;
-        let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
-        configure(&mut writer)?;
-        writer.execute_batch("PRAGMA journal_mode = WAL;")?;
-        migrate(&mut writer)?;
-        Ok(Store { path, writer: group::GroupWriter::new(writer), readers: Mutex::new(Vec::new()) })
+    pub fn open(location: &Location) -> Result<Self, StoreError> {
+        let (writer, open_writer, open_reader): (Owned, Reopen, Reopen) = match location {
+            Location::Embedded(dir) => {
+                let writer = sqlite::open_writer(dir)?;
+                let (w, r) = (dir.clone(), dir.clone());
+                (writer, Box::new(move || sqlite::open_writer(&w)), Box::new(move || sqlite::open_reader(&r)))
+            }
+            Location::Postgres(pg) => {
+                let writer = pg.open_and_migrate()?;
+                let (w, r) = (pg.clone(), pg.clone());
+                (writer, Box::new(move || w.connect().map(Owned::Pg)), Box::new(move || r.connect().map(Owned::Pg)))
+            }
+        };
+        Ok(Store {
+            location: location.clone(),
+            writer: group::GroupWriter::new(writer, open_writer),
+            readers: Mutex::new(Vec::new()),
+            open_reader,
+        })
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
+    /// The SQLite file, for the embedded backend.
+    pub fn sqlite_path(&self) -> Option<PathBuf> {
+        match &self.location {
+            Location::Embedded(dir) => Some(sqlite::db_path(dir)),
+            Location::Postgres(_) => None,
+        }
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// Whether the data lives in PostgreSQL: every statement is then a network round trip
+    /// and must run on a thread that may block.
+    pub fn is_remote(&self) -> bool {
+        matches!(self.location, Location::Postgres(_))
     }
 
     /// Runs `f` on a pooled read connection.
-    pub fn read<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
+    pub fn read<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
+        if self.is_remote() {
+            off_async(|| self.read_here(f))
+        } else {
+            self.read_here(f)
+        }
+    }
+
+    fn read_here<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
         let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let conn = match conn {
-            Some(c) => c,
-            None => {
-                let mut c = Connection::open_with_flags(&self.path, OpenFlags::SQLITE_OPEN_READ_ONLY).map_err(StoreError::from)?;
-                configure(&mut c)?;
-                c
-            }
+            Some(c) if !c.is_broken() => c,
+            _ => (self.open_reader)()?,
         };
-        let out = f(&conn);
-        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-        if pool.len() < MAX_IDLE_READERS {
-            pool.push(conn);
+        let out = f(&conn.conn());
+        if !conn.is_broken() {
+            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(conn);
+            }
         }
         out
     }
 
-    /// Runs `f` atomically in a `BEGIN IMMEDIATE` transaction (a savepoint of one shared
-    /// with concurrent writers); returns once its changes are committed. If `f` fails, its
+    /// Runs `f` atomically in a write transaction (a savepoint of one shared with
+    /// concurrent writers); returns once its changes are committed. If `f` fails, its
     /// changes are rolled back and nothing else is affected.
-    pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Connection) -> Result<T, E>) -> Result<T, E> {
-        self.writer.write(f)
+    pub fn write<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
+        if self.is_remote() {
+            off_async(|| self.writer.write(f))
+        } else {
+            self.writer.write(f)
+        }
     }
 
     /// Cheap liveness check for `/readyz`.
     pub fn ping(&self) -> Result<(), StoreError> {
-        self.read(|c| c.query_row("SELECT 1", [], |_| Ok(())).map_err(StoreError::from))
+        self.read(|c| c.query_one("SELECT 1", &[], |r| r.get::<i64>(0)).map(|_| ()))
     }
-}
 
-/// The data directory is 0700 and the database files 0600: looser modes (an older
-/// version, a restore, a umask) are tightened at every open, or the open fails.
-fn tighten_modes(data_dir: &Path, db: &Path) -> Result<(), StoreError> {
-    use std::os::unix::fs::PermissionsExt;
-    let mut wal = db.as_os_str().to_owned();
-    wal.push("-wal");
-    let mut shm = db.as_os_str().to_owned();
-    shm.push("-shm");
-    let files = [(data_dir.to_path_buf(), 0o700), (db.to_path_buf(), 0o600), (wal.into(), 0o600), (shm.into(), 0o600)];
-    for (path, mode) in files {
-        let Ok(meta) = std::fs::metadata(&path) else { continue };
-        if meta.permissions().mode() & 0o077 != 0 {
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode)).map_err(|e| {
-                StoreError::Io(format!(
-                    "{} is readable by others and cannot be made {mode:o}: {e}; run chmod {mode:o} on it",
-                    path.display()
-                ))
-            })?;
-            tracing::warn!(path = %path.display(), "tightened the mode to {mode:o}");
+    /// The database server's clock in milliseconds since the epoch (`None` for SQLite,
+    /// whose clock is this host's): replicas compare leases and due times written by
+    /// each other, so they take them from one clock.
+    pub fn server_time_ms(&self) -> Result<Option<i64>, StoreError> {
+        if !self.is_remote() {
+            return Ok(None);
         }
+        self.read(|c| {
+            c.query_one("SELECT CAST(floor(extract(epoch FROM clock_timestamp()) * 1000) AS BIGINT)", &[], |r| r.get::<i64>(0)).map(Some)
+        })
     }
-    Ok(())
 }
 
-fn migrate(c: &mut Connection) -> Result<(), StoreError> {
-    let current: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    let known = MIGRATIONS.len() as u32;
-    if current > known {
-        return Err(StoreError::TooNew { found: current, known });
+/// The schema version this binary knows, per backend.
+pub fn schema_version(postgres: bool) -> u32 {
+    if postgres {
+        postgres::schema_version()
+    } else {
+        sqlite::schema_version()
     }
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
-        let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
-        // Another process may have migrated while we waited for the lock.
-        let now: u32 = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if now > i as u32 {
-            continue;
-        }
-        tx.execute_batch(sql)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
-        tx.commit()?;
-    }
-    Ok(())
-}
-
-/// The schema version this binary knows.
-pub fn schema_version() -> u32 {
-    MIGRATIONS.len() as u32
 }
 
 /// The schema version of an open database.
-pub fn db_schema_version(c: &Connection) -> Result<u32, StoreError> {
-    Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?)
+pub fn db_schema_version(c: &Conn<'_>) -> Result<u32, StoreError> {
+    match c {
+        Conn::Lite(c) => Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?),
+        Conn::Pg(_) => c.query_one("SELECT coalesce(max(version), 0) FROM latchkey_migrations", &[], |r| r.get(0)),
+    }
+}
+
+/// Refuses a database whose recorded minimum binary version is newer than this binary.
+/// A newer *schema* alone is fine: migrations are expand/contract, so an older replica
+/// keeps working during a rolling upgrade until a contract step raises the minimum.
+pub(crate) fn check_min_binary_version(c: &Conn<'_>) -> Result<(), StoreError> {
+    let needs: Option<String> = c.query_opt("SELECT value FROM schema_meta WHERE key = 'min_binary_version'", &[], |r| r.get(0))?;
+    let ours = env!("CARGO_PKG_VERSION");
+    match needs {
+        Some(needs) if version_tuple(&needs) > version_tuple(ours) => Err(StoreError::TooOld { needs, ours }),
+        _ => Ok(()),
+    }
+}
+
+fn version_tuple(v: &str) -> Vec<u64> {
+    v.split(['.', '-', '+']).take(3).map(|p| p.parse().unwrap_or(0)).collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rusqlite::Connection;
+    use sqlite::{db_path, MIGRATIONS};
+    use std::path::Path;
 
     #[test]
     fn database_files_are_private_and_loose_modes_are_tightened() {
@@ -273,22 +317,22 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("data");
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
-        let store = Store::create(&dir).unwrap();
-        store.write(|c| c.execute_batch("CREATE TABLE t (x)").map_err(StoreError::from)).unwrap();
-        let wal = dir.join(format!("{DB_FILE}-wal"));
-        assert_eq!((mode(&dir), mode(&Store::db_path(&dir)), mode(&wal)), (0o700, 0o600, 0o600));
+        let store = Store::create(&Location::Embedded(dir.clone())).unwrap();
+        store.write(|c| c.batch("CREATE TABLE t (x)")).unwrap();
+        let wal = dir.join("latchkey.db-wal");
+        assert_eq!((mode(&dir), mode(&db_path(&dir)), mode(&wal)), (0o700, 0o600, 0o600));
         drop(store);
         // As an older version or a careless restore left them.
-        for (p, m) in [(dir.clone(), 0o755), (Store::db_path(&dir), 0o644)] {
+        for (p, m) in [(dir.clone(), 0o755), (db_path(&dir), 0o644)] {
             std::fs::set_permissions(&p, std::fs::Permissions::from_mode(m)).unwrap();
         }
-        drop(Store::open(&dir).unwrap());
-        assert_eq!((mode(&dir), mode(&Store::db_path(&dir))), (0o700, 0o600));
+        drop(Store::open(&Location::Embedded(dir.clone())).unwrap());
+        assert_eq!((mode(&dir), mode(&db_path(&dir))), (0o700, 0o600));
     }
 
     /// A database at schema `version`, as an older latchkey left it.
     fn database_at(dir: &Path, version: usize) -> Connection {
-        let c = Connection::open(Store::db_path(dir)).unwrap();
+        let c = Connection::open(db_path(dir)).unwrap();
         c.execute_batch("PRAGMA journal_mode = WAL;").unwrap();
         for sql in &MIGRATIONS[..version] {
             c.execute_batch(sql).unwrap();
@@ -317,25 +361,23 @@ mod tests {
         c.execute("INSERT INTO issuers (issuer, jwks_uri, audience, created_at) VALUES ('https://idp.example', 'https://idp.example/jwks', 'a', 0)", [])
             .unwrap();
         drop(c);
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open(&Location::Embedded(dir.path().to_owned())).unwrap();
         let mode = |id: &str| -> String {
             store
                 .read(|c| {
-                    c.query_row("SELECT json_extract(spec, '$.oauth2.scope_enforcement') FROM connections WHERE id = ?1", [id], |r| {
-                        r.get(0)
-                    })
-                    .map_err(StoreError::from)
+                    c.query_one(
+                        "SELECT json_extract(spec, '$.oauth2.scope_enforcement') FROM connections WHERE id = ?1",
+                        sql::params![id],
+                        |r| r.get(0),
+                    )
                 })
                 .unwrap()
         };
         assert_eq!((mode("ms").as_str(), mode("crm").as_str(), mode("lbl").as_str()), ("downscope", "strict", "label"));
-        let prefix: String =
-            store.read(|c| c.query_row("SELECT subject_prefix FROM issuers", [], |r| r.get(0)).map_err(StoreError::from)).unwrap();
+        let prefix: String = store.read(|c| c.query_one("SELECT subject_prefix FROM issuers", &[], |r| r.get(0))).unwrap();
         assert_eq!(prefix, "iss1");
         // The stored specs still parse, now stating their mode.
-        let spec: String = store
-            .read(|c| c.query_row("SELECT spec FROM connections WHERE id = 'crm'", [], |r| r.get(0)).map_err(StoreError::from))
-            .unwrap();
+        let spec: String = store.read(|c| c.query_one("SELECT spec FROM connections WHERE id = 'crm'", &[], |r| r.get(0))).unwrap();
         let parsed: crate::model::ConnectionSpec = serde_json::from_str(&spec).unwrap();
         assert_eq!(parsed.oauth2.unwrap().scope_enforcement, Some(crate::model::ScopeEnforcement::Strict));
     }

@@ -3,9 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, parsed, Conn, Row};
 
-use super::{parsed, StoreError};
+use super::StoreError;
 use crate::model::{ConnectionKind, CredentialStatus, HeldScopes, MasterKeyState, Scope};
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -23,29 +23,30 @@ pub struct MasterKeyRow {
     pub wraps: u64,
 }
 
-pub fn master_keys(c: &Connection) -> Result<Vec<MasterKeyRow>> {
-    let mut st = c.prepare_cached(
+pub fn master_keys(c: &Conn<'_>) -> Result<Vec<MasterKeyRow>> {
+    let rows = c.query_all(
         "SELECT version, state, created_at, activated_at, retired_at, destroyed_at, wraps FROM master_keys ORDER BY version",
+        params![],
+        |r| {
+            Ok(MasterKeyRow {
+                version: r.get(0)?,
+                state: parsed(r, 1)?,
+                created_at: r.get(2)?,
+                activated_at: r.get(3)?,
+                retired_at: r.get(4)?,
+                destroyed_at: r.get(5)?,
+                wraps: r.get::<i64>(6)? as u64,
+            })
+        },
     )?;
-    let rows = st.query_map([], |r| {
-        Ok(MasterKeyRow {
-            version: r.get(0)?,
-            state: parsed(r, 1)?,
-            created_at: r.get(2)?,
-            activated_at: r.get(3)?,
-            retired_at: r.get(4)?,
-            destroyed_at: r.get(5)?,
-            wraps: r.get::<_, i64>(6)? as u64,
-        })
-    })?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    Ok(rows)
 }
 
-pub fn active_key_version(c: &Connection) -> Result<Option<u32>> {
-    Ok(c.prepare_cached("SELECT version FROM master_keys WHERE state = 'active'")?.query_row([], |r| r.get(0)).optional()?)
+pub fn active_key_version(c: &Conn<'_>) -> Result<Option<u32>> {
+    Ok(c.query_opt("SELECT version FROM master_keys WHERE state = 'active'", params![], |r| r.get(0))?)
 }
 
-pub fn insert_master_key(c: &Connection, version: u32, state: MasterKeyState, now: i64) -> Result<()> {
+pub fn insert_master_key(c: &Conn<'_>, version: u32, state: MasterKeyState, now: i64) -> Result<()> {
     let activated = (state == MasterKeyState::Active).then_some(now);
     c.execute(
         "INSERT INTO master_keys (version, state, created_at, activated_at) VALUES (?1, ?2, ?3, ?4)",
@@ -55,7 +56,7 @@ pub fn insert_master_key(c: &Connection, version: u32, state: MasterKeyState, no
 }
 
 /// Moves a key to `state` if it is currently in `from`; returns whether it did.
-pub fn set_master_key_state(c: &Connection, version: u32, from: MasterKeyState, state: MasterKeyState, now: i64) -> Result<bool> {
+pub fn set_master_key_state(c: &Conn<'_>, version: u32, from: MasterKeyState, state: MasterKeyState, now: i64) -> Result<bool> {
     // The column that records when a version entered `state`, if any.
     let stamped = match state {
         MasterKeyState::Active => Some("activated_at"),
@@ -76,20 +77,21 @@ pub fn set_master_key_state(c: &Connection, version: u32, from: MasterKeyState, 
     Ok(n == 1)
 }
 
-pub fn add_wraps(c: &Connection, version: u32, n: u64) -> Result<()> {
-    c.prepare_cached("UPDATE master_keys SET wraps = wraps + ?2 WHERE version = ?1")?.execute(params![version, n as i64])?;
+pub fn add_wraps(c: &Conn<'_>, version: u32, n: u64) -> Result<()> {
+    c.execute("UPDATE master_keys SET wraps = wraps + ?2 WHERE version = ?1", params![version, n as i64])?;
     Ok(())
 }
 
 /// Number of data keys wrapped under each version.
-pub fn dek_counts(c: &Connection) -> Result<BTreeMap<u32, u64>> {
-    let mut st = c.prepare_cached("SELECT key_version, count(*) FROM deks GROUP BY key_version")?;
-    let rows = st.query_map([], |r| Ok((r.get::<_, u32>(0)?, r.get::<_, i64>(1)? as u64)))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn dek_counts(c: &Conn<'_>) -> Result<BTreeMap<u32, u64>> {
+    let rows = c.query_all("SELECT key_version, count(*) FROM deks GROUP BY key_version", params![], |r| {
+        Ok((r.get::<u32>(0)?, r.get::<i64>(1)? as u64))
+    })?;
+    Ok(rows.into_iter().collect())
 }
 
-pub fn dek_count_for(c: &Connection, version: u32) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM deks WHERE key_version = ?1", [version], |r| r.get::<_, i64>(0))? as u64)
+pub fn dek_count_for(c: &Conn<'_>, version: u32) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM deks WHERE key_version = ?1", params![version], |r| r.get::<i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- data keys
@@ -102,47 +104,47 @@ pub struct DekRow {
     pub wrapped: Vec<u8>,
 }
 
-pub(super) fn dek_row(r: &Row<'_>, at: usize) -> rusqlite::Result<DekRow> {
+pub(super) fn dek_row(r: &Row<'_>, at: usize) -> Result<DekRow> {
     Ok(DekRow { id: r.get(at)?, key_version: r.get(at + 1)?, binding: r.get(at + 2)?, wrapped: r.get(at + 3)? })
 }
 
-pub fn insert_dek(c: &Connection, key_version: u32, binding: &[u8], wrapped: &[u8]) -> Result<i64> {
-    c.prepare_cached("INSERT INTO deks (key_version, binding, wrapped) VALUES (?1, ?2, ?3)")?.execute(params![
-        key_version,
-        binding,
-        wrapped
-    ])?;
+pub fn insert_dek(c: &Conn<'_>, key_version: u32, binding: &[u8], wrapped: &[u8]) -> Result<i64> {
+    let id = c.query_one(
+        "INSERT INTO deks (key_version, binding, wrapped) VALUES (?1, ?2, ?3) RETURNING id",
+        params![key_version, binding, wrapped],
+        |r| r.get(0),
+    )?;
     add_wraps(c, key_version, 1)?;
-    Ok(c.last_insert_rowid())
+    Ok(id)
 }
 
-pub fn delete_dek(c: &Connection, id: i64) -> Result<()> {
-    c.prepare_cached("DELETE FROM deks WHERE id = ?1")?.execute([id])?;
+pub fn delete_dek(c: &Conn<'_>, id: i64) -> Result<()> {
+    c.execute("DELETE FROM deks WHERE id = ?1", params![id])?;
     Ok(())
 }
 
 /// Up to `limit` data keys under `version` with id > `after`, in id order (index order).
-pub fn deks_under(c: &Connection, version: u32, after: i64, limit: usize) -> Result<Vec<DekRow>> {
-    let mut st =
-        c.prepare_cached("SELECT id, key_version, binding, wrapped FROM deks WHERE key_version = ?1 AND id > ?2 ORDER BY id LIMIT ?3")?;
-    let rows = st.query_map(params![version, after, limit as i64], |r| dek_row(r, 0))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn deks_under(c: &Conn<'_>, version: u32, after: i64, limit: usize) -> Result<Vec<DekRow>> {
+    let rows = c.query_all(
+        "SELECT id, key_version, binding, wrapped FROM deks WHERE key_version = ?1 AND id > ?2 ORDER BY id LIMIT ?3",
+        params![version, after, limit as i64],
+        |r| dek_row(r, 0),
+    )?;
+    Ok(rows)
 }
 
 /// Compare-and-swap re-wrap: replaces the wrap only if the key is still under
 /// `old_version`. Returns whether the row was updated.
-pub fn rewrap_dek(c: &Connection, id: i64, old_version: u32, new_version: u32, wrapped: &[u8]) -> Result<bool> {
-    let n = c.prepare_cached("UPDATE deks SET key_version = ?3, wrapped = ?4 WHERE id = ?1 AND key_version = ?2")?.execute(params![
-        id,
-        old_version,
-        new_version,
-        wrapped
-    ])?;
+pub fn rewrap_dek(c: &Conn<'_>, id: i64, old_version: u32, new_version: u32, wrapped: &[u8]) -> Result<bool> {
+    let n = c.execute(
+        "UPDATE deks SET key_version = ?3, wrapped = ?4 WHERE id = ?1 AND key_version = ?2",
+        params![id, old_version, new_version, wrapped],
+    )?;
     Ok(n == 1)
 }
 
-pub fn count_deks(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM deks", [], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_deks(c: &Conn<'_>) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM deks", params![], |r| r.get::<i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- connections
@@ -168,7 +170,7 @@ pub struct SealedSecret {
 const CONNECTION_COLS: &str =
     "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped";
 
-fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
+fn connection_row(r: &Row<'_>) -> Result<ConnectionRow> {
     let ciphertext: Option<Vec<u8>> = r.get(4)?;
     let dek_id: Option<i64> = r.get(7)?;
     let secret = match (ciphertext, dek_id) {
@@ -186,27 +188,26 @@ fn connection_row(r: &Row<'_>) -> rusqlite::Result<ConnectionRow> {
     })
 }
 
-pub fn get_connection(c: &Connection, id: &str) -> Result<Option<ConnectionRow>> {
+pub fn get_connection(c: &Conn<'_>, id: &str) -> Result<Option<ConnectionRow>> {
     let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1");
-    Ok(c.prepare_cached(&sql)?.query_row([id], connection_row).optional()?)
+    Ok(c.query_opt(&sql, params![id], connection_row)?)
 }
 
 /// A connection's spec JSON with the configuration generation it was read at.
-pub fn connection_spec_at_generation(c: &Connection, id: &str) -> Result<(i64, Option<String>)> {
+pub fn connection_spec_at_generation(c: &Conn<'_>, id: &str) -> Result<(i64, Option<String>)> {
     let sql = "SELECT g.value, c.spec FROM config_generation g LEFT JOIN connections c ON c.id = ?1 WHERE g.id = 1";
-    Ok(c.prepare_cached(sql)?.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    Ok(c.query_one(sql, params![id], |r| Ok((r.get(0)?, r.get(1)?)))?)
 }
 
 /// The current configuration generation (see migration 0004).
-pub fn config_generation(c: &Connection) -> Result<i64> {
-    Ok(c.prepare_cached("SELECT value FROM config_generation WHERE id = 1")?.query_row([], |r| r.get(0))?)
+pub fn config_generation(c: &Conn<'_>) -> Result<i64> {
+    Ok(c.query_one("SELECT value FROM config_generation WHERE id = 1", params![], |r| r.get(0))?)
 }
 
-pub fn list_connections(c: &Connection) -> Result<Vec<ConnectionRow>> {
+pub fn list_connections(c: &Conn<'_>) -> Result<Vec<ConnectionRow>> {
     let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id ORDER BY c.id");
-    let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map([], connection_row)?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    let rows = c.query_all(&sql, params![], connection_row)?;
+    Ok(rows)
 }
 
 /// What a new connection stores.
@@ -222,36 +223,26 @@ pub struct NewConnectionRow<'a> {
 }
 
 /// Inserts a connection; `Conflict` if the id is taken.
-pub fn insert_connection(c: &Connection, row: &NewConnectionRow<'_>) -> Result<()> {
+pub fn insert_connection(c: &Conn<'_>, row: &NewConnectionRow<'_>) -> Result<()> {
     let res = c.execute(
         "INSERT INTO connections (id, kind, spec, secret_version, dek_id, client_secret, created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?7)",
-        params![row.id, row.kind.as_str(), row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now],
-    );
+        params![row.id, row.kind.as_str(), row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now]);
     match res {
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
-        other => other.map(|_| ()).map_err(Into::into),
+        Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
+        other => other.map(|_| ()),
     }
 }
 
 /// Replaces a connection's spec (and secret, when `secret` is given) if its
 /// secret_version is still `expected_version`.
-pub fn update_connection(
-    c: &Connection,
-    id: &str,
-    spec: &str,
-    expected_version: i64,
-    secret: Option<(i64, &[u8])>,
-    now: i64,
-) -> Result<()> {
+pub fn update_connection(c: &Conn<'_>, id: &str, spec: &str, expected_version: i64, secret: Option<(i64, &[u8])>, now: i64) -> Result<()> {
     let n = match secret {
         Some((dek_id, ct)) => c.execute(
             "UPDATE connections SET spec = ?2, secret_version = secret_version + 1, dek_id = ?4, client_secret = ?5, updated_at = ?6 WHERE id = ?1 AND secret_version = ?3",
-            params![id, spec, expected_version, dek_id, ct, now],
-        )?,
+            params![id, spec, expected_version, dek_id, ct, now])?,
         None => c.execute(
             "UPDATE connections SET spec = ?2, updated_at = ?4 WHERE id = ?1 AND secret_version = ?3",
-            params![id, spec, expected_version, now],
-        )?,
+            params![id, spec, expected_version, now])?,
     };
     if n == 1 {
         Ok(())
@@ -260,12 +251,12 @@ pub fn update_connection(
     }
 }
 
-pub fn delete_connection(c: &Connection, id: &str) -> Result<bool> {
-    Ok(c.execute("DELETE FROM connections WHERE id = ?1", [id])? == 1)
+pub fn delete_connection(c: &Conn<'_>, id: &str) -> Result<bool> {
+    Ok(c.execute("DELETE FROM connections WHERE id = ?1", params![id])? == 1)
 }
 
-pub fn count_credentials(c: &Connection, connection_id: &str) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM credentials WHERE connection_id = ?1", [connection_id], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_credentials(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM credentials WHERE connection_id = ?1", params![connection_id], |r| r.get::<i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- credentials
@@ -310,17 +301,15 @@ const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.sec
     k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, k.issued_lifetime, k.on_demand_refresh_at";
 
 /// The stored scope list and whether it is known.
-fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> rusqlite::Result<HeldScopes> {
-    if !r.get::<_, bool>(known)? {
+fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> Result<HeldScopes> {
+    if !r.get::<bool>(known)? {
         return Ok(HeldScopes::Unknown);
     }
     let text: String = r.get(scopes)?;
-    Scope::parse_list(&text)
-        .map(HeldScopes::Known)
-        .map_err(|e| rusqlite::Error::FromSqlConversionFailure(scopes, rusqlite::types::Type::Text, Box::new(e)))
+    Scope::parse_list(&text).map(HeldScopes::Known).map_err(|e| StoreError::Corrupt(format!("column {scopes}: {e}")))
 }
 
-fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
+fn meta_row(r: &Row<'_>, o: usize) -> Result<CredentialMeta> {
     Ok(CredentialMeta {
         id: r.get(o)?,
         connection_id: r.get(o + 1)?,
@@ -340,13 +329,13 @@ fn meta_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialMeta> {
         refresh_failures: r.get(o + 15)?,
         refresh_due_at: r.get(o + 16)?,
         instance_url: r.get(o + 17)?,
-        account: r.get::<_, Option<String>>(o + 19)?.zip(r.get::<_, Option<String>>(o + 20)?),
+        account: r.get::<Option<String>>(o + 19)?.zip(r.get::<Option<String>>(o + 20)?),
         issued_lifetime: r.get(o + 21)?,
         on_demand_refresh_at: r.get(o + 22)?,
     })
 }
 
-fn credential_row(r: &Row<'_>, o: usize) -> rusqlite::Result<CredentialRow> {
+fn credential_row(r: &Row<'_>, o: usize) -> Result<CredentialRow> {
     Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 23)?, primary: r.get(o + 27)?, refresh: r.get(o + 28)? })
 }
 
@@ -354,17 +343,17 @@ const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status,
     k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, \
     k.issued_lifetime, k.on_demand_refresh_at, d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
 
-pub fn get_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
+pub fn get_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
     let sql =
         format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
-    Ok(c.prepare_cached(&sql)?.query_row([connection_id, owner], |r| credential_row(r, 0)).optional()?)
+    Ok(c.query_opt(&sql, params![connection_id, owner], |r| credential_row(r, 0))?)
 }
 
 /// A credential (with its data key) and the configuration generation, from one snapshot
 /// when the credential exists: the release path's only statement when its policy and spec
 /// are cached. Without a credential the generation is read by a second statement (a
 /// generation never goes back, so it is at least as new as the miss).
-pub fn credential_at_generation(c: &Connection, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
+pub fn credential_at_generation(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
     // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
     // Built once: this is the release path's statement.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
@@ -373,28 +362,23 @@ pub fn credential_at_generation(c: &Connection, connection_id: &str, owner: &str
              FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2"
         )
     });
-    let found = c.prepare_cached(&SQL)?.query_row([connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?))).optional()?;
+    let found = c.query_opt(&SQL, params![connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?)))?;
     match found {
         Some((generation, row)) => Ok((generation, Some(row))),
         None => Ok((config_generation(c)?, None)),
     }
 }
 
-/// Credentials in rowid order after `after` (for verification sweeps).
-pub fn credentials_page(c: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, CredentialRow)>> {
-    let sql = format!(
-        "SELECT k.rowid, {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.rowid > ?1 ORDER BY k.rowid LIMIT ?2"
-    );
-    let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(params![after, limit as i64], |r| Ok((r.get(0)?, credential_row(r, 1)?)))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+/// Credentials in id order after `after` (for verification sweeps; start with "").
+pub fn credentials_page(c: &Conn<'_>, after: &str, limit: usize) -> Result<Vec<CredentialRow>> {
+    let sql = format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.id > ?1 ORDER BY k.id LIMIT ?2");
+    c.query_all(&sql, params![after, limit as i64], |r| credential_row(r, 0))
 }
 
-pub fn list_credentials(c: &Connection, connection_id: &str, after_owner: &str, limit: usize) -> Result<Vec<CredentialMeta>> {
+pub fn list_credentials(c: &Conn<'_>, connection_id: &str, after_owner: &str, limit: usize) -> Result<Vec<CredentialMeta>> {
     let sql = format!("SELECT {META_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner > ?2 ORDER BY k.owner LIMIT ?3");
-    let mut st = c.prepare_cached(&sql)?;
-    let rows = st.query_map(params![connection_id, after_owner, limit as i64], |r| meta_row(r, 0))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    let rows = c.query_all(&sql, params![connection_id, after_owner, limit as i64], |r| meta_row(r, 0))?;
+    Ok(rows)
 }
 
 /// What a credential write stores.
@@ -427,7 +411,7 @@ pub struct CredentialWrite<'a> {
 /// Inserts the credential (when `previous` is `None`) or replaces it if its
 /// secret_version is still `previous`; deletes the replaced data key. A write resets
 /// the status to active and clears refresh errors.
-pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
+pub fn put_credential(c: &Conn<'_>, w: &CredentialWrite<'_>, previous: Option<(i64, i64)>) -> Result<()> {
     let last_refresh = w.refreshed.then_some(w.now);
     let (scopes, scopes_known) = (w.scopes.joined(), w.scopes.known().is_some());
     let set_account = w.account.is_some();
@@ -436,12 +420,11 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
     match previous {
         None => {
             let res = c
-                .prepare_cached(
+                .execute(
                     "INSERT INTO credentials (id, connection_id, owner, kind, status, secret_version, dek_id, primary_secret, refresh_secret, token_type, scopes, \
                      expires_at, created_at, updated_at, refresh_due_at, last_refresh_at, instance_url, scopes_known, account_iss, account_sub, issued_lifetime) \
                      VALUES (?1, ?2, ?3, ?4, 'active', ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12, ?13, ?14, ?15, ?16, ?17, ?18, ?19)",
-                )?
-                .execute(params![
+                params![
                     w.id,
                     w.connection_id,
                     w.owner,
@@ -463,24 +446,21 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
                     lifetime
                 ]);
             match res {
-                Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => {
-                    Err(StoreError::Conflict)
-                }
-                other => other.map(|_| ()).map_err(Into::into),
+                Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
+                other => other.map(|_| ()),
             }
         }
         Some((prev_version, prev_dek)) => {
             // A write resets the status and refresh state and releases any refresh lease.
             let n = c
-                .prepare_cached(
+                .execute(
                     "UPDATE credentials SET status = 'active', secret_version = ?2, dek_id = ?3, primary_secret = ?4, refresh_secret = ?5, token_type = ?6, \
                      scopes = ?7, expires_at = ?8, updated_at = ?9, last_error = NULL, refresh_failures = 0, refresh_due_at = ?11, \
                      last_refresh_at = coalesce(?12, last_refresh_at), refresh_lease_until = NULL, refresh_lease_holder = NULL, instance_url = ?13, scopes_known = ?14, \
                      account_iss = CASE WHEN ?15 THEN ?16 ELSE account_iss END, account_sub = CASE WHEN ?15 THEN ?17 ELSE account_sub END, \
                      issued_lifetime = CASE WHEN ?18 THEN ?19 ELSE issued_lifetime END \
                      WHERE id = ?1 AND secret_version = ?10",
-                )?
-                .execute(params![
+                params![
                     w.id,
                     w.secret_version,
                     w.dek_id,
@@ -514,7 +494,7 @@ pub fn put_credential(c: &Connection, w: &CredentialWrite<'_>, previous: Option<
 /// the credential changed or the new owner already has one.
 #[allow(clippy::too_many_arguments)]
 pub fn move_credential(
-    c: &Connection,
+    c: &Conn<'_>,
     id: &str,
     version: i64,
     new_owner: &str,
@@ -524,7 +504,7 @@ pub fn move_credential(
     refresh: Option<&[u8]>,
     now: i64,
 ) -> Result<()> {
-    let old_dek: i64 = c.query_row("SELECT dek_id FROM credentials WHERE id = ?1", [id], |r| r.get(0))?;
+    let old_dek: i64 = c.query_one("SELECT dek_id FROM credentials WHERE id = ?1", params![id], |r| r.get(0))?;
     let res = c.execute(
         "UPDATE credentials SET owner = ?3, secret_version = ?4, dek_id = ?5, primary_secret = ?6, refresh_secret = ?7, updated_at = ?8 \
          WHERE id = ?1 AND secret_version = ?2",
@@ -533,8 +513,8 @@ pub fn move_credential(
     match res {
         Ok(1) => delete_dek(c, old_dek),
         Ok(_) => Err(StoreError::Conflict),
-        Err(rusqlite::Error::SqliteFailure(e, _)) if e.code == rusqlite::ErrorCode::ConstraintViolation => Err(StoreError::Conflict),
-        Err(e) => Err(e.into()),
+        Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
+        Err(e) => Err(e),
     }
 }
 
@@ -549,12 +529,9 @@ pub struct NarrowedEntry {
 }
 
 /// Every narrowed token (for verification).
-pub fn all_narrowed(c: &Connection) -> Result<Vec<NarrowedEntry>> {
-    let mut st = c.prepare(
-        "SELECT n.credential_id, k.connection_id, k.owner, n.scopes, n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
-         FROM narrowed_tokens n JOIN credentials k ON k.id = n.credential_id JOIN deks d ON d.id = n.dek_id",
-    )?;
-    let rows = st.query_map([], |r| {
+pub fn all_narrowed(c: &Conn<'_>) -> Result<Vec<NarrowedEntry>> {
+    let rows = c.query_all("SELECT n.credential_id, k.connection_id, k.owner, n.scopes, n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
+         FROM narrowed_tokens n JOIN credentials k ON k.id = n.credential_id JOIN deks d ON d.id = n.dek_id", params![], |r| {
         Ok(NarrowedEntry {
             credential_id: r.get(0)?,
             connection_id: r.get(1)?,
@@ -563,20 +540,23 @@ pub fn all_narrowed(c: &Connection) -> Result<Vec<NarrowedEntry>> {
             row: NarrowedRow { access_token: r.get(4)?, token_type: r.get(5)?, expires_at: r.get(6)?, dek: dek_row(r, 7)? },
         })
     })?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// Deletes a credential and its data key; returns whether it existed.
-pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Result<bool> {
-    if let Some(id) = c
-        .query_row("SELECT id FROM credentials WHERE connection_id = ?1 AND owner = ?2", [connection_id, owner], |r| r.get::<_, String>(0))
-        .optional()?
+pub fn delete_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<bool> {
+    if let Some(id) =
+        c.query_opt("SELECT id FROM credentials WHERE connection_id = ?1 AND owner = ?2", params![connection_id, owner], |r| {
+            r.get::<String>(0)
+        })?
     {
         delete_narrowed(c, &id)?;
     }
-    let dek: Option<i64> = c
-        .query_row("DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id", [connection_id, owner], |r| r.get(0))
-        .optional()?;
+    let dek: Option<i64> = c.query_opt(
+        "DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id",
+        params![connection_id, owner],
+        |r| r.get(0),
+    )?;
     match dek {
         Some(id) => delete_dek(c, id).map(|_| true),
         None => Ok(false),
@@ -584,24 +564,21 @@ pub fn delete_credential(c: &Connection, connection_id: &str, owner: &str) -> Re
 }
 
 /// Deletes every credential of a connection and their data keys; returns how many.
-pub fn delete_credentials_of(c: &Connection, connection_id: &str) -> Result<u64> {
-    let ids: Vec<String> = c
-        .prepare("SELECT id FROM credentials WHERE connection_id = ?1")?
-        .query_map([connection_id], |r| r.get(0))?
-        .collect::<std::result::Result<_, _>>()?;
+pub fn delete_credentials_of(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
+    let ids: Vec<String> = c.query_all("SELECT id FROM credentials WHERE connection_id = ?1", params![connection_id], |r| r.get(0))?;
     for id in &ids {
         delete_narrowed(c, id)?;
     }
-    let mut st = c.prepare("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id")?;
-    let ids: Vec<i64> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+    let ids: Vec<i64> =
+        c.query_all("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id", params![connection_id], |r| r.get(0))?;
     for id in &ids {
         delete_dek(c, *id)?;
     }
     Ok(ids.len() as u64)
 }
 
-pub fn count_all_credentials(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM credentials", [], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_all_credentials(c: &Conn<'_>) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM credentials", params![], |r| r.get::<i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- narrowed tokens
@@ -616,21 +593,19 @@ pub struct NarrowedRow {
 }
 
 /// The narrowed token of `credential_id` for exactly `scopes` (space-separated, sorted).
-pub fn get_narrowed(c: &Connection, credential_id: &str, scopes: &str) -> Result<Option<NarrowedRow>> {
-    Ok(c.prepare_cached(
+pub fn get_narrowed(c: &Conn<'_>, credential_id: &str, scopes: &str) -> Result<Option<NarrowedRow>> {
+    Ok(c.query_opt(
         "SELECT n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
              FROM narrowed_tokens n JOIN deks d ON d.id = n.dek_id WHERE n.credential_id = ?1 AND n.scopes = ?2",
-    )?
-    .query_row([credential_id, scopes], |r| {
-        Ok(NarrowedRow { access_token: r.get(0)?, token_type: r.get(1)?, expires_at: r.get(2)?, dek: dek_row(r, 3)? })
-    })
-    .optional()?)
+        params![credential_id, scopes],
+        |r| Ok(NarrowedRow { access_token: r.get(0)?, token_type: r.get(1)?, expires_at: r.get(2)?, dek: dek_row(r, 3)? }),
+    )?)
 }
 
 /// Stores (or replaces) a narrowed token; deletes a replaced one's data key.
 #[allow(clippy::too_many_arguments)]
 pub fn put_narrowed(
-    c: &Connection,
+    c: &Conn<'_>,
     credential_id: &str,
     scopes: &str,
     dek_id: i64,
@@ -639,14 +614,15 @@ pub fn put_narrowed(
     expires_at: Option<i64>,
     now: i64,
 ) -> Result<()> {
-    let old: Option<i64> = c
-        .query_row("SELECT dek_id FROM narrowed_tokens WHERE credential_id = ?1 AND scopes = ?2", [credential_id, scopes], |r| r.get(0))
-        .optional()?;
+    let old: Option<i64> =
+        c.query_opt("SELECT dek_id FROM narrowed_tokens WHERE credential_id = ?1 AND scopes = ?2", params![credential_id, scopes], |r| {
+            r.get(0)
+        })?;
     c.execute(
-        "INSERT OR REPLACE INTO narrowed_tokens (credential_id, scopes, dek_id, access_token, token_type, expires_at, created_at) \
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-        params![credential_id, scopes, dek_id, access_token, token_type, expires_at, now],
-    )?;
+        "INSERT INTO narrowed_tokens (credential_id, scopes, dek_id, access_token, token_type, expires_at, created_at) \
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7) ON CONFLICT (credential_id, scopes) DO UPDATE SET dek_id = excluded.dek_id, \
+         access_token = excluded.access_token, token_type = excluded.token_type, expires_at = excluded.expires_at, created_at = excluded.created_at",
+        params![credential_id, scopes, dek_id, access_token, token_type, expires_at, now])?;
     if let Some(d) = old {
         delete_dek(c, d)?;
     }
@@ -654,9 +630,9 @@ pub fn put_narrowed(
 }
 
 /// Deletes every narrowed token of a credential with its data key.
-pub fn delete_narrowed(c: &Connection, credential_id: &str) -> Result<u64> {
-    let mut st = c.prepare_cached("DELETE FROM narrowed_tokens WHERE credential_id = ?1 RETURNING dek_id")?;
-    let ids: Vec<i64> = st.query_map([credential_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+pub fn delete_narrowed(c: &Conn<'_>, credential_id: &str) -> Result<u64> {
+    let ids: Vec<i64> =
+        c.query_all("DELETE FROM narrowed_tokens WHERE credential_id = ?1 RETURNING dek_id", params![credential_id], |r| r.get(0))?;
     for id in &ids {
         delete_dek(c, *id)?;
     }
@@ -664,22 +640,22 @@ pub fn delete_narrowed(c: &Connection, credential_id: &str) -> Result<u64> {
 }
 
 /// Narrowed tokens stored (each owns a data key).
-pub fn count_narrowed(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM narrowed_tokens", [], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_narrowed(c: &Conn<'_>) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM narrowed_tokens", params![], |r| r.get::<i64>(0))? as u64)
 }
 
 // ---------------------------------------------------------------- vault keys
 
 /// A long-lived random key for `purpose`, sealed under a data key.
-pub fn get_vault_key(c: &Connection, purpose: &str) -> Result<Option<SealedSecret>> {
-    Ok(c.prepare_cached(
+pub fn get_vault_key(c: &Conn<'_>, purpose: &str) -> Result<Option<SealedSecret>> {
+    Ok(c.query_opt(
         "SELECT v.sealed, d.id, d.key_version, d.binding, d.wrapped FROM vault_keys v JOIN deks d ON d.id = v.dek_id WHERE v.purpose = ?1",
-    )?
-    .query_row([purpose], |r| Ok(SealedSecret { ciphertext: r.get(0)?, dek: dek_row(r, 1)? }))
-    .optional()?)
+        params![purpose],
+        |r| Ok(SealedSecret { ciphertext: r.get(0)?, dek: dek_row(r, 1)? }),
+    )?)
 }
 
-pub fn insert_vault_key(c: &Connection, purpose: &str, dek_id: i64, sealed: &[u8], now: i64) -> Result<()> {
+pub fn insert_vault_key(c: &Conn<'_>, purpose: &str, dek_id: i64, sealed: &[u8], now: i64) -> Result<()> {
     c.execute(
         "INSERT INTO vault_keys (purpose, dek_id, sealed, created_at) VALUES (?1, ?2, ?3, ?4)",
         params![purpose, dek_id, sealed, now],
@@ -688,10 +664,9 @@ pub fn insert_vault_key(c: &Connection, purpose: &str, dek_id: i64, sealed: &[u8
 }
 
 /// Every vault key's purpose.
-pub fn vault_key_purposes(c: &Connection) -> Result<Vec<String>> {
-    let mut st = c.prepare("SELECT purpose FROM vault_keys ORDER BY purpose")?;
-    let rows = st.query_map([], |r| r.get(0))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn vault_key_purposes(c: &Conn<'_>) -> Result<Vec<String>> {
+    let rows = c.query_all("SELECT purpose FROM vault_keys ORDER BY purpose", params![], |r| r.get(0))?;
+    Ok(rows)
 }
 
 // ---------------------------------------------------------------- admin tokens
@@ -706,7 +681,7 @@ pub struct AdminTokenRow {
     pub revoked_at: Option<i64>,
 }
 
-fn admin_row(r: &Row<'_>) -> rusqlite::Result<AdminTokenRow> {
+fn admin_row(r: &Row<'_>) -> Result<AdminTokenRow> {
     Ok(AdminTokenRow {
         id: r.get(0)?,
         secret_hash: r.get(1)?,
@@ -717,7 +692,7 @@ fn admin_row(r: &Row<'_>) -> rusqlite::Result<AdminTokenRow> {
     })
 }
 
-pub fn insert_admin_token(c: &Connection, row: &AdminTokenRow) -> Result<()> {
+pub fn insert_admin_token(c: &Conn<'_>, row: &AdminTokenRow) -> Result<()> {
     c.execute(
         "INSERT INTO admin_tokens (id, secret_hash, label, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![row.id, row.secret_hash, row.label, row.created_at, row.created_by],
@@ -725,95 +700,99 @@ pub fn insert_admin_token(c: &Connection, row: &AdminTokenRow) -> Result<()> {
     Ok(())
 }
 
-pub fn get_admin_token(c: &Connection, id: &str) -> Result<Option<AdminTokenRow>> {
-    Ok(c.prepare_cached("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1")?
-        .query_row([id], admin_row)
-        .optional()?)
+pub fn get_admin_token(c: &Conn<'_>, id: &str) -> Result<Option<AdminTokenRow>> {
+    Ok(c.query_opt(
+        "SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1",
+        params![id],
+        admin_row,
+    )?)
 }
 
-pub fn list_admin_tokens(c: &Connection) -> Result<Vec<AdminTokenRow>> {
-    let mut st =
-        c.prepare("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id")?;
-    let rows = st.query_map([], admin_row)?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn list_admin_tokens(c: &Conn<'_>) -> Result<Vec<AdminTokenRow>> {
+    let rows = c.query_all(
+        "SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id",
+        params![],
+        admin_row,
+    )?;
+    Ok(rows)
 }
 
-pub fn revoke_admin_token(c: &Connection, id: &str, now: i64) -> Result<bool> {
+pub fn revoke_admin_token(c: &Conn<'_>, id: &str, now: i64) -> Result<bool> {
     Ok(c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? == 1)
 }
 
 // ---------------------------------------------------------------- refresh scheduling
 
 /// Takes the refresh lease of a credential if nobody holds a live one.
-pub fn acquire_refresh_lease(c: &Connection, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
-    let n = c
-        .prepare_cached(
-            "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
+pub fn acquire_refresh_lease(c: &Conn<'_>, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+    let n = c.execute(
+        "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
              WHERE id = ?1 AND status = 'active' AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4)",
-        )?
-        .execute(params![id, holder, until_ms, now_ms])?;
+        params![id, holder, until_ms, now_ms],
+    )?;
     Ok(n == 1)
 }
 
 /// Records that a release's refresh of a still-valid token was answered by the provider
 /// at `now` (the on-demand cooldown starts).
-pub fn mark_on_demand_refresh(c: &Connection, id: &str, now: i64) -> Result<()> {
-    c.prepare_cached("UPDATE credentials SET on_demand_refresh_at = ?2 WHERE id = ?1")?.execute(params![id, now])?;
+pub fn mark_on_demand_refresh(c: &Conn<'_>, id: &str, now: i64) -> Result<()> {
+    c.execute("UPDATE credentials SET on_demand_refresh_at = ?2 WHERE id = ?1", params![id, now])?;
     Ok(())
 }
 
 /// Gives up a lease without changing anything else.
-pub fn release_refresh_lease(c: &Connection, id: &str, holder: &str) -> Result<()> {
-    c.prepare_cached(
+pub fn release_refresh_lease(c: &Conn<'_>, id: &str, holder: &str) -> Result<()> {
+    c.execute(
         "UPDATE credentials SET refresh_lease_until = NULL, refresh_lease_holder = NULL WHERE id = ?1 AND refresh_lease_holder = ?2",
-    )?
-    .execute(params![id, holder])?;
+        params![id, holder],
+    )?;
     Ok(())
 }
 
 /// The live lease of a credential, if any (unix ms).
-pub fn refresh_lease(c: &Connection, id: &str) -> Result<Option<i64>> {
-    Ok(c.prepare_cached("SELECT refresh_lease_until FROM credentials WHERE id = ?1")?.query_row([id], |r| r.get(0)).optional()?.flatten())
+pub fn refresh_lease(c: &Conn<'_>, id: &str) -> Result<Option<i64>> {
+    Ok(c.query_opt("SELECT refresh_lease_until FROM credentials WHERE id = ?1", params![id], |r| r.get(0))?.flatten())
 }
 
 /// Records a transient failure: keeps the tokens, schedules the next attempt.
-pub fn refresh_failed(c: &Connection, id: &str, holder: &str, error: &str, retry_at: i64) -> Result<()> {
-    c.prepare_cached(
+pub fn refresh_failed(c: &Conn<'_>, id: &str, holder: &str, error: &str, retry_at: i64) -> Result<()> {
+    c.execute(
         "UPDATE credentials SET refresh_failures = refresh_failures + 1, last_error = ?3, refresh_due_at = ?4, \
          refresh_lease_until = NULL, refresh_lease_holder = NULL WHERE id = ?1 AND (refresh_lease_holder = ?2 OR refresh_lease_holder IS NULL)",
-    )?
-    .execute(params![id, holder, error, retry_at])?;
+    params![id, holder, error, retry_at])?;
     Ok(())
 }
 
 /// The provider refused the grant: no more refreshes until the owner reconnects.
-pub fn mark_needs_reauth(c: &Connection, id: &str, error: &str, now: i64) -> Result<()> {
-    c.prepare_cached(
+pub fn mark_needs_reauth(c: &Conn<'_>, id: &str, error: &str, now: i64) -> Result<()> {
+    c.execute(
         "UPDATE credentials SET status = 'needs_reauth', last_error = ?2, refresh_due_at = NULL, refresh_lease_until = NULL, \
          refresh_lease_holder = NULL, updated_at = ?3 WHERE id = ?1",
-    )?
-    .execute(params![id, error, now])?;
+        params![id, error, now],
+    )?;
     Ok(())
 }
 
 /// Credentials due for a refresh at `now`, earliest first.
-pub fn due_refreshes(c: &Connection, now: i64, limit: usize) -> Result<Vec<(String, String, String)>> {
-    let mut st = c.prepare_cached(
+pub fn due_refreshes(c: &Conn<'_>, now: i64, limit: usize) -> Result<Vec<(String, String, String)>> {
+    let rows = c.query_all(
         "SELECT id, connection_id, owner FROM credentials WHERE refresh_due_at IS NOT NULL AND refresh_due_at <= ?1 AND status = 'active' \
          ORDER BY refresh_due_at LIMIT ?2",
+        params![now, limit as i64],
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
     )?;
-    let rows = st.query_map(params![now, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+    Ok(rows)
 }
 
 /// The earliest scheduled refresh (uses the partial index).
-pub fn next_refresh_due(c: &Connection) -> Result<Option<i64>> {
-    Ok(c.prepare_cached("SELECT min(refresh_due_at) FROM credentials WHERE refresh_due_at IS NOT NULL")?.query_row([], |r| r.get(0))?)
+pub fn next_refresh_due(c: &Conn<'_>) -> Result<Option<i64>> {
+    Ok(c.query_one("SELECT min(refresh_due_at) FROM credentials WHERE refresh_due_at IS NOT NULL", params![], |r| r.get(0))?)
 }
 
 /// Credentials per status, for metrics.
-pub fn credentials_by_status(c: &Connection) -> Result<Vec<(CredentialStatus, u64)>> {
-    let mut st = c.prepare_cached("SELECT status, count(*) FROM credentials GROUP BY status")?;
-    let rows = st.query_map([], |r| Ok((parsed(r, 0)?, r.get::<_, i64>(1)? as u64)))?;
-    Ok(rows.collect::<std::result::Result<_, _>>()?)
+pub fn credentials_by_status(c: &Conn<'_>) -> Result<Vec<(CredentialStatus, u64)>> {
+    let rows = c.query_all("SELECT status, count(*) FROM credentials GROUP BY status", params![], |r| {
+        Ok((parsed(r, 0)?, r.get::<i64>(1)? as u64))
+    })?;
+    Ok(rows)
 }

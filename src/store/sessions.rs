@@ -4,7 +4,7 @@
 //! provider's callback). Secrets are stored as hashes (state, nonce, binding) or sealed (the
 //! PKCE verifier of the current stage).
 
-use rusqlite::{params, Connection, OptionalExtension, Row};
+use super::sql::{params, Conn, Row};
 
 use super::rows::{dek_row, delete_dek, SealedSecret};
 use super::StoreError;
@@ -34,7 +34,7 @@ pub struct SessionRow {
 const COLS: &str = "s.id, s.connection_id, s.owner, s.return_to, s.created_by, s.expires_at, s.opened_at, s.finished_at, \
     s.proof_issuer, s.proof_role, s.proven_at, s.binding_hash, s.nonce_hash, s.verifier, d.id, d.key_version, d.binding, d.wrapped";
 
-fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
+fn session_row(r: &Row<'_>) -> Result<SessionRow> {
     let verifier: Option<Vec<u8>> = r.get(13)?;
     let dek_id: Option<i64> = r.get(14)?;
     let sealed = match (verifier, dek_id) {
@@ -59,12 +59,12 @@ fn session_row(r: &Row<'_>) -> rusqlite::Result<SessionRow> {
     })
 }
 
-fn session_where(c: &Connection, cond: &str, key: &dyn rusqlite::ToSql, now: i64) -> Result<Option<SessionRow>> {
+fn session_where(c: &Conn<'_>, cond: &str, key: &dyn super::sql::ToP, now: i64) -> Result<Option<SessionRow>> {
     let sql = format!(
         "SELECT {COLS} FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id \
          WHERE {cond} AND s.finished_at IS NULL AND s.expires_at > ?2"
     );
-    Ok(c.prepare_cached(&sql)?.query_row(params![key, now], session_row).optional()?)
+    Ok(c.query_opt(&sql, params![key, now], session_row)?)
 }
 
 /// What a new session stores.
@@ -81,7 +81,7 @@ pub struct NewSession<'a> {
     pub expires_at: i64,
 }
 
-pub fn insert_session(c: &Connection, s: &NewSession<'_>) -> Result<()> {
+pub fn insert_session(c: &Conn<'_>, s: &NewSession<'_>) -> Result<()> {
     c.execute(
         "INSERT INTO connect_sessions (id, connection_id, owner, return_to, created_by, created_at, expires_at, proof_issuer, proof_role) \
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
@@ -91,7 +91,7 @@ pub fn insert_session(c: &Connection, s: &NewSession<'_>) -> Result<()> {
 }
 
 /// A link not yet opened, finished or expired.
-pub fn unopened_session(c: &Connection, id: &str, now: i64) -> Result<Option<SessionRow>> {
+pub fn unopened_session(c: &Conn<'_>, id: &str, now: i64) -> Result<Option<SessionRow>> {
     session_where(c, "s.id = ?1 AND s.opened_at IS NULL", &id, now)
 }
 
@@ -110,7 +110,7 @@ pub struct Stage<'a> {
 
 /// Opens a link (single use): records the browser binding and the first stage. `false`
 /// if it was opened already, finished or expired.
-pub fn open_session(c: &Connection, id: &str, now: i64, binding_hash: &[u8], stage: &Stage<'_>) -> Result<bool> {
+pub fn open_session(c: &Conn<'_>, id: &str, now: i64, binding_hash: &[u8], stage: &Stage<'_>) -> Result<bool> {
     let state_col = if stage.proof { "proof_state_hash" } else { "state_hash" };
     let n = c.execute(
         &format!(
@@ -123,24 +123,22 @@ pub fn open_session(c: &Connection, id: &str, now: i64, binding_hash: &[u8], sta
 }
 
 /// The session waiting for owner proof with this (issuer) state.
-pub fn session_by_proof_state(c: &Connection, proof_state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
+pub fn session_by_proof_state(c: &Conn<'_>, proof_state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
     session_where(c, "s.proof_state_hash = ?1 AND s.opened_at IS NOT NULL AND s.proven_at IS NULL", &proof_state_hash, now)
 }
 
 /// Owner proof passed: the proof stage is spent and the provider stage begins. `false` if
 /// the proof stage was already spent (a replayed proof callback).
-pub fn prove_session(c: &Connection, id: &str, proof_state_hash: &[u8], now: i64, next: &Stage<'_>) -> Result<bool> {
-    let old_dek: Option<Option<i64>> = c
-        .query_row("SELECT dek_id FROM connect_sessions WHERE id = ?1 AND proof_state_hash = ?2", params![id, proof_state_hash], |r| {
+pub fn prove_session(c: &Conn<'_>, id: &str, proof_state_hash: &[u8], now: i64, next: &Stage<'_>) -> Result<bool> {
+    let old_dek: Option<Option<i64>> =
+        c.query_opt("SELECT dek_id FROM connect_sessions WHERE id = ?1 AND proof_state_hash = ?2", params![id, proof_state_hash], |r| {
             r.get(0)
-        })
-        .optional()?;
+        })?;
     let Some(old_dek) = old_dek else { return Ok(false) };
     let n = c.execute(
         "UPDATE connect_sessions SET proof_state_hash = NULL, proven_at = ?3, state_hash = ?4, nonce_hash = ?5, dek_id = ?6, verifier = ?7 \
          WHERE id = ?1 AND proof_state_hash = ?2 AND proven_at IS NULL AND finished_at IS NULL",
-        params![id, proof_state_hash, now, next.state_hash, next.nonce_hash, next.dek_id, next.verifier],
-    )?;
+        params![id, proof_state_hash, now, next.state_hash, next.nonce_hash, next.dek_id, next.verifier])?;
     if n != 1 {
         return Ok(false);
     }
@@ -152,7 +150,7 @@ pub fn prove_session(c: &Connection, id: &str, proof_state_hash: &[u8], now: i64
 
 /// The session a provider callback's state belongs to: opened, proven where proof is
 /// required, not finished, not expired.
-pub fn session_by_state(c: &Connection, state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
+pub fn session_by_state(c: &Conn<'_>, state_hash: &[u8], now: i64) -> Result<Option<SessionRow>> {
     session_where(
         c,
         "s.state_hash = ?1 AND s.opened_at IS NOT NULL AND (s.proof_issuer IS NULL OR s.proven_at IS NOT NULL)",
@@ -162,14 +160,17 @@ pub fn session_by_state(c: &Connection, state_hash: &[u8], now: i64) -> Result<O
 }
 
 /// Ends a session (consumed, or refused for good); `false` if it had ended already.
-pub fn finish_session(c: &Connection, id: &str, now: i64) -> Result<bool> {
+pub fn finish_session(c: &Conn<'_>, id: &str, now: i64) -> Result<bool> {
     Ok(c.execute("UPDATE connect_sessions SET finished_at = ?2 WHERE id = ?1 AND finished_at IS NULL", params![id, now])? == 1)
 }
 
 /// Deletes sessions that are finished or expired, with their data keys.
-pub fn purge_sessions(c: &Connection, now: i64) -> Result<u64> {
-    let mut st = c.prepare("DELETE FROM connect_sessions WHERE finished_at IS NOT NULL OR expires_at <= ?1 RETURNING dek_id")?;
-    let ids: Vec<Option<i64>> = st.query_map([now], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+pub fn purge_sessions(c: &Conn<'_>, now: i64) -> Result<u64> {
+    let ids: Vec<Option<i64>> = c.query_all(
+        "DELETE FROM connect_sessions WHERE finished_at IS NOT NULL OR expires_at <= ?1 RETURNING dek_id",
+        params![now],
+        |r| r.get(0),
+    )?;
     for id in ids.iter().flatten() {
         delete_dek(c, *id)?;
     }
@@ -178,9 +179,9 @@ pub fn purge_sessions(c: &Connection, now: i64) -> Result<u64> {
 
 /// Deletes every session of a connection with its data key (before the connection goes:
 /// the foreign key would otherwise take the sessions and leave their keys behind).
-pub fn delete_sessions_of(c: &Connection, connection_id: &str) -> Result<u64> {
-    let mut st = c.prepare("DELETE FROM connect_sessions WHERE connection_id = ?1 RETURNING dek_id")?;
-    let ids: Vec<Option<i64>> = st.query_map([connection_id], |r| r.get(0))?.collect::<std::result::Result<_, _>>()?;
+pub fn delete_sessions_of(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
+    let ids: Vec<Option<i64>> =
+        c.query_all("DELETE FROM connect_sessions WHERE connection_id = ?1 RETURNING dek_id", params![connection_id], |r| r.get(0))?;
     for id in ids.iter().flatten() {
         delete_dek(c, *id)?;
     }
@@ -188,6 +189,6 @@ pub fn delete_sessions_of(c: &Connection, connection_id: &str) -> Result<u64> {
 }
 
 /// Connect sessions holding a sealed verifier (each owns a data key).
-pub fn count_session_deks(c: &Connection) -> Result<u64> {
-    Ok(c.query_row("SELECT count(*) FROM connect_sessions WHERE dek_id IS NOT NULL", [], |r| r.get::<_, i64>(0))? as u64)
+pub fn count_session_deks(c: &Conn<'_>) -> Result<u64> {
+    Ok(c.query_one("SELECT count(*) FROM connect_sessions WHERE dek_id IS NOT NULL", params![], |r| r.get::<i64>(0))? as u64)
 }

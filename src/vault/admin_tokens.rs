@@ -1,8 +1,8 @@
 //! Admin tokens: `lka_<id>.<secret>`. Only SHA-256 of the secret part is stored; the
 //! id finds the row, the hash is compared in constant time.
 
+use crate::store::sql::Conn;
 use base64ct::{Base64UrlUnpadded, Encoding};
-use rusqlite::Connection;
 use serde::Serialize;
 
 use super::{new_id, Actor, Result, Vault, VaultError};
@@ -49,7 +49,7 @@ impl From<AdminTokenRow> for AdminTokenView {
 }
 
 /// Creates a token inside `tx` (with its audit record); returns (id, token).
-pub(super) fn create_in(vault: &Vault, tx: &Connection, actor: &Actor, label: Option<&str>) -> Result<(String, Secret)> {
+pub(super) fn create_in(vault: &Vault, tx: &Conn<'_>, actor: &Actor, label: Option<&str>) -> Result<(String, Secret)> {
     let id = new_id("")?;
     let mut raw = zeroize::Zeroizing::new([0u8; 32]);
     random_bytes(raw.as_mut())?;

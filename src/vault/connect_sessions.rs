@@ -17,6 +17,7 @@ use crate::model::{ConnectionId, ConnectionSpec, Owner, ValidationError};
 use crate::secret::Secret;
 use crate::store::rows;
 use crate::store::sessions::{self, NewSession, SessionRow, Stage};
+use crate::store::sql::Conn;
 
 /// Connect links live this long.
 pub const SESSION_TTL: i64 = 600;
@@ -129,7 +130,7 @@ pub enum SessionRefusal {
 }
 
 /// The binding cookie this browser holds for a session, by session id.
-pub type BindingLookup<'a> = &'a dyn Fn(&str) -> Option<String>;
+pub type BindingLookup<'a> = &'a (dyn Fn(&str) -> Option<String> + Sync);
 
 fn binding_ok(row: &SessionRow, binding: BindingLookup<'_>) -> bool {
     match (&row.binding_hash, binding(&row.id)) {
@@ -204,7 +205,7 @@ impl Vault {
     }
 
     /// Seals a stage's PKCE verifier and returns the stage's secrets and their hashes.
-    fn stage(&self, tx: &rusqlite::Connection, s: &SessionRow, field: &str) -> Result<(Secret, Secret, Pkce, i64, Vec<u8>)> {
+    fn stage(&self, tx: &Conn<'_>, s: &SessionRow, field: &str) -> Result<(Secret, Secret, Pkce, i64, Vec<u8>)> {
         let (state, nonce, pkce) = (random_token()?, random_token()?, Pkce::generate()?);
         let b = session_binding(&s.connection_id, &s.owner, &s.id);
         let (dek, dek_id) = self.new_dek(tx, &b)?;

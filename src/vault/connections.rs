@@ -1,6 +1,6 @@
 //! Connections: non-secret spec stored as JSON, client secret sealed apart.
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 use serde::Serialize;
 use serde_json::json;
 
@@ -42,7 +42,7 @@ fn view(row: &ConnectionRow) -> Result<ConnectionView> {
 }
 
 impl Vault {
-    fn seal_client_secret(&self, tx: &Connection, id: &str, version: i64, secret: &Secret) -> Result<(i64, Vec<u8>)> {
+    fn seal_client_secret(&self, tx: &Conn<'_>, id: &str, version: i64, secret: &Secret) -> Result<(i64, Vec<u8>)> {
         let b = binding(id, version);
         let (dek, dek_id) = self.new_dek(tx, &b)?;
         Ok((dek_id, dek.seal(secret.expose().as_bytes(), &b, CLIENT_SECRET)?))

@@ -11,6 +11,7 @@ use crate::model::oauth::refresh_due_at;
 use crate::model::{ConnectionId, ConnectionKind, CredentialInput, CredentialSecret, CredentialStatus, HeldScopes, Owner};
 use crate::secret::Secret;
 use crate::store::rows::{self, CredentialMeta, CredentialRow, CredentialWrite};
+use crate::store::sql::Conn;
 use crate::time::rfc3339;
 
 pub(super) const F_API_KEY: &str = "api_key";
@@ -89,7 +90,7 @@ fn binding(connection: &str, owner: &str, id: &str, version: i64) -> Binding {
     Binding::new("credential", connection, owner, id, version as u64)
 }
 
-fn connection_kind(tx: &rusqlite::Connection, connection: &ConnectionId) -> Result<ConnectionKind> {
+fn connection_kind(tx: &Conn<'_>, connection: &ConnectionId) -> Result<ConnectionKind> {
     let conn = rows::get_connection(tx, connection.as_str())?.ok_or_else(|| VaultError::NotFound(format!("connection '{connection}'")))?;
     Ok(conn.kind)
 }
@@ -158,7 +159,7 @@ impl Vault {
     #[allow(clippy::too_many_arguments)]
     pub(super) fn write_credential(
         &self,
-        tx: &rusqlite::Connection,
+        tx: &Conn<'_>,
         connection: &ConnectionId,
         owner: &Owner,
         kind: ConnectionKind,
@@ -229,12 +230,12 @@ impl Vault {
             return Err(crate::model::ValidationError("the prefix must be a subject prefix: 1-32 of a-z, 0-9 and '-'".into()).into());
         }
         let mut moves = Vec::new();
-        let mut after = 0i64;
+        let mut after = String::new();
         loop {
-            let page = self.store.read(|c| rows::credentials_page(c, after, 1000))?;
+            let page = self.store.read(|c| rows::credentials_page(c, &after, 1000))?;
             let Some(last) = page.last() else { break };
-            after = last.0;
-            for (_, row) in page {
+            after = last.meta.id.clone();
+            for row in page {
                 let owner = Owner::parse(&row.meta.owner)?;
                 if owner.id().contains(':') {
                     continue;

@@ -246,12 +246,12 @@ impl Vault {
         self.load_keys()?;
         let total_creds = self.store.read(rows::count_all_credentials)?;
         let mut report = VerifyReport { credentials: 0, connection_secrets: 0, deks: 0, failures: Vec::new() };
-        let mut after = 0i64;
+        let mut after = String::new();
         loop {
-            let page = self.store.read(|c| rows::credentials_page(c, after, DEFAULT_BATCH))?;
+            let page = self.store.read(|c| rows::credentials_page(c, &after, DEFAULT_BATCH))?;
             let Some(last) = page.last() else { break };
-            after = last.0;
-            for (_, row) in page {
+            after = last.meta.id.clone();
+            for row in page {
                 let label = format!("credential {} ({}/{})", row.meta.id, row.meta.connection_id, row.meta.owner);
                 report.credentials += 1;
                 if let Err(e) = self.open_credential_row(row) {

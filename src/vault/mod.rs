@@ -22,14 +22,14 @@ mod vault_keys;
 use std::path::Path;
 use std::sync::Arc;
 
-use rusqlite::Connection;
+use crate::store::sql::Conn;
 
 use crate::audit::{self, Event};
 use crate::crypto::{Binding, CryptoError, Dek, MasterKey};
 use crate::keys::{KeyError, KeyRing, PassphraseSource};
 use crate::model::{MasterKeyState, ValidationError};
 use crate::secret::Secret;
-use crate::store::{self, rows, Store, StoreError};
+use crate::store::{self, rows, Location, Store, StoreError};
 use crate::time::Clock;
 
 pub use admin_tokens::{AdminPrincipal, AdminTokenView};
@@ -134,19 +134,24 @@ pub struct Initialised {
 }
 
 impl Vault {
-    /// Whether `data_dir` holds a database already.
-    pub fn is_initialised(data_dir: &Path) -> bool {
-        Store::is_initialised(data_dir)
+    /// Whether `location` holds a database already.
+    pub fn is_initialised(location: &Location) -> Result<bool> {
+        Ok(Store::is_initialised(location)?)
+    }
+
+    /// [`Vault::init_at`] with the embedded database in `data_dir`.
+    pub fn init(data_dir: &Path, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
+        Self::init_at(&Location::Embedded(data_dir.to_owned()), keys_dir, passphrase, clock, actor)
     }
 
     /// Creates the keys directory with master key v1 and the database, and issues the
-    /// first admin token. Refuses if either directory is initialised already.
-    pub fn init(data_dir: &Path, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
-        if Store::is_initialised(data_dir) {
-            return Err(StoreError::AlreadyInitialised(data_dir.display().to_string()).into());
+    /// first admin token. Refuses if either is initialised already.
+    pub fn init_at(location: &Location, keys_dir: &Path, passphrase: Option<Secret>, clock: Clock, actor: &Actor) -> Result<Initialised> {
+        if Store::is_initialised(location)? {
+            return Err(StoreError::AlreadyInitialised(location.to_string()).into());
         }
         let keys = KeyRing::init(keys_dir, passphrase)?;
-        let store = match Store::create(data_dir) {
+        let store = match Store::create(location) {
             Ok(s) => s,
             Err(e) => {
                 // Leave nothing half-made: the key was never used.
@@ -184,8 +189,13 @@ impl Vault {
     /// Opens an initialised vault. Key files are checked (type, mode, header) now;
     /// the passphrase is asked for when a key is first needed.
     pub fn open(data_dir: &Path, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
+        Self::open_at(&Location::Embedded(data_dir.to_owned()), keys_dir, passphrase, clock)
+    }
+
+    /// Opens an initialised vault at `location` (see [`Vault::open`]).
+    pub fn open_at(location: &Location, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
         let keys = KeyRing::open(keys_dir, passphrase)?;
-        let store = Store::open(data_dir)?;
+        let store = Store::open(location)?;
         Ok(Vault {
             store: Arc::new(store),
             keys,
@@ -242,14 +252,14 @@ impl Vault {
         self.audit_sink.get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
     }
 
-    fn audit(&self, c: &Connection, event: Event) -> std::result::Result<i64, StoreError> {
+    fn audit(&self, c: &Conn<'_>, event: Event) -> std::result::Result<i64, StoreError> {
         store::audit::append(c, &event, self.clock.now_millis())
     }
 
     /// Starts a fresh data key for the record named by `binding`, wrapped under the
     /// active master key as read inside the caller's write transaction: a write that
     /// commits after a rotation's activation can never use the old version.
-    fn new_dek(&self, tx: &Connection, binding: &Binding) -> Result<(Dek, i64)> {
+    fn new_dek(&self, tx: &Conn<'_>, binding: &Binding) -> Result<(Dek, i64)> {
         let version = rows::active_key_version(tx)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
         let mk = self.keys.get(version)?;
         let dek = Dek::generate()?;

@@ -422,7 +422,7 @@ async fn every_decision_is_audited_without_secrets_and_audit_fails_closed() {
     assert!(w.app.vault.audit_verify().unwrap().is_ok());
 
     // Make the audit table refuse writes: releases are refused, and no secret leaves.
-    let c = rusqlite::Connection::open(w.app.vault.store().path()).unwrap();
+    let c = rusqlite::Connection::open(w.app.vault.store().sqlite_path().unwrap()).unwrap();
     c.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;").unwrap();
     let r = w.release(&svc, "/v1/connections/reports/token?tenant_id=idp:acme").await;
     let status = r.status().as_u16();
@@ -570,7 +570,7 @@ async fn legacy_argon2_secrets_work_once_and_become_keyed_hashes() {
         .hash_password(b"lks_from-an-older-version", &salt)
         .unwrap()
         .to_string();
-    let db = rusqlite::Connection::open(w.app.vault.store().path()).unwrap();
+    let db = rusqlite::Connection::open(w.app.vault.store().sqlite_path().unwrap()).unwrap();
     let stored = |db: &rusqlite::Connection| -> String {
         db.query_row("SELECT secret_hash FROM agents WHERE id = 'reporter'", [], |r| r.get(0)).unwrap()
     };

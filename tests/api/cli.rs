@@ -107,16 +107,23 @@ fn audit_verify_finds_the_first_broken_record() {
     assert!(stdout(&out).contains("BROKEN at record 5"), "{}", stdout(&out));
 }
 
+/// Rolling upgrades: a schema newer than this binary is fine (expand/contract) until
+/// the database records a minimum binary version above this one.
 #[test]
-fn a_newer_schema_is_refused() {
+fn a_newer_schema_is_accepted_until_it_needs_a_newer_binary() {
     let dirs = Dirs::new();
     init(&dirs);
     let out = dirs.run(&["migrate"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    rusqlite::Connection::open(dirs.db()).unwrap().execute_batch("PRAGMA user_version = 99").unwrap();
+    let db = rusqlite::Connection::open(dirs.db()).unwrap();
+    db.execute_batch("PRAGMA user_version = 99").unwrap();
+    let out = dirs.run(&["migrate"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stdout(&out).contains("version 99"), "{}", stdout(&out));
+    db.execute_batch("UPDATE schema_meta SET value = '99.0.0' WHERE key = 'min_binary_version'").unwrap();
     let out = dirs.run(&["migrate"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(stderr(&out).contains("refusing to downgrade"), "{}", stderr(&out));
+    assert!(stderr(&out).contains("needs latchkey 99.0.0 or newer"), "{}", stderr(&out));
 }
 
 #[test]

@@ -96,7 +96,7 @@ async fn a_due_backlog_larger_than_the_refresh_window_drains() {
     let actor = latchkey::vault::Actor::Cli("test".into());
     app.vault.import_credentials(&actor, &ConnectionId::parse("bulk").unwrap(), items).unwrap();
 
-    let db = rusqlite::Connection::open(app.vault.store().path()).unwrap();
+    let db = rusqlite::Connection::open(app.vault.store().sqlite_path().unwrap()).unwrap();
     let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
     // All of them fall due at once.
     app.advance(2);
@@ -214,7 +214,7 @@ async fn a_huge_expires_in_is_clamped() {
     let ten_years = 10 * 365 * 86_400;
     assert_eq!(body["expires_in"], json!(ten_years));
     // No hot loop: nothing is due for years.
-    let db = rusqlite::Connection::open(app.vault.store().path()).unwrap();
+    let db = rusqlite::Connection::open(app.vault.store().sqlite_path().unwrap()).unwrap();
     let due: i64 = db.query_row("SELECT refresh_due_at FROM credentials WHERE connection_id = 'storm'", [], |r| r.get(0)).unwrap();
     assert!(due > app.clock.now() + ten_years - 3600, "due at {due}");
 }

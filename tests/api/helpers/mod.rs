@@ -4,6 +4,7 @@
 
 pub mod faults;
 pub mod issuer;
+pub mod pg;
 pub mod provider;
 
 use std::net::TcpListener;
