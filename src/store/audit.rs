@@ -68,10 +68,10 @@ pub fn query(c: &Conn<'_>, q: &Query) -> Result<Vec<Record>, StoreError> {
     let rows = c.query_all(
         &format!(
             "SELECT {COLS} FROM audit WHERE seq > ?1 \
-         AND (?2 IS NULL OR target = ?2 OR substr(target, 1, length(?2) + 1) = ?2 || '/') \
-         AND (?3 IS NULL OR actor = 'agent:' || ?3) \
-         AND (?4 IS NULL OR substr(target, length(target) - length(?4)) = '/' || ?4) \
-         AND (?5 IS NULL OR outcome = ?5) \
+         AND (CAST(?2 AS TEXT) IS NULL OR target = CAST(?2 AS TEXT) OR substr(target, 1, length(CAST(?2 AS TEXT)) + 1) = CAST(?2 AS TEXT) || '/') \
+         AND (CAST(?3 AS TEXT) IS NULL OR actor = 'agent:' || CAST(?3 AS TEXT)) \
+         AND (CAST(?4 AS TEXT) IS NULL OR substr(target, length(target) - length(CAST(?4 AS TEXT))) = '/' || CAST(?4 AS TEXT)) \
+         AND (CAST(?5 AS TEXT) IS NULL OR outcome = CAST(?5 AS TEXT)) \
          ORDER BY seq LIMIT ?6"
         ),
         params![q.after, q.connection, q.agent, q.owner, q.outcome.map(Outcome::as_str), q.limit as i64],

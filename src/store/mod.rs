@@ -25,6 +25,10 @@ pub use postgres::PgConfig;
 use sql::{Conn, Owned};
 
 const MAX_IDLE_READERS: usize = 16;
+/// Read connections one replica may hold open on PostgreSQL (plus its writer): the
+/// server's `max_connections` (100 by default) is shared by every replica and the CLI.
+/// Readers past this wait for a free connection.
+const MAX_PG_READERS: usize = 8;
 
 /// Where the data lives.
 #[derive(Clone)]
@@ -147,6 +151,10 @@ pub struct Store {
     writer: group::GroupWriter,
     readers: Mutex<Vec<Owned>>,
     open_reader: Reopen,
+    /// Read connections that exist (idle or in use), when their number is bounded.
+    open_readers: Mutex<usize>,
+    reader_returned: std::sync::Condvar,
+    max_readers: Option<usize>,
 }
 
 impl std::fmt::Debug for Store {
@@ -160,7 +168,7 @@ impl Store {
     pub fn is_initialised(location: &Location) -> Result<bool, StoreError> {
         match location {
             Location::Embedded(dir) => Ok(sqlite::db_path(dir).exists()),
-            Location::Postgres(pg) => pg.is_initialised(),
+            Location::Postgres(pg) => off_async(|| pg.is_initialised()),
         }
     }
 
@@ -168,8 +176,8 @@ impl Store {
     pub fn create(location: &Location) -> Result<Self, StoreError> {
         match location {
             Location::Embedded(dir) => sqlite::create(dir)?,
-            Location::Postgres(pg) => {
-                if pg.is_initialised()? {
+            Location::Postgres(_) => {
+                if Self::is_initialised(location)? {
                     return Err(StoreError::AlreadyInitialised(location.to_string()));
                 }
             }
@@ -186,7 +194,7 @@ impl Store {
                 (writer, Box::new(move || sqlite::open_writer(&w)), Box::new(move || sqlite::open_reader(&r)))
             }
             Location::Postgres(pg) => {
-                let writer = pg.open_and_migrate()?;
+                let writer = off_async(|| pg.open_and_migrate())?;
                 let (w, r) = (pg.clone(), pg.clone());
                 (writer, Box::new(move || w.connect().map(Owned::Pg)), Box::new(move || r.connect().map(Owned::Pg)))
             }
@@ -196,6 +204,9 @@ impl Store {
             writer: group::GroupWriter::new(writer, open_writer),
             readers: Mutex::new(Vec::new()),
             open_reader,
+            open_readers: Mutex::new(0),
+            reader_returned: std::sync::Condvar::new(),
+            max_readers: matches!(location, Location::Postgres(_)).then_some(MAX_PG_READERS),
         })
     }
 
@@ -227,19 +238,56 @@ impl Store {
     }
 
     fn read_here<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
-        let conn = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let conn = match conn {
-            Some(c) if !c.is_broken() => c,
-            _ => (self.open_reader)()?,
-        };
+        let conn = self.take_reader()?;
         let out = f(&conn.conn());
-        if !conn.is_broken() {
-            let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < MAX_IDLE_READERS {
-                pool.push(conn);
-            }
-        }
+        self.return_reader(conn);
         out
+    }
+
+    /// An idle reader, or a new one if the bound allows, else waits for one.
+    fn take_reader(&self) -> Result<Owned, StoreError> {
+        loop {
+            let idle = self.readers.lock().unwrap_or_else(|p| p.into_inner()).pop();
+            match idle {
+                Some(c) if !c.is_broken() => return Ok(c),
+                Some(_broken) => self.forget_reader(),
+                None => {}
+            }
+            let Some(max) = self.max_readers else { return (self.open_reader)() };
+            let mut open = self.open_readers.lock().unwrap_or_else(|p| p.into_inner());
+            if *open < max {
+                *open += 1;
+                drop(open);
+                return (self.open_reader)().inspect_err(|_| self.forget_reader());
+            }
+            // All in use: wait until one comes back (bounded, then look again).
+            let _ = self.reader_returned.wait_timeout(open, std::time::Duration::from_millis(50));
+        }
+    }
+
+    fn return_reader(&self, conn: Owned) {
+        if conn.is_broken() {
+            self.forget_reader();
+            return;
+        }
+        let mut pool = self.readers.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+            drop(pool);
+            self.reader_returned.notify_one();
+        } else {
+            drop(pool);
+            self.forget_reader();
+        }
+    }
+
+    fn forget_reader(&self) {
+        if self.max_readers.is_some() {
+            let mut open = self.open_readers.lock().unwrap_or_else(|p| p.into_inner());
+            *open = open.saturating_sub(1);
+            drop(open);
+            self.reader_returned.notify_one();
+        }
     }
 
     /// Runs `f` atomically in a write transaction (a savepoint of one shared with

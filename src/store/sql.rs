@@ -280,12 +280,22 @@ fn lite_int(v: ValueRef<'_>) -> Option<std::result::Result<i64, String>> {
     }
 }
 
+/// An integer column of any width (`SELECT 1` is an `int4`).
+fn pg_int(r: &postgres::Row, i: usize) -> std::result::Result<Option<i64>, postgres::Error> {
+    use postgres::types::Type;
+    match r.columns().get(i).map(|c| c.type_().clone()) {
+        Some(Type::INT4) => Ok(r.try_get::<_, Option<i32>>(i)?.map(i64::from)),
+        Some(Type::INT2) => Ok(r.try_get::<_, Option<i16>>(i)?.map(i64::from)),
+        _ => r.try_get(i),
+    }
+}
+
 impl Col for i64 {
     fn lite(v: ValueRef<'_>) -> Option<std::result::Result<Self, String>> {
         lite_int(v)
     }
     fn pg(r: &postgres::Row, i: usize) -> std::result::Result<Option<Self>, postgres::Error> {
-        r.try_get(i)
+        pg_int(r, i)
     }
 }
 impl Col for u32 {
@@ -294,7 +304,7 @@ impl Col for u32 {
     }
     fn pg(r: &postgres::Row, i: usize) -> std::result::Result<Option<Self>, postgres::Error> {
         // Out of range is a corrupt row; report it as a NULL where none may be.
-        Ok(r.try_get::<_, Option<i64>>(i)?.and_then(|n| u32::try_from(n).ok()))
+        Ok(pg_int(r, i)?.and_then(|n| u32::try_from(n).ok()))
     }
 }
 impl Col for bool {
@@ -306,7 +316,7 @@ impl Col for bool {
         if r.columns().get(i).is_some_and(|c| *c.type_() == postgres::types::Type::BOOL) {
             return r.try_get(i);
         }
-        Ok(r.try_get::<_, Option<i64>>(i)?.map(|n| n != 0))
+        Ok(pg_int(r, i)?.map(|n| n != 0))
     }
 }
 impl Col for String {

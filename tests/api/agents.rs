@@ -8,7 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::helpers::issuer::{b64, base64_decode, Issuer, AUDIENCE, ISSUER_EC};
-use crate::helpers::{expect, TestApp};
+use crate::helpers::{expect, TestApp, TestSql};
 use latchkey::auth::tokens::{AgentClaims, TokenService};
 
 const API_KEY: &str = "sk-tenant-canary-8d1f";
@@ -422,15 +422,19 @@ async fn every_decision_is_audited_without_secrets_and_audit_fails_closed() {
     assert!(w.app.vault.audit_verify().unwrap().is_ok());
 
     // Make the audit table refuse writes: releases are refused, and no secret leaves.
-    let c = rusqlite::Connection::open(w.app.vault.store().sqlite_path().unwrap()).unwrap();
-    c.execute_batch("CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;").unwrap();
+    let c = w.app.sql();
+    c.exec_either(
+        "CREATE TRIGGER block_audit BEFORE INSERT ON audit BEGIN SELECT RAISE(ABORT, 'audit disk full'); END;",
+        "CREATE FUNCTION block_audit() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'audit disk full'; END $$; \
+         CREATE TRIGGER block_audit BEFORE INSERT ON audit FOR EACH ROW EXECUTE FUNCTION block_audit();",
+    );
     let r = w.release(&svc, "/v1/connections/reports/token?tenant_id=idp:acme").await;
     let status = r.status().as_u16();
     let text = r.text().await.unwrap();
     assert_eq!(status, 503, "{text}");
     assert!(text.contains("audit_unavailable"), "{text}");
     assert!(!text.contains(API_KEY));
-    c.execute_batch("DROP TRIGGER block_audit;").unwrap();
+    c.exec_either("DROP TRIGGER block_audit;", "DROP TRIGGER block_audit ON audit;");
     expect(w.release(&svc, "/v1/connections/reports/token?tenant_id=idp:acme").await, 200).await;
 }
 
@@ -570,12 +574,11 @@ async fn legacy_argon2_secrets_work_once_and_become_keyed_hashes() {
         .hash_password(b"lks_from-an-older-version", &salt)
         .unwrap()
         .to_string();
-    let db = rusqlite::Connection::open(w.app.vault.store().sqlite_path().unwrap()).unwrap();
-    let stored = |db: &rusqlite::Connection| -> String {
-        db.query_row("SELECT secret_hash FROM agents WHERE id = 'reporter'", [], |r| r.get(0)).unwrap()
-    };
+    let db = w.app.sql();
+    let stored = |db: &TestSql| -> String { db.text("SELECT secret_hash FROM agents WHERE id = 'reporter'") };
     assert!(stored(&db).starts_with("hmac-sha256$"), "new secrets are keyed hashes");
-    db.execute("UPDATE agents SET secret_hash = ?1 WHERE id = 'reporter'", [&legacy]).unwrap();
+    assert!(legacy.chars().all(|c| c != '\''));
+    db.exec(&format!("UPDATE agents SET secret_hash = '{legacy}' WHERE id = 'reporter'"));
     let old = (w.service_agent.0.clone(), "lks_from-an-older-version".to_owned());
     expect(w.token_request(&old, &[("grant_type", "client_credentials")], true).await, 200).await;
     assert!(stored(&db).starts_with("hmac-sha256$"), "replaced on first use");

@@ -96,8 +96,8 @@ async fn a_due_backlog_larger_than_the_refresh_window_drains() {
     let actor = latchkey::vault::Actor::Cli("test".into());
     app.vault.import_credentials(&actor, &ConnectionId::parse("bulk").unwrap(), items).unwrap();
 
-    let db = rusqlite::Connection::open(app.vault.store().sqlite_path().unwrap()).unwrap();
-    let count = |sql: &str| -> i64 { db.query_row(sql, [], |r| r.get(0)).unwrap() };
+    let db = app.sql();
+    let count = |sql: &str| -> i64 { db.int(sql).unwrap() };
     // All of them fall due at once.
     app.advance(2);
     app.eventually("the backlog to drain", || {
@@ -107,12 +107,9 @@ async fn a_due_backlog_larger_than_the_refresh_window_drains() {
     assert_eq!(count("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_failures > 0"), 0);
     // Each refreshed once: the new tokens live two hours, so nothing is due any more.
     let now = app.clock.now();
-    let due: i64 = db
-        .query_row("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_due_at <= ?1", [now], |r| r.get(0))
-        .unwrap();
+    let due = count(&format!("SELECT count(*) FROM credentials WHERE connection_id = 'bulk' AND refresh_due_at <= {now}"));
     assert_eq!(due, 0);
-    let audited: i64 =
-        db.query_row("SELECT count(*) FROM audit WHERE action = 'credential.refresh' AND target LIKE 'bulk/%'", [], |r| r.get(0)).unwrap();
+    let audited = count("SELECT count(*) FROM audit WHERE action = 'credential.refresh' AND target LIKE 'bulk/%'");
     assert_eq!(audited, N as i64, "one audited refresh per credential");
 }
 
@@ -214,8 +211,7 @@ async fn a_huge_expires_in_is_clamped() {
     let ten_years = 10 * 365 * 86_400;
     assert_eq!(body["expires_in"], json!(ten_years));
     // No hot loop: nothing is due for years.
-    let db = rusqlite::Connection::open(app.vault.store().sqlite_path().unwrap()).unwrap();
-    let due: i64 = db.query_row("SELECT refresh_due_at FROM credentials WHERE connection_id = 'storm'", [], |r| r.get(0)).unwrap();
+    let due: i64 = app.sql().int("SELECT refresh_due_at FROM credentials WHERE connection_id = 'storm'").unwrap();
     assert!(due > app.clock.now() + ten_years - 3600, "due at {due}");
 }
 

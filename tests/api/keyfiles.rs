@@ -37,8 +37,7 @@ impl Setup {
     }
 
     fn audit_len(&self) -> i64 {
-        let c = rusqlite::Connection::open(self.dirs.db()).unwrap();
-        c.query_row("SELECT count(*) FROM audit", [], |r| r.get(0)).unwrap()
+        self.dirs.sql().int("SELECT count(*) FROM audit").unwrap()
     }
 
     /// Runs a command expected to be refused; checks the message and that neither the

@@ -11,6 +11,7 @@ mod layering;
 mod limits;
 mod oauth;
 mod openapi;
+mod pg_suite;
 mod plaintext;
 mod rotation;
 mod scopes;

@@ -82,14 +82,23 @@ fn canary_secrets_never_reach_disk_logs_or_audit() {
     assert!(log.contains("/v1/admin/connections"), "requests are logged");
 
     let mut scanned = vec![("server log".to_owned(), log.into_bytes()), ("responses and CLI output".to_owned(), outputs.into_bytes())];
-    for entry in fs::read_dir(dirs.data()).unwrap() {
-        let p = entry.unwrap().path();
-        scanned.push((p.display().to_string(), fs::read(&p).unwrap()));
+    match &dirs.pg {
+        None => {
+            for entry in fs::read_dir(dirs.data()).unwrap() {
+                let p = entry.unwrap().path();
+                scanned.push((p.display().to_string(), fs::read(&p).unwrap()));
+            }
+            assert!(scanned.iter().any(|(n, _)| n.ends_with("latchkey.db")));
+        }
+        // Everything PostgreSQL holds, as a backup would: a plain-text dump.
+        Some(db) => {
+            let dump = std::process::Command::new("pg_dump").arg("--dbname").arg(&db.url).output().expect("pg_dump");
+            assert!(dump.status.success(), "pg_dump: {}", String::from_utf8_lossy(&dump.stderr));
+            assert!(contains(&dump.stdout, b"COPY public.credentials"), "the dump holds the credentials table");
+            scanned.push(("pg_dump".to_owned(), dump.stdout));
+        }
     }
-    assert!(scanned.iter().any(|(n, _)| n.ends_with("latchkey.db")));
-    let c = rusqlite::Connection::open(dirs.db()).unwrap();
-    let audit: String =
-        c.query_row("SELECT group_concat(actor || action || target || outcome || detail, '|') FROM audit", [], |r| r.get(0)).unwrap();
+    let audit = dirs.sql().text("SELECT string_agg(actor || action || target || outcome || detail, '|') FROM audit");
     scanned.push(("audit table".to_owned(), audit.into_bytes()));
     for (name, bytes) in &scanned {
         for canary in CANARIES {
@@ -98,7 +107,7 @@ fn canary_secrets_never_reach_disk_logs_or_audit() {
     }
 
     // The canaries really were stored (so their absence above means something).
-    let v = Vault::open(&dirs.data(), &dirs.keys(), latchkey::keys::PassphraseSource::None, Clock::system()).unwrap();
+    let v = Vault::open_at(&dirs.location(), &dirs.keys(), latchkey::keys::PassphraseSource::None, Clock::system()).unwrap();
     assert_eq!(v.client_secret(&ConnectionId::parse("crm").unwrap()).unwrap().unwrap().expose(), CANARIES[1]);
     for (conn, owner, want) in [("svc", "user:alice", CANARIES[2]), ("crm", "user:bob", CANARIES[3]), ("svc", "user:carol", CANARIES[7])] {
         let opened = v.open_credential(&ConnectionId::parse(conn).unwrap(), &Owner::parse(owner).unwrap()).unwrap().unwrap();

@@ -19,7 +19,7 @@ const KILLS: usize = 20;
 const BATCH: &str = "200";
 
 fn seed(dirs: &Dirs) -> String {
-    let init = Vault::init(&dirs.data(), &dirs.keys(), None, Clock::system(), &Actor::Cli("seed".into())).unwrap();
+    let init = Vault::init_at(&dirs.location(), &dirs.keys(), None, Clock::system(), &Actor::Cli("seed".into())).unwrap();
     let v = init.vault;
     let actor = Actor::Cli("seed".into());
     v.create_connection(

@@ -26,14 +26,40 @@ pub const TEST_PROVIDER_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_latchkey");
 
-/// A temporary data + keys directory.
+/// A temporary data + keys directory, and a fresh PostgreSQL database when the suite
+/// runs against PostgreSQL (`LATCHKEY_TEST_BACKEND=postgres`).
 pub struct Dirs {
     pub root: tempfile::TempDir,
+    pub pg: Option<pg::PgDb>,
 }
 
 impl Dirs {
     pub fn new() -> Self {
-        Dirs { root: tempfile::tempdir().expect("tempdir") }
+        let pg = pg::backend_is_postgres().then(pg::fresh_database);
+        Dirs { root: tempfile::tempdir().expect("tempdir"), pg }
+    }
+
+    /// A directory on PostgreSQL whatever the suite's backend.
+    pub fn postgres() -> Self {
+        Dirs { root: tempfile::tempdir().expect("tempdir"), pg: Some(pg::fresh_database()) }
+    }
+
+    /// Where this directory's vault keeps its data.
+    pub fn location(&self) -> latchkey::store::Location {
+        match &self.pg {
+            Some(db) => {
+                latchkey::store::Location::Postgres(Box::new(latchkey::store::PgConfig::parse(&db.url).expect("test database URL")))
+            }
+            None => latchkey::store::Location::Embedded(self.data()),
+        }
+    }
+
+    /// Direct SQL on the vault's database, as an attacker with database access has it.
+    pub fn sql(&self) -> TestSql {
+        match &self.pg {
+            Some(db) => TestSql::Pg(db.url.clone()),
+            None => TestSql::Lite(rusqlite::Connection::open(self.db()).expect("open the database")),
+        }
     }
     pub fn data(&self) -> PathBuf {
         self.root.path().join("data")
@@ -54,12 +80,70 @@ impl Dirs {
             .env_remove("LATCHKEY_PASSPHRASE_FILE")
             .env("LATCHKEY_DATA_DIR", self.data())
             .env("LATCHKEY_KEYS_DIR", self.keys())
+            .env_remove("LATCHKEY_DATABASE_URL")
+            .env_remove("LATCHKEY_DATABASE_URL_FILE")
             .stdin(Stdio::null());
+        if let Some(db) = &self.pg {
+            c.env("LATCHKEY_DATABASE_URL", &db.url);
+        }
         c
     }
 
     pub fn run(&self, args: &[&str]) -> Output {
         self.cmd(args).output().expect("run latchkey")
+    }
+}
+
+/// SQL on a test vault's database, written to run on both backends (or given per
+/// backend with [`TestSql::exec_either`]).
+pub enum TestSql {
+    Lite(rusqlite::Connection),
+    /// A connection per call, on a thread of its own (the driver may not block an async
+    /// test's runtime).
+    Pg(String),
+}
+
+impl TestSql {
+    fn pg<T: Send>(url: &str, f: impl FnOnce(&mut postgres::Client) -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut c = postgres::Client::connect(url, postgres::NoTls).expect("connect to the test database");
+                f(&mut c)
+            })
+            .join()
+            .expect("SQL thread")
+        })
+    }
+
+    pub fn exec(&self, sql: &str) {
+        match self {
+            TestSql::Lite(c) => c.execute_batch(sql).expect(sql),
+            TestSql::Pg(url) => Self::pg(url, |c| c.batch_execute(sql).expect(sql)),
+        }
+    }
+
+    /// Runs the statement written for this backend.
+    pub fn exec_either(&self, sqlite: &str, postgres: &str) {
+        match self {
+            TestSql::Lite(_) => self.exec(sqlite),
+            TestSql::Pg(_) => self.exec(postgres),
+        }
+    }
+
+    /// The first column of the first row, as an integer (NULL: `None`).
+    pub fn int(&self, sql: &str) -> Option<i64> {
+        match self {
+            TestSql::Lite(c) => c.query_row(sql, [], |r| r.get(0)).expect(sql),
+            TestSql::Pg(url) => Self::pg(url, |c| c.query_one(sql, &[]).expect(sql).get(0)),
+        }
+    }
+
+    /// The first column of the first row, as text.
+    pub fn text(&self, sql: &str) -> String {
+        match self {
+            TestSql::Lite(c) => c.query_row(sql, [], |r| r.get(0)).expect(sql),
+            TestSql::Pg(url) => Self::pg(url, |c| c.query_one(sql, &[]).expect(sql).get(0)),
+        }
     }
 }
 
@@ -95,9 +179,13 @@ impl TestApp {
 
     /// An app whose server options `configure` adjusts.
     pub async fn spawn_configured(public_url: Option<&str>, configure: impl FnOnce(&mut ServerOptions)) -> TestApp {
+        // LATCHKEY_TEST_LOG=debug shows the in-process server's log with a test's output.
+        if let Ok(filter) = std::env::var("LATCHKEY_TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::new(filter)).with_test_writer().try_init();
+        }
         let dirs = Dirs::new();
         let clock = Clock::fixed(Clock::system().now());
-        let init = Vault::init(&dirs.data(), &dirs.keys(), None, clock.clone(), &Actor::Cli("test".into())).expect("init");
+        let init = Vault::init_at(&dirs.location(), &dirs.keys(), None, clock.clone(), &Actor::Cli("test".into())).expect("init");
         let token = init.admin_token.expose().to_owned();
         let vault = Arc::new(init.vault);
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -177,6 +265,11 @@ impl TestApp {
             .await
             .expect("token");
         t["access_token"].as_str().expect("access_token").to_owned()
+    }
+
+    /// Direct SQL on this app's database.
+    pub fn sql(&self) -> TestSql {
+        self._dirs.sql()
     }
 
     pub fn audit_count(&self) -> usize {
