@@ -12,8 +12,13 @@ N OAuth credentials all due at once against a local token endpoint (bench/vault.
 uses per provider) — once with no added provider latency (latchkey's own ceiling) and
 once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
 rotation). Prints Markdown tables (docs/performance.md keeps the latest).
+
+--backend postgres runs the same scenarios on PostgreSQL (a fresh database per scenario on the
+local server, dropped afterwards). --replicas-only compares, in one run: API-key releases on
+SQLite, on PostgreSQL with one replica and with two replicas sharing the database; refresh
+throughput with two replicas; and `keys rotate` of --rotate-n credentials on PostgreSQL.
 """
-import argparse, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import argparse, atexit, contextlib, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT = 8399
@@ -21,6 +26,92 @@ BASE = f"http://127.0.0.1:{PORT}"
 PROVIDER_PORT = 8398
 # latchkey's concurrent token requests per provider host (MAX_PER_PROVIDER in src/oauth/mod.rs).
 PER_PROVIDER = 8
+# The second replica of the --replicas-only scenarios listens here (same public URL as the first).
+PORT2 = 8400
+PG = ["psql", "-h", "127.0.0.1", "-U", "postgres", "-X", "-Atq", "-v", "ON_ERROR_STOP=1"]
+SERVERS = []  # latchkey processes still running: stopped at exit, whatever happens
+_pg_count = 0
+
+
+def _stop_leftovers():
+    for p in list(SERVERS):
+        with contextlib.suppress(Exception):
+            stop_server(p)
+
+
+atexit.register(_stop_leftovers)
+# SIGTERM unwinds like Ctrl-C, so that servers stop and bench databases are dropped.
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+@contextlib.contextmanager
+def scenario_db(backend):
+    """The environment a scenario's latchkey commands need for `backend`: nothing for SQLite
+    (the file in LATCHKEY_DATA_DIR), or LATCHKEY_DATABASE_URL of a fresh PostgreSQL database
+    `lk_bench_<pid>_<n>`, dropped when the scenario ends, even on error."""
+    if backend == "sqlite":
+        yield {}
+        return
+    global _pg_count
+    _pg_count += 1
+    name = f"lk_bench_{os.getpid()}_{_pg_count}"
+    subprocess.run(PG + ["-d", "postgres", "-c", f"CREATE DATABASE {name}"], check=True, stdout=subprocess.DEVNULL)
+    try:
+        yield {"LATCHKEY_DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{name}"}
+    finally:
+        for p in [p for p in SERVERS if (p.lk_env or {}).get("LATCHKEY_DATABASE_URL", "").endswith(f"/{name}")]:
+            with contextlib.suppress(Exception):
+                stop_server(p)
+        subprocess.run(PG + ["-d", "postgres", "-c", f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"], stdout=subprocess.DEVNULL)
+
+
+class Db:
+    """Read-only queries on a scenario's database while it runs: SQLite directly, PostgreSQL
+    through one long-lived psql (no process or connection per poll)."""
+
+    def __init__(self, work, dbenv):
+        url = dbenv.get("LATCHKEY_DATABASE_URL")
+        if url:
+            self.pg = subprocess.Popen(PG + ["-d", url.rsplit("/", 1)[1]], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, bufsize=1)
+        else:
+            import sqlite3
+            self.pg, self.lite = None, sqlite3.connect(f"file:{work}/data/latchkey.db?mode=ro", uri=True)
+
+    def row(self, sql):
+        """The first row of a query, as ints where they are numbers."""
+        if self.pg is None:
+            return list(self.lite.execute(sql).fetchone())
+        self.pg.stdin.write(sql.rstrip(";") + ";\n")
+        line = self.pg.stdout.readline()
+        if not line:
+            raise RuntimeError(f"psql failed on: {sql}")
+        return [int(v) if v.lstrip("-").isdigit() else v for v in line.rstrip("\n").split("|")]
+
+    def close(self):
+        if self.pg is None:
+            self.lite.close()
+        else:
+            self.pg.stdin.close()
+            self.pg.wait(timeout=10)
+
+
+def cli_env(work, dbenv):
+    return dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", **dbenv)
+
+
+def rotate(work, dbenv, throttle=None):
+    """Wall time of `latchkey keys rotate` (default throttle unless given)."""
+    t = time.time()
+    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate", *(["--throttle", throttle] if throttle is not None else [])],
+                   env=cli_env(work, dbenv), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.time() - t
+
+
+def machine():
+    model = "unknown CPU"
+    with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
+        model = next((l.split(":", 1)[1].strip() for l in f if l.startswith("model name")), model)
+    return f"{os.cpu_count()} cores ({model})"
 
 
 def sh(cmd, **kw):
@@ -36,11 +127,16 @@ def ensure_wrk():
         sys.exit("wrk is needed: apt-get install wrk")
 
 
-def seed(n, tokens, extra=()):
+def seed(n, tokens, extra=(), dbenv=None):
+    """Seeds through the library into a new temporary directory (and the database of `dbenv`)."""
     work = tempfile.mkdtemp(prefix="latchkey-bench-")
     t = time.time()
-    sh(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens), "--public-url", BASE,
-        *extra], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    r = subprocess.run(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens),
+                        "--public-url", BASE, *extra], cwd=ROOT, env=dict(os.environ, **(dbenv or {})), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    if r.returncode != 0:
+        shutil.rmtree(work, ignore_errors=True)
+        sys.exit(f"seeding failed:\n{r.stderr[-2000:]}")
     return work, time.time() - t
 
 
@@ -54,57 +150,144 @@ def start_provider(latency_ms):
     return p, line.split()[1]
 
 
-def refresh_scenario(n, latency_ms, duration):
-    """refreshes/s of n credentials due at once, and the endpoint's direct req/s."""
-    import sqlite3
+def refresh_scenario(n, latency_ms, duration, backend="sqlite", replicas=1):
+    """refreshes/s of n credentials due at once, and the endpoint's direct req/s (at the
+    concurrency of `replicas` latchkey processes). With several replicas on one database,
+    also each replica's share and how many credentials the provider refreshed twice."""
     provider, url = start_provider(latency_ms)
+    work = None
     try:
-        direct = wrk("/token", duration, "token.lua", base=f"http://127.0.0.1:{PROVIDER_PORT}", conns=PER_PROVIDER)["rps"]
-        work, _ = seed(2, 1, ["--due", str(n), "--provider", url])
-        time.sleep(1.1)  # seeded tokens expire after 1 s: all due now
-        server = start_server(work)
-        db = sqlite3.connect(f"file:{work}/data/latchkey.db?mode=ro", uri=True)
-        deadline = time.time() + 600
-        done, started = 0, None
-        while time.time() < deadline:
-            done = db.execute("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND last_refresh_at IS NOT NULL").fetchone()[0]
-            if done and started is None:
-                started = (time.time(), done)  # rate counted from the first refreshes seen
-            if done >= n or server.poll() is not None:
-                break
-            time.sleep(0.02)
-        finished = time.time()
-        if done < n:
-            print(f"refresh scenario: only {done:,} of {n:,} refreshed", file=sys.stderr)
-        failed = db.execute("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND refresh_failures > 0").fetchone()[0]
-        db.close()
-        stop_server(server)
-        shutil.rmtree(work, ignore_errors=True)
+        direct = wrk("/token", duration, "token.lua", base=f"http://127.0.0.1:{PROVIDER_PORT}", conns=PER_PROVIDER * replicas)["rps"]
+        provider_call("POST", "/stats/reset")  # wrk presented one refresh token over and over
+        with scenario_db(backend) as dbenv:
+            work, _ = seed(2, 1, ["--due", str(n), "--provider", url], dbenv)
+            time.sleep(1.1)  # seeded tokens expire after 1 s: all due now
+            servers = start_servers(work, [PORT, PORT2][:replicas], dbenv)
+            db = Db(work, dbenv)
+            deadline = time.time() + 600
+            done, started = 0, None
+            while time.time() < deadline:
+                done = db.row("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND last_refresh_at IS NOT NULL")[0]
+                if done and started is None:
+                    started = (time.time(), done)  # rate counted from the first refreshes seen
+                if done >= n or any(s.poll() is not None for s in servers):
+                    break
+                time.sleep(0.02)
+            finished = time.time()
+            if done < n:
+                print(f"refresh scenario: only {done:,} of {n:,} refreshed", file=sys.stderr)
+            failed = db.row("SELECT count(*) FROM credentials WHERE connection_id = 'due' AND refresh_failures > 0")[0]
+            # A credential stored twice: more than one refresh record for it.
+            stored_twice = db.row("SELECT count(*) - count(DISTINCT target) FROM audit WHERE action = 'credential.refresh' AND target LIKE 'due/%'")[0]
+            db.close()
+            shares = [refresh_count(p) for p in [PORT, PORT2][:replicas]]
+            problems = server_problems(servers)
+            for s in servers:
+                stop_server(s)
+        stats = provider_call("GET", "/stats")
         rate = (done - started[1]) / (finished - started[0]) if started and finished > started[0] else 0.0
-        return {"direct": direct, "rate": rate, "done": done, "failed": failed}
+        return {"direct": direct, "rate": rate, "done": done, "failed": failed, "shares": shares, "stored_twice": stored_twice,
+                "presented_twice": stats["due_presented"] - stats["due_distinct"] if stats else None, "problems": problems}
     finally:
-        # cargo runs the endpoint as its child: stop the whole process group.
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
+        # cargo runs the endpoint as its child: stop the whole process group, and wait for the
+        # endpoint too (actix drains for up to 30 s after SIGTERM: killed after 10).
         os.killpg(provider.pid, signal.SIGTERM)
         provider.wait(timeout=10)
-
-
-def start_server(work, extra_env=None):
-    env = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", LATCHKEY_BIND=f"127.0.0.1:{PORT}",
-               LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn", **(extra_env or {}))
-    p = subprocess.Popen([f"{ROOT}/target/release/latchkey", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    for _ in range(200):
-        try:
-            urllib.request.urlopen(f"{BASE}/healthz", timeout=1)
-            return p
-        except Exception:
+        for i in range(201):
+            try:
+                os.killpg(provider.pid, signal.SIGKILL if i == 200 else 0)
+            except ProcessLookupError:
+                break
             time.sleep(0.05)
-    p.kill()
-    sys.exit("server did not start")
+
+
+def provider_call(method, path):
+    """The bench token endpoint's counters (None if this endpoint has none)."""
+    try:
+        req = urllib.request.Request(f"http://127.0.0.1:{PROVIDER_PORT}{path}", method=method, data=b"" if method == "POST" else None)
+        body = urllib.request.urlopen(req, timeout=5).read()
+        return json.loads(body) if body else {}
+    except Exception:
+        return None
+
+
+def refresh_count(port):
+    """Successful refreshes this replica made (its /metrics), or None."""
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except Exception:
+        return None
+    m = re.search(r'^latchkey_refresh_total\{connection="due",outcome="ok"\} (\d+)', text, re.M)
+    return int(m.group(1)) if m else 0
+
+
+def start_server(work, extra_env=None, port=PORT):
+    return start_servers(work, [port], extra_env)[0]
+
+
+def start_servers(work, ports, extra_env=None):
+    """`latchkey serve` on each port, all started before waiting for any (replicas of one
+    database when extra_env names one). Every replica keeps the public URL BASE, as behind a
+    load balancer. Warnings and errors go to <work>/serve-<port>.log."""
+    procs = []
+    for port in ports:
+        env = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", LATCHKEY_BIND=f"127.0.0.1:{port}",
+                   LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn", **(extra_env or {}))
+        with open(f"{work}/serve-{port}.log", "w") as log:
+            p = subprocess.Popen([f"{ROOT}/target/release/latchkey", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+        p.lk_env, p.lk_log, p.lk_port = extra_env, f"{work}/serve-{port}.log", port
+        SERVERS.append(p)
+        procs.append(p)
+    for p in procs:
+        for _ in range(200):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{p.lk_port}/healthz", timeout=1)
+                break
+            except Exception:
+                if p.poll() is not None:
+                    break
+                time.sleep(0.05)
+        else:
+            p.kill()
+            p.wait()
+        if p.poll() is not None:
+            log = open(p.lk_log).read()[-2000:]
+            for q in procs:
+                stop_server(q)
+            sys.exit(f"server on port {p.lk_port} did not start:\n{log}")
+    return procs
 
 
 def stop_server(p):
-    p.send_signal(signal.SIGTERM)
-    p.wait(timeout=20)
+    if p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    if p in SERVERS:
+        SERVERS.remove(p)
+
+
+def server_problems(servers):
+    """What the servers logged (warn and above) and whether one exited, while still running."""
+    out = []
+    for p in servers:
+        if p.poll() is not None:
+            out.append(f"port {p.lk_port}: server exited with status {p.returncode}")
+        with contextlib.suppress(OSError), open(p.lk_log) as f:
+            lines = [l.rstrip() for l in f if l.strip()]
+        seen = {}
+        for l in lines:
+            key = re.sub(r"^\S*\d{4}-\d\d-\d\dT\S+\s*", "", l)  # the same message at another time
+            seen[key] = seen.get(key, 0) + 1
+        out += [f"port {p.lk_port}: {k}" + (f" (×{c})" if c > 1 else "") for k, c in list(seen.items())[:5]]
+        if len(seen) > 5:
+            out.append(f"port {p.lk_port}: … {len(seen) - 5} more distinct lines")
+    return out
 
 
 def rss_mib(p):
@@ -121,18 +304,36 @@ def to_ms(v):
     return {"us": x / 1000, "ms": x, "s": x * 1000}[m.group(2)]
 
 
-def wrk(path, duration, script=None, env=None, base=BASE, conns=64, threads=2):
+def wrk_cmd(path, duration, script=None, base=BASE, conns=64, threads=2):
     cmd = ["wrk", f"-t{min(threads, conns)}", f"-c{conns}", f"-d{duration}s", "--latency"]
     if script:
         cmd += ["-s", f"{ROOT}/bench/wrk/{script}"]
-    out = subprocess.run(cmd + [base + path], capture_output=True, text=True, env=dict(os.environ, **(env or {}))).stdout
+    return cmd + [base + path]
+
+
+def wrk(path, duration, script=None, env=None, base=BASE, conns=64, threads=2):
+    out = subprocess.run(wrk_cmd(path, duration, script, base, conns, threads), capture_output=True, text=True,
+                         env=dict(os.environ, **(env or {}))).stdout
+    return parse_wrk(out)
+
+
+def wrk_parallel(ports, path, duration, script=None, env=None, conns=64, threads=2):
+    """One wrk per replica at the same time, the connections and threads split between them."""
+    k = len(ports)
+    procs = [subprocess.Popen(wrk_cmd(path, duration, script, f"http://127.0.0.1:{port}", conns // k, max(1, threads // k)),
+                              stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=dict(os.environ, **(env or {})))
+             for port in ports]
+    return [parse_wrk(p.communicate()[0]) for p in procs]
+
+
+def parse_wrk(out):
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = to_ms(re.search(r"^\s+50%\s+(\S+)", out, re.M).group(1))
     p99 = to_ms(re.search(r"^\s+99%\s+(\S+)", out, re.M).group(1))
     total = int(re.search(r"(\d+) requests in", out).group(1))
     errors = int(m.group(1)) if (m := re.search(r"Non-2xx or 3xx responses: (\d+)", out)) else 0
     sock = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50": p50, "p99": p99, "total": total, "errors": errors + (1 if sock else 0)}
+    return {"rps": rps, "p50": p50, "p99": p99, "total": total, "errors": errors + (1 if sock else 0), "non2xx": errors, "socket": sock.group(1) if sock else None}
 
 
 def fmt(r):
@@ -141,17 +342,30 @@ def fmt(r):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=100_000, help="credentials for the release scenarios")
+    ap.add_argument("--n", type=int, default=None, help="credentials for the release scenarios (100000; 10000 with --replicas-only)")
     ap.add_argument("--duration", type=int, default=5, help="seconds per wrk run")
     ap.add_argument("--full", action="store_true", help="also 1M credentials (rotation, RSS)")
     ap.add_argument("--refresh-only", action="store_true", help="only the refresh-throughput scenario")
     ap.add_argument("--release-only", action="store_true", help="only the release scenarios (before/after comparisons)")
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
+    ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
+                    help="where the scenarios keep their data (postgres: a fresh database per scenario on 127.0.0.1:5432)")
+    ap.add_argument("--replicas-only", action="store_true",
+                    help="only SQLite vs PostgreSQL with 1 and 2 replicas: releases, refreshes (2 replicas), keys rotate")
+    ap.add_argument("--rotate-n", type=int, default=100_000, help="credentials for the --replicas-only rotation")
+    ap.add_argument("--refresh-n", type=int, default=None, help="due credentials for the --replicas-only refresh runs (30000 at +0 ms, 8000 at +20 ms)")
     a = ap.parse_args()
+    if a.n is None:
+        a.n = 10_000 if a.replicas_only else 100_000
     ensure_wrk()
+    if a.backend == "postgres" or a.replicas_only:
+        subprocess.run(PG + ["-d", "postgres", "-c", "SELECT 1"], check=True, stdout=subprocess.DEVNULL)
     sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
     sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
+    if a.replicas_only:
+        replicas(a)
+        return
     if a.flood_only:
         flood_scenarios(a)
         return
@@ -169,12 +383,17 @@ def main():
 
 
 def release_scenarios(a):
-    work, seed_s = seed(a.n, 200_000)
+    with scenario_db(a.backend) as dbenv:
+        _release_scenarios(a, dbenv)
+
+
+def _release_scenarios(a, dbenv):
+    work, seed_s = seed(a.n, 200_000, dbenv=dbenv)
     half = a.n // 2
     token = open(f"{work}/tokens.txt").readline().strip()
     env_api = {"LK_TOKEN": token, "LK_KIND": "api", "LK_HALF": str(half)}
     env_oauth = {"LK_TOKEN": token, "LK_KIND": "oauth", "LK_HALF": str(half)}
-    server = start_server(work)
+    server = start_server(work, dbenv)
     wrk("/healthz", 2)  # warm-up
     wrk("/", 2, "release.lua", env_api)
     runs = {"a": [], "b": []}
@@ -191,7 +410,7 @@ def release_scenarios(a):
     # keys rotate: alone at full speed (--throttle 0), then with the default throttle while (b)
     # runs. wrk's total over its window, minus the normal rate outside the rotation, gives the
     # release rate during the rotation itself.
-    env_cli = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys")
+    env_cli = cli_env(work, dbenv)
     t = time.time()
     subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate", "--throttle", "0"], env=env_cli, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -210,7 +429,7 @@ def release_scenarios(a):
     during = (int(m.group(1)) - normal * (float(m.group(2)) - rotate_loaded)) / rotate_loaded
     stop_server(server)
 
-    print(f"\n### latchkey load benchmark — {a.n:,} credentials, wrk -t2 -c64, {a.duration} s runs, {time.strftime('%Y-%m-%d')}\n")
+    print(f"\n### latchkey load benchmark — {a.n:,} credentials, {a.backend}, wrk -t2 -c64, {a.duration} s runs, {time.strftime('%Y-%m-%d')}\n")
     print("| scenario | req/s | p50 ms | p99 ms | errors |\n|---|---:|---:|---:|---:|")
     for i in range(2):
         print(f"| (a) /healthz, run {i + 1} | {fmt(runs['a'][i])} |")
@@ -233,11 +452,16 @@ def flood_scenarios(a):
     """Admin latency alone, then while wrk floods /oauth2/token with a wrong client secret:
     from one address (the per-address limit answers 429 at once) and from a random
     forwarded address per request (the limit never applies: every attempt is verified)."""
+    with scenario_db(a.backend) as dbenv:
+        _flood_scenarios(a, dbenv)
+
+
+def _flood_scenarios(a, dbenv):
     import base64
-    work, _ = seed(1_000, 1)
+    work, _ = seed(1_000, 1, dbenv=dbenv)
     admin = open(f"{work}/admin.txt").read().strip()
     bad = "Basic " + base64.b64encode(b"bench:lks_not-the-secret").decode()
-    server = start_server(work, {"LATCHKEY_TRUSTED_PROXIES": "127.0.0.1"})
+    server = start_server(work, {"LATCHKEY_TRUSTED_PROXIES": "127.0.0.1", **dbenv})
     admin_env = {"LK_ADMIN": admin}
     wrk("/", 2, "admin.lua", admin_env, conns=4, threads=1)  # warm-up
     rows = [("admin reads alone", wrk("/", a.duration, "admin.lua", admin_env, conns=4, threads=1), None)]
@@ -249,8 +473,9 @@ def flood_scenarios(a):
         out = flood.communicate()[0]
         flood_rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
         rows.append((f"admin reads during a bad-credential flood from {label}", r, flood_rps))
-    audit_rows = subprocess.run(["sqlite3", f"{work}/data/latchkey.db", "SELECT count(*) FROM audit WHERE action = 'token.issue'"],
-                                capture_output=True, text=True).stdout.strip() if shutil.which("sqlite3") else "n/a"
+    db = Db(work, dbenv)
+    audit_rows = db.row("SELECT count(*) FROM audit WHERE action = 'token.issue'")[0]
+    db.close()
     stop_server(server)
     print(f"\n| admin p99 under a bad-credential flood (wrk -c4 admin reads, wrk -c32 flood) | admin req/s | admin p50 ms | admin p99 ms | flood req/s | target |\n|---|---:|---:|---:|---:|---|")
     for label, r, f in rows:
@@ -262,7 +487,7 @@ def flood_scenarios(a):
 def refresh_scenarios(a):
     print(f"\n| refresh scenario | provider direct req/s (wrk -c{PER_PROVIDER}) | latchkey refreshes/s | ratio | target |\n|---|---:|---:|---:|---|")
     for latency, n in ((0, 30_000), (20, 8_000)):
-        r = refresh_scenario(n, latency, a.duration)
+        r = refresh_scenario(n, latency, a.duration, a.backend)
         print(f"| {n:,} due at once, provider +{latency} ms | {r['direct']:,.0f} | {r['rate']:,.0f} ({r['done']:,} done, {r['failed']} failed) "
               f"| {r['rate'] / r['direct']:.2f} | ≥ 0.9 |")
 
@@ -270,21 +495,94 @@ def refresh_scenarios(a):
 def full(a):
     print("\n| credentials | RSS after (b) load | `keys rotate --throttle 0` idle | `keys rotate` (default throttle) idle |\n|---:|---:|---:|---:|")
     for n in (10_000, 100_000, 1_000_000):
-        w, _ = seed(n, 1)
-        tok = open(f"{w}/tokens.txt").readline().strip()
-        s = start_server(w)
-        wrk("/", a.duration, "release.lua", {"LK_TOKEN": tok, "LK_KIND": "api", "LK_HALF": str(n // 2)})
-        r = rss_mib(s)
-        stop_server(s)
-        times = []
-        for throttle in ("0", "3"):
-            t = time.time()
-            subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate", "--throttle", throttle],
-                           env=dict(os.environ, LATCHKEY_DATA_DIR=f"{w}/data", LATCHKEY_KEYS_DIR=f"{w}/keys"), check=True,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            times.append(time.time() - t)
-        print(f"| {n:,} | {r:.1f} MiB | {times[0]:.2f} s | {times[1]:.2f} s |")
-        shutil.rmtree(w, ignore_errors=True)
+        with scenario_db(a.backend) as dbenv:
+            w, _ = seed(n, 1, dbenv=dbenv)
+            tok = open(f"{w}/tokens.txt").readline().strip()
+            s = start_server(w, dbenv)
+            wrk("/", a.duration, "release.lua", {"LK_TOKEN": tok, "LK_KIND": "api", "LK_HALF": str(n // 2)})
+            r = rss_mib(s)
+            stop_server(s)
+            times = [rotate(w, dbenv, throttle) for throttle in ("0", "3")]
+            print(f"| {n:,} | {r:.1f} MiB | {times[0]:.2f} s | {times[1]:.2f} s |")
+            shutil.rmtree(w, ignore_errors=True)
+
+
+def replicas(a):
+    """--replicas-only: the same run and machine for SQLite, PostgreSQL with one replica and
+    with two replicas sharing one database (releases); refreshes shared by two replicas;
+    `keys rotate` of --rotate-n credentials on PostgreSQL (next to SQLite)."""
+    half = a.n // 2
+    rel, problems = [], []
+    for label, backend, k in (("SQLite, 1 server", "sqlite", 1), ("PostgreSQL, 1 replica", "postgres", 1), ("PostgreSQL, 2 replicas", "postgres", 2)):
+        ports = [PORT, PORT2][:k]
+        with scenario_db(backend) as dbenv:
+            work, seed_s = seed(a.n, 1, dbenv=dbenv)
+            try:
+                token = open(f"{work}/tokens.txt").readline().strip()
+                env_api = {"LK_TOKEN": token, "LK_KIND": "api", "LK_HALF": str(half)}
+                servers = start_servers(work, ports, dbenv)
+                wrk_parallel(ports, "/healthz", 2)  # warm-up
+                wrk_parallel(ports, "/", 2, "release.lua", env_api)
+                h = wrk_parallel(ports, "/healthz", a.duration)
+                r = wrk_parallel(ports, "/", a.duration, "release.lua", env_api)
+                problems += [f"{label}: {x}" for x in server_problems(servers)]
+                for s in servers:
+                    stop_server(s)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        rel.append((label, h, r, seed_s))
+        print(f"{label}: releases {sum(x['rps'] for x in r):,.0f} req/s", file=sys.stderr)
+
+    ref = []
+    for latency, n in ((0, a.refresh_n or 30_000), (20, a.refresh_n or 8_000)):
+        r = refresh_scenario(n, latency, a.duration, "postgres", 2)
+        problems += [f"refresh +{latency} ms: {x}" for x in r["problems"]]
+        ref.append((latency, n, r))
+        print(f"refresh +{latency} ms: {r['rate']:,.0f}/s", file=sys.stderr)
+
+    rot = []
+    for label, backend in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")):
+        with scenario_db(backend) as dbenv:
+            work, seed_s = seed(a.rotate_n, 1, dbenv=dbenv)  # as --full: half API-key, half OAuth credentials
+            try:
+                rot.append((label, seed_s, rotate(work, dbenv, "0"), rotate(work, dbenv)))
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+        print(f"rotate {label}: {rot[-1][2]:.2f} s", file=sys.stderr)
+
+    def total(rs, key="rps"):
+        return sum(x[key] for x in rs)
+
+    def each(rs, key, f="{:.2f}"):
+        return " / ".join(f.format(x[key]) for x in rs)
+
+    print(f"\n### latchkey on SQLite and PostgreSQL replicas — {a.n:,} credentials, {a.duration} s runs, {time.strftime('%Y-%m-%d')}\n")
+    print(f"Machine: {machine()}; PostgreSQL on the same machine (127.0.0.1); wrk on the same cores, 64 connections and 2 threads "
+          f"in all (two replicas: one wrk -t1 -c32 per replica at the same time).\n")
+    print("| configuration | /healthz req/s | API-key release req/s | release p50 ms | release p99 ms | release ÷ /healthz | non-2xx | seeding s |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|")
+    for label, h, r, seed_s in rel:
+        sock = "; ".join(x["socket"] for x in r + h if x["socket"])
+        per = " (sum)" if len(r) > 1 else ""
+        print(f"| {label} | {total(h):,.0f}{per} | {total(r):,.0f}{per} | {each(r, 'p50')} | {each(r, 'p99')} | {total(r) / total(h):.2f} "
+              f"| {total(r, 'non2xx') + total(h, 'non2xx')}{f' (socket errors: {sock})' if sock else ''} | {seed_s:.1f} |")
+    sq, pg1, pg2 = (total(r) for _, _, r, _ in rel)
+    print(f"\n| measure | value | target |\n|---|---:|---|")
+    print(f"| PostgreSQL 1 replica ÷ SQLite, release req/s | {pg1 / sq:.2f} | ≥ 0.5 |")
+    print(f"| PostgreSQL 2 replicas ÷ 1 replica, release req/s | {pg2 / pg1:.2f} | |")
+    print(f"\n| refresh, 2 replicas on one PostgreSQL database | provider direct req/s (wrk -c{PER_PROVIDER * 2}) | latchkey refreshes/s | ratio "
+          f"| refreshes per replica | failed | stored twice | presented twice to the provider |\n|---|---:|---:|---:|---:|---:|---:|---:|")
+    for latency, n, r in ref:
+        shares = " / ".join("?" if x is None else f"{x:,}" for x in r["shares"])
+        twice = "n/a" if r["presented_twice"] is None else r["presented_twice"]
+        print(f"| {n:,} due at once, provider +{latency} ms | {r['direct']:,.0f} | {r['rate']:,.0f} ({r['done']:,} done) | {r['rate'] / r['direct']:.2f} "
+              f"| {shares} | {r['failed']} | {r['stored_twice']} | {twice} |")
+    print(f"\n| `keys rotate`, {a.rotate_n:,} credentials (half API-key, half OAuth), idle | seeding s | `--throttle 0` | default throttle |\n|---|---:|---:|---:|")
+    for label, seed_s, fast, default in rot:
+        print(f"| {label} | {seed_s:.1f} | {fast:.2f} s | {default:.2f} s |")
+    print("\nServer log lines (warn and above) and exits: " + ("none." if not problems else ""))
+    for x in problems:
+        print(f"- {x}")
 
 
 if __name__ == "__main__":

@@ -134,7 +134,14 @@ fn seed(args: &[String]) {
     let tokens: usize = arg(args, "--tokens").and_then(|v| v.parse().ok()).unwrap_or(1);
     let public_url = arg(args, "--public-url").expect("--public-url").to_owned();
     let actor = Actor::Cli("bench".into());
-    let init = Vault::init(&dir.join("data"), &dir.join("keys"), None, Clock::system(), &actor).expect("init");
+    // LATCHKEY_DATABASE_URL, as the CLI reads it: seed a PostgreSQL database instead of D/data.
+    let location = match std::env::var("LATCHKEY_DATABASE_URL") {
+        Ok(url) if !url.trim().is_empty() => latchkey::store::Location::Postgres(Box::new(
+            latchkey::store::PgConfig::parse(&url).unwrap_or_else(|e| panic!("LATCHKEY_DATABASE_URL: {e}")),
+        )),
+        _ => latchkey::store::Location::Embedded(dir.join("data")),
+    };
+    let init = Vault::init_at(&location, &dir.join("keys"), None, Clock::system(), &actor).expect("init");
     std::fs::write(dir.join("admin.txt"), init.admin_token.expose()).expect("admin token");
     let vault = init.vault;
     let json = |v: serde_json::Value| NewConnection::from_json(v).expect("spec");
@@ -219,6 +226,8 @@ fn seed(args: &[String]) {
 /// A minimal OAuth token endpoint for the refresh-throughput scenario: answers every POST
 /// with a fresh access token and a rotated refresh token, after `--latency-ms` (default 0;
 /// real token endpoints take tens to hundreds of ms). `provider --port P [--latency-ms L]`.
+/// `GET /stats` counts the seeded refresh tokens (`rt-due-*`) presented, in all and distinct
+/// (a difference means a credential was refreshed twice); `POST /stats/reset` clears them.
 fn provider(args: &[String]) {
     use actix_web::{web, App, HttpResponse, HttpServer};
     use std::sync::atomic::{AtomicU64, Ordering};
@@ -227,7 +236,15 @@ fn provider(args: &[String]) {
     static LATENCY_MS: AtomicU64 = AtomicU64::new(0);
     static ISSUED: AtomicU64 = AtomicU64::new(0);
     LATENCY_MS.store(arg(args, "--latency-ms").and_then(|v| v.parse().ok()).unwrap_or(0), Ordering::Relaxed);
-    async fn token(_form: web::Bytes) -> HttpResponse {
+    static PRESENTED: std::sync::Mutex<Option<(u64, std::collections::HashSet<String>)>> = std::sync::Mutex::new(None);
+    async fn token(form: web::Bytes) -> HttpResponse {
+        let presented = form.split(|b| *b == b'&').find_map(|kv| kv.strip_prefix(b"refresh_token=".as_slice()));
+        if let Some(rt) = presented.filter(|rt| rt.starts_with(b"rt-due-")) {
+            let mut g = PRESENTED.lock().unwrap_or_else(|p| p.into_inner());
+            let (all, distinct) = g.get_or_insert_with(Default::default);
+            *all += 1;
+            distinct.insert(String::from_utf8_lossy(rt).into_owned());
+        }
         let latency = LATENCY_MS.load(Ordering::Relaxed);
         if latency > 0 {
             actix_web::rt::time::sleep(Duration::from_millis(latency)).await;
@@ -237,9 +254,27 @@ fn provider(args: &[String]) {
             "{{\"access_token\":\"at-{n:012}-refreshed\",\"token_type\":\"Bearer\",\"expires_in\":3600,\"refresh_token\":\"rt-{n:012}-rotated\"}}"
         ))
     }
+    async fn stats() -> HttpResponse {
+        let g = PRESENTED.lock().unwrap_or_else(|p| p.into_inner());
+        let (all, distinct) = g.as_ref().map(|(a, d)| (*a, d.len())).unwrap_or((0, 0));
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(format!("{{\"issued\":{},\"due_presented\":{all},\"due_distinct\":{distinct}}}", ISSUED.load(Ordering::Relaxed)))
+    }
+    async fn reset() -> HttpResponse {
+        *PRESENTED.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        HttpResponse::NoContent().finish()
+    }
     actix_web::rt::System::new().block_on(async move {
-        let server =
-            HttpServer::new(|| App::new().route("/token", web::post().to(token))).workers(workers).bind(("127.0.0.1", port)).expect("bind");
+        let server = HttpServer::new(|| {
+            App::new()
+                .route("/token", web::post().to(token))
+                .route("/stats", web::get().to(stats))
+                .route("/stats/reset", web::post().to(reset))
+        })
+        .workers(workers)
+        .bind(("127.0.0.1", port))
+        .expect("bind");
         println!("LISTENING http://127.0.0.1:{port}/token");
         server.run().await.expect("provider");
     });

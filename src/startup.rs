@@ -64,10 +64,70 @@ async fn flush_failure_audit(services: Arc<Services>) {
     }
 }
 
+/// This server as other replicas see it in the database.
+#[derive(Debug, Clone)]
+pub struct ReplicaIdentity {
+    pub id: String,
+    pub host: String,
+    pub started_at: i64,
+}
+
+impl ReplicaIdentity {
+    fn new(now: i64) -> Self {
+        let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+        let host = if host.is_empty() { "unknown".to_owned() } else { host };
+        let mut tag = [0u8; 4];
+        let _ = getrandom::getrandom(&mut tag);
+        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
+        ReplicaIdentity { id: format!("{host}-{}-{tag}", std::process::id()), host, started_at: now }
+    }
+}
+
+/// Announces this replica every few seconds (and measures the database clock), on a
+/// thread of its own: a busy or blocked runtime must not make a live replica look dead.
+/// Ends when the vault is dropped.
+fn heartbeat(vault: std::sync::Weak<crate::vault::Vault>, me: ReplicaIdentity) {
+    let interval = std::time::Duration::from_millis(crate::vault::HEARTBEAT_INTERVAL_MS as u64);
+    let glance = std::time::Duration::from_millis(200);
+    let mut failing = false;
+    let mut reported: Vec<u32> = Vec::new();
+    let mut last = std::time::Instant::now() - interval;
+    loop {
+        let Some(v) = vault.upgrade() else { return };
+        // Between beats, a cheap look for a newly staged key this replica has not reported:
+        // `keys rotate` is waiting for exactly that report.
+        if last.elapsed() < interval && !crate::store::blocking_section(|| v.staged_key_unreported(&reported)) {
+            drop(v);
+            std::thread::sleep(glance);
+            continue;
+        }
+        let beat = crate::store::blocking_section(|| v.heartbeat(&me.id, &me.host, me.started_at));
+        drop(v);
+        last = std::time::Instant::now();
+        if let Ok(row) = &beat {
+            reported = row.key_versions.iter().chain(&row.missing_keys).copied().collect();
+        }
+        match beat {
+            Ok(_) if failing => {
+                tracing::info!("heartbeat recorded again");
+                failing = false;
+            }
+            Ok(_) => {}
+            Err(e) if !failing => {
+                tracing::warn!(error = %e, "cannot record this replica's heartbeat");
+                failing = true;
+            }
+            Err(_) => {}
+        }
+        std::thread::sleep(glance);
+    }
+}
+
 /// A built, not yet running, latchkey server.
 pub struct Application {
     server: Server,
     services: Arc<Services>,
+    replica: ReplicaIdentity,
 }
 
 impl Application {
@@ -79,6 +139,9 @@ impl Application {
             tokio::spawn(services.oauth.clone().run_refresher());
         }
         tokio::spawn(flush_failure_audit(services.clone()));
+        let replica = ReplicaIdentity::new(services.vault.clock().now());
+        let (vault, me) = (Arc::downgrade(&services.vault), replica.clone());
+        std::thread::Builder::new().name("latchkey-heartbeat".into()).spawn(move || heartbeat(vault, me))?;
         let state = AppState {
             services: services.clone(),
             max_body_bytes: opts.max_body_bytes,
@@ -122,7 +185,7 @@ impl Application {
             // Stops with the process: it has no state of its own to drain.
             tokio::spawn(m);
         }
-        Ok(Application { server: http.run(), services })
+        Ok(Application { server: http.run(), services, replica })
     }
 
     /// The services behind the server (tests use them to move time and wake the refresher).
@@ -132,6 +195,16 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (then drains for up to [`SHUTDOWN_GRACE_SECS`]).
     pub async fn run(self) -> std::io::Result<()> {
-        self.server.await
+        let served = self.server.await;
+        let id = self.replica.id.clone();
+        if let Err(e) = self.services.blocking(move |v| v.leave(&id)).await {
+            tracing::warn!(error = %e, "cannot remove this replica's heartbeat");
+        }
+        served
+    }
+
+    /// How this server appears in the replicas table.
+    pub fn replica(&self) -> &ReplicaIdentity {
+        &self.replica
     }
 }

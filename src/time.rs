@@ -7,29 +7,51 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Unix time in seconds.
 pub type Timestamp = i64;
 
-/// The source of "now". The system clock in production; fixed in tests.
+/// The source of "now". The system clock in production — corrected to a reference
+/// clock (the shared database's) when one is set — and fixed in tests.
 #[derive(Clone, Debug, Default)]
-pub struct Clock(Option<Arc<AtomicI64>>);
+pub struct Clock {
+    fixed: Option<Arc<AtomicI64>>,
+    /// Milliseconds added to this host's clock (shared by clones).
+    offset: Arc<AtomicI64>,
+}
+
+fn system_millis() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
+}
 
 impl Clock {
     pub fn system() -> Self {
-        Clock(None)
+        Clock::default()
     }
 
     pub fn fixed(at: Timestamp) -> Self {
-        Clock(Some(Arc::new(AtomicI64::new(at * 1000))))
+        Clock { fixed: Some(Arc::new(AtomicI64::new(at * 1000))), offset: Arc::default() }
     }
 
     pub fn advance(&self, secs: i64) {
-        if let Some(t) = &self.0 {
+        if let Some(t) = &self.fixed {
             t.fetch_add(secs * 1000, Ordering::SeqCst);
         }
     }
 
+    /// Follows a reference clock that reads `reference_ms` now (a fixed clock ignores it):
+    /// replicas on several hosts then agree on times they write for each other.
+    pub fn set_reference_millis(&self, reference_ms: i64) {
+        if self.fixed.is_none() {
+            self.offset.store(reference_ms - system_millis(), Ordering::SeqCst);
+        }
+    }
+
+    /// Milliseconds this clock is ahead of this host's.
+    pub fn offset_millis(&self) -> i64 {
+        self.offset.load(Ordering::SeqCst)
+    }
+
     pub fn now_millis(&self) -> i64 {
-        match &self.0 {
+        match &self.fixed {
             Some(t) => t.load(Ordering::SeqCst),
-            None => SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0),
+            None => system_millis() + self.offset.load(Ordering::Relaxed),
         }
     }
 
@@ -76,6 +98,17 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_system_clock_follows_its_reference_and_a_fixed_one_does_not() {
+        let c = Clock::system();
+        let shared = c.clone();
+        c.set_reference_millis(system_millis() + 3_600_000);
+        assert!((shared.now_millis() - system_millis() - 3_600_000).abs() < 1_000, "clones share the offset");
+        let f = Clock::fixed(100);
+        f.set_reference_millis(5);
+        assert_eq!(f.now(), 100);
+    }
 
     #[test]
     fn formats_known_instants() {

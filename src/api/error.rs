@@ -11,7 +11,6 @@ use serde_json::json;
 use crate::model::ValidationError;
 use crate::service::connect::ConnectError;
 use crate::service::tokens::TokenEndpointError;
-use crate::store::StoreError;
 use crate::vault::{ReleaseError, VaultError};
 
 #[derive(Debug, Clone)]
@@ -60,8 +59,12 @@ impl ApiError {
         Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal_error", "internal error; see the server log for this request id")
     }
 
+    /// The database is busy or unreachable (a failover, a restart): nothing was changed
+    /// half-way; retrying after `Retry-After` seconds is safe.
     pub fn unavailable() -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault is temporarily unavailable; retry shortly")
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the vault is temporarily unavailable; retry shortly");
+        e.retry_after = Some(2);
+        e
     }
 
     /// The response, with the request id filled in by the request middleware.
@@ -120,8 +123,8 @@ impl From<VaultError> for ApiError {
             VaultError::Conflict(msg) => ApiError::new(StatusCode::CONFLICT, "conflict", msg),
             VaultError::Unauthorized => ApiError::unauthorized(),
             VaultError::Release(r) => r.into(),
-            VaultError::Store(StoreError::Busy) => {
-                tracing::warn!("database busy");
+            VaultError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "database busy or unavailable");
                 ApiError::unavailable()
             }
             other => {
@@ -153,7 +156,11 @@ impl From<ReleaseError> for ApiError {
                 e.retry_after = Some(retry_after);
                 e
             }
-            ReleaseError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
+            ReleaseError::AuditUnavailable => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg);
+                e.retry_after = Some(2);
+                e
+            }
             ReleaseError::MinTtlUnsatisfiable { lifetime } => {
                 Self::new(StatusCode::BAD_REQUEST, "min_ttl_unsatisfiable", msg).with("token_lifetime", json!(lifetime))
             }

@@ -23,14 +23,15 @@ async fn healthz() -> HttpResponse {
 
 /// Ready when the database answers and the active master key is loaded.
 async fn readyz(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
-    match state.blocking(|v| v.ready()).await {
-        Ok(()) => Ok(HttpResponse::Ok().json(json!({"status": "ready"}))),
-        Err(_) => Err(ApiError::new(
-            actix_web::http::StatusCode::SERVICE_UNAVAILABLE,
-            "not_ready",
-            "the database or the active master key is not available",
-        )),
+    let r = state.blocking(|v| Ok(v.readiness())).await?;
+    if r.is_ready() {
+        return Ok(HttpResponse::Ok().json(json!({"status": "ready", "database": "ok", "keys": "ok"})));
     }
+    let (database, keys) = (r.database.unwrap_or_else(|| "ok".into()), r.keys.unwrap_or_else(|| "ok".into()));
+    tracing::warn!(%database, %keys, "not ready");
+    Err(ApiError::new(actix_web::http::StatusCode::SERVICE_UNAVAILABLE, "not_ready", format!("database: {database}; keys: {keys}"))
+        .with("database", json!(database))
+        .with("keys", json!(keys)))
 }
 
 /// The OpenAPI 3.1 description of every route (kept next to the handlers; a test

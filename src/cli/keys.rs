@@ -22,6 +22,10 @@ pub enum KeysCmd {
         /// keeps most of the CPU and the write lock (0: full speed, e.g. with no traffic).
         #[arg(long, value_name = "FACTOR", default_value_t = 3.0)]
         throttle: f64,
+        /// When live replicas cannot load the new key yet, wait up to SECONDS for them
+        /// (saying which) instead of stopping; the key is activated only once all can.
+        #[arg(long, value_name = "SECONDS", num_args = 0..=1, default_missing_value = "600")]
+        wait: Option<u64>,
     },
     /// Unwrap every data key and authenticate every secret.
     Verify,
@@ -66,7 +70,7 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             }
             Ok(())
         }
-        KeysCmd::Rotate { batch_size, throttle } => {
+        KeysCmd::Rotate { batch_size, throttle, wait } => {
             if batch_size == 0 {
                 return Err(CliError::usage("--batch-size must be at least 1"));
             }
@@ -75,7 +79,17 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             }
             let mut p = Progress::new();
             let mut batch_started = std::time::Instant::now();
-            let r = vault.rotate_keys(&actor, batch_size, &mut |pr| {
+            let mut said = String::new();
+            let mut waiting = |version: u32, missing: &[crate::store::rows::ReplicaRow]| {
+                let names: Vec<String> = missing.iter().map(|r| format!("{} on {}", r.id, r.host)).collect();
+                let line = format!("waiting for {} to load master-v{version}.key: {}", missing.len(), names.join(", "));
+                if line != said {
+                    eprintln!("{line}");
+                    said = line;
+                }
+            };
+            let wait = wait.map_or(crate::vault::ROTATE_GRACE, std::time::Duration::from_secs);
+            let r = vault.rotate_keys_waiting(&actor, batch_size, wait, &mut waiting, &mut |pr| {
                 p.show(&format!("re-wrapping under v{}", pr.target_version), pr.done, pr.total);
                 if pr.done < pr.total {
                     std::thread::sleep(batch_started.elapsed().mul_f64(throttle));

@@ -166,6 +166,9 @@ impl OAuthService {
     /// async workers).
     async fn run_blocking<T: Send + 'static>(&self, f: impl FnOnce(&Vault) -> Result<T, VaultError> + Send + 'static) -> Result<T, Error> {
         let vault = self.vault.clone();
-        tokio::task::spawn_blocking(move || f(&vault)).await.map_err(|_| Error::Task)?.map_err(Error::Vault)
+        tokio::task::spawn_blocking(move || crate::store::blocking_section(|| f(&vault)))
+            .await
+            .map_err(|_| Error::Task)?
+            .map_err(Error::Vault)
     }
 }

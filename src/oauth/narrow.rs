@@ -86,8 +86,8 @@ impl OAuthService {
                 return Narrowed::Failed { retry_after: 5 };
             }
         };
-        let (id, holder, ttl) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms);
-        match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl)).await {
+        let (id, holder, ttl, version) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms, m.version);
+        match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl, Some(version))).await {
             Ok(true) => {}
             // Another process is refreshing this credential right now.
             Ok(false) => return Narrowed::Failed { retry_after: 2 },

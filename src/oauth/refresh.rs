@@ -135,17 +135,25 @@ impl OAuthService {
             // A release may not refresh a still-valid token more often than the cooldown:
             // otherwise every request with a demanding min_ttl rotates the grant.
             let on_demand = matches!(need, Need::MinTtl(_)) && m.expires_at.is_some_and(|e| e > now);
-            if on_demand {
-                // Never longer than half a token's life, so short-lived tokens stay usable.
-                let cooldown = m.issued_lifetime.map_or(self.on_demand_cooldown, |l| self.on_demand_cooldown.min(l / 2));
-                if let Some(wait) = m.on_demand_refresh_at.map(|t| t + cooldown - now).filter(|w| *w > 0) {
-                    return Refreshed::Cooldown { retry_after: wait.unsigned_abs() };
+            // Cross-process single flight: the lease in the row, taken only at the version
+            // read. (Before the cooldown check: another replica's refresh in flight has
+            // marked the cooldown but not yet stored its tokens; wait for them instead.)
+            let (id, holder, ttl, version) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms, m.version);
+            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl, Some(version))).await {
+                Ok(true) => {
+                    if on_demand {
+                        // Never longer than half a token's life, so short-lived tokens stay usable.
+                        let cooldown = m.issued_lifetime.map_or(self.on_demand_cooldown, |l| self.on_demand_cooldown.min(l / 2));
+                        if let Some(wait) = m.on_demand_refresh_at.map(|t| t + cooldown - now).filter(|w| *w > 0) {
+                            let (id, holder) = (m.credential_id.clone(), self.holder.clone());
+                            if let Err(e) = self.run_blocking(move |v| v.release_refresh_lease(&id, &holder)).await {
+                                tracing::warn!(error = %e, "cannot release a refresh lease; it expires by itself");
+                            }
+                            return Refreshed::Cooldown { retry_after: wait.unsigned_abs() };
+                        }
+                    }
+                    return self.refresh_leased(connection, owner, m, refresh_token, on_demand).await;
                 }
-            }
-            // Cross-process single flight: the lease in the row.
-            let (id, holder, ttl) = (m.credential_id.clone(), self.holder.clone(), self.lease_ms);
-            match self.run_blocking(move |v| v.acquire_refresh_lease(&id, &holder, ttl)).await {
-                Ok(true) => return self.refresh_leased(connection, owner, m, refresh_token, on_demand).await,
                 Ok(false) => {
                     if !self.wait_for_other(&m.credential_id).await {
                         return Refreshed::Failed { retry_after: 5 };

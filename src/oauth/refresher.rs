@@ -36,8 +36,10 @@ impl OAuthService {
             let room = MAX_BACKGROUND.saturating_sub(running.len());
             let mut full = false;
             if room > 0 {
-                let want = room + in_flight.len();
-                let due = match self.run_blocking(move |v| v.due_refreshes(want)).await {
+                // Claimed: their lease is ours, so other replicas' refreshers skip them.
+                let (holder, ttl) = (self.holder.clone(), self.lease_ms);
+                let want = room;
+                let due = match self.run_blocking(move |v| v.claim_due_refreshes(&holder, ttl, want)).await {
                     Ok(due) => due,
                     Err(e) => {
                         tracing::error!(error = %e, "cannot read the refresh queue");
@@ -51,8 +53,15 @@ impl OAuthService {
                         continue;
                     }
                     let this = self.clone();
+                    let claimed = id.clone();
                     let task = running.spawn(async move {
                         this.refresh(&conn, &owner, Need::Due).await;
+                        // Whatever happened, the claim ends (a stored refresh has already
+                        // cleared it; a refresh found unnecessary has not).
+                        let holder = this.holder.clone();
+                        if let Err(e) = this.run_blocking(move |v| v.release_refresh_lease(&claimed, &holder)).await {
+                            tracing::warn!(error = %e, "cannot release a refresh claim; it expires by itself");
+                        }
                     });
                     in_flight.insert(task.id(), id);
                 }

@@ -71,7 +71,7 @@ impl Services {
         F: FnOnce(&Vault) -> vault::Result<T> + Send + 'static,
     {
         let vault = self.vault.clone();
-        match tokio::task::spawn_blocking(move || f(&vault)).await {
+        match tokio::task::spawn_blocking(move || crate::store::blocking_section(|| f(&vault))).await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "a blocking vault call panicked or was cancelled");

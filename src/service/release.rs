@@ -16,10 +16,20 @@ impl Services {
     pub async fn release(&self, mut input: ReleaseInput) -> Result<Released, VaultError> {
         let mut key_loaded = false;
         let outcome = loop {
-            // Decided on the worker, not the blocking pool: with the policy and spec cached it
-            // is one point read from the page cache and an AES-GCM open, cheaper than a hop to
-            // a pool thread and back. Waiting for the audit commit holds no thread.
-            let decision = self.vault.decide_release(&input);
+            // On SQLite, decided on the worker, not the blocking pool: with the policy and
+            // spec cached it is one point read from the page cache and an AES-GCM open,
+            // cheaper than a hop to a pool thread and back. On PostgreSQL it is a network
+            // round trip, which must not hold an async worker. Waiting for the audit commit
+            // holds no thread.
+            let decision = if self.vault.store().is_remote() {
+                let (vault, owned) = (self.vault.clone(), input.clone());
+                match tokio::task::spawn_blocking(move || crate::store::blocking_section(|| vault.decide_release(&owned))).await {
+                    Ok(d) => d,
+                    Err(_) => return Err(VaultError::Internal("a blocking task failed")),
+                }
+            } else {
+                self.vault.decide_release(&input)
+            };
             match self.vault.commit_release(decision).await {
                 Err(VaultError::Release(ReleaseError::RefreshNeeded { owner, min_ttl })) if input.refresh_attempted.is_none() => {
                     let retry = match self.oauth.refresh_for_release(&input.connection, &owner, min_ttl).await {

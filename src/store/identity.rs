@@ -39,7 +39,7 @@ const AGENT_COLS: &str = "id, name, secret_hash, policy, disabled, token_epoch, 
 /// The next agent token epoch: a counter shared by all agents that never goes back, so
 /// that an agent deleted and created again starts above every token issued before.
 pub fn next_agent_epoch(c: &Conn<'_>) -> Result<i64> {
-    Ok(c.query_one("UPDATE counters SET value = value + 1 WHERE name = 'agent_epoch' RETURNING value", params![], |r| r.get(0))?)
+    c.query_one("UPDATE counters SET value = value + 1 WHERE name = 'agent_epoch' RETURNING value", params![], |r| r.get(0))
 }
 
 pub fn insert_agent(c: &Conn<'_>, a: &AgentRow) -> Result<()> {
@@ -54,7 +54,7 @@ pub fn insert_agent(c: &Conn<'_>, a: &AgentRow) -> Result<()> {
 }
 
 pub fn get_agent(c: &Conn<'_>, id: &str) -> Result<Option<AgentRow>> {
-    Ok(c.query_opt(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"), params![id], agent_row)?)
+    c.query_opt(&format!("SELECT {AGENT_COLS} FROM agents WHERE id = ?1"), params![id], agent_row)
 }
 
 /// What the release path needs of an agent.
@@ -69,13 +69,13 @@ pub struct AgentPolicyRow {
 /// statement, one snapshot).
 pub fn agent_policy_at_generation(c: &Conn<'_>, id: &str) -> Result<(i64, Option<AgentPolicyRow>)> {
     let sql = "SELECT g.value, a.policy, a.disabled, a.token_epoch FROM config_generation g LEFT JOIN agents a ON a.id = ?1 WHERE g.id = 1";
-    Ok(c.query_one(sql, params![id], |r| {
+    c.query_one(sql, params![id], |r| {
         let policy: Option<String> = r.get(1)?;
         let disabled: Option<bool> = r.get(2)?;
         let epoch: Option<i64> = r.get(3)?;
         let row = policy.zip(disabled).zip(epoch).map(|((policy, disabled), token_epoch)| AgentPolicyRow { policy, disabled, token_epoch });
         Ok((r.get(0)?, row))
-    })?)
+    })
 }
 
 pub fn list_agents(c: &Conn<'_>) -> Result<Vec<AgentRow>> {
@@ -192,11 +192,11 @@ pub fn put_issuer(c: &Conn<'_>, i: &IssuerRow, proof_secret: Option<(i64, &[u8])
 }
 
 pub fn get_issuer(c: &Conn<'_>, issuer: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.query_opt(&format!("{ISSUER_SELECT} WHERE i.issuer = ?1"), params![issuer], issuer_row)?)
+    c.query_opt(&format!("{ISSUER_SELECT} WHERE i.issuer = ?1"), params![issuer], issuer_row)
 }
 
 pub fn issuer_by_prefix(c: &Conn<'_>, prefix: &str) -> Result<Option<IssuerRow>> {
-    Ok(c.query_opt(&format!("{ISSUER_SELECT} WHERE i.subject_prefix = ?1"), params![prefix], issuer_row)?)
+    c.query_opt(&format!("{ISSUER_SELECT} WHERE i.subject_prefix = ?1"), params![prefix], issuer_row)
 }
 
 pub fn list_issuers(c: &Conn<'_>) -> Result<Vec<IssuerRow>> {
@@ -206,7 +206,7 @@ pub fn list_issuers(c: &Conn<'_>) -> Result<Vec<IssuerRow>> {
 
 /// Deletes an issuer; returns whether it existed and the data key of its proof secret.
 pub fn delete_issuer(c: &Conn<'_>, issuer: &str) -> Result<Option<Option<i64>>> {
-    Ok(c.query_opt("DELETE FROM issuers WHERE issuer = ?1 RETURNING proof_dek_id", params![issuer], |r| r.get(0))?)
+    c.query_opt("DELETE FROM issuers WHERE issuer = ?1 RETURNING proof_dek_id", params![issuer], |r| r.get(0))
 }
 
 #[derive(Debug, Clone)]

@@ -71,6 +71,9 @@ pub enum StoreError {
     /// The database cannot be reached (connection lost, server restarting): retry later.
     #[error("the database is unavailable")]
     Unavailable,
+    /// A new connection was refused (server down, failover, credentials): retry later.
+    #[error("{0}")]
+    Connect(String),
     #[error("database error: {0}")]
     Sqlite(rusqlite::Error),
     #[error("database error: {}", postgres::describe(.0))]
@@ -103,7 +106,7 @@ impl From<::postgres::Error> for StoreError {
 impl StoreError {
     /// Whether retrying later may succeed (the caller answers 503, not 500).
     pub fn is_transient(&self) -> bool {
-        matches!(self, StoreError::Busy | StoreError::Unavailable)
+        matches!(self, StoreError::Busy | StoreError::Unavailable | StoreError::Connect(_))
     }
 }
 
@@ -196,7 +199,11 @@ impl Store {
             Location::Postgres(pg) => {
                 let writer = off_async(|| pg.open_and_migrate())?;
                 let (w, r) = (pg.clone(), pg.clone());
-                (writer, Box::new(move || w.connect().map(Owned::Pg)), Box::new(move || r.connect().map(Owned::Pg)))
+                (
+                    writer,
+                    Box::new(move || w.connect().map(|c| Owned::Pg(Box::new(c)))),
+                    Box::new(move || r.connect().map(|c| Owned::Pg(Box::new(c)))),
+                )
             }
         };
         Ok(Store {

@@ -25,7 +25,8 @@ use super::sql::{Conn, Owned, PgConn};
 use super::StoreError;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] = &[include_str!("../../migrations/postgres/0001_init.sql")];
+const MIGRATIONS: &[&str] =
+    &[include_str!("../../migrations/postgres/0001_init.sql"), include_str!("../../migrations/postgres/0002_replicas.sql")];
 
 /// Held while migrating, so that replicas starting together apply each step once.
 const MIGRATION_LOCK: i64 = 0x6c61_7463_686b_6579; // "latchkey"
@@ -148,14 +149,7 @@ impl PgConfig {
                 config.connect(tls)
             }
         };
-        let client = client.map_err(|e| {
-            tracing::debug!(database = %self.shown, error = %describe(&e), "cannot connect to PostgreSQL");
-            let classified = classify(e);
-            match classified {
-                StoreError::Postgres(e) if e.as_db_error().is_none() => StoreError::Unavailable,
-                other => other,
-            }
-        })?;
+        let client = client.map_err(|e| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e))))?;
         Ok(PgConn::new(client))
     }
 
@@ -198,7 +192,7 @@ impl PgConfig {
         let unlocked = c.batch(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));
         migrated?;
         unlocked?;
-        Ok(Owned::Pg(pg))
+        Ok(Owned::Pg(Box::new(pg)))
     }
 }
 

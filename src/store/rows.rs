@@ -43,7 +43,7 @@ pub fn master_keys(c: &Conn<'_>) -> Result<Vec<MasterKeyRow>> {
 }
 
 pub fn active_key_version(c: &Conn<'_>) -> Result<Option<u32>> {
-    Ok(c.query_opt("SELECT version FROM master_keys WHERE state = 'active'", params![], |r| r.get(0))?)
+    c.query_opt("SELECT version FROM master_keys WHERE state = 'active'", params![], |r| r.get(0))
 }
 
 pub fn insert_master_key(c: &Conn<'_>, version: u32, state: MasterKeyState, now: i64) -> Result<()> {
@@ -190,18 +190,18 @@ fn connection_row(r: &Row<'_>) -> Result<ConnectionRow> {
 
 pub fn get_connection(c: &Conn<'_>, id: &str) -> Result<Option<ConnectionRow>> {
     let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1");
-    Ok(c.query_opt(&sql, params![id], connection_row)?)
+    c.query_opt(&sql, params![id], connection_row)
 }
 
 /// A connection's spec JSON with the configuration generation it was read at.
 pub fn connection_spec_at_generation(c: &Conn<'_>, id: &str) -> Result<(i64, Option<String>)> {
     let sql = "SELECT g.value, c.spec FROM config_generation g LEFT JOIN connections c ON c.id = ?1 WHERE g.id = 1";
-    Ok(c.query_one(sql, params![id], |r| Ok((r.get(0)?, r.get(1)?)))?)
+    c.query_one(sql, params![id], |r| Ok((r.get(0)?, r.get(1)?)))
 }
 
 /// The current configuration generation (see migration 0004).
 pub fn config_generation(c: &Conn<'_>) -> Result<i64> {
-    Ok(c.query_one("SELECT value FROM config_generation WHERE id = 1", params![], |r| r.get(0))?)
+    c.query_one("SELECT value FROM config_generation WHERE id = 1", params![], |r| r.get(0))
 }
 
 pub fn list_connections(c: &Conn<'_>) -> Result<Vec<ConnectionRow>> {
@@ -346,7 +346,7 @@ const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status,
 pub fn get_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
     let sql =
         format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
-    Ok(c.query_opt(&sql, params![connection_id, owner], |r| credential_row(r, 0))?)
+    c.query_opt(&sql, params![connection_id, owner], |r| credential_row(r, 0))
 }
 
 /// A credential (with its data key) and the configuration generation, from one snapshot
@@ -594,12 +594,12 @@ pub struct NarrowedRow {
 
 /// The narrowed token of `credential_id` for exactly `scopes` (space-separated, sorted).
 pub fn get_narrowed(c: &Conn<'_>, credential_id: &str, scopes: &str) -> Result<Option<NarrowedRow>> {
-    Ok(c.query_opt(
+    c.query_opt(
         "SELECT n.access_token, n.token_type, n.expires_at, d.id, d.key_version, d.binding, d.wrapped \
              FROM narrowed_tokens n JOIN deks d ON d.id = n.dek_id WHERE n.credential_id = ?1 AND n.scopes = ?2",
         params![credential_id, scopes],
         |r| Ok(NarrowedRow { access_token: r.get(0)?, token_type: r.get(1)?, expires_at: r.get(2)?, dek: dek_row(r, 3)? }),
-    )?)
+    )
 }
 
 /// Stores (or replaces) a narrowed token; deletes a replaced one's data key.
@@ -648,11 +648,11 @@ pub fn count_narrowed(c: &Conn<'_>) -> Result<u64> {
 
 /// A long-lived random key for `purpose`, sealed under a data key.
 pub fn get_vault_key(c: &Conn<'_>, purpose: &str) -> Result<Option<SealedSecret>> {
-    Ok(c.query_opt(
+    c.query_opt(
         "SELECT v.sealed, d.id, d.key_version, d.binding, d.wrapped FROM vault_keys v JOIN deks d ON d.id = v.dek_id WHERE v.purpose = ?1",
         params![purpose],
         |r| Ok(SealedSecret { ciphertext: r.get(0)?, dek: dek_row(r, 1)? }),
-    )?)
+    )
 }
 
 pub fn insert_vault_key(c: &Conn<'_>, purpose: &str, dek_id: i64, sealed: &[u8], now: i64) -> Result<()> {
@@ -701,11 +701,7 @@ pub fn insert_admin_token(c: &Conn<'_>, row: &AdminTokenRow) -> Result<()> {
 }
 
 pub fn get_admin_token(c: &Conn<'_>, id: &str) -> Result<Option<AdminTokenRow>> {
-    Ok(c.query_opt(
-        "SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1",
-        params![id],
-        admin_row,
-    )?)
+    c.query_opt("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1", params![id], admin_row)
 }
 
 pub fn list_admin_tokens(c: &Conn<'_>) -> Result<Vec<AdminTokenRow>> {
@@ -724,13 +720,43 @@ pub fn revoke_admin_token(c: &Conn<'_>, id: &str, now: i64) -> Result<bool> {
 // ---------------------------------------------------------------- refresh scheduling
 
 /// Takes the refresh lease of a credential if nobody holds a live one.
-pub fn acquire_refresh_lease(c: &Conn<'_>, id: &str, holder: &str, now_ms: i64, until_ms: i64) -> Result<bool> {
+pub fn acquire_refresh_lease(c: &Conn<'_>, id: &str, holder: &str, now_ms: i64, until_ms: i64, version: Option<i64>) -> Result<bool> {
+    // Only at the version the caller read (`None`: any): a refresh that read the tokens
+    // before another replica rotated them must not spend the old refresh token. A lease
+    // the holder already has (a claim of the background refresher) counts.
     let n = c.execute(
         "UPDATE credentials SET refresh_lease_until = ?3, refresh_lease_holder = ?2 \
-             WHERE id = ?1 AND status = 'active' AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4)",
-        params![id, holder, until_ms, now_ms],
+             WHERE id = ?1 AND status = 'active' AND (CAST(?5 AS BIGINT) IS NULL OR secret_version = ?5) \
+             AND (refresh_lease_until IS NULL OR refresh_lease_until < ?4 OR refresh_lease_holder = ?2)",
+        params![id, holder, until_ms, now_ms, version],
     )?;
     Ok(n == 1)
+}
+
+/// Claims up to `limit` credentials due for a refresh at `now` that nobody holds a lease
+/// on, by taking their lease until `until_ms`: the background refreshers of several
+/// replicas share the due work without doing any of it twice. (PostgreSQL skips rows
+/// another transaction has locked rather than waiting for them.)
+pub fn claim_due_refreshes(
+    c: &Conn<'_>,
+    now: i64,
+    now_ms: i64,
+    holder: &str,
+    until_ms: i64,
+    limit: usize,
+) -> Result<Vec<(String, String, String)>> {
+    let sql = if c.is_postgres() {
+        "UPDATE credentials SET refresh_lease_until = ?4, refresh_lease_holder = ?3 WHERE id IN \
+         (SELECT id FROM credentials WHERE refresh_due_at IS NOT NULL AND refresh_due_at <= ?1 AND status = 'active' \
+          AND (refresh_lease_until IS NULL OR refresh_lease_until < ?2) ORDER BY refresh_due_at LIMIT ?5 FOR UPDATE SKIP LOCKED) \
+         RETURNING id, connection_id, owner"
+    } else {
+        "UPDATE credentials SET refresh_lease_until = ?4, refresh_lease_holder = ?3 WHERE id IN \
+         (SELECT id FROM credentials WHERE refresh_due_at IS NOT NULL AND refresh_due_at <= ?1 AND status = 'active' \
+          AND (refresh_lease_until IS NULL OR refresh_lease_until < ?2) ORDER BY refresh_due_at LIMIT ?5) \
+         RETURNING id, connection_id, owner"
+    };
+    c.query_all(sql, params![now, now_ms, holder, until_ms, limit as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))
 }
 
 /// Records that a release's refresh of a still-valid token was answered by the provider
@@ -773,20 +799,9 @@ pub fn mark_needs_reauth(c: &Conn<'_>, id: &str, error: &str, now: i64) -> Resul
     Ok(())
 }
 
-/// Credentials due for a refresh at `now`, earliest first.
-pub fn due_refreshes(c: &Conn<'_>, now: i64, limit: usize) -> Result<Vec<(String, String, String)>> {
-    let rows = c.query_all(
-        "SELECT id, connection_id, owner FROM credentials WHERE refresh_due_at IS NOT NULL AND refresh_due_at <= ?1 AND status = 'active' \
-         ORDER BY refresh_due_at LIMIT ?2",
-        params![now, limit as i64],
-        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-    )?;
-    Ok(rows)
-}
-
 /// The earliest scheduled refresh (uses the partial index).
 pub fn next_refresh_due(c: &Conn<'_>) -> Result<Option<i64>> {
-    Ok(c.query_one("SELECT min(refresh_due_at) FROM credentials WHERE refresh_due_at IS NOT NULL", params![], |r| r.get(0))?)
+    c.query_one("SELECT min(refresh_due_at) FROM credentials WHERE refresh_due_at IS NOT NULL", params![], |r| r.get(0))
 }
 
 /// Credentials per status, for metrics.
@@ -795,4 +810,62 @@ pub fn credentials_by_status(c: &Conn<'_>) -> Result<Vec<(CredentialStatus, u64)
         Ok((parsed(r, 0)?, r.get::<i64>(1)? as u64))
     })?;
     Ok(rows)
+}
+
+// ---------------------------------------------------------------- replicas
+
+/// A server's last heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplicaRow {
+    pub id: String,
+    pub host: String,
+    pub started_at: i64,
+    /// Unix milliseconds.
+    pub seen_at: i64,
+    pub key_versions: Vec<u32>,
+    pub missing_keys: Vec<u32>,
+}
+
+fn versions(list: &[u32]) -> String {
+    list.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+}
+
+fn parse_versions(text: &str) -> Result<Vec<u32>> {
+    text.split(',')
+        .filter(|v| !v.is_empty())
+        .map(|v| v.parse().map_err(|_| StoreError::Corrupt(format!("key version list '{text}'"))))
+        .collect()
+}
+
+pub fn upsert_replica(c: &Conn<'_>, r: &ReplicaRow) -> Result<()> {
+    c.execute(
+        "INSERT INTO replicas (id, host, started_at, seen_at, key_versions, missing_keys) VALUES (?1, ?2, ?3, ?4, ?5, ?6) \
+         ON CONFLICT (id) DO UPDATE SET seen_at = excluded.seen_at, key_versions = excluded.key_versions, missing_keys = excluded.missing_keys",
+        params![r.id, r.host, r.started_at, r.seen_at, versions(&r.key_versions), versions(&r.missing_keys)],
+    )?;
+    Ok(())
+}
+
+/// Replicas seen at or after `since_ms`.
+pub fn live_replicas(c: &Conn<'_>, since_ms: i64) -> Result<Vec<ReplicaRow>> {
+    c.query_all(
+        "SELECT id, host, started_at, seen_at, key_versions, missing_keys FROM replicas WHERE seen_at >= ?1 ORDER BY id",
+        params![since_ms],
+        |r| {
+            Ok(ReplicaRow {
+                id: r.get(0)?,
+                host: r.get(1)?,
+                started_at: r.get(2)?,
+                seen_at: r.get(3)?,
+                key_versions: parse_versions(&r.get::<String>(4)?)?,
+                missing_keys: parse_versions(&r.get::<String>(5)?)?,
+            })
+        },
+    )
+}
+
+/// Forgets a replica (it stopped), and any not seen since `before_ms`.
+pub fn delete_replica(c: &Conn<'_>, id: &str, before_ms: i64) -> Result<()> {
+    c.execute("DELETE FROM replicas WHERE id = ?1 OR seen_at < ?2", params![id, before_ms])?;
+    Ok(())
 }

@@ -64,7 +64,7 @@ fn session_where(c: &Conn<'_>, cond: &str, key: &dyn super::sql::ToP, now: i64) 
         "SELECT {COLS} FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id \
          WHERE {cond} AND s.finished_at IS NULL AND s.expires_at > ?2"
     );
-    Ok(c.query_opt(&sql, params![key, now], session_row)?)
+    c.query_opt(&sql, params![key, now], session_row)
 }
 
 /// What a new session stores.

@@ -25,7 +25,7 @@ pub enum Conn<'a> {
 /// An open connection of either backend, owned by a pool or the writer.
 pub enum Owned {
     Lite(rusqlite::Connection),
-    Pg(PgConn),
+    Pg(Box<PgConn>),
 }
 
 impl Owned {
@@ -60,11 +60,14 @@ pub struct PgConn {
     /// Always `Some` until dropped.
     client: RefCell<Option<postgres::Client>>,
     statements: RefCell<HashMap<String, postgres::Statement>>,
+    /// A call failed in a way that means the connection is gone (the driver notices a
+    /// closed socket only when it next polls it).
+    broken: std::cell::Cell<bool>,
 }
 
 impl PgConn {
     pub fn new(client: postgres::Client) -> Self {
-        PgConn { client: RefCell::new(Some(client)), statements: RefCell::new(HashMap::new()) }
+        PgConn { client: RefCell::new(Some(client)), statements: RefCell::new(HashMap::new()), broken: std::cell::Cell::new(false) }
     }
 
     fn client(&self) -> Result<std::cell::RefMut<'_, postgres::Client>> {
@@ -73,20 +76,33 @@ impl PgConn {
 
     /// Whether the server closed the connection (it must then be replaced).
     pub fn is_closed(&self) -> bool {
-        self.client.borrow().as_ref().is_none_or(postgres::Client::is_closed)
+        self.broken.get() || self.client.borrow().as_ref().is_none_or(postgres::Client::is_closed)
+    }
+
+    /// Converts a driver error, remembering when it means the connection is lost.
+    fn checked<T>(&self, r: std::result::Result<T, postgres::Error>) -> Result<T> {
+        r.map_err(|e| {
+            let e = StoreError::from(e);
+            if matches!(e, StoreError::Unavailable) {
+                self.broken.set(true);
+            }
+            e
+        })
     }
 
     fn statement(&self, sql: &str) -> Result<postgres::Statement> {
         if let Some(st) = self.statements.borrow().get(sql) {
             return Ok(st.clone());
         }
-        let st = self.client()?.prepare(&dollar_placeholders(sql))?;
+        let prepared = self.client()?.prepare(&dollar_placeholders(sql));
+        let st = self.checked(prepared)?;
         self.statements.borrow_mut().insert(sql.to_owned(), st.clone());
         Ok(st)
     }
 
     pub(super) fn batch(&self, sql: &str) -> Result<()> {
-        Ok(self.client()?.batch_execute(sql)?)
+        let r = self.client()?.batch_execute(sql);
+        self.checked(r)
     }
 }
 
@@ -382,7 +398,8 @@ impl Conn<'_> {
             Conn::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter()))?),
             Conn::Pg(c) => {
                 let st = c.statement(sql)?;
-                let n = c.client()?.execute(&st, &pg_params(params))?;
+                let n = c.client()?.execute(&st, &pg_params(params));
+                let n = c.checked(n)?;
                 Ok(usize::try_from(n).unwrap_or(usize::MAX))
             }
         }
@@ -401,7 +418,8 @@ impl Conn<'_> {
             }
             Conn::Pg(c) => {
                 let st = c.statement(sql)?;
-                let row = c.client()?.query_opt(&st, &pg_params(params))?;
+                let row = c.client()?.query_opt(&st, &pg_params(params));
+                let row = c.checked(row)?;
                 row.map(|r| f(&Row::Pg(&r))).transpose()
             }
         }
@@ -426,7 +444,8 @@ impl Conn<'_> {
             }
             Conn::Pg(c) => {
                 let st = c.statement(sql)?;
-                let rows = c.client()?.query(&st, &pg_params(params))?;
+                let rows = c.client()?.query(&st, &pg_params(params));
+                let rows = c.checked(rows)?;
                 rows.iter().map(|r| f(&Row::Pg(r))).collect()
             }
         }

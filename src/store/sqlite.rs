@@ -20,6 +20,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0008_hardening.sql"),
     include_str!("../../migrations/sqlite/0009_catalog_auth_method.sql"),
     include_str!("../../migrations/sqlite/0010_schema_meta.sql"),
+    include_str!("../../migrations/sqlite/0011_replicas.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 

@@ -80,6 +80,10 @@ pub struct VerifyReport {
     pub failures: Vec<String>,
 }
 
+/// How long `keys rotate` gives live replicas to report that they can load a new key
+/// (a few heartbeats) before it stops, unless told to wait longer.
+pub const ROTATE_GRACE: std::time::Duration = std::time::Duration::from_millis(3 * super::HEARTBEAT_INTERVAL_MS as u64 + 500);
+
 impl Vault {
     pub fn key_status(&self) -> Result<KeyStatus> {
         let (keys, counts) = self.store.read(|c| Ok::<_, VaultError>((rows::master_keys(c)?, rows::dek_counts(c)?)))?;
@@ -123,6 +127,19 @@ impl Vault {
 
     /// Rotates to a new master key, or finishes an interrupted rotation.
     pub fn rotate_keys(&self, actor: &Actor, batch: usize, progress: &mut dyn FnMut(RotateProgress)) -> Result<RotateReport> {
+        self.rotate_keys_waiting(actor, batch, ROTATE_GRACE, &mut |_, _| {}, progress)
+    }
+
+    /// [`Vault::rotate_keys`]; while live replicas cannot load the new version yet, waits
+    /// up to `wait` for them (telling `waiting` which), then stops if some still cannot.
+    pub fn rotate_keys_waiting(
+        &self,
+        actor: &Actor,
+        batch: usize,
+        wait: std::time::Duration,
+        waiting: &mut dyn FnMut(u32, &[crate::store::rows::ReplicaRow]),
+        progress: &mut dyn FnMut(RotateProgress),
+    ) -> Result<RotateReport> {
         let batch = batch.clamp(1, 100_000);
         let keys = self.store.read(rows::master_keys)?;
         let active = keys.iter().find(|k| k.state == MasterKeyState::Active).map(|k| k.version);
@@ -135,6 +152,15 @@ impl Vault {
             _ => self.stage_key(actor, &keys)?,
         };
         if Some(target) != active {
+            let deadline = std::time::Instant::now() + wait;
+            loop {
+                let missing = self.replicas_missing_key(target)?;
+                if missing.is_empty() || std::time::Instant::now() >= deadline {
+                    break;
+                }
+                waiting(target, &missing);
+                std::thread::sleep(std::time::Duration::from_millis(100));
+            }
             self.activate_key(actor, target)?;
         } else {
             self.store.write(|tx| {
@@ -168,8 +194,10 @@ impl Vault {
     }
 
     fn activate_key(&self, actor: &Actor, version: u32) -> Result<()> {
-        // The key must load (file present, passphrase right) before anything uses it.
+        // The key must load (file present, passphrase right) here and on every live
+        // replica before anything uses it.
         self.keys.get(version)?;
+        self.check_replicas_have(version)?;
         let now = self.clock.now();
         self.store.write(|tx| {
             let mut demoted = Vec::new();

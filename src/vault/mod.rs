@@ -16,6 +16,7 @@ mod keys;
 mod narrowed;
 mod refresh_state;
 mod release;
+mod replicas;
 mod signing;
 mod vault_keys;
 
@@ -41,9 +42,11 @@ pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
+    ROTATE_GRACE,
 };
 pub use refresh_state::{AccountChange, RefreshMaterial, Replacement};
 pub use release::{Decision, MinTtl, Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret, DEFAULT_MIN_TTL};
+pub use replicas::{Readiness, HEARTBEAT_INTERVAL_MS, LIVE_WINDOW_MS};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
 /// and to exit codes in one place (`cli::CliError`).
@@ -211,7 +214,9 @@ impl Vault {
     pub fn load_keys(&self) -> Result<u32> {
         let versions = self.store.read(rows::master_keys)?;
         let mut active = None;
-        for k in versions.iter().filter(|k| k.state.holds_data()) {
+        // A staged version is not needed yet: its file may still be on its way to this
+        // replica (see `keys rotate`).
+        for k in versions.iter().filter(|k| k.state.holds_data() && k.state != MasterKeyState::Staged) {
             self.keys.get(k.version)?;
             if k.state == MasterKeyState::Active {
                 active = Some(k.version);
@@ -237,14 +242,6 @@ impl Vault {
 
     pub fn store(&self) -> &Store {
         &self.store
-    }
-
-    /// Liveness of the database and the active key, for `/readyz`.
-    pub fn ready(&self) -> Result<()> {
-        self.store.ping()?;
-        let v = self.store.read(rows::active_key_version)?.ok_or_else(|| VaultError::Integrity("no active master key".into()))?;
-        self.keys.get(v)?;
-        Ok(())
     }
 
     /// The group-commit audit writer (started on first use).

@@ -215,10 +215,18 @@ impl Vault {
         }))
     }
 
-    /// Takes the refresh lease (cross-process single flight).
-    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64) -> Result<bool> {
+    /// Takes the refresh lease (cross-process single flight) if the credential is still at
+    /// `version` (`None`: whatever its version).
+    pub fn acquire_refresh_lease(&self, credential_id: &str, holder: &str, ttl_ms: i64, version: Option<i64>) -> Result<bool> {
         let now = self.clock.now_millis();
-        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms))?)
+        Ok(self.store.write(|tx| rows::acquire_refresh_lease(tx, credential_id, holder, now, now + ttl_ms, version))?)
+    }
+
+    /// Claims credentials due for a refresh (their lease, for `ttl_ms`) that no other
+    /// replica has claimed: (id, connection, owner).
+    pub fn claim_due_refreshes(&self, holder: &str, ttl_ms: i64, limit: usize) -> Result<Vec<(String, String, String)>> {
+        let (now, now_ms) = (self.clock.now(), self.clock.now_millis());
+        Ok(self.store.write(|tx| rows::claim_due_refreshes(tx, now, now_ms, holder, now_ms + ttl_ms, limit))?)
     }
 
     /// The provider answered a release's refresh of a still-valid token: the credential's
@@ -261,12 +269,6 @@ impl Vault {
             )?;
             Ok(())
         })
-    }
-
-    /// Credentials due for refresh now, earliest first: (id, connection, owner).
-    pub fn due_refreshes(&self, limit: usize) -> Result<Vec<(String, String, String)>> {
-        let now = self.clock.now();
-        Ok(self.store.read(|c| rows::due_refreshes(c, now, limit))?)
     }
 
     pub fn next_refresh_due(&self) -> Result<Option<i64>> {

@@ -13,5 +13,6 @@ mod oauth;
 mod openapi;
 mod pg_suite;
 mod plaintext;
+mod replicas;
 mod rotation;
 mod scopes;

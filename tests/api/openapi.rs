@@ -535,6 +535,7 @@ fn error_codes(schema: &Value) -> Option<Vec<String>> {
         return match r {
             "#/components/schemas/ScopeError" => Some(vec!["insufficient_scope".into()]),
             "#/components/schemas/MinTtlError" => Some(vec!["min_ttl_unsatisfiable".into()]),
+            "#/components/schemas/NotReadyError" => Some(vec!["not_ready".into()]),
             _ => None,
         };
     }

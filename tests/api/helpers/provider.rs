@@ -109,6 +109,16 @@ impl Browser {
         self.hints.insert(Some(origin(url)), account.to_owned());
     }
 
+    /// Sends the cookies of `from`'s origin to `to`'s as well: two replicas behind one load
+    /// balancer are one site to a browser (in tests each listens on its own port).
+    pub fn same_site(&mut self, from: &str, to: &str) {
+        let (from, to) = (origin(from), origin(to));
+        let copied: Vec<_> = self.cookies.iter().filter(|((o, _), _)| *o == from).map(|((_, k), v)| (k.clone(), v.clone())).collect();
+        for (k, v) in copied {
+            self.cookies.insert((to.clone(), k), v);
+        }
+    }
+
     fn cookie_header(&self, url: &str) -> Option<String> {
         let o = origin(url);
         let pairs: Vec<String> = self.cookies.iter().filter(|((co, _), _)| *co == o).map(|((_, k), v)| format!("{k}={v}")).collect();

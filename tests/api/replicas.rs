@@ -1,0 +1,352 @@
+//! Several `latchkey serve` processes on one PostgreSQL database, as behind a load
+//! balancer: links, refreshes, configuration, the audit chain and master keys span
+//! replicas; the database dropping its connections or being unreachable fails safe.
+//! These run on PostgreSQL whatever the suite's backend (real binaries, the real
+//! oidc-provider, real time).
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::provider::{Browser, Provider, CLIENT_ID, CLIENT_SECRET};
+use crate::helpers::{stderr, stdout, Dirs, ServerProcess, BIN};
+
+/// The name every replica is reached by (the load balancer's); tests address each
+/// replica by its own port and rewrite links accordingly.
+const PUBLIC: &str = "http://latchkey.invalid";
+
+struct Cluster {
+    dirs: Dirs,
+    admin: String,
+    servers: Vec<ServerProcess>,
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// `n` replicas of a fresh vault on a fresh PostgreSQL database.
+    fn start(n: usize) -> Cluster {
+        let dirs = Dirs::postgres();
+        let tok = dirs.root.path().join("admin");
+        let out = dirs.run(&["init", "--no-passphrase", "--admin-token-file", tok.to_str().unwrap()]);
+        assert!(out.status.success(), "{}", stderr(&out));
+        let admin = std::fs::read_to_string(&tok).unwrap().trim().to_owned();
+        let servers = (0..n).map(|_| ServerProcess::start(&dirs, &[("LATCHKEY_PUBLIC_URL", PUBLIC)])).collect();
+        Cluster { dirs, admin, servers, http: reqwest::Client::new() }
+    }
+
+    fn base(&self, i: usize) -> &str {
+        &self.servers[i].addr
+    }
+
+    async fn admin(&self, i: usize, method: reqwest::Method, path: &str, body: Option<Value>) -> reqwest::Response {
+        let mut r = self.http.request(method, format!("{}{path}", self.base(i))).bearer_auth(&self.admin);
+        if let Some(b) = body {
+            r = r.json(&b);
+        }
+        r.send().await.unwrap()
+    }
+
+    /// Registers agent `svc` with `grants`; returns its client secret.
+    async fn agent(&self, grants: Value) -> String {
+        let body = json!({"id": "svc", "name": "svc", "policy": {"grants": grants}});
+        let r = self.admin(0, reqwest::Method::POST, "/v1/admin/agents", Some(body)).await;
+        assert_eq!(r.status(), 201);
+        r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned()
+    }
+
+    async fn agent_token(&self, i: usize, secret: &str) -> String {
+        let t: Value = self
+            .http
+            .post(format!("{}/oauth2/token", self.base(i)))
+            .basic_auth("svc", Some(secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        t["access_token"].as_str().unwrap().to_owned()
+    }
+
+    async fn release(&self, i: usize, token: &str, query: &str) -> reqwest::Response {
+        self.http.get(format!("{}/v1/connections/{query}", self.base(i))).bearer_auth(token).send().await.unwrap()
+    }
+
+    /// An OAuth connection `crm` to `provider` (through replica 0).
+    async fn oauth_connection(&self, provider: &Provider) {
+        let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {
+            "discovery_url": format!("{}/.well-known/openid-configuration", provider.url),
+            "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"]}});
+        assert_eq!(self.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    }
+
+    /// A connect link made on replica `made`, opened on `opened`, whose provider callback
+    /// lands on `callback`.
+    async fn connect(&self, owner: &str, account: &str, made: usize, opened: usize, callback: usize) {
+        let body = json!({"connection_id": "crm", "owner": owner});
+        let r = self.admin(made, reqwest::Method::POST, "/v1/connect/sessions", Some(body)).await;
+        assert_eq!(r.status(), 201);
+        let link = r.json::<Value>().await.unwrap()["connect_url"].as_str().unwrap().replace(PUBLIC, self.base(opened));
+        let mut b = Browser::new();
+        let cb = b.login(&link, &format!("{PUBLIC}/v1/connect/callback"), account).await;
+        let cb = cb.replace(PUBLIC, self.base(callback));
+        b.same_site(self.base(opened), self.base(callback));
+        let r = b.get(&cb).await;
+        assert_eq!(r.status(), 200, "connected through replica {callback}");
+        assert!(r.text().await.unwrap().contains("Connected"));
+    }
+
+    fn audit_verify(&self) {
+        let out = self.dirs.run(&["audit", "verify"]);
+        assert!(out.status.success(), "audit verify: {}{}", stdout(&out), stderr(&out));
+    }
+}
+
+#[tokio::test]
+async fn links_single_flight_refreshes_and_one_audit_chain_span_three_replicas() {
+    let c = Cluster::start(3);
+    let provider = Provider::start(&format!("{PUBLIC}/v1/connect/callback"), 30);
+    c.oauth_connection(&provider).await;
+    let secret = c.agent(json!([{"connection": "crm", "owners": "any"}])).await;
+    // Made on one replica, opened on the next, the callback on the third.
+    c.connect("user:alice", "alice", 0, 1, 2).await;
+    let _ = reqwest::Client::new().post(format!("{}/_test/reset", provider.url)).send().await.unwrap();
+    let (old_access, _) = {
+        let t = c.agent_token(0, &secret).await;
+        let v: Value = c.release(0, &t, "crm/token?user_id=alice").await.json().await.unwrap();
+        (v["access_token"].as_str().unwrap().to_owned(), v)
+    };
+
+    // The token ages past what the releases ask for; 30 releases on all three replicas at
+    // once each need a refresh: one provider call, one new token for everyone.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut tokens = Vec::new();
+    for i in 0..3 {
+        tokens.push(c.agent_token(i, &secret).await);
+    }
+    let handles: Vec<_> = (0..30)
+        .map(|n| {
+            let url = format!("{}/v1/connections/crm/token?user_id=alice&min_ttl=29", c.base(n % 3));
+            let (http, token) = (c.http.clone(), tokens[n % 3].clone());
+            tokio::spawn(async move {
+                let r = http.get(url).bearer_auth(token).send().await.unwrap();
+                (r.status().as_u16(), r.json::<Value>().await.unwrap())
+            })
+        })
+        .collect();
+    let mut answers = Vec::new();
+    for h in handles {
+        answers.push(h.await.unwrap());
+    }
+    let mut seen = std::collections::BTreeSet::new();
+    for (status, v) in &answers {
+        assert_eq!(*status, 200, "{v}");
+        seen.insert(v["access_token"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.len(), 1, "every replica released the one refreshed token");
+    assert!(!seen.contains(&old_access));
+    let stats = provider.stats().await;
+    assert_eq!(stats["refresh"], 1, "one refresh at the provider for 30 releases on 3 replicas: {stats}");
+    assert_eq!(stats["refresh_failed"], 0, "no refresh token spent twice: {stats}");
+    assert_eq!(provider.introspect(seen.first().unwrap()).await["active"], true);
+
+    // One linear chain holds every replica's records.
+    c.audit_verify();
+    let out = c.dirs.run(&["audit", "tail", "-n", "200"]);
+    let releases = stdout(&out).lines().filter(|l| l.contains("token.release")).count();
+    assert!(releases >= 31, "{releases} release records");
+}
+
+#[tokio::test]
+async fn configuration_changes_on_one_replica_are_enforced_by_all_at_once() {
+    let c = Cluster::start(3);
+    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    let r = c.admin(1, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
+    assert_eq!(r.status(), 200);
+    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let token = c.agent_token(2, &secret).await;
+    for i in 0..3 {
+        assert_eq!(c.release(i, &token, "k/token?user_id=alice").await.status(), 200, "replica {i} warms its caches");
+    }
+    // Disabled on replica 0: the very next release anywhere is refused.
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/agents/svc/disable", None).await.status(), 200);
+    for i in 0..3 {
+        assert_eq!(c.release(i, &token, "k/token?user_id=alice").await.status(), 401, "replica {i} after disable");
+    }
+    assert_eq!(c.admin(1, reqwest::Method::POST, "/v1/admin/agents/svc/enable", None).await.status(), 200);
+    let token = c.agent_token(1, &secret).await;
+    for i in 0..3 {
+        assert_eq!(c.release(i, &token, "k/token?user_id=alice").await.status(), 200, "replica {i} after enable");
+    }
+    // A narrower policy set on replica 2 binds replicas 0 and 1 immediately.
+    let policy = json!({"grants": [{"connection": "k", "owners": "self"}]});
+    let r = c.admin(2, reqwest::Method::PUT, "/v1/admin/agents/svc/policy", Some(policy)).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    for i in 0..3 {
+        assert_eq!(c.release(i, &token, "k/token?user_id=alice").await.status(), 403, "replica {i} after the policy change");
+    }
+    // A connection edited on one replica: the header changes everywhere.
+    let r = c.admin(0, reqwest::Method::PATCH, "/v1/admin/connections/k", Some(json!({"api_key": {"header": "X-Other"}}))).await;
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let policy = json!({"grants": [{"connection": "k", "owners": "any"}]});
+    assert_eq!(c.admin(0, reqwest::Method::PUT, "/v1/admin/agents/svc/policy", Some(policy)).await.status(), 200);
+    for i in 0..3 {
+        let v: Value = c.release(i, &token, "k/token?user_id=alice").await.json().await.unwrap();
+        assert_eq!(v["header"]["name"], "X-Other", "replica {i}: {v}");
+    }
+    c.audit_verify();
+}
+
+#[tokio::test]
+async fn background_refreshers_of_all_replicas_refresh_each_due_credential_once() {
+    let c = Cluster::start(3);
+    // 8-second tokens fall due about every 6 seconds.
+    let provider = Provider::start(&format!("{PUBLIC}/v1/connect/callback"), 8);
+    c.oauth_connection(&provider).await;
+    let owners = ["u1", "u2", "u3", "u4"];
+    for (n, o) in owners.iter().enumerate() {
+        c.connect(&format!("user:{o}"), o, n % 3, n % 3, (n + 1) % 3).await;
+    }
+    let _ = reqwest::Client::new().post(format!("{}/_test/reset", provider.url)).send().await.unwrap();
+    // About two rounds of background refreshes, with no release at all.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let stats = provider.stats().await;
+        if stats["refresh"].as_u64().unwrap() >= 2 * owners.len() as u64 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "background refreshes did not happen: {stats}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    let stats = provider.stats().await;
+    assert_eq!(stats["refresh_failed"], 0, "a refresh token spent twice would fail: {stats}");
+    // Every provider refresh is one audited refresh, by whichever replica claimed it.
+    let out = c.dirs.run(&["audit", "tail", "-n", "500"]);
+    let audited = stdout(&out).lines().filter(|l| l.contains("credential.refresh") && l.contains(" ok")).count() as u64;
+    let at_provider = provider.stats().await["refresh"].as_u64().unwrap();
+    assert!(audited + 1 >= at_provider && audited <= at_provider, "{audited} audited refreshes, {at_provider} at the provider");
+    let list = c.admin(0, reqwest::Method::GET, "/v1/admin/connections/crm/credentials", None).await.json::<Value>().await.unwrap();
+    for cred in list["credentials"].as_array().unwrap() {
+        assert_eq!(cred["status"], "active", "{cred}");
+        assert_eq!(cred["refresh_failures"], 0, "{cred}");
+    }
+    c.audit_verify();
+}
+
+#[tokio::test]
+async fn dropped_database_connections_answer_503_then_recover_without_a_restart() {
+    let c = Cluster::start(2);
+    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
+    assert_eq!(r.status(), 200);
+    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let tokens = [c.agent_token(0, &secret).await, c.agent_token(1, &secret).await];
+    let db = c.dirs.pg.as_ref().unwrap();
+    let admin_sql = |sql: String| {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let mut a = postgres::Client::connect(&crate::helpers::pg::server().admin_url, postgres::NoTls).unwrap();
+                a.batch_execute(&sql).unwrap();
+            })
+            .join()
+            .unwrap()
+        })
+    };
+    // A failover: every connection dropped, and none accepted for a while.
+    admin_sql(format!(
+        "ALTER DATABASE {0} ALLOW_CONNECTIONS false; SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{0}'",
+        db.name
+    ));
+    for (i, token) in tokens.iter().enumerate() {
+        let r = c.release(i, token, "k/token?user_id=alice").await;
+        assert_eq!(r.status(), 503, "replica {i} during the outage");
+        assert!(r.headers().contains_key("retry-after"), "replica {i}: 503 says when to retry");
+        let body = r.text().await.unwrap();
+        assert!(!body.contains("sk-a"));
+        let r = c.admin(i, reqwest::Method::GET, "/v1/admin/agents", None).await;
+        assert_eq!(r.status(), 503, "admin calls too");
+        let ready = c.http.get(format!("{}/readyz", c.base(i))).send().await.unwrap();
+        assert_eq!(ready.status(), 503);
+        assert_eq!(ready.json::<Value>().await.unwrap()["database"], "unavailable");
+        assert_eq!(c.http.get(format!("{}/healthz", c.base(i))).send().await.unwrap().status(), 200, "alive, not ready");
+    }
+    // The database is back: both replicas recover by themselves, within seconds.
+    admin_sql(format!("ALTER DATABASE {} ALLOW_CONNECTIONS true", db.name));
+    for (i, token) in tokens.iter().enumerate() {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = c.release(i, token, "k/token?user_id=alice").await;
+            if r.status() == 200 {
+                break;
+            }
+            assert_eq!(r.status(), 503, "replica {i} while recovering");
+            assert!(Instant::now() < deadline, "replica {i} did not recover");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    c.audit_verify();
+}
+
+#[test]
+fn an_unreachable_database_at_start_is_a_clear_error() {
+    let dirs = Dirs::new();
+    assert!(dirs.run(&["init", "--no-passphrase"]).status.success());
+    let out = std::process::Command::new(BIN)
+        .args(["serve"])
+        .current_dir(dirs.root.path())
+        .env("LATCHKEY_DATABASE_URL", "postgres://latchkey:hunter2-secret@127.0.0.1:1/latchkey")
+        .env("LATCHKEY_KEYS_DIR", dirs.keys())
+        .env("LATCHKEY_BIND", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot connect to postgres://latchkey@127.0.0.1:1/latchkey"), "{err}");
+    assert!(!err.contains("hunter2"), "the password never appears: {err}");
+}
+
+#[test]
+fn a_new_master_key_is_activated_only_once_every_live_replica_can_load_it() {
+    let c = Cluster::start(1);
+    // A second replica with its own copy of the key files (as another host's mount).
+    let other_keys = c.dirs.root.path().join("keys-b");
+    std::fs::create_dir(&other_keys).unwrap();
+    std::fs::set_permissions(&other_keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    for e in std::fs::read_dir(c.dirs.keys()).unwrap() {
+        let p = e.unwrap().path();
+        std::fs::copy(&p, other_keys.join(p.file_name().unwrap())).unwrap();
+    }
+    let b = ServerProcess::start(&c.dirs, &[("LATCHKEY_KEYS_DIR", other_keys.to_str().unwrap())]);
+    let out = c.dirs.run(&["keys", "rotate", "--wait", "3"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot load it yet") && err.contains("master-v2.key"), "names what is missing: {err}");
+    let status: Value = serde_json::from_str(&stdout(&c.dirs.run(&["keys", "status", "--json"]))).unwrap();
+    assert_eq!(status["active_version"], 1, "not activated: {status}");
+    // The file arrives on the second host: its heartbeat reports it, and the rotation finishes.
+    std::fs::copy(c.dirs.keys().join("master-v2.key"), other_keys.join("master-v2.key")).unwrap();
+    let out = c.dirs.run(&["keys", "rotate", "--wait", "30"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let status: Value = serde_json::from_str(&stdout(&c.dirs.run(&["keys", "status", "--json"]))).unwrap();
+    assert_eq!(status["active_version"], 2, "{status}");
+    // Both replicas write under the new version without a restart.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+        assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+        for (i, base) in [c.base(0).to_owned(), b.addr.clone()].into_iter().enumerate() {
+            let r = c
+                .http
+                .put(format!("{base}/v1/admin/connections/k/credentials/user:r{i}"))
+                .bearer_auth(&c.admin)
+                .json(&json!({"api_key": "x"}))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.json::<Value>().await.unwrap()["master_key_version"], 2, "replica {i}");
+        }
+    });
+}
