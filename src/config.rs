@@ -30,6 +30,7 @@ struct FileConfig {
     metrics_bind: Option<String>,
     database_url: Option<String>,
     database_url_file: Option<PathBuf>,
+    keys_mounted: Option<bool>,
 }
 
 #[derive(Debug, Clone)]
@@ -38,6 +39,9 @@ pub struct Settings {
     /// A `postgres://` URL: the data lives in PostgreSQL instead of
     /// `<data_dir>/latchkey.db`. A secret (it may hold a password).
     pub database_url: Option<crate::secret::Secret>,
+    /// The keys directory is a platform-provided read-only mount (Kubernetes or compose
+    /// secrets): different file checks, passphrase required, never written.
+    pub keys_mounted: bool,
     pub keys_dir: PathBuf,
     pub bind: String,
     pub public_url: String,
@@ -223,9 +227,16 @@ impl Settings {
             },
         };
         let database_url = database_url.filter(|u| !u.trim().is_empty()).map(crate::secret::Secret::new);
+        let keys_mounted = match env("LATCHKEY_KEYS_MOUNTED").as_deref() {
+            None => fc.keys_mounted.unwrap_or(false),
+            Some("true" | "1") => true,
+            Some("false" | "0") => false,
+            Some(_) => return Err(ConfigError::Invalid("LATCHKEY_KEYS_MOUNTED must be true or false".into())),
+        };
         Ok(Settings {
             data_dir,
             database_url,
+            keys_mounted,
             keys_dir: path_env("LATCHKEY_KEYS_DIR").or(fc.keys_dir).unwrap_or_else(|| "./keys".into()),
             bind,
             public_url,

@@ -242,13 +242,24 @@ pub fn location(settings: &Settings) -> Result<crate::store::Location, CliError>
 }
 
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
-    Ok(Vault::open_at(&location(settings)?, &settings.keys_dir, passphrase_source(settings), Clock::system())?)
+    let keys = if settings.keys_mounted {
+        crate::keys::KeyRing::open_mounted(&settings.keys_dir, passphrase_source(settings))
+    } else {
+        crate::keys::KeyRing::open(&settings.keys_dir, passphrase_source(settings))
+    };
+    let keys = keys.map_err(crate::vault::VaultError::from)?;
+    Ok(Vault::open_with_keys(&location(settings)?, keys, Clock::system())?)
 }
 
 const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \
 directory can decrypt every secret. Use this for development only.";
 
 fn init(settings: &Settings, no_passphrase: bool, token_file: Option<&Path>) -> CliResult {
+    if settings.keys_mounted {
+        return Err(CliError::usage(
+            "init writes the first master key: run it with a writable keys directory (keys_mounted off), then provide the files as the mounted secret",
+        ));
+    }
     if let Some(f) = token_file {
         if f.exists() {
             return Err(CliError::usage(format!("{} already exists; choose a new file for the admin token", f.display())));

@@ -2,6 +2,13 @@
 //!
 //! Files are `master-v<N>.key`, mode 0600, in a directory of mode 0700. Anything
 //! looser, or a symlink in either place, is refused with a message saying how to fix it.
+//!
+//! *Mounted* mode is for key files provided by the platform (Kubernetes or compose
+//! secrets): files are often 0644 and reached through a `..data` symlink. What protects
+//! them is instead checked: the directory is on a read-only mount, nothing in it is
+//! writable by group or others or owned by another user, symlinks resolve inside it, and
+//! latchkey never writes there. (The files must also be passphrase-protected: see
+//! [`super::KeyRing::open_mounted`].)
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{ErrorKind, Write};
@@ -13,6 +20,50 @@ use super::KeyError;
 #[derive(Debug, Clone)]
 pub struct KeyDir {
     path: PathBuf,
+    /// Platform-provided files on a read-only mount (see the module docs).
+    mounted: bool,
+}
+
+/// The mount options of the mount holding `path` (from /proc/self/mountinfo).
+fn mount_options(path: &Path) -> Result<String, KeyError> {
+    let info = fs::read_to_string("/proc/self/mountinfo").map_err(io(Path::new("/proc/self/mountinfo"), "cannot read"))?;
+    mount_options_in(&info, path).ok_or_else(|| KeyError::Io(format!("no mount holds {}", path.display())))
+}
+
+/// The per-mount options of the longest mount point that contains `path`.
+fn mount_options_in(mountinfo: &str, path: &Path) -> Option<String> {
+    mountinfo
+        .lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            let point = f.get(4)?.replace("\\040", " ");
+            Some((PathBuf::from(point), f.get(5)?.to_string()))
+        })
+        .filter(|(point, _)| path.starts_with(point))
+        .max_by_key(|(point, _)| point.as_os_str().len())
+        .map(|(_, opts)| opts)
+}
+
+/// This process's user id (the owner of /proc/self).
+fn own_uid() -> Result<u32, KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    Ok(fs::metadata("/proc/self").map_err(io(Path::new("/proc/self"), "cannot read"))?.uid())
+}
+
+/// Not writable by group or others, and owned by root or this user.
+fn owned_and_closed(path: &Path, meta: &fs::Metadata, uid: u32) -> Result<(), KeyError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o022 != 0 {
+        return Err(KeyError::Insecure(format!(
+            "{} has mode {mode:04o}; in a mounted keys directory nothing may be writable by group or others",
+            path.display()
+        )));
+    }
+    if meta.uid() != 0 && meta.uid() != uid {
+        return Err(KeyError::Insecure(format!("{} belongs to user {}, neither root nor this process's user", path.display(), meta.uid())));
+    }
+    Ok(())
 }
 
 fn io(path: &Path, what: &str) -> impl FnOnce(std::io::Error) -> KeyError {
@@ -45,7 +96,32 @@ impl KeyDir {
                 path.display()
             )));
         }
-        Ok(KeyDir { path: path.to_owned() })
+        Ok(KeyDir { path: path.to_owned(), mounted: false })
+    }
+
+    /// Opens a platform-provided keys directory on a read-only mount (mounted mode).
+    pub fn open_mounted(path: &Path) -> Result<Self, KeyError> {
+        let real = fs::canonicalize(path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => KeyError::NotInitialised(path.display().to_string()),
+            _ => KeyError::Io(format!("cannot read keys directory {}: {e}", path.display())),
+        })?;
+        let meta = fs::metadata(&real).map_err(io(&real, "cannot read"))?;
+        if !meta.is_dir() {
+            return Err(KeyError::Insecure(format!("{} is not a directory", path.display())));
+        }
+        owned_and_closed(&real, &meta, own_uid()?)?;
+        let opts = mount_options(&real)?;
+        if !opts.split(',').any(|o| o == "ro") {
+            return Err(KeyError::Insecure(format!(
+                "keys directory {} is not on a read-only mount (options {opts}); mounted mode needs one (a secret volume), or turn keys_mounted off",
+                path.display()
+            )));
+        }
+        Ok(KeyDir { path: real, mounted: true })
+    }
+
+    pub fn is_mounted(&self) -> bool {
+        self.mounted
     }
 
     /// Creates the keys directory (mode 0700). Fails if it holds key files already.
@@ -92,8 +168,31 @@ impl KeyDir {
         Ok(out)
     }
 
+    /// The real file behind `version` in a mounted directory: a symlink must resolve
+    /// inside the directory (Kubernetes' `..data` layout), to a regular file that only
+    /// root or this user can change.
+    fn check_mounted(&self, version: u32) -> Result<PathBuf, KeyError> {
+        let path = self.file_path(version);
+        let real = fs::canonicalize(&path).map_err(|e| match e.kind() {
+            ErrorKind::NotFound => KeyError::Missing { version, path: path.display().to_string() },
+            _ => KeyError::Io(format!("cannot read {}: {e}", path.display())),
+        })?;
+        if !real.starts_with(&self.path) {
+            return Err(KeyError::Insecure(format!("key file {} leads outside the keys directory", path.display())));
+        }
+        let meta = fs::metadata(&real).map_err(io(&real, "cannot read"))?;
+        if !meta.is_file() {
+            return Err(KeyError::Insecure(format!("key file {} is not a regular file", path.display())));
+        }
+        owned_and_closed(&path, &meta, own_uid()?)?;
+        Ok(real)
+    }
+
     /// Checks the file for `version` (type and mode) without reading it.
     pub fn check(&self, version: u32) -> Result<(), KeyError> {
+        if self.mounted {
+            return self.check_mounted(version).map(|_| ());
+        }
         let path = self.file_path(version);
         let meta = fs::symlink_metadata(&path).map_err(|e| match e.kind() {
             ErrorKind::NotFound => KeyError::Missing { version, path: path.display().to_string() },
@@ -119,8 +218,12 @@ impl KeyDir {
     /// Reads the file for `version` after [`KeyDir::check`]. `O_NOFOLLOW` closes the
     /// window between the check and the open.
     pub fn read(&self, version: u32) -> Result<Vec<u8>, KeyError> {
-        self.check(version)?;
-        let path = self.file_path(version);
+        let path = if self.mounted {
+            self.check_mounted(version)?
+        } else {
+            self.check(version)?;
+            self.file_path(version)
+        };
         let mut f = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(&path).map_err(io(&path, "cannot open key file"))?;
         let mut buf = Vec::with_capacity(128);
         std::io::Read::read_to_end(&mut f, &mut buf).map_err(io(&path, "cannot read key file"))?;
@@ -131,6 +234,11 @@ impl KeyDir {
     /// directory. Refuses to replace an existing file.
     pub fn write_new(&self, version: u32, bytes: &[u8]) -> Result<(), KeyError> {
         let path = self.file_path(version);
+        if self.mounted {
+            return Err(KeyError::Io(format!(
+                "the keys directory is a read-only mount: create master-v{version}.key with `latchkey keys rotate` on a host with a writable copy of the keys, add it to the mounted secret, then run this again"
+            )));
+        }
         if fs::symlink_metadata(&path).is_ok() {
             return Err(KeyError::Io(format!("refusing to overwrite existing key file {}", path.display())));
         }
@@ -153,6 +261,12 @@ impl KeyDir {
     /// Removes the key file for `version` (after it was destroyed in the database).
     pub fn remove(&self, version: u32) -> Result<(), KeyError> {
         let path = self.file_path(version);
+        if self.mounted {
+            return Err(KeyError::Io(format!(
+                "the keys directory is a read-only mount: remove {} from the mounted secret",
+                path.display()
+            )));
+        }
         match fs::remove_file(&path) {
             Ok(()) => self.sync(),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(()),
@@ -162,5 +276,21 @@ impl KeyDir {
 
     fn sync(&self) -> Result<(), KeyError> {
         File::open(&self.path).and_then(|d| d.sync_all()).map_err(io(&self.path, "cannot fsync"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_longest_mount_point_holding_a_path_gives_its_options() {
+        let info = "22 1 8:1 / / rw,relatime shared:1 - ext4 /dev/sda1 rw\n\
+                    40 22 0:50 / /var/run/secrets/keys ro,relatime - tmpfs tmpfs rw\n\
+                    41 22 0:51 / /var/run/secrets/keys-other rw,relatime - tmpfs tmpfs rw\n";
+        assert_eq!(mount_options_in(info, Path::new("/var/run/secrets/keys")).as_deref(), Some("ro,relatime"));
+        assert_eq!(mount_options_in(info, Path::new("/var/run/secrets/keys/..data")).as_deref(), Some("ro,relatime"));
+        assert_eq!(mount_options_in(info, Path::new("/var/run/secrets/keys-other")).as_deref(), Some("rw,relatime"));
+        assert_eq!(mount_options_in(info, Path::new("/etc")).as_deref(), Some("rw,relatime"));
     }
 }

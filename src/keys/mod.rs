@@ -164,6 +164,33 @@ impl KeyRing {
         })
     }
 
+    /// Opens platform-provided key files on a read-only mount (see [`KeyDir::open_mounted`]).
+    /// Files there may be readable by other users of the host or pod, so every one must
+    /// be passphrase-protected.
+    pub fn open_mounted(path: &Path, source: PassphraseSource) -> Result<Self, KeyError> {
+        let dir = KeyDir::open_mounted(path)?;
+        for v in dir.versions()? {
+            let bytes = dir.read(v)?;
+            let header = keyfile::header(&bytes, &KdfLimits::PRODUCTION).map_err(|source| file_error(&dir, v, source))?;
+            if header.protection == Protection::None {
+                return Err(KeyError::Insecure(format!(
+                    "{} is not passphrase-protected; mounted key files must be (they may be readable by others on the host)",
+                    dir.file_path(v).display()
+                )));
+            }
+        }
+        Ok(KeyRing {
+            dir,
+            protected: true,
+            source,
+            passphrase: OnceLock::new(),
+            limits: KdfLimits::PRODUCTION,
+            loaded: RwLock::new(HashMap::new()),
+            loading: Mutex::new(()),
+            loads: AtomicU64::new(0),
+        })
+    }
+
     /// Creates a new keys directory with its first master key (version 1).
     pub fn init(path: &Path, passphrase: Option<Secret>) -> Result<Self, KeyError> {
         let dir = KeyDir::create(path)?;

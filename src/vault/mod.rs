@@ -197,7 +197,12 @@ impl Vault {
 
     /// Opens an initialised vault at `location` (see [`Vault::open`]).
     pub fn open_at(location: &Location, keys_dir: &Path, passphrase: PassphraseSource, clock: Clock) -> Result<Self> {
-        let keys = KeyRing::open(keys_dir, passphrase)?;
+        Self::open_with_keys(location, KeyRing::open(keys_dir, passphrase)?, clock)
+    }
+
+    /// Opens an initialised vault at `location` with master keys opened by the caller
+    /// (for example from a mounted directory, [`KeyRing::open_mounted`]).
+    pub fn open_with_keys(location: &Location, keys: KeyRing, clock: Clock) -> Result<Self> {
         let store = Store::open(location)?;
         Ok(Vault {
             store: Arc::new(store),

@@ -135,3 +135,94 @@ fn rotation_with_a_passphrase_creates_a_protected_readable_version() {
     s.refused(s.verify_with(&wrong), &["wrong passphrase"]);
     assert!(s.verify_with(&s.pass).status.success());
 }
+
+/// A read-only bind mount of `src` at a new directory; unmounted on drop.
+struct ReadOnlyMount(std::path::PathBuf);
+
+impl ReadOnlyMount {
+    fn new(src: &std::path::Path, at: std::path::PathBuf) -> ReadOnlyMount {
+        fs::create_dir(&at).unwrap();
+        let run = |args: &[&str]| {
+            let out = std::process::Command::new("mount").args(args).output().expect("mount(8)");
+            assert!(out.status.success(), "mount {args:?} (the test needs root, as CI has): {}", String::from_utf8_lossy(&out.stderr));
+        };
+        run(&["--bind", src.to_str().unwrap(), at.to_str().unwrap()]);
+        let m = ReadOnlyMount(at);
+        run(&["-o", "remount,bind,ro", m.0.to_str().unwrap()]);
+        m
+    }
+}
+
+impl Drop for ReadOnlyMount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+/// Kubernetes mounts a secret as `..<timestamp>/` with the files, `..data` → it, and one
+/// symlink per file through `..data`, all 0644 on a read-only volume. Mounted mode takes
+/// that, and nothing weaker: a writable directory, a symlink out of the directory, an
+/// unprotected key.
+#[test]
+fn mounted_keys_accept_the_kubernetes_layout_on_a_read_only_mount_only() {
+    use std::os::unix::fs::symlink;
+    let s = Setup::new();
+    // The secret as the platform would lay it out (the source of the mount).
+    let secret = s.dirs.root.path().join("secret-src");
+    let stamp = secret.join("..2026_12_01_10_00_00.000000001");
+    fs::create_dir_all(&stamp).unwrap();
+    fs::copy(s.key_file(), stamp.join("master-v1.key")).unwrap();
+    fs::set_permissions(stamp.join("master-v1.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    symlink("..2026_12_01_10_00_00.000000001", secret.join("..data")).unwrap();
+    symlink("..data/master-v1.key", secret.join("master-v1.key")).unwrap();
+    for d in [&secret, &stamp] {
+        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mounted = |keys: &std::path::Path, args: &[&str]| {
+        s.dirs
+            .cmd(args)
+            .env("LATCHKEY_KEYS_DIR", keys)
+            .env("LATCHKEY_KEYS_MOUNTED", "true")
+            .env("LATCHKEY_PASSPHRASE_FILE", &s.pass)
+            .output()
+            .unwrap()
+    };
+
+    // Not a mount at all: refused, saying why.
+    let out = mounted(&secret, &["keys", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not on a read-only mount"), "{}", stderr(&out));
+
+    // The same files on a read-only mount: accepted (0644 files, symlinks inside).
+    let mount = ReadOnlyMount::new(&secret, s.dirs.root.path().join("keys-mounted"));
+    let out = mounted(&mount.0, &["keys", "verify"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // Nothing is ever written there: a rotation says where the new file must come from.
+    let out = mounted(&mount.0, &["keys", "rotate"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("read-only mount") && stderr(&out).contains("writable copy"), "{}", stderr(&out));
+    let out = mounted(&mount.0, &["init"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    drop(mount);
+
+    // A symlink that leads out of the directory is refused, even on a read-only mount.
+    fs::remove_file(secret.join("master-v1.key")).unwrap();
+    symlink(s.key_file(), secret.join("master-v1.key")).unwrap();
+    let mount = ReadOnlyMount::new(&secret, s.dirs.root.path().join("keys-mounted-2"));
+    let out = mounted(&mount.0, &["keys", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("outside the keys directory"), "{}", stderr(&out));
+    drop(mount);
+
+    // An unprotected key file is refused: a mounted file may be readable by others.
+    let plain = Dirs::new();
+    assert!(plain.run(&["init", "--no-passphrase"]).status.success());
+    fs::remove_file(secret.join("master-v1.key")).unwrap();
+    fs::copy(plain.keys().join("master-v1.key"), stamp.join("master-v1.key")).unwrap();
+    fs::set_permissions(stamp.join("master-v1.key"), fs::Permissions::from_mode(0o644)).unwrap();
+    symlink("..data/master-v1.key", secret.join("master-v1.key")).unwrap();
+    let mount = ReadOnlyMount::new(&secret, s.dirs.root.path().join("keys-mounted-3"));
+    let out = mounted(&mount.0, &["keys", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(stderr(&out).contains("not passphrase-protected"), "{}", stderr(&out));
+}

@@ -316,7 +316,7 @@ impl ServerProcess {
             if let Some(s) = self.child.try_wait().expect("wait") {
                 return s;
             }
-            assert!(Instant::now() < deadline, "server did not stop after SIGTERM");
+            assert!(Instant::now() < deadline, "server did not stop after SIGTERM; log:\n{}", self.log_text());
             std::thread::sleep(Duration::from_millis(50));
         }
     }
