@@ -181,7 +181,12 @@ impl From<TokenEndpointError> for ApiError {
             TokenEndpointError::UnsupportedGrantType => Self::new(StatusCode::BAD_REQUEST, "unsupported_grant_type", msg),
             TokenEndpointError::InvalidClient => Self::new(StatusCode::UNAUTHORIZED, "invalid_client", msg),
             TokenEndpointError::InvalidGrant(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_grant", msg),
-            TokenEndpointError::AuditUnavailable => Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg),
+            TokenEndpointError::AuditUnavailable => {
+                let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, "audit_unavailable", msg);
+                e.retry_after = Some(2);
+                e
+            }
+            TokenEndpointError::Unavailable => Self::unavailable(),
             TokenEndpointError::TooManyRequests { retry_after } => {
                 let mut e = Self::new(StatusCode::TOO_MANY_REQUESTS, "too_many_requests", msg);
                 e.retry_after = Some(retry_after);

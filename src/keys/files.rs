@@ -4,10 +4,10 @@
 //! looser, or a symlink in either place, is refused with a message saying how to fix it.
 //!
 //! *Mounted* mode is for key files provided by the platform (Kubernetes or compose
-//! secrets): files are often 0644 and reached through a `..data` symlink. What protects
-//! them is instead checked: the directory is on a read-only mount, nothing in it is
-//! writable by group or others or owned by another user, symlinks resolve inside it, and
-//! latchkey never writes there. (The files must also be passphrase-protected: see
+//! secrets): files are often 0644 and reached through a `..data` symlink, and the mount's
+//! root may be 1777. What protects them is checked instead: the directory is on a
+//! read-only mount (nobody writes there, whatever the modes), it and the files belong
+//! to root or this user, symlinks resolve inside it, and latchkey never writes there. (The files must also be passphrase-protected: see
 //! [`super::KeyRing::open_mounted`].)
 
 use std::fs::{self, File, OpenOptions};
@@ -50,16 +50,9 @@ fn own_uid() -> Result<u32, KeyError> {
     Ok(fs::metadata("/proc/self").map_err(io(Path::new("/proc/self"), "cannot read"))?.uid())
 }
 
-/// Not writable by group or others, and owned by root or this user.
-fn owned_and_closed(path: &Path, meta: &fs::Metadata, uid: u32) -> Result<(), KeyError> {
+/// Owned by root or this user.
+fn owned(path: &Path, meta: &fs::Metadata, uid: u32) -> Result<(), KeyError> {
     use std::os::unix::fs::MetadataExt;
-    let mode = meta.permissions().mode() & 0o777;
-    if mode & 0o022 != 0 {
-        return Err(KeyError::Insecure(format!(
-            "{} has mode {mode:04o}; in a mounted keys directory nothing may be writable by group or others",
-            path.display()
-        )));
-    }
     if meta.uid() != 0 && meta.uid() != uid {
         return Err(KeyError::Insecure(format!("{} belongs to user {}, neither root nor this process's user", path.display(), meta.uid())));
     }
@@ -109,7 +102,9 @@ impl KeyDir {
         if !meta.is_dir() {
             return Err(KeyError::Insecure(format!("{} is not a directory", path.display())));
         }
-        owned_and_closed(&real, &meta, own_uid()?)?;
+        // Its mode is not checked: a read-only mount cannot be written whatever the mode
+        // says (Kubernetes mounts a secret volume's root 1777). Its owner is.
+        owned(&real, &meta, own_uid()?)?;
         let opts = mount_options(&real)?;
         if !opts.split(',').any(|o| o == "ro") {
             return Err(KeyError::Insecure(format!(
@@ -184,7 +179,7 @@ impl KeyDir {
         if !meta.is_file() {
             return Err(KeyError::Insecure(format!("key file {} is not a regular file", path.display())));
         }
-        owned_and_closed(&path, &meta, own_uid()?)?;
+        owned(&path, &meta, own_uid()?)?;
         Ok(real)
     }
 

@@ -92,6 +92,9 @@ pub enum TokenEndpointError {
     /// Too many failed authentications from this address.
     #[error("too many failed client authentications from this address; retry later")]
     TooManyRequests { retry_after: u64 },
+    /// The database is busy or unreachable: retry shortly.
+    #[error("the vault is temporarily unavailable; retry shortly")]
+    Unavailable,
     #[error("internal error")]
     Internal,
 }
@@ -100,6 +103,10 @@ impl From<VaultError> for TokenEndpointError {
     fn from(e: VaultError) -> Self {
         match e {
             VaultError::Release(crate::vault::ReleaseError::AuditUnavailable) => TokenEndpointError::AuditUnavailable,
+            VaultError::Store(e) if e.is_transient() => {
+                tracing::warn!(error = %e, "token endpoint: database busy or unavailable");
+                TokenEndpointError::Unavailable
+            }
             other => {
                 tracing::error!(error = %other, "token endpoint failed");
                 TokenEndpointError::Internal

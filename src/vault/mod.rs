@@ -204,6 +204,11 @@ impl Vault {
     /// (for example from a mounted directory, [`KeyRing::open_mounted`]).
     pub fn open_with_keys(location: &Location, keys: KeyRing, clock: Clock) -> Result<Self> {
         let store = Store::open(location)?;
+        // On a shared database every process (server or CLI) takes times from its clock:
+        // leases, due times and replica liveness are compared across hosts.
+        if let Some(ms) = store.server_time_ms()? {
+            clock.set_reference_millis(ms);
+        }
         Ok(Vault {
             store: Arc::new(store),
             keys,

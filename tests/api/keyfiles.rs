@@ -175,9 +175,9 @@ fn mounted_keys_accept_the_kubernetes_layout_on_a_read_only_mount_only() {
     fs::set_permissions(stamp.join("master-v1.key"), fs::Permissions::from_mode(0o644)).unwrap();
     symlink("..2026_12_01_10_00_00.000000001", secret.join("..data")).unwrap();
     symlink("..data/master-v1.key", secret.join("master-v1.key")).unwrap();
-    for d in [&secret, &stamp] {
-        fs::set_permissions(d, fs::Permissions::from_mode(0o755)).unwrap();
-    }
+    // Kubernetes mounts the volume's root 1777; the read-only mount is what counts.
+    fs::set_permissions(&secret, fs::Permissions::from_mode(0o1777)).unwrap();
+    fs::set_permissions(&stamp, fs::Permissions::from_mode(0o755)).unwrap();
     let mounted = |keys: &std::path::Path, args: &[&str]| {
         s.dirs
             .cmd(args)
