@@ -1,7 +1,7 @@
 //! Audit statements. Appends run inside the caller's write transaction, so a change and
 //! its audit record commit together (or not at all).
 
-use super::sql::{params, Conn, Row};
+use super::sql::{params, Conn, Row, P};
 
 use super::StoreError;
 use crate::audit::{chain_hash, Event, Outcome, Query, Record, GENESIS};
@@ -33,18 +33,56 @@ pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event,
     let last: Option<(i64, Vec<u8>)> =
         c.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
-    let insert = format!("INSERT INTO audit ({COLS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)");
-    let mut seqs = Vec::new();
+    // Linked first, then written in multi-row statements: a batch of releases costs a few
+    // statements, not one each (a round trip each on PostgreSQL).
+    let mut links = Vec::new();
     for (event, ts_ms) in events {
         seq += 1;
-        let detail = &event.detail;
-        let outcome = event.outcome.as_str();
-        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, outcome, detail, &prev);
-        c.execute(&insert, params![seq, ts_ms, event.actor, event.action, event.target, outcome, detail, prev, hash.as_slice()])?;
-        prev = hash.to_vec();
-        seqs.push(seq);
+        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, event.outcome.as_str(), &event.detail, &prev);
+        let link_prev = std::mem::replace(&mut prev, hash.to_vec());
+        links.push((seq, ts_ms, event, link_prev, hash));
     }
-    Ok(seqs)
+    for chunk in links.chunks(INSERT_ROWS) {
+        let mut values = Vec::with_capacity(chunk.len() * COL_COUNT);
+        for (seq, ts_ms, event, prev, hash) in chunk {
+            values.extend([
+                P::Int(*seq),
+                P::Int(*ts_ms),
+                P::Text(&event.actor),
+                P::Text(event.action),
+                P::Text(&event.target),
+                P::Text(event.outcome.as_str()),
+                P::Text(&event.detail),
+                P::Bytes(prev),
+                P::Bytes(hash.as_slice()),
+            ]);
+        }
+        c.execute(&insert_sql(chunk.len()), &values)?;
+    }
+    Ok(links.iter().map(|l| l.0).collect())
+}
+
+const COL_COUNT: usize = 9;
+/// Rows per INSERT statement (each row count is one prepared statement per connection).
+const INSERT_ROWS: usize = 32;
+
+/// `INSERT INTO audit (…) VALUES (?1, …, ?9), (?10, …), …` for `rows` rows, built once.
+fn insert_sql(rows: usize) -> std::sync::Arc<str> {
+    static BUILT: std::sync::OnceLock<Vec<std::sync::Arc<str>>> = std::sync::OnceLock::new();
+    let built = BUILT.get_or_init(|| {
+        (0..=INSERT_ROWS)
+            .map(|n| {
+                let rows: Vec<String> = (0..n)
+                    .map(|r| {
+                        let cols: Vec<String> = (1..=COL_COUNT).map(|c| format!("?{}", r * COL_COUNT + c)).collect();
+                        format!("({})", cols.join(", "))
+                    })
+                    .collect();
+                format!("INSERT INTO audit ({COLS}) VALUES {}", rows.join(", ")).into()
+            })
+            .collect()
+    });
+    built[rows.min(INSERT_ROWS)].clone()
 }
 
 /// Records with seq > `after`, ascending.

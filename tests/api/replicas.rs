@@ -350,3 +350,47 @@ fn a_new_master_key_is_activated_only_once_every_live_replica_can_load_it() {
         }
     });
 }
+
+/// A replica SIGKILLed while its refresh waits to reach the provider: the provider never
+/// saw it, the lease it left expires, and another replica takes the credential over.
+#[tokio::test]
+async fn a_replica_killed_mid_refresh_is_taken_over_by_another() {
+    use crate::helpers::provider::holding_proxy;
+    let mut c = Cluster::start(2);
+    let provider = Provider::start(&format!("{PUBLIC}/v1/connect/callback"), 30);
+    let proxy = holding_proxy(&provider.url, Duration::from_millis(1500));
+    let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {"authorization_endpoint": format!("{}/auth", provider.url),
+        "token_endpoint": format!("{proxy}/token"), "revocation_endpoint": format!("{}/token/revocation", provider.url),
+        "issuer": provider.url, "client_id": CLIENT_ID, "client_secret": CLIENT_SECRET, "scopes": ["openid", "crm:read"]}});
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    let secret = c.agent(json!([{"connection": "crm", "owners": "any"}])).await;
+    c.connect("user:alice", "alice", 0, 0, 1).await;
+    let _ = reqwest::Client::new().post(format!("{}/_test/reset", provider.url)).send().await.unwrap();
+    let (t0, t1) = (c.agent_token(0, &secret).await, c.agent_token(1, &secret).await);
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    // Replica 0 starts the refresh a release needs; it dies while the request is held.
+    let pending = {
+        let (http, url) = (c.http.clone(), format!("{}/v1/connections/crm/token?user_id=alice&min_ttl=29", c.base(0)));
+        tokio::spawn(async move { http.get(url).bearer_auth(t0).send().await })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    c.servers[0].child.kill().unwrap();
+    c.servers[0].child.wait().unwrap();
+    assert!(pending.await.unwrap().is_err(), "the release died with its replica");
+
+    // Replica 1 waits out the dead replica's lease, then refreshes: the grant survives.
+    let started = Instant::now();
+    let r = c.release(1, &t1, "crm/token?user_id=alice&min_ttl=29").await;
+    let status = r.status();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{v}");
+    eprintln!("taken over after {:?}", started.elapsed());
+    assert_eq!(provider.introspect(v["access_token"].as_str().unwrap()).await["active"], true);
+    let stats = provider.stats().await;
+    assert_eq!(stats["refresh_failed"], 0, "no refresh token lost or spent twice: {stats}");
+    assert_eq!(stats["refresh"], 1, "{stats}");
+    let cred = c.admin(1, reqwest::Method::GET, "/v1/admin/connections/crm/credentials/user:alice", None).await;
+    assert_eq!(cred.json::<Value>().await.unwrap()["status"], "active");
+    c.audit_verify();
+}
