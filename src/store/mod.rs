@@ -281,7 +281,10 @@ impl Store {
         if pool.len() < MAX_IDLE_READERS {
             pool.push(conn);
             drop(pool);
-            self.reader_returned.notify_one();
+            // Only a bounded pool has waiters (and a wake-up is a system call).
+            if self.max_readers.is_some() {
+                self.reader_returned.notify_one();
+            }
         } else {
             drop(pool);
             self.forget_reader();

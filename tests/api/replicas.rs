@@ -95,6 +95,12 @@ impl Cluster {
         let r = b.get(&cb).await;
         assert_eq!(r.status(), 200, "connected through replica {callback}");
         assert!(r.text().await.unwrap().contains("Connected"));
+        // Single use across replicas: the same callback replayed on every replica is refused.
+        for other in 0..self.servers.len() {
+            let replay = cb.replace(self.base(callback), self.base(other));
+            b.same_site(self.base(opened), self.base(other));
+            assert_eq!(b.get(&replay).await.status(), 400, "callback replayed on replica {other}");
+        }
     }
 
     fn audit_verify(&self) {
@@ -349,6 +355,15 @@ fn a_new_master_key_is_activated_only_once_every_live_replica_can_load_it() {
             assert_eq!(r.json::<Value>().await.unwrap()["master_key_version"], 2, "replica {i}");
         }
     });
+    // A replica that lacks a version holding data fails closed: it does not start, and says
+    // which file it needs.
+    let lacking = c.dirs.root.path().join("keys-c");
+    std::fs::create_dir(&lacking).unwrap();
+    std::fs::set_permissions(&lacking, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::copy(c.dirs.keys().join("master-v1.key"), lacking.join("master-v1.key")).unwrap();
+    let out = c.dirs.cmd(&["serve"]).env("LATCHKEY_KEYS_DIR", &lacking).env("LATCHKEY_BIND", "127.0.0.1:0").output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("master-v2.key"), "{}", stderr(&out));
 }
 
 /// A replica SIGKILLed while its refresh waits to reach the provider: the provider never
