@@ -409,3 +409,24 @@ async fn a_replica_killed_mid_refresh_is_taken_over_by_another() {
     assert_eq!(cred.json::<Value>().await.unwrap()["status"], "active");
     c.audit_verify();
 }
+
+/// One clock: a process on PostgreSQL takes "now" from the database server, so a host whose
+/// own clock is off (here by an hour) still agrees with the other replicas on leases, due
+/// times and liveness.
+#[test]
+fn a_process_on_postgresql_follows_the_database_clock() {
+    use latchkey::time::Clock;
+    let dirs = Dirs::postgres();
+    assert!(dirs.run(&["init", "--no-passphrase"]).status.success());
+    let skewed = Clock::system();
+    skewed.set_reference_millis(Clock::system().now_millis() + 3_600_000);
+    assert!(skewed.offset_millis() > 3_500_000, "the host's clock is an hour ahead");
+    let vault =
+        latchkey::vault::Vault::open_at(&dirs.location(), &dirs.keys(), latchkey::keys::PassphraseSource::None, skewed.clone()).unwrap();
+    assert!(skewed.offset_millis().abs() < 2_000, "corrected to the database's clock: {} ms off", skewed.offset_millis());
+    // And a heartbeat keeps it so.
+    skewed.set_reference_millis(Clock::system().now_millis() - 3_600_000);
+    let row = vault.heartbeat("r1", "host", 0).unwrap();
+    assert!(skewed.offset_millis().abs() < 2_000, "{} ms off", skewed.offset_millis());
+    assert!((row.seen_at - Clock::system().now_millis()).abs() < 2_000, "the heartbeat is stamped on the database's clock");
+}
