@@ -430,3 +430,38 @@ fn a_process_on_postgresql_follows_the_database_clock() {
     assert!(skewed.offset_millis().abs() < 2_000, "{} ms off", skewed.offset_millis());
     assert!((row.seen_at - Clock::system().now_millis()).abs() < 2_000, "the heartbeat is stamped on the database's clock");
 }
+
+/// A replica that was not live when a new key was activated (paused past the live window
+/// here, as a partition would) fails closed when it comes back: `/readyz` says which key it
+/// lacks, and it is ready again once the file arrives, without a restart.
+#[test]
+fn a_running_replica_that_lacks_the_active_key_is_not_ready_until_it_has_it() {
+    let c = Cluster::start(1);
+    let other_keys = c.dirs.root.path().join("keys-b");
+    std::fs::create_dir(&other_keys).unwrap();
+    std::fs::set_permissions(&other_keys, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    std::fs::copy(c.dirs.keys().join("master-v1.key"), other_keys.join("master-v1.key")).unwrap();
+    let b = ServerProcess::start(&c.dirs, &[("LATCHKEY_KEYS_DIR", other_keys.to_str().unwrap())]);
+    let signal = |sig: &str| assert!(std::process::Command::new("kill").args([sig, &b.child.id().to_string()]).status().unwrap().success());
+    signal("-STOP");
+    std::thread::sleep(Duration::from_millis(latchkey::vault::LIVE_WINDOW_MS as u64 + 1_000));
+    let out = c.dirs.run(&["keys", "rotate"]);
+    assert!(out.status.success(), "only live replicas count: {}", stderr(&out));
+    signal("-CONT");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ready = |base: &str| {
+        let url = format!("{base}/readyz");
+        rt.block_on(async move {
+            let r = reqwest::get(url).await.unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        })
+    };
+    let (status, body) = ready(&b.addr);
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["keys"], "cannot load master key v2", "{body}");
+    assert_eq!(body["database"], "ok");
+    assert_eq!(ready(c.base(0)).0, 200, "the replica that has the key is ready");
+    std::fs::copy(c.dirs.keys().join("master-v2.key"), other_keys.join("master-v2.key")).unwrap();
+    let (status, body) = ready(&b.addr);
+    assert_eq!(status, 200, "ready again once the file is there: {body}");
+}
