@@ -196,9 +196,13 @@ impl Application {
     /// Serves until SIGTERM/SIGINT (then drains for up to [`SHUTDOWN_GRACE_SECS`]).
     pub async fn run(self) -> std::io::Result<()> {
         let served = self.server.await;
+        // Bounded: a database that does not answer must not hold the shutdown (the row then
+        // simply ages out of the live window).
         let id = self.replica.id.clone();
-        if let Err(e) = self.services.blocking(move |v| v.leave(&id)).await {
-            tracing::warn!(error = %e, "cannot remove this replica's heartbeat");
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.services.blocking(move |v| v.leave(&id))).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot remove this replica's heartbeat"),
+            Err(_) => tracing::warn!("removing this replica's heartbeat timed out"),
         }
         served
     }
