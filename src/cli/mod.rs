@@ -56,7 +56,12 @@ enum Command {
     /// Apply pending database migrations.
     Migrate,
     /// Exit 0 if the local server answers GET /healthz (for container health checks).
-    Healthcheck,
+    Healthcheck {
+        /// Ask GET /readyz instead: the database answers and every master key in use loads
+        /// (for readiness checks and load balancers).
+        #[arg(long)]
+        ready: bool,
+    },
     /// The OAuth provider catalog.
     #[command(subcommand)]
     Providers(ProvidersCmd),
@@ -175,7 +180,7 @@ pub fn main() -> ExitCode {
         Command::Serve { dev } => serve::exec(&settings, dev),
         Command::Init { no_passphrase, admin_token_file } => init(&settings, no_passphrase, admin_token_file.as_deref()),
         Command::Migrate => migrate(&settings),
-        Command::Healthcheck => healthcheck(&settings),
+        Command::Healthcheck { ready } => healthcheck(&settings, ready),
         Command::Providers(ProvidersCmd::List { json }) => providers(json),
         Command::Keys(cmd) => keys::exec(&settings, cmd),
         Command::AdminToken(cmd) => admin_token::exec(&settings, cmd),
@@ -314,7 +319,7 @@ fn migrate(settings: &Settings) -> CliResult {
 }
 
 /// GET /healthz on the configured bind address (a wildcard address means loopback).
-fn healthcheck(settings: &Settings) -> CliResult {
+fn healthcheck(settings: &Settings, ready: bool) -> CliResult {
     use std::io::Write;
     use std::net::{SocketAddr, TcpStream};
     use std::time::Duration;
@@ -325,14 +330,15 @@ fn healthcheck(settings: &Settings) -> CliResult {
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))
         .map_err(|e| CliError::failed(format!("cannot connect to {addr}: {e}")))?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET /healthz HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
+    let path = if ready { "/readyz" } else { "/healthz" };
+    write!(s, "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n")?;
     let mut head = [0u8; 12];
     s.read_exact(&mut head)?;
     if &head[9..12] == b"200" {
         println!("ok");
         Ok(())
     } else {
-        Err(CliError::failed(format!("unhealthy: {}", String::from_utf8_lossy(&head))))
+        Err(CliError::failed(format!("{}: {}", if ready { "not ready" } else { "unhealthy" }, String::from_utf8_lossy(&head))))
     }
 }
 

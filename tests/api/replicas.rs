@@ -458,6 +458,11 @@ fn a_running_replica_that_lacks_the_active_key_is_not_ready_until_it_has_it() {
     };
     let (status, body) = ready(&b.addr);
     assert_eq!(status, 503, "{body}");
+    let bind = b.addr.trim_start_matches("http://").to_owned();
+    let out = c.dirs.cmd(&["healthcheck", "--ready"]).env("LATCHKEY_BIND", &bind).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "healthcheck --ready fails while not ready");
+    let out = c.dirs.cmd(&["healthcheck"]).env("LATCHKEY_BIND", &bind).output().unwrap();
+    assert!(out.status.success(), "alive all the same");
     assert_eq!(body["keys"], "cannot load master key v2", "{body}");
     assert_eq!(body["database"], "ok");
     assert_eq!(ready(c.base(0)).0, 200, "the replica that has the key is ready");
