@@ -128,6 +128,10 @@ pub struct Application {
     server: Server,
     services: Arc<Services>,
     replica: ReplicaIdentity,
+    /// SIGTERM and SIGINT, handled from the moment the server is built: a signal that
+    /// arrives as soon as "listening" is logged must still stop it gracefully (the HTTP
+    /// server's own handlers would only be installed once it is first polled).
+    stop_signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
 }
 
 impl Application {
@@ -153,6 +157,7 @@ impl Application {
             Some(l) => {
                 let metrics_state = AppState { metrics_elsewhere: false, ..state.clone() };
                 let server = HttpServer::new(move || App::new().configure(api::metrics_routes(metrics_state.clone())))
+                    .disable_signals()
                     .workers(1)
                     .shutdown_timeout(1)
                     .listen(l.try_clone()?)?
@@ -170,6 +175,7 @@ impl Application {
                 .wrap(RequestContext)
                 .configure(api::routes(state.clone()))
         })
+        .disable_signals()
         .shutdown_timeout(SHUTDOWN_GRACE_SECS)
         .worker_max_blocking_threads(BLOCKING_THREADS_PER_WORKER)
         // A client has this long to send a request's head, the body deadline covers the rest.
@@ -185,7 +191,9 @@ impl Application {
             // Stops with the process: it has no state of its own to drain.
             tokio::spawn(m);
         }
-        Ok(Application { server: http.run(), services, replica })
+        use tokio::signal::unix::{signal, SignalKind};
+        let stop_signals = Some((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?));
+        Ok(Application { server: http.run(), services, replica, stop_signals })
     }
 
     /// The services behind the server (tests use them to move time and wake the refresher).
@@ -194,8 +202,27 @@ impl Application {
     }
 
     /// Serves until SIGTERM/SIGINT (then drains for up to [`SHUTDOWN_GRACE_SECS`]).
-    pub async fn run(self) -> std::io::Result<()> {
-        let served = self.server.await;
+    pub async fn run(mut self) -> std::io::Result<()> {
+        let handle = self.server.handle();
+        let served = match self.stop_signals.take() {
+            Some((mut term, mut int)) => {
+                tokio::select! {
+                    r = &mut self.server => r,
+                    _ = term.recv() => {
+                        tracing::info!("SIGTERM: draining");
+                        // The command is sent at once; the server future (polled below) does the stop.
+                        drop(handle.stop(true));
+                        (&mut self.server).await
+                    }
+                    _ = int.recv() => {
+                        tracing::info!("SIGINT: draining");
+                        drop(handle.stop(true));
+                        (&mut self.server).await
+                    }
+                }
+            }
+            None => (&mut self.server).await,
+        };
         // Bounded: a database that does not answer must not hold the shutdown (the row then
         // simply ages out of the live window).
         let id = self.replica.id.clone();
