@@ -195,9 +195,7 @@ impl Settings {
         }
         let metrics_token = match path_env("LATCHKEY_METRICS_TOKEN_FILE").or(fc.metrics_token_file) {
             Some(p) => {
-                let raw =
-                    std::fs::read_to_string(&p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
-                let token = raw.trim().to_owned();
+                let token = read_secret_file(&p)?;
                 if token.len() < 16 {
                     return Err(ConfigError::Invalid("the metrics token must be at least 16 bytes".into()));
                 }
@@ -214,17 +212,8 @@ impl Settings {
         let data_dir: PathBuf = path_env("LATCHKEY_DATA_DIR").or(fc.data_dir).unwrap_or_else(|| "./data".into());
         // A URL may hold a password: read from a file where possible, never echoed.
         let database_url = match (env("LATCHKEY_DATABASE_URL"), path_env("LATCHKEY_DATABASE_URL_FILE")) {
-            (Some(_), Some(_)) => {
-                return Err(ConfigError::Invalid("set LATCHKEY_DATABASE_URL or LATCHKEY_DATABASE_URL_FILE, not both".into()))
-            }
-            (Some(url), None) => Some(url),
-            (None, Some(p)) => Some(read_secret_file(&p)?),
-            (None, None) => match (fc.database_url, fc.database_url_file) {
-                (Some(_), Some(_)) => return Err(ConfigError::Invalid("set database_url or database_url_file, not both".into())),
-                (Some(url), None) => Some(url),
-                (None, Some(p)) => Some(read_secret_file(&p)?),
-                (None, None) => None,
-            },
+            (None, None) => value_or_file(fc.database_url, fc.database_url_file, "database_url or database_url_file")?,
+            (url, file) => value_or_file(url, file, "LATCHKEY_DATABASE_URL or LATCHKEY_DATABASE_URL_FILE")?,
         };
         let database_url = database_url.filter(|u| !u.trim().is_empty()).map(crate::secret::Secret::new);
         let keys_mounted = match env("LATCHKEY_KEYS_MOUNTED").as_deref() {
@@ -257,6 +246,17 @@ impl Settings {
     }
 }
 
+/// A value given directly or in a file (a secret is better kept in a file); not both.
+fn value_or_file(value: Option<String>, file: Option<PathBuf>, names: &str) -> Result<Option<String>, ConfigError> {
+    match (value, file) {
+        (Some(_), Some(_)) => Err(ConfigError::Invalid(format!("set {names}, not both"))),
+        (Some(v), None) => Ok(Some(v)),
+        (None, Some(p)) => read_secret_file(&p).map(Some),
+        (None, None) => Ok(None),
+    }
+}
+
+/// A file's contents without surrounding whitespace.
 fn read_secret_file(p: &Path) -> Result<String, ConfigError> {
     let raw = std::fs::read_to_string(p).map_err(|e| ConfigError::Read { path: p.display().to_string(), reason: e.to_string() })?;
     Ok(raw.trim().to_owned())

@@ -73,13 +73,11 @@ pub struct ReplicaIdentity {
 }
 
 impl ReplicaIdentity {
-    fn new(now: i64) -> Self {
+    fn new(now: i64) -> std::io::Result<Self> {
         let host = std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
         let host = if host.is_empty() { "unknown".to_owned() } else { host };
-        let mut tag = [0u8; 4];
-        let _ = getrandom::getrandom(&mut tag);
-        let tag: String = tag.iter().map(|b| format!("{b:02x}")).collect();
-        ReplicaIdentity { id: format!("{host}-{}-{tag}", std::process::id()), host, started_at: now }
+        let id = crate::vault::new_id(&format!("{host}-{}-", std::process::id())).map_err(std::io::Error::other)?;
+        Ok(ReplicaIdentity { id, host, started_at: now })
     }
 }
 
@@ -131,7 +129,7 @@ pub struct Application {
     /// SIGTERM and SIGINT, handled from the moment the server is built: a signal that
     /// arrives as soon as "listening" is logged must still stop it gracefully (the HTTP
     /// server's own handlers would only be installed once it is first polled).
-    stop_signals: Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>,
+    stop_signals: (tokio::signal::unix::Signal, tokio::signal::unix::Signal),
 }
 
 impl Application {
@@ -143,7 +141,7 @@ impl Application {
             tokio::spawn(services.oauth.clone().run_refresher());
         }
         tokio::spawn(flush_failure_audit(services.clone()));
-        let replica = ReplicaIdentity::new(services.vault.clock().now());
+        let replica = ReplicaIdentity::new(services.vault.clock().now())?;
         let (vault, me) = (Arc::downgrade(&services.vault), replica.clone());
         std::thread::Builder::new().name("latchkey-heartbeat".into()).spawn(move || heartbeat(vault, me))?;
         let state = AppState {
@@ -192,7 +190,7 @@ impl Application {
             tokio::spawn(m);
         }
         use tokio::signal::unix::{signal, SignalKind};
-        let stop_signals = Some((signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?));
+        let stop_signals = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
         Ok(Application { server: http.run(), services, replica, stop_signals })
     }
 
@@ -203,25 +201,15 @@ impl Application {
 
     /// Serves until SIGTERM/SIGINT (then drains for up to [`SHUTDOWN_GRACE_SECS`]).
     pub async fn run(mut self) -> std::io::Result<()> {
-        let handle = self.server.handle();
-        let served = match self.stop_signals.take() {
-            Some((mut term, mut int)) => {
-                tokio::select! {
-                    r = &mut self.server => r,
-                    _ = term.recv() => {
-                        tracing::info!("SIGTERM: draining");
-                        // The command is sent at once; the server future (polled below) does the stop.
-                        drop(handle.stop(true));
-                        (&mut self.server).await
-                    }
-                    _ = int.recv() => {
-                        tracing::info!("SIGINT: draining");
-                        drop(handle.stop(true));
-                        (&mut self.server).await
-                    }
-                }
+        let (term, int) = &mut self.stop_signals;
+        let served = tokio::select! {
+            r = &mut self.server => r,
+            _ = async { tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} } } => {
+                tracing::info!("stop signal: draining");
+                // The command is sent at once; the server future (polled below) does the stop.
+                drop(self.server.handle().stop(true));
+                (&mut self.server).await
             }
-            None => (&mut self.server).await,
         };
         // Bounded: a database that does not answer must not hold the shutdown (the row then
         // simply ages out of the live window).
@@ -232,10 +220,5 @@ impl Application {
             Err(_) => tracing::warn!("removing this replica's heartbeat timed out"),
         }
         served
-    }
-
-    /// How this server appears in the replicas table.
-    pub fn replica(&self) -> &ReplicaIdentity {
-        &self.replica
     }
 }

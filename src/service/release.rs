@@ -22,11 +22,8 @@ impl Services {
             // round trip, which must not hold an async worker. Waiting for the audit commit
             // holds no thread.
             let decision = if self.vault.store().is_remote() {
-                let (vault, owned) = (self.vault.clone(), input.clone());
-                match tokio::task::spawn_blocking(move || crate::store::blocking_section(|| vault.decide_release(&owned))).await {
-                    Ok(d) => d,
-                    Err(_) => return Err(VaultError::Internal("a blocking task failed")),
-                }
+                let owned = input.clone();
+                self.blocking(move |v| Ok(v.decide_release(&owned))).await?
             } else {
                 self.vault.decide_release(&input)
             };

@@ -217,18 +217,6 @@ impl Store {
         })
     }
 
-    /// The SQLite file, for the embedded backend.
-    pub fn sqlite_path(&self) -> Option<PathBuf> {
-        match &self.location {
-            Location::Embedded(dir) => Some(sqlite::db_path(dir)),
-            Location::Postgres(_) => None,
-        }
-    }
-
-    pub fn location(&self) -> &Location {
-        &self.location
-    }
-
     /// Whether the data lives in PostgreSQL: every statement is then a network round trip
     /// and must run on a thread that may block.
     pub fn is_remote(&self) -> bool {

@@ -105,9 +105,13 @@ impl PgConfig {
             rest.pop();
         }
         let mut config = postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
-        let loopback = host == "localhost"
-            || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback())
-            || host.trim_matches(['[', ']']).parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+        // `postgres:` is not a special scheme, so the URL parser leaves IPv4 hosts as names.
+        let loopback = match url.host() {
+            Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+            Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+            Some(url::Host::Domain(d)) => d == "localhost" || d.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback()),
+            None => false,
+        };
         let tls = match sslmode.as_deref() {
             None if loopback => TlsMode::Disable,
             None | Some("require" | "verify-ca" | "verify-full") => TlsMode::Verify,
@@ -315,6 +319,7 @@ mod tests {
         assert!(!format!("{c:?}").contains("s3cret"));
         assert_eq!(PgConfig::parse("postgres://u@127.0.0.1/d").unwrap().tls(), TlsMode::Disable, "loopback");
         assert_eq!(PgConfig::parse("postgres://u@localhost/d").unwrap().tls(), TlsMode::Disable, "loopback");
+        assert_eq!(PgConfig::parse("postgres://u@[::1]:5432/d").unwrap().tls(), TlsMode::Disable, "loopback");
         assert_eq!(PgConfig::parse("postgres://u@db.internal/d?sslmode=disable").unwrap().tls(), TlsMode::Disable, "explicit");
         assert_eq!(PgConfig::parse("postgres://u@127.0.0.1/d?sslmode=require").unwrap().tls(), TlsMode::Verify);
         for refused in [
