@@ -34,8 +34,12 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `by_status` is read from the store at scrape time.
-    pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)]) -> String {
+    pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)], integrity_violations: u64) -> String {
         let mut out = String::new();
+        let _ = writeln!(
+            out,
+            "# HELP latchkey_integrity_violations_total Stored rows, digests or generations found changed outside latchkey.\n# TYPE latchkey_integrity_violations_total counter\nlatchkey_integrity_violations_total {integrity_violations}"
+        );
         let _ = writeln!(
             out,
             "# HELP latchkey_refresh_total OAuth refresh attempts by connection and outcome.\n# TYPE latchkey_refresh_total counter"

@@ -90,8 +90,18 @@ fn heartbeat(vault: std::sync::Weak<crate::vault::Vault>, me: ReplicaIdentity) {
     let mut failing = false;
     let mut reported: Vec<u32> = Vec::new();
     let mut last = std::time::Instant::now() - interval;
+    let mut last_check = std::time::Instant::now();
     loop {
         let Some(v) = vault.upgrade() else { return };
+        crate::store::blocking_section(|| {
+            v.record_violations();
+            if last_check.elapsed() >= crate::vault::INTEGRITY_CHECK_INTERVAL && !v.integrity_failed() {
+                last_check = std::time::Instant::now();
+                if let Err(e) = v.check_integrity() {
+                    tracing::error!(error = %e, "integrity check failed; refusing releases until restarted on a sound database");
+                }
+            }
+        });
         // Between beats, a cheap look for a newly staged key this replica has not reported:
         // `keys rotate` is waiting for exactly that report.
         if last.elapsed() < interval && !crate::store::blocking_section(|| v.staged_key_unreported(&reported)) {

@@ -112,8 +112,8 @@ pub fn exec(settings: &Settings, cmd: KeysCmd) -> CliResult {
             let r = vault.verify_keys(&actor, &mut |d, t| p.show("verifying", d, t))?;
             if r.failures.is_empty() {
                 println!(
-                    "ok: {} credentials and {} connection secrets authenticated; {} data keys",
-                    r.credentials, r.connection_secrets, r.deks
+                    "ok: {} credentials and {} connection secrets authenticated; {} data keys; {} sealed rows and their digest intact",
+                    r.credentials, r.connection_secrets, r.deks, r.sealed_rows
                 );
                 Ok(())
             } else {

@@ -19,6 +19,10 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
     }
     let vault = open_vault(settings)?;
     let active = vault.load_keys()?;
+    // A database changed outside latchkey is refused before anything is served.
+    if let Err(e) = vault.check_integrity() {
+        return Err(CliError::failed(format!("refusing to start: {e}")));
+    }
     let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;
     let vault = Arc::new(vault);

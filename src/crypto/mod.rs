@@ -244,6 +244,32 @@ pub fn hmac_sha256(key: &[u8], data: &[u8]) -> [u8; 32] {
     mac.finalize().into_bytes().into()
 }
 
+/// A long-lived key for MACs (rows, the audit chain): 256 random bits, never derived from
+/// a master-key version (see `vault::vault_keys`).
+pub struct MacKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl MacKey {
+    pub fn new(key: Zeroizing<[u8; KEY_LEN]>) -> Self {
+        MacKey(key)
+    }
+
+    /// HMAC-SHA256 of `data`.
+    pub fn mac(&self, data: &[u8]) -> [u8; 32] {
+        hmac_sha256(self.0.as_ref(), data)
+    }
+
+    /// A public fingerprint of the key (to notice it was replaced), not usable as a MAC.
+    pub fn fingerprint(&self) -> String {
+        hex(&self.mac(b"latchkey/key-fingerprint/v1")[..8])
+    }
+}
+
+impl std::fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MacKey(..)")
+    }
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -95,7 +95,7 @@ impl Services {
     /// Prometheus text for `/metrics`.
     pub async fn metrics_text(&self) -> vault::Result<String> {
         let by_status = self.blocking(|v| v.credentials_by_status()).await?;
-        Ok(self.metrics.render(&by_status))
+        Ok(self.metrics.render(&by_status, self.vault.integrity_violations()))
     }
 }
 

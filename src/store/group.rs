@@ -11,6 +11,7 @@ use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
+use super::integrity::Sealer;
 use super::sql::{Conn, Owned};
 use super::StoreError;
 
@@ -22,6 +23,7 @@ pub(super) struct GroupWriter {
     state: Mutex<State>,
     /// Threads waiting for `state`: while any are, the current holder leaves the commit to them.
     queued: AtomicUsize,
+    sealer: Arc<Sealer>,
 }
 
 type Reopen = Box<dyn Fn() -> Result<Owned, StoreError> + Send + Sync>;
@@ -60,8 +62,8 @@ impl Batch {
 }
 
 impl GroupWriter {
-    pub fn new(conn: Owned, reopen: Reopen) -> Self {
-        GroupWriter { state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0 }), queued: AtomicUsize::new(0) }
+    pub fn new(conn: Owned, reopen: Reopen, sealer: Arc<Sealer>) -> Self {
+        GroupWriter { state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0 }), queued: AtomicUsize::new(0), sealer }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -94,7 +96,7 @@ impl GroupWriter {
         };
         st.writes += 1;
         let out = match st.conn.as_ref() {
-            Some(conn) => run_in_savepoint(&conn.conn(), f),
+            Some(conn) => run_in_savepoint(&conn.conn(&self.sealer), f),
             None => Err(StoreError::Unavailable),
         };
         let out = match out {
@@ -103,7 +105,7 @@ impl GroupWriter {
                 // The savepoint itself could not be opened or closed: the transaction is
                 // in an unknown state, so nobody in this batch commits.
                 let msg = broken.to_string();
-                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn().batch("ROLLBACK").is_ok() && !c.is_broken());
+                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn(Sealer::none()).batch("ROLLBACK").is_ok() && !c.is_broken());
                 if !rolled_back {
                     st.conn = None;
                 }
@@ -115,11 +117,11 @@ impl GroupWriter {
         };
         if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
             let outcome = match st.conn.as_ref() {
-                Some(c) => c.conn().batch("COMMIT").map_err(|e| e.to_string()),
+                Some(c) => c.conn(Sealer::none()).batch("COMMIT").map_err(|e| e.to_string()),
                 None => Err(StoreError::Unavailable.to_string()),
             };
             if outcome.is_err() {
-                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn().batch("ROLLBACK").is_ok() && !c.is_broken());
+                let rolled_back = st.conn.as_ref().is_some_and(|c| c.conn(Sealer::none()).batch("ROLLBACK").is_ok() && !c.is_broken());
                 if !rolled_back {
                     st.conn = None;
                 }
@@ -142,7 +144,7 @@ impl GroupWriter {
     #[cfg(test)]
     pub fn with_conn<T>(&self, f: impl FnOnce(&Conn<'_>) -> T) -> T {
         let st = self.lock();
-        f(&st.conn.as_ref().expect("a test writer's connection").conn())
+        f(&st.conn.as_ref().expect("a test writer's connection").conn(&self.sealer))
     }
 }
 
@@ -175,7 +177,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
         c.execute_batch("PRAGMA journal_mode = WAL; CREATE TABLE t (v INTEGER UNIQUE);").unwrap();
-        (dir, GroupWriter::new(Owned::Lite(c), Box::new(|| Err(StoreError::Unavailable))))
+        (dir, GroupWriter::new(Owned::Lite(c), Box::new(|| Err(StoreError::Unavailable)), Arc::default()))
     }
 
     fn count(w: &GroupWriter) -> i64 {

@@ -12,6 +12,7 @@
 pub mod audit;
 mod group;
 pub mod identity;
+pub mod integrity;
 pub mod postgres;
 pub mod rows;
 pub mod sessions;
@@ -82,6 +83,10 @@ pub enum StoreError {
     Io(String),
     #[error("stored data is corrupt: {0}")]
     Corrupt(String),
+    /// A sealed row (or the integrity state) does not match its MAC: changed outside
+    /// latchkey. Never retried and never answered with the data.
+    #[error("integrity violation: {0}")]
+    Integrity(String),
 }
 
 impl From<rusqlite::Error> for StoreError {
@@ -158,6 +163,8 @@ pub struct Store {
     open_readers: Mutex<usize>,
     reader_returned: std::sync::Condvar,
     max_readers: Option<usize>,
+    /// The row-integrity key (and what went wrong with it), shared by every connection.
+    sealer: std::sync::Arc<integrity::Sealer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -206,9 +213,11 @@ impl Store {
                 )
             }
         };
+        let sealer = std::sync::Arc::new(integrity::Sealer::default());
         Ok(Store {
             location: location.clone(),
-            writer: group::GroupWriter::new(writer, open_writer),
+            writer: group::GroupWriter::new(writer, open_writer, sealer.clone()),
+            sealer,
             readers: Mutex::new(Vec::new()),
             open_reader,
             open_readers: Mutex::new(0),
@@ -234,7 +243,7 @@ impl Store {
 
     fn read_here<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
         let conn = self.take_reader()?;
-        let out = f(&conn.conn());
+        let out = f(&conn.conn(&self.sealer));
         self.return_reader(conn);
         out
     }
@@ -288,6 +297,19 @@ impl Store {
         }
     }
 
+    /// Runs `f` on a read connection inside one read transaction: every statement sees the
+    /// same snapshot (a full integrity check compares rows with a digest of them all).
+    pub fn snapshot<T: Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, StoreError> + Send) -> Result<T, StoreError> {
+        self.read(|c| {
+            c.batch(if c.is_postgres() { "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY" } else { "BEGIN" })?;
+            let out = f(c);
+            let ended = c.batch(if out.is_ok() { "COMMIT" } else { "ROLLBACK" });
+            let out = out?;
+            ended?;
+            Ok(out)
+        })
+    }
+
     /// Runs `f` atomically in a write transaction (a savepoint of one shared with
     /// concurrent writers); returns once its changes are committed. If `f` fails, its
     /// changes are rolled back and nothing else is affected.
@@ -297,6 +319,11 @@ impl Store {
         } else {
             self.writer.write(f)
         }
+    }
+
+    /// The row-integrity key slot and its violation record.
+    pub fn sealer(&self) -> &integrity::Sealer {
+        &self.sealer
     }
 
     /// Cheap liveness check for `/readyz`.
@@ -328,9 +355,9 @@ pub fn schema_version(postgres: bool) -> u32 {
 
 /// The schema version of an open database.
 pub fn db_schema_version(c: &Conn<'_>) -> Result<u32, StoreError> {
-    match c {
-        Conn::Lite(c) => Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?),
-        Conn::Pg(_) => c.query_one("SELECT coalesce(max(version), 0) FROM latchkey_migrations", &[], |r| r.get(0)),
+    match c.db {
+        sql::Db::Lite(c) => Ok(c.query_row("PRAGMA user_version", [], |r| r.get(0))?),
+        sql::Db::Pg(_) => c.query_one("SELECT coalesce(max(version), 0) FROM latchkey_migrations", &[], |r| r.get(0)),
     }
 }
 

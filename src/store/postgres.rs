@@ -25,8 +25,11 @@ use super::sql::{Conn, Owned, PgConn};
 use super::StoreError;
 
 /// Schema migrations, applied in order; the index + 1 is the schema version.
-const MIGRATIONS: &[&str] =
-    &[include_str!("../../migrations/postgres/0001_init.sql"), include_str!("../../migrations/postgres/0002_replicas.sql")];
+const MIGRATIONS: &[&str] = &[
+    include_str!("../../migrations/postgres/0001_init.sql"),
+    include_str!("../../migrations/postgres/0002_replicas.sql"),
+    include_str!("../../migrations/postgres/0003_integrity.sql"),
+];
 
 /// Held while migrating, so that replicas starting together apply each step once.
 const MIGRATION_LOCK: i64 = 0x6c61_7463_686b_6579; // "latchkey"
@@ -182,7 +185,7 @@ impl PgConfig {
     /// Whether the database holds a latchkey schema.
     pub fn is_initialised(&self) -> Result<bool, StoreError> {
         let c = self.connect()?;
-        Conn::Pg(&c).query_one("SELECT to_regclass('latchkey_migrations') IS NOT NULL", &[], |r| r.get::<bool>(0))
+        Conn::bare(super::sql::Db::Pg(&c)).query_one("SELECT to_regclass('latchkey_migrations') IS NOT NULL", &[], |r| r.get::<bool>(0))
     }
 
     /// Opens the writer connection: applies pending migrations under an advisory lock
@@ -190,7 +193,7 @@ impl PgConfig {
     /// database that needs a newer binary.
     pub(super) fn open_and_migrate(&self) -> Result<Owned, StoreError> {
         let pg = self.connect()?;
-        let c = Conn::Pg(&pg);
+        let c = Conn::bare(super::sql::Db::Pg(&pg));
         c.batch(&format!("SELECT pg_advisory_lock({MIGRATION_LOCK})"))?;
         let migrated = migrate(&c);
         let unlocked = c.batch(&format!("SELECT pg_advisory_unlock({MIGRATION_LOCK})"));

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use super::integrity::{self, Checked, ADMIN_TOKENS, CONNECTIONS, CREDENTIALS};
 use super::sql::{params, parsed, Conn, Row};
 
 use super::StoreError;
@@ -167,10 +168,18 @@ pub struct SealedSecret {
     pub ciphertext: Vec<u8>,
 }
 
-const CONNECTION_COLS: &str =
-    "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped";
+fn connection_cols() -> &'static str {
+    static COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "c.id, c.kind, c.spec, c.secret_version, c.client_secret, c.created_at, c.updated_at, d.id, d.key_version, d.binding, d.wrapped, {}",
+            CONNECTIONS.columns()
+        )
+    });
+    &COLS
+}
 
-fn connection_row(r: &Row<'_>) -> Result<ConnectionRow> {
+fn connection_row(c: &Conn<'_>, r: &Row<'_>) -> Result<ConnectionRow> {
+    integrity::verify(c, &CONNECTIONS, r, 11)?;
     let ciphertext: Option<Vec<u8>> = r.get(4)?;
     let dek_id: Option<i64> = r.get(7)?;
     let secret = match (ciphertext, dek_id) {
@@ -189,14 +198,20 @@ fn connection_row(r: &Row<'_>) -> Result<ConnectionRow> {
 }
 
 pub fn get_connection(c: &Conn<'_>, id: &str) -> Result<Option<ConnectionRow>> {
-    let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1");
-    c.query_opt(&sql, params![id], connection_row)
+    let sql = format!("SELECT {} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id WHERE c.id = ?1", connection_cols());
+    c.query_opt(&sql, params![id], |r| connection_row(c, r))
 }
 
 /// A connection's spec JSON with the configuration generation it was read at.
 pub fn connection_spec_at_generation(c: &Conn<'_>, id: &str) -> Result<(i64, Option<String>)> {
-    let sql = "SELECT g.value, c.spec FROM config_generation g LEFT JOIN connections c ON c.id = ?1 WHERE g.id = 1";
-    c.query_one(sql, params![id], |r| Ok((r.get(0)?, r.get(1)?)))
+    let sql = format!(
+        "SELECT g.value, c.spec, {} FROM config_generation g LEFT JOIN connections c ON c.id = ?1 WHERE g.id = 1",
+        CONNECTIONS.columns()
+    );
+    c.query_one(&sql, params![id], |r| {
+        integrity::verify_present(c, &CONNECTIONS, r, 2)?;
+        Ok((r.get(0)?, r.get(1)?))
+    })
 }
 
 /// The current configuration generation (see migration 0004).
@@ -205,8 +220,8 @@ pub fn config_generation(c: &Conn<'_>) -> Result<i64> {
 }
 
 pub fn list_connections(c: &Conn<'_>) -> Result<Vec<ConnectionRow>> {
-    let sql = format!("SELECT {CONNECTION_COLS} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id ORDER BY c.id");
-    let rows = c.query_all(&sql, params![], connection_row)?;
+    let sql = format!("SELECT {} FROM connections c LEFT JOIN deks d ON d.id = c.dek_id ORDER BY c.id", connection_cols());
+    let rows = c.query_all(&sql, params![], |r| connection_row(c, r))?;
     Ok(rows)
 }
 
@@ -229,13 +244,15 @@ pub fn insert_connection(c: &Conn<'_>, row: &NewConnectionRow<'_>) -> Result<()>
         params![row.id, row.kind.as_str(), row.spec, row.secret_version, row.secret.map(|s| s.0), row.secret.map(|s| s.1), row.now]);
     match res {
         Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
-        other => other.map(|_| ()),
+        Err(e) => Err(e),
+        Ok(_) => integrity::seal(c, &CONNECTIONS, row.id, Checked::new_row()),
     }
 }
 
 /// Replaces a connection's spec (and secret, when `secret` is given) if its
 /// secret_version is still `expected_version`.
 pub fn update_connection(c: &Conn<'_>, id: &str, spec: &str, expected_version: i64, secret: Option<(i64, &[u8])>, now: i64) -> Result<()> {
+    let checked = integrity::check(c, &CONNECTIONS, id)?;
     let n = match secret {
         Some((dek_id, ct)) => c.execute(
             "UPDATE connections SET spec = ?2, secret_version = secret_version + 1, dek_id = ?4, client_secret = ?5, updated_at = ?6 WHERE id = ?1 AND secret_version = ?3",
@@ -245,14 +262,14 @@ pub fn update_connection(c: &Conn<'_>, id: &str, spec: &str, expected_version: i
             params![id, spec, expected_version, now])?,
     };
     if n == 1 {
-        Ok(())
+        integrity::seal(c, &CONNECTIONS, id, checked)
     } else {
         Err(StoreError::Conflict)
     }
 }
 
 pub fn delete_connection(c: &Conn<'_>, id: &str) -> Result<bool> {
-    Ok(c.execute("DELETE FROM connections WHERE id = ?1", params![id])? == 1)
+    integrity::delete(c, &CONNECTIONS, id)
 }
 
 pub fn count_credentials(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
@@ -297,8 +314,16 @@ pub struct CredentialRow {
     pub refresh: Option<Vec<u8>>,
 }
 
-const META_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
-    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, k.issued_lifetime, k.on_demand_refresh_at";
+fn meta_cols() -> &'static str {
+    static COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
+    k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, k.issued_lifetime, k.on_demand_refresh_at, {}",
+            CREDENTIALS.columns()
+        )
+    });
+    &COLS
+}
 
 /// The stored scope list and whether it is known.
 fn held_scopes(r: &Row<'_>, scopes: usize, known: usize) -> Result<HeldScopes> {
@@ -335,18 +360,29 @@ fn meta_row(r: &Row<'_>, o: usize) -> Result<CredentialMeta> {
     })
 }
 
-fn credential_row(r: &Row<'_>, o: usize) -> Result<CredentialRow> {
+fn credential_row(c: &Conn<'_>, r: &Row<'_>, o: usize) -> Result<CredentialRow> {
+    integrity::verify(c, &CREDENTIALS, r, o + 29)?;
     Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 23)?, primary: r.get(o + 27)?, refresh: r.get(o + 28)? })
 }
 
-const CREDENTIAL_COLS: &str = "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
+fn credential_cols() -> &'static str {
+    static COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \
     k.refresh_secret IS NOT NULL, d.key_version, k.created_at, k.updated_at, k.last_refresh_at, k.last_error, k.refresh_failures, k.refresh_due_at, k.instance_url, k.scopes_known, k.account_iss, k.account_sub, \
-    k.issued_lifetime, k.on_demand_refresh_at, d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret";
+    k.issued_lifetime, k.on_demand_refresh_at, d.id, d.key_version, d.binding, d.wrapped, k.primary_secret, k.refresh_secret, {}",
+            CREDENTIALS.columns()
+        )
+    });
+    &COLS
+}
 
 pub fn get_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<Option<CredentialRow>> {
-    let sql =
-        format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2");
-    c.query_opt(&sql, params![connection_id, owner], |r| credential_row(r, 0))
+    let sql = format!(
+        "SELECT {} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2",
+        credential_cols()
+    );
+    c.query_opt(&sql, params![connection_id, owner], |r| credential_row(c, r, 0))
 }
 
 /// A credential (with its data key) and the configuration generation, from one snapshot
@@ -358,11 +394,12 @@ pub fn credential_at_generation(c: &Conn<'_>, connection_id: &str, owner: &str) 
     // Built once: this is the release path's statement.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
-            "SELECT (SELECT value FROM config_generation WHERE id = 1), {CREDENTIAL_COLS} \
-             FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2"
+            "SELECT (SELECT value FROM config_generation WHERE id = 1), {} \
+             FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2",
+            credential_cols()
         )
     });
-    let found = c.query_opt(&SQL, params![connection_id, owner], |r| Ok((r.get(0)?, credential_row(r, 1)?)))?;
+    let found = c.query_opt(&SQL, params![connection_id, owner], |r| Ok((r.get(0)?, credential_row(c, r, 1)?)))?;
     match found {
         Some((generation, row)) => Ok((generation, Some(row))),
         None => Ok((config_generation(c)?, None)),
@@ -371,13 +408,20 @@ pub fn credential_at_generation(c: &Conn<'_>, connection_id: &str, owner: &str) 
 
 /// Credentials in id order after `after` (for verification sweeps; start with "").
 pub fn credentials_page(c: &Conn<'_>, after: &str, limit: usize) -> Result<Vec<CredentialRow>> {
-    let sql = format!("SELECT {CREDENTIAL_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.id > ?1 ORDER BY k.id LIMIT ?2");
-    c.query_all(&sql, params![after, limit as i64], |r| credential_row(r, 0))
+    let sql =
+        format!("SELECT {} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.id > ?1 ORDER BY k.id LIMIT ?2", credential_cols());
+    c.query_all(&sql, params![after, limit as i64], |r| credential_row(c, r, 0))
 }
 
 pub fn list_credentials(c: &Conn<'_>, connection_id: &str, after_owner: &str, limit: usize) -> Result<Vec<CredentialMeta>> {
-    let sql = format!("SELECT {META_COLS} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner > ?2 ORDER BY k.owner LIMIT ?3");
-    let rows = c.query_all(&sql, params![connection_id, after_owner, limit as i64], |r| meta_row(r, 0))?;
+    let sql = format!(
+        "SELECT {} FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner > ?2 ORDER BY k.owner LIMIT ?3",
+        meta_cols()
+    );
+    let rows = c.query_all(&sql, params![connection_id, after_owner, limit as i64], |r| {
+        integrity::verify(c, &CREDENTIALS, r, 23)?;
+        meta_row(r, 0)
+    })?;
     Ok(rows)
 }
 
@@ -447,10 +491,12 @@ pub fn put_credential(c: &Conn<'_>, w: &CredentialWrite<'_>, previous: Option<(i
                 ]);
             match res {
                 Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
-                other => other.map(|_| ()),
+                Err(e) => Err(e),
+                Ok(_) => integrity::seal(c, &CREDENTIALS, w.id, Checked::new_row()),
             }
         }
         Some((prev_version, prev_dek)) => {
+            let checked = integrity::check(c, &CREDENTIALS, w.id)?;
             // A write resets the status and refresh state and releases any refresh lease.
             let n = c
                 .execute(
@@ -484,6 +530,7 @@ pub fn put_credential(c: &Conn<'_>, w: &CredentialWrite<'_>, previous: Option<(i
             if n != 1 {
                 return Err(StoreError::Conflict);
             }
+            integrity::seal(c, &CREDENTIALS, w.id, checked)?;
             delete_dek(c, prev_dek)
         }
     }
@@ -505,13 +552,17 @@ pub fn move_credential(
     now: i64,
 ) -> Result<()> {
     let old_dek: i64 = c.query_one("SELECT dek_id FROM credentials WHERE id = ?1", params![id], |r| r.get(0))?;
+    let checked = integrity::check(c, &CREDENTIALS, id)?;
     let res = c.execute(
         "UPDATE credentials SET owner = ?3, secret_version = ?4, dek_id = ?5, primary_secret = ?6, refresh_secret = ?7, updated_at = ?8 \
          WHERE id = ?1 AND secret_version = ?2",
         params![id, version, new_owner, new_version, dek_id, primary, refresh, now],
     );
     match res {
-        Ok(1) => delete_dek(c, old_dek),
+        Ok(1) => {
+            integrity::seal(c, &CREDENTIALS, id, checked)?;
+            delete_dek(c, old_dek)
+        }
         Ok(_) => Err(StoreError::Conflict),
         Err(e) if super::sql::is_constraint(&e) => Err(StoreError::Conflict),
         Err(e) => Err(e),
@@ -545,20 +596,21 @@ pub fn all_narrowed(c: &Conn<'_>) -> Result<Vec<NarrowedEntry>> {
 
 /// Deletes a credential and its data key; returns whether it existed.
 pub fn delete_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<bool> {
-    if let Some(id) =
+    let Some(id) =
         c.query_opt("SELECT id FROM credentials WHERE connection_id = ?1 AND owner = ?2", params![connection_id, owner], |r| {
             r.get::<String>(0)
         })?
-    {
-        delete_narrowed(c, &id)?;
-    }
-    let dek: Option<i64> = c.query_opt(
-        "DELETE FROM credentials WHERE connection_id = ?1 AND owner = ?2 RETURNING dek_id",
-        params![connection_id, owner],
-        |r| r.get(0),
-    )?;
+    else {
+        return Ok(false);
+    };
+    delete_narrowed(c, &id)?;
+    let checked = integrity::before_delete(c, &CREDENTIALS, &id)?;
+    let dek: Option<i64> = c.query_opt("DELETE FROM credentials WHERE id = ?1 RETURNING dek_id", params![id], |r| r.get(0))?;
     match dek {
-        Some(id) => delete_dek(c, id).map(|_| true),
+        Some(dek) => {
+            integrity::deleted(c, &CREDENTIALS, checked)?;
+            delete_dek(c, dek).map(|_| true)
+        }
         None => Ok(false),
     }
 }
@@ -568,6 +620,8 @@ pub fn delete_credentials_of(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
     let ids: Vec<String> = c.query_all("SELECT id FROM credentials WHERE connection_id = ?1", params![connection_id], |r| r.get(0))?;
     for id in &ids {
         delete_narrowed(c, id)?;
+        let checked = integrity::before_delete(c, &CREDENTIALS, id)?;
+        integrity::deleted(c, &CREDENTIALS, checked)?;
     }
     let ids: Vec<i64> =
         c.query_all("DELETE FROM credentials WHERE connection_id = ?1 RETURNING dek_id", params![connection_id], |r| r.get(0))?;
@@ -681,7 +735,18 @@ pub struct AdminTokenRow {
     pub revoked_at: Option<i64>,
 }
 
-fn admin_row(r: &Row<'_>) -> Result<AdminTokenRow> {
+fn admin_select() -> &'static str {
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT a.id, a.secret_hash, a.label, a.created_at, a.created_by, a.revoked_at, {} FROM admin_tokens a",
+            ADMIN_TOKENS.columns()
+        )
+    });
+    &SQL
+}
+
+fn admin_row(c: &Conn<'_>, r: &Row<'_>) -> Result<AdminTokenRow> {
+    integrity::verify(c, &ADMIN_TOKENS, r, 6)?;
     Ok(AdminTokenRow {
         id: r.get(0)?,
         secret_hash: r.get(1)?,
@@ -697,24 +762,26 @@ pub fn insert_admin_token(c: &Conn<'_>, row: &AdminTokenRow) -> Result<()> {
         "INSERT INTO admin_tokens (id, secret_hash, label, created_at, created_by) VALUES (?1, ?2, ?3, ?4, ?5)",
         params![row.id, row.secret_hash, row.label, row.created_at, row.created_by],
     )?;
-    Ok(())
+    integrity::seal(c, &ADMIN_TOKENS, &row.id, Checked::new_row())
 }
 
 pub fn get_admin_token(c: &Conn<'_>, id: &str) -> Result<Option<AdminTokenRow>> {
-    c.query_opt("SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens WHERE id = ?1", params![id], admin_row)
+    c.query_opt(&format!("{} WHERE a.id = ?1", admin_select()), params![id], |r| admin_row(c, r))
 }
 
 pub fn list_admin_tokens(c: &Conn<'_>) -> Result<Vec<AdminTokenRow>> {
-    let rows = c.query_all(
-        "SELECT id, secret_hash, label, created_at, created_by, revoked_at FROM admin_tokens ORDER BY created_at, id",
-        params![],
-        admin_row,
-    )?;
+    let rows = c.query_all(&format!("{} ORDER BY a.created_at, a.id", admin_select()), params![], |r| admin_row(c, r))?;
     Ok(rows)
 }
 
+/// Revokes a token; the row stays as a sealed tombstone (its id can never be reused).
 pub fn revoke_admin_token(c: &Conn<'_>, id: &str, now: i64) -> Result<bool> {
-    Ok(c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])? == 1)
+    let checked = integrity::check(c, &ADMIN_TOKENS, id)?;
+    let n = c.execute("UPDATE admin_tokens SET revoked_at = ?2 WHERE id = ?1 AND revoked_at IS NULL", params![id, now])?;
+    if n == 1 {
+        integrity::seal(c, &ADMIN_TOKENS, id, checked)?;
+    }
+    Ok(n == 1)
 }
 
 // ---------------------------------------------------------------- refresh scheduling
@@ -791,12 +858,13 @@ pub fn refresh_failed(c: &Conn<'_>, id: &str, holder: &str, error: &str, retry_a
 
 /// The provider refused the grant: no more refreshes until the owner reconnects.
 pub fn mark_needs_reauth(c: &Conn<'_>, id: &str, error: &str, now: i64) -> Result<()> {
+    let checked = integrity::check(c, &CREDENTIALS, id)?;
     c.execute(
         "UPDATE credentials SET status = 'needs_reauth', last_error = ?2, refresh_due_at = NULL, refresh_lease_until = NULL, \
          refresh_lease_holder = NULL, updated_at = ?3 WHERE id = ?1",
         params![id, error, now],
     )?;
-    Ok(())
+    integrity::seal(c, &CREDENTIALS, id, checked)
 }
 
 /// The earliest scheduled refresh (uses the partial index).

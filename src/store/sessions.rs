@@ -4,6 +4,7 @@
 //! provider's callback). Secrets are stored as hashes (state, nonce, binding) or sealed (the
 //! PKCE verifier of the current stage).
 
+use super::integrity::{self, Checked, CONNECT_SESSIONS};
 use super::sql::{params, Conn, Row};
 
 use super::rows::{dek_row, delete_dek, SealedSecret};
@@ -34,7 +35,8 @@ pub struct SessionRow {
 const COLS: &str = "s.id, s.connection_id, s.owner, s.return_to, s.created_by, s.expires_at, s.opened_at, s.finished_at, \
     s.proof_issuer, s.proof_role, s.proven_at, s.binding_hash, s.nonce_hash, s.verifier, d.id, d.key_version, d.binding, d.wrapped";
 
-fn session_row(r: &Row<'_>) -> Result<SessionRow> {
+fn session_row(c: &Conn<'_>, r: &Row<'_>) -> Result<SessionRow> {
+    integrity::verify(c, &CONNECT_SESSIONS, r, 18)?;
     let verifier: Option<Vec<u8>> = r.get(13)?;
     let dek_id: Option<i64> = r.get(14)?;
     let sealed = match (verifier, dek_id) {
@@ -61,10 +63,11 @@ fn session_row(r: &Row<'_>) -> Result<SessionRow> {
 
 fn session_where(c: &Conn<'_>, cond: &str, key: &dyn super::sql::ToP, now: i64) -> Result<Option<SessionRow>> {
     let sql = format!(
-        "SELECT {COLS} FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id \
-         WHERE {cond} AND s.finished_at IS NULL AND s.expires_at > ?2"
+        "SELECT {COLS}, {} FROM connect_sessions s LEFT JOIN deks d ON d.id = s.dek_id \
+         WHERE {cond} AND s.finished_at IS NULL AND s.expires_at > ?2",
+        CONNECT_SESSIONS.columns()
     );
-    c.query_opt(&sql, params![key, now], session_row)
+    c.query_opt(&sql, params![key, now], |r| session_row(c, r))
 }
 
 /// What a new session stores.
@@ -87,7 +90,7 @@ pub fn insert_session(c: &Conn<'_>, s: &NewSession<'_>) -> Result<()> {
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![s.id, s.connection_id, s.owner, s.return_to, s.created_by, s.now, s.expires_at, s.proof_issuer, s.proof_role],
     )?;
-    Ok(())
+    integrity::seal(c, &CONNECT_SESSIONS, s.id, Checked::new_row())
 }
 
 /// A link not yet opened, finished or expired.
@@ -112,6 +115,7 @@ pub struct Stage<'a> {
 /// if it was opened already, finished or expired.
 pub fn open_session(c: &Conn<'_>, id: &str, now: i64, binding_hash: &[u8], stage: &Stage<'_>) -> Result<bool> {
     let state_col = if stage.proof { "proof_state_hash" } else { "state_hash" };
+    let checked = integrity::check(c, &CONNECT_SESSIONS, id)?;
     let n = c.execute(
         &format!(
             "UPDATE connect_sessions SET opened_at = ?2, binding_hash = ?3, {state_col} = ?4, nonce_hash = ?5, dek_id = ?6, verifier = ?7 \
@@ -119,6 +123,9 @@ pub fn open_session(c: &Conn<'_>, id: &str, now: i64, binding_hash: &[u8], stage
         ),
         params![id, now, binding_hash, stage.state_hash, stage.nonce_hash, stage.dek_id, stage.verifier],
     )?;
+    if n == 1 {
+        integrity::seal(c, &CONNECT_SESSIONS, id, checked)?;
+    }
     Ok(n == 1)
 }
 
@@ -135,6 +142,7 @@ pub fn prove_session(c: &Conn<'_>, id: &str, proof_state_hash: &[u8], now: i64, 
             r.get(0)
         })?;
     let Some(old_dek) = old_dek else { return Ok(false) };
+    let checked = integrity::check(c, &CONNECT_SESSIONS, id)?;
     let n = c.execute(
         "UPDATE connect_sessions SET proof_state_hash = NULL, proven_at = ?3, state_hash = ?4, nonce_hash = ?5, dek_id = ?6, verifier = ?7 \
          WHERE id = ?1 AND proof_state_hash = ?2 AND proven_at IS NULL AND finished_at IS NULL",
@@ -142,6 +150,7 @@ pub fn prove_session(c: &Conn<'_>, id: &str, proof_state_hash: &[u8], now: i64, 
     if n != 1 {
         return Ok(false);
     }
+    integrity::seal(c, &CONNECT_SESSIONS, id, checked)?;
     if let Some(d) = old_dek {
         delete_dek(c, d)?;
     }
@@ -161,31 +170,37 @@ pub fn session_by_state(c: &Conn<'_>, state_hash: &[u8], now: i64) -> Result<Opt
 
 /// Ends a session (consumed, or refused for good); `false` if it had ended already.
 pub fn finish_session(c: &Conn<'_>, id: &str, now: i64) -> Result<bool> {
-    Ok(c.execute("UPDATE connect_sessions SET finished_at = ?2 WHERE id = ?1 AND finished_at IS NULL", params![id, now])? == 1)
+    let checked = integrity::check(c, &CONNECT_SESSIONS, id)?;
+    let n = c.execute("UPDATE connect_sessions SET finished_at = ?2 WHERE id = ?1 AND finished_at IS NULL", params![id, now])?;
+    if n == 1 {
+        integrity::seal(c, &CONNECT_SESSIONS, id, checked)?;
+    }
+    Ok(n == 1)
+}
+
+/// Deletes the sessions `cond` selects (`?1` bound to `arg`) with their data keys.
+fn delete_sessions_where(c: &Conn<'_>, cond: &str, arg: &dyn super::sql::ToP) -> Result<u64> {
+    let ids: Vec<String> = c.query_all(&format!("SELECT id FROM connect_sessions WHERE {cond}"), params![arg], |r| r.get(0))?;
+    for id in &ids {
+        let dek: Option<i64> =
+            c.query_opt("SELECT dek_id FROM connect_sessions WHERE id = ?1", params![id], |r| r.get::<Option<i64>>(0))?.flatten();
+        integrity::delete(c, &CONNECT_SESSIONS, id)?;
+        if let Some(d) = dek {
+            delete_dek(c, d)?;
+        }
+    }
+    Ok(ids.len() as u64)
 }
 
 /// Deletes sessions that are finished or expired, with their data keys.
 pub fn purge_sessions(c: &Conn<'_>, now: i64) -> Result<u64> {
-    let ids: Vec<Option<i64>> = c.query_all(
-        "DELETE FROM connect_sessions WHERE finished_at IS NOT NULL OR expires_at <= ?1 RETURNING dek_id",
-        params![now],
-        |r| r.get(0),
-    )?;
-    for id in ids.iter().flatten() {
-        delete_dek(c, *id)?;
-    }
-    Ok(ids.len() as u64)
+    delete_sessions_where(c, "finished_at IS NOT NULL OR expires_at <= ?1", &now)
 }
 
 /// Deletes every session of a connection with its data key (before the connection goes:
 /// the foreign key would otherwise take the sessions and leave their keys behind).
 pub fn delete_sessions_of(c: &Conn<'_>, connection_id: &str) -> Result<u64> {
-    let ids: Vec<Option<i64>> =
-        c.query_all("DELETE FROM connect_sessions WHERE connection_id = ?1 RETURNING dek_id", params![connection_id], |r| r.get(0))?;
-    for id in ids.iter().flatten() {
-        delete_dek(c, *id)?;
-    }
-    Ok(ids.len() as u64)
+    delete_sessions_where(c, "connection_id = ?1", &connection_id)
 }
 
 /// Connect sessions holding a sealed verifier (each owns a data key).

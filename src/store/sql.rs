@@ -17,9 +17,28 @@ type Result<T> = std::result::Result<T, StoreError>;
 
 /// A connection (or open transaction) of either backend.
 #[derive(Clone, Copy)]
-pub enum Conn<'a> {
+pub enum Db<'a> {
     Lite(&'a rusqlite::Connection),
     Pg(&'a PgConn),
+}
+
+/// A connection with the row-integrity key of its store: statements on sealed tables
+/// verify and write MACs through it (see [`super::integrity`]).
+#[derive(Clone, Copy)]
+pub struct Conn<'a> {
+    pub(super) db: Db<'a>,
+    pub(super) sealer: &'a super::integrity::Sealer,
+}
+
+impl<'a> Conn<'a> {
+    pub(super) fn new(db: Db<'a>, sealer: &'a super::integrity::Sealer) -> Self {
+        Conn { db, sealer }
+    }
+
+    /// A connection that can read and write unsealed tables only (migrations, tests).
+    pub(super) fn bare(db: Db<'a>) -> Self {
+        Conn { db, sealer: super::integrity::Sealer::none() }
+    }
 }
 
 /// An open connection of either backend, owned by a pool or the writer.
@@ -29,11 +48,14 @@ pub enum Owned {
 }
 
 impl Owned {
-    pub fn conn(&self) -> Conn<'_> {
-        match self {
-            Owned::Lite(c) => Conn::Lite(c),
-            Owned::Pg(c) => Conn::Pg(c),
-        }
+    pub fn conn<'a>(&'a self, sealer: &'a super::integrity::Sealer) -> Conn<'a> {
+        Conn::new(
+            match self {
+                Owned::Lite(c) => Db::Lite(c),
+                Owned::Pg(c) => Db::Pg(c),
+            },
+            sealer,
+        )
     }
 
     /// Whether the connection is lost and must be replaced.
@@ -264,6 +286,53 @@ impl Row<'_> {
     pub fn get<T: FromCol>(&self, i: usize) -> Result<T> {
         T::from_col(self, i)
     }
+
+    /// Appends column `i` to `out` in one encoding for both backends (a type tag, then the
+    /// value; text and bytes length-prefixed): what row MACs cover.
+    pub fn encode(&self, i: usize, out: &mut Vec<u8>) -> Result<()> {
+        fn int(out: &mut Vec<u8>, n: i64) {
+            out.push(1);
+            out.extend_from_slice(&n.to_be_bytes());
+        }
+        fn bytes(out: &mut Vec<u8>, tag: u8, b: &[u8]) {
+            out.push(tag);
+            out.extend_from_slice(&(b.len() as u64).to_be_bytes());
+            out.extend_from_slice(b);
+        }
+        match self {
+            Row::Lite(r) => match r.get_ref(i)? {
+                ValueRef::Null => out.push(0),
+                ValueRef::Integer(n) => int(out, n),
+                ValueRef::Text(t) => bytes(out, 2, t),
+                ValueRef::Blob(b) => bytes(out, 3, b),
+                ValueRef::Real(_) => return Err(StoreError::Corrupt(format!("column {i}: unexpected real number"))),
+            },
+            Row::Pg(r) => {
+                use postgres::types::Type;
+                let ty = r.columns().get(i).map(|c| c.type_().clone());
+                match ty {
+                    Some(Type::INT8 | Type::INT4 | Type::INT2) => match pg_int(r, i)? {
+                        Some(n) => int(out, n),
+                        None => out.push(0),
+                    },
+                    Some(Type::BOOL) => match r.try_get::<_, Option<bool>>(i)? {
+                        Some(b) => int(out, i64::from(b)),
+                        None => out.push(0),
+                    },
+                    Some(Type::TEXT | Type::VARCHAR) => match r.try_get::<_, Option<&str>>(i)? {
+                        Some(t) => bytes(out, 2, t.as_bytes()),
+                        None => out.push(0),
+                    },
+                    Some(Type::BYTEA) => match r.try_get::<_, Option<&[u8]>>(i)? {
+                        Some(b) => bytes(out, 3, b),
+                        None => out.push(0),
+                    },
+                    other => return Err(StoreError::Corrupt(format!("column {i}: unexpected type {other:?}"))),
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads column `i` as text and parses it (a state or kind enum): an unknown value is an
@@ -389,14 +458,14 @@ from_col!(i64, u32, bool, String, Vec<u8>);
 
 impl Conn<'_> {
     pub fn is_postgres(&self) -> bool {
-        matches!(self, Conn::Pg(_))
+        matches!(self.db, Db::Pg(_))
     }
 
     /// Runs a statement; returns the number of rows it changed.
     pub fn execute(&self, sql: &str, params: &[P<'_>]) -> Result<usize> {
-        match self {
-            Conn::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter()))?),
-            Conn::Pg(c) => {
+        match self.db {
+            Db::Lite(c) => Ok(c.prepare_cached(sql)?.execute(rusqlite::params_from_iter(params.iter()))?),
+            Db::Pg(c) => {
                 let st = c.statement(sql)?;
                 let n = c.client()?.execute(&st, &pg_params(params));
                 let n = c.checked(n)?;
@@ -407,8 +476,8 @@ impl Conn<'_> {
 
     /// The first row, mapped; `None` if there is none.
     pub fn query_opt<T>(&self, sql: &str, params: &[P<'_>], f: impl FnOnce(&Row<'_>) -> Result<T>) -> Result<Option<T>> {
-        match self {
-            Conn::Lite(c) => {
+        match self.db {
+            Db::Lite(c) => {
                 let mut st = c.prepare_cached(sql)?;
                 let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
                 match rows.next()? {
@@ -416,7 +485,7 @@ impl Conn<'_> {
                     None => Ok(None),
                 }
             }
-            Conn::Pg(c) => {
+            Db::Pg(c) => {
                 let st = c.statement(sql)?;
                 let row = c.client()?.query_opt(&st, &pg_params(params));
                 let row = c.checked(row)?;
@@ -432,8 +501,8 @@ impl Conn<'_> {
 
     /// Every row, mapped.
     pub fn query_all<T>(&self, sql: &str, params: &[P<'_>], mut f: impl FnMut(&Row<'_>) -> Result<T>) -> Result<Vec<T>> {
-        match self {
-            Conn::Lite(c) => {
+        match self.db {
+            Db::Lite(c) => {
                 let mut st = c.prepare_cached(sql)?;
                 let mut rows = st.query(rusqlite::params_from_iter(params.iter()))?;
                 let mut out = Vec::new();
@@ -442,7 +511,7 @@ impl Conn<'_> {
                 }
                 Ok(out)
             }
-            Conn::Pg(c) => {
+            Db::Pg(c) => {
                 let st = c.statement(sql)?;
                 let rows = c.client()?.query(&st, &pg_params(params));
                 let rows = c.checked(rows)?;
@@ -453,9 +522,9 @@ impl Conn<'_> {
 
     /// Runs statements without parameters (schema changes, transaction control).
     pub fn batch(&self, sql: &str) -> Result<()> {
-        match self {
-            Conn::Lite(c) => Ok(c.execute_batch(sql)?),
-            Conn::Pg(c) => c.batch(sql),
+        match self.db {
+            Db::Lite(c) => Ok(c.execute_batch(sql)?),
+            Db::Pg(c) => c.batch(sql),
         }
     }
 }
@@ -485,7 +554,7 @@ mod tests {
     #[test]
     fn sqlite_values_round_trip_and_null_only_into_option() {
         let c = rusqlite::Connection::open_in_memory().unwrap();
-        let c = Conn::Lite(&c);
+        let c = Conn::bare(Db::Lite(&c));
         c.batch("CREATE TABLE t (i INTEGER, s TEXT, b BLOB, n INTEGER)").unwrap();
         c.execute("INSERT INTO t VALUES (?1, ?2, ?3, ?4)", params![7i64, "x", [1u8, 2], None::<i64>]).unwrap();
         let (i, s, b, n): (i64, String, Vec<u8>, Option<i64>) =

@@ -21,6 +21,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     include_str!("../../migrations/sqlite/0009_catalog_auth_method.sql"),
     include_str!("../../migrations/sqlite/0010_schema_meta.sql"),
     include_str!("../../migrations/sqlite/0011_replicas.sql"),
+    include_str!("../../migrations/sqlite/0012_integrity.sql"),
 ];
 const DB_FILE: &str = "latchkey.db";
 
@@ -140,7 +141,7 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     let current: u32 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
     let known = schema_version();
     if current > known {
-        return super::check_min_binary_version(&super::sql::Conn::Lite(c));
+        return super::check_min_binary_version(&super::sql::Conn::bare(super::sql::Db::Lite(c)));
     }
     for (i, sql) in MIGRATIONS.iter().enumerate().skip(current as usize) {
         let tx = c.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -153,5 +154,5 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
         tx.commit()?;
     }
-    super::check_min_binary_version(&super::sql::Conn::Lite(c))
+    super::check_min_binary_version(&super::sql::Conn::bare(super::sql::Db::Lite(c)))
 }

@@ -101,7 +101,12 @@ impl Vault {
         if id.len() != 16 || !id.bytes().all(|c| c.is_ascii_hexdigit()) {
             return Err(VaultError::Unauthorized);
         }
-        let row = self.store.read(|c| rows::get_admin_token(c, id).map_err(VaultError::from))?;
+        // The whole (small) table against its digest first: a revoked token whose old row
+        // was put back verifies on its own, but not as part of the set.
+        let row = self.store.snapshot(|c| {
+            crate::store::integrity::verify_table(c, &crate::store::integrity::ADMIN_TOKENS)?;
+            rows::get_admin_token(c, id)
+        })?;
         let presented = sha256(secret.as_bytes());
         // Compare against something even when the id is unknown, so timing does not
         // reveal which ids exist.

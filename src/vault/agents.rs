@@ -194,7 +194,11 @@ impl Vault {
     pub fn authenticate_agent(&self, client_id: &str, secret: &str) -> Result<AgentState> {
         let key = self.vault_key(AGENT_SECRETS)?;
         let row = match AgentId::parse(client_id) {
-            Ok(id) => self.store.read(|c| rows::get_agent(c, id.as_str()))?,
+            // The agents table against its digest first (see `authenticate_admin`).
+            Ok(id) => self.store.snapshot(|c| {
+                crate::store::integrity::verify_table(c, &crate::store::integrity::AGENTS)?;
+                rows::get_agent(c, id.as_str())
+            })?,
             Err(_) => None,
         };
         let verified = secrets::verify(&key[..], secret, row.as_ref().map(|r| r.secret_hash.as_str()));

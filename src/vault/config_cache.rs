@@ -35,6 +35,8 @@ pub(super) struct ConfigCache {
 #[derive(Default)]
 struct Inner {
     generation: i64,
+    /// The highest generation ever observed (never reset).
+    highest: i64,
     policies: HashMap<String, Arc<AgentPolicy>>,
     specs: HashMap<String, Arc<ConnectionSpec>>,
 }
@@ -43,7 +45,7 @@ impl Inner {
     /// Moves to `generation` if it is newer; returns whether entries of `generation` belong here.
     fn advance(&mut self, generation: i64) -> bool {
         if generation > self.generation {
-            *self = Inner { generation, ..Inner::default() };
+            *self = Inner { generation, highest: self.highest.max(generation), ..Inner::default() };
         }
         generation == self.generation
     }
@@ -90,12 +92,17 @@ impl ConfigCache {
 
     /// Records that the database's configuration is at `generation`, as just read: any
     /// other generation's entries go (also a lower one — a database restored under a
-    /// running server must not leave newer-looking entries behind).
-    pub fn observe(&self, generation: i64) {
+    /// running server must not leave newer-looking entries behind). `Err` with the
+    /// highest generation seen when `generation` is lower: it went back.
+    pub fn observe(&self, generation: i64) -> Result<(), i64> {
         let mut g = self.lock();
         if g.generation != generation {
-            *g = Inner { generation, ..Inner::default() };
+            *g = Inner { generation, highest: g.highest.max(generation), ..Inner::default() };
         }
+        if generation < g.highest {
+            return Err(g.highest);
+        }
+        Ok(())
     }
 }
 
@@ -112,15 +119,15 @@ mod tests {
         let c = ConfigCache::default();
         c.put_policy(3, "a", policy());
         assert_eq!(c.policy("a").map(|(g, _)| g), Some(3));
-        c.observe(3);
+        c.observe(3).unwrap();
         assert!(c.policy("a").is_some());
-        c.observe(4);
+        c.observe(4).unwrap();
         assert!(c.policy("a").is_none(), "a newer generation drops everything");
         c.put_policy(3, "a", policy());
         assert!(c.policy("a").is_none(), "an entry read at an older generation is not kept");
-        c.observe(2);
-        c.put_policy(2, "a", policy());
-        assert_eq!(c.policy("a").map(|(g, _)| g), Some(2), "a database that went back is followed");
+        assert_eq!(c.observe(2), Err(4), "a generation that went back is reported");
+        assert!(c.policy("a").is_none(), "and nothing newer-looking is kept");
+        assert_eq!(c.observe(4), Ok(()));
     }
 
     #[test]

@@ -77,6 +77,8 @@ pub struct VerifyReport {
     pub credentials: u64,
     pub connection_secrets: u64,
     pub deks: u64,
+    /// Rows whose MAC was checked (with the digest of them all).
+    pub sealed_rows: u64,
     pub failures: Vec<String>,
 }
 
@@ -273,7 +275,22 @@ impl Vault {
         // Every version that may hold data must unlock, even if nothing uses it yet.
         self.load_keys()?;
         let total_creds = self.store.read(rows::count_all_credentials)?;
-        let mut report = VerifyReport { credentials: 0, connection_secrets: 0, deks: 0, failures: Vec::new() };
+        let mut report = VerifyReport { credentials: 0, connection_secrets: 0, deks: 0, sealed_rows: 0, failures: Vec::new() };
+        // Row integrity first: a row that fails its MAC is not read for its ciphertexts.
+        let integrity = self.verify_integrity()?;
+        report.sealed_rows = integrity.rows;
+        self.record_violations();
+        if !integrity.failures.is_empty() {
+            report.failures.extend(integrity.failures.iter().map(|f| format!("integrity: {f}")));
+            report
+                .failures
+                .push("ciphertexts were not checked: the database was changed outside latchkey (restore it from a backup)".into());
+            self.store.write(|tx| {
+                let detail = json!({"sealed_rows": report.sealed_rows, "failures": report.failures.len()});
+                self.audit(tx, Event::new(&actor.name(), "keys.verify", "vault", Outcome::Failed, detail))
+            })?;
+            return Ok(report);
+        }
         let mut after = String::new();
         loop {
             let page = self.store.read(|c| rows::credentials_page(c, &after, DEFAULT_BATCH))?;
@@ -312,7 +329,7 @@ impl Vault {
         }
         let outcome = if report.failures.is_empty() { Outcome::Ok } else { Outcome::Failed };
         self.store.write(|tx| {
-            let detail = json!({"credentials": report.credentials, "connection_secrets": report.connection_secrets, "failures": report.failures.len()});
+            let detail = json!({"credentials": report.credentials, "connection_secrets": report.connection_secrets, "sealed_rows": report.sealed_rows, "failures": report.failures.len()});
             self.audit(tx, Event::new(&actor.name(), "keys.verify", "vault", outcome, detail))
         })?;
         Ok(report)

@@ -11,6 +11,7 @@ mod config_cache;
 mod connect_sessions;
 mod connections;
 mod credentials;
+mod integrity;
 mod issuers;
 mod keys;
 mod narrowed;
@@ -40,6 +41,7 @@ pub use connect_sessions::{
 };
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
+pub use integrity::INTEGRITY_CHECK_INTERVAL;
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
     ROTATE_GRACE,
@@ -79,6 +81,7 @@ impl From<StoreError> for VaultError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Conflict => VaultError::Conflict("the record changed concurrently; retry".into()),
+            StoreError::Integrity(what) => VaultError::Integrity(format!("integrity violation: {what}")),
             other => VaultError::Store(other),
         }
     }
@@ -117,11 +120,13 @@ impl Actor {
 
 pub struct Vault {
     store: Arc<Store>,
-    keys: KeyRing,
+    keys: Arc<KeyRing>,
     clock: Clock,
     audit_sink: std::sync::OnceLock<audit_sink::AuditSink>,
     config: config_cache::ConfigCache,
     vault_keys: std::sync::Mutex<std::collections::HashMap<&'static str, vault_keys::VaultKey>>,
+    /// Set when a full integrity check failed: releases are refused and `/readyz` fails.
+    integrity_failed: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Vault {
@@ -162,18 +167,12 @@ impl Vault {
                 return Err(e.into());
             }
         };
-        let vault = Vault {
-            store: Arc::new(store),
-            keys,
-            clock,
-            audit_sink: Default::default(),
-            config: Default::default(),
-            vault_keys: Default::default(),
-        };
+        let vault = Vault::assemble(store, keys, clock);
         let now = vault.clock.now();
         let protected = vault.keys.protected();
         let admin_token = vault.store.write(|tx| {
             rows::insert_master_key(tx, 1, MasterKeyState::Active, now)?;
+            vault.seal_database(tx)?;
             vault.audit(
                 tx,
                 Event::new(
@@ -209,14 +208,28 @@ impl Vault {
         if let Some(ms) = store.server_time_ms()? {
             clock.set_reference_millis(ms);
         }
-        Ok(Vault {
+        let vault = Vault::assemble(store, keys, clock);
+        vault.ensure_integrity()?;
+        Ok(vault)
+    }
+
+    fn assemble(store: Store, keys: KeyRing, clock: Clock) -> Vault {
+        let keys = Arc::new(keys);
+        let ring = keys.clone();
+        store.sealer().set_loader(Box::new(move |sealed| {
+            vault_keys::open_sealed(&ring, integrity::ROW_KEY, sealed)
+                .map(crate::crypto::MacKey::new)
+                .map_err(|e| StoreError::Io(format!("cannot open the row integrity key: {e}")))
+        }));
+        Vault {
             store: Arc::new(store),
             keys,
             clock,
             audit_sink: Default::default(),
             config: Default::default(),
             vault_keys: Default::default(),
-        })
+            integrity_failed: Default::default(),
+        }
     }
 
     /// Loads every master key that data may be wrapped under, so a server refuses to
@@ -277,18 +290,7 @@ impl Vault {
 
     /// Unwraps a stored data key after checking it belongs to `binding`.
     fn open_dek(&self, dek: &rows::DekRow, binding: &Binding) -> Result<Dek> {
-        if dek.binding != binding.as_bytes() {
-            return Err(VaultError::Integrity(format!("data key {} is bound to another record", dek.id)));
-        }
-        let header_version = crate::crypto::wrapped_key_version(&dek.wrapped)?;
-        if header_version != dek.key_version {
-            return Err(VaultError::Integrity(format!(
-                "data key {} names master key v{header_version} but is recorded under v{}",
-                dek.id, dek.key_version
-            )));
-        }
-        let mk: Arc<MasterKey> = self.keys.get(dek.key_version)?;
-        mk.unwrap(&dek.wrapped, binding).map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
+        open_dek_with(&self.keys, dek, binding)
     }
 
     /// Audit trail: the last `n` records.
@@ -317,6 +319,22 @@ impl Vault {
         }
         Ok(Ok((v.checked, v.head().to_vec())))
     }
+}
+
+/// Unwraps a stored data key with `keys` after checking it belongs to `binding`.
+fn open_dek_with(keys: &KeyRing, dek: &rows::DekRow, binding: &Binding) -> Result<Dek> {
+    if dek.binding != binding.as_bytes() {
+        return Err(VaultError::Integrity(format!("data key {} is bound to another record", dek.id)));
+    }
+    let header_version = crate::crypto::wrapped_key_version(&dek.wrapped)?;
+    if header_version != dek.key_version {
+        return Err(VaultError::Integrity(format!(
+            "data key {} names master key v{header_version} but is recorded under v{}",
+            dek.id, dek.key_version
+        )));
+    }
+    let mk: Arc<MasterKey> = keys.get(dek.key_version)?;
+    mk.unwrap(&dek.wrapped, binding).map_err(|_| VaultError::Integrity(format!("data key {} failed to unwrap", dek.id)))
 }
 
 /// A random identifier: `prefix` + 16 hex characters (64 bits).

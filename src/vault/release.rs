@@ -252,7 +252,11 @@ impl Vault {
         if let Some((g, p)) = self.config.policy(agent) {
             return Ok((g, Some(p)));
         }
-        let (generation, row) = self.store.read(|c| identity::agent_policy_at_generation(c, agent))?;
+        // A cache miss (once per configuration change): the agents table against its digest too.
+        let (generation, row) = self.store.snapshot(|c| {
+            crate::store::integrity::verify_table(c, &crate::store::integrity::AGENTS)?;
+            identity::agent_policy_at_generation(c, agent)
+        })?;
         match row {
             Some(identity::AgentPolicyRow { policy, disabled: false, token_epoch }) => {
                 let policy: Policy = serde_json::from_str(&policy).map_err(|e| VaultError::Integrity(e.to_string()))?;
@@ -261,7 +265,7 @@ impl Vault {
                 Ok((generation, Some(agent_policy)))
             }
             _ => {
-                self.config.observe(generation);
+                self.observe_generation(generation)?;
                 Ok((generation, None))
             }
         }
@@ -272,9 +276,12 @@ impl Vault {
         if let Some((g, s)) = self.config.spec(connection) {
             return Ok((g, Some(s)));
         }
-        let (generation, spec) = self.store.read(|c| rows::connection_spec_at_generation(c, connection))?;
+        let (generation, spec) = self.store.snapshot(|c| {
+            crate::store::integrity::verify_table(c, &crate::store::integrity::CONNECTIONS)?;
+            rows::connection_spec_at_generation(c, connection)
+        })?;
         let Some(spec) = spec else {
-            self.config.observe(generation);
+            self.observe_generation(generation)?;
             return Ok((generation, None));
         };
         let spec: Arc<ConnectionSpec> = Arc::new(serde_json::from_str(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?);
@@ -286,7 +293,7 @@ impl Vault {
     /// that was decided from cached configuration alone). `last` accepts what was read.
     fn still_current(&self, generation: i64, last: bool) -> std::result::Result<(), Refuse> {
         let now = self.store.read(rows::config_generation).map_err(|e| internal(e.into()))?;
-        self.config.observe(now);
+        self.observe_generation(now).map_err(internal)?;
         if now == generation || last {
             Ok(())
         } else {
@@ -295,6 +302,9 @@ impl Vault {
     }
 
     fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>, last: bool) -> std::result::Result<Released, Refuse> {
+        if self.integrity_failed() {
+            return Err(internal(VaultError::Integrity("the vault failed an integrity check; refusing releases".into())).into());
+        }
         let (generation, policy) = self.release_policy(&input.principal.agent_id).map_err(internal)?;
         let Some(agent) = policy else {
             self.still_current(generation, last)?;
@@ -335,7 +345,7 @@ impl Vault {
             .store
             .read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name))
             .map_err(|e| internal(e.into()))?;
-        self.config.observe(now_generation);
+        self.observe_generation(now_generation).map_err(internal)?;
         if (generation != now_generation || spec_generation != now_generation) && !last {
             return Err(Refuse::Stale);
         }

@@ -97,6 +97,9 @@ impl Vault {
         if let Err(e) = self.store.ping() {
             return unavailable(e);
         }
+        if self.integrity_failed() {
+            return Readiness { database: Some("integrity violation (see the audit trail)".into()), keys: None };
+        }
         let keys = match self.store.read(rows::master_keys) {
             Ok(keys) => keys,
             Err(e) => return unavailable(e),

@@ -10,7 +10,9 @@ use zeroize::Zeroizing;
 
 use super::{Result, Vault, VaultError};
 use crate::crypto::{random_bytes, Binding, KEY_LEN};
+use crate::keys::KeyRing;
 use crate::store::rows;
+use crate::store::sql::Conn;
 
 /// The key of agent client-secret hashes.
 pub(super) const AGENT_SECRETS: &str = "agent_secrets";
@@ -33,29 +35,25 @@ impl Vault {
             Some(sealed) => self.open_vault_key(purpose, &sealed)?,
             None => self.store.write(|tx| match rows::get_vault_key(tx, purpose)? {
                 Some(sealed) => self.open_vault_key(purpose, &sealed),
-                None => {
-                    let mut key = Zeroizing::new([0u8; KEY_LEN]);
-                    random_bytes(key.as_mut())?;
-                    let b = binding(purpose);
-                    let (dek, dek_id) = self.new_dek(tx, &b)?;
-                    rows::insert_vault_key(tx, purpose, dek_id, &dek.seal(key.as_ref(), &b, FIELD)?, self.clock.now())?;
-                    Ok(Arc::new(key))
-                }
+                None => self.create_vault_key(tx, purpose).map(Arc::new),
             })?,
         };
         self.vault_keys.lock().unwrap_or_else(|p| p.into_inner()).insert(purpose, key.clone());
         Ok(key)
     }
 
-    fn open_vault_key(&self, purpose: &str, sealed: &rows::SealedSecret) -> Result<VaultKey> {
+    /// Creates the key for `purpose` in the caller's write transaction.
+    pub(super) fn create_vault_key(&self, tx: &Conn<'_>, purpose: &str) -> Result<Zeroizing<[u8; KEY_LEN]>> {
+        let mut key = Zeroizing::new([0u8; KEY_LEN]);
+        random_bytes(key.as_mut())?;
         let b = binding(purpose);
-        let plain = self
-            .open_dek(&sealed.dek, &b)?
-            .open(&sealed.ciphertext, &b, FIELD)
-            .map_err(|_| VaultError::Integrity(format!("vault key '{purpose}' failed to decrypt")))?;
-        let key: [u8; KEY_LEN] =
-            plain.as_slice().try_into().map_err(|_| VaultError::Integrity(format!("vault key '{purpose}' is malformed")))?;
-        Ok(Arc::new(Zeroizing::new(key)))
+        let (dek, dek_id) = self.new_dek(tx, &b)?;
+        rows::insert_vault_key(tx, purpose, dek_id, &dek.seal(key.as_ref(), &b, FIELD)?, self.clock.now())?;
+        Ok(key)
+    }
+
+    fn open_vault_key(&self, purpose: &str, sealed: &rows::SealedSecret) -> Result<VaultKey> {
+        open_sealed(&self.keys, purpose, sealed).map(Arc::new)
     }
 
     /// For `keys verify`: every vault key decrypts. Returns (count, failures).
@@ -72,4 +70,15 @@ impl Vault {
         }
         Ok((purposes.len() as u64, failures))
     }
+}
+
+/// Opens the sealed vault key for `purpose` with the master keys in `keys`.
+pub(super) fn open_sealed(keys: &KeyRing, purpose: &str, sealed: &rows::SealedSecret) -> Result<Zeroizing<[u8; KEY_LEN]>> {
+    let b = binding(purpose);
+    let plain = super::open_dek_with(keys, &sealed.dek, &b)?
+        .open(&sealed.ciphertext, &b, FIELD)
+        .map_err(|_| VaultError::Integrity(format!("vault key '{purpose}' failed to decrypt")))?;
+    let key: [u8; KEY_LEN] =
+        plain.as_slice().try_into().map_err(|_| VaultError::Integrity(format!("vault key '{purpose}' is malformed")))?;
+    Ok(Zeroizing::new(key))
 }

@@ -578,7 +578,11 @@ async fn legacy_argon2_secrets_work_once_and_become_keyed_hashes() {
     let stored = |db: &TestSql| -> String { db.text("SELECT secret_hash FROM agents WHERE id = 'reporter'") };
     assert!(stored(&db).starts_with("hmac-sha256$"), "new secrets are keyed hashes");
     assert!(legacy.chars().all(|c| c != '\''));
-    db.exec(&format!("UPDATE agents SET secret_hash = '{legacy}' WHERE id = 'reporter'"));
+    // As an older version stored it (through the store, so the row stays sealed: a direct
+    // UPDATE is an integrity violation, tested in `integrity`).
+    let current = stored(&db);
+    w.app.vault.store().write(|tx| latchkey::store::identity::upgrade_agent_hash(tx, "reporter", &current, &legacy)).unwrap();
+    assert_eq!(stored(&db), legacy);
     let old = (w.service_agent.0.clone(), "lks_from-an-older-version".to_owned());
     expect(w.token_request(&old, &[("grant_type", "client_credentials")], true).await, 200).await;
     assert!(stored(&db).starts_with("hmac-sha256$"), "replaced on first use");

@@ -6,6 +6,7 @@ mod cli;
 mod connect;
 mod faults;
 mod helpers;
+mod integrity;
 mod keyfiles;
 mod layering;
 mod limits;

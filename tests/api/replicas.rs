@@ -228,11 +228,21 @@ async fn background_refreshers_of_all_replicas_refresh_each_due_credential_once(
     }
     let stats = provider.stats().await;
     assert_eq!(stats["refresh_failed"], 0, "a refresh token spent twice would fail: {stats}");
-    // Every provider refresh is one audited refresh, by whichever replica claimed it.
-    let out = c.dirs.run(&["audit", "tail", "-n", "500"]);
-    let audited = stdout(&out).lines().filter(|l| l.contains("credential.refresh") && l.contains(" ok")).count() as u64;
-    let at_provider = provider.stats().await["refresh"].as_u64().unwrap();
-    assert!(audited + 1 >= at_provider && audited <= at_provider, "{audited} audited refreshes, {at_provider} at the provider");
+    // Every provider refresh is one audited refresh, by whichever replica claimed it. (A
+    // refresh the provider has answered may still be committing: wait until they agree.)
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        // Audit first: a refresh audited by then has reached the provider by the next line.
+        let out = c.dirs.run(&["audit", "tail", "-n", "500"]);
+        let audited = stdout(&out).lines().filter(|l| l.contains("credential.refresh") && l.contains(" ok")).count() as u64;
+        let at_provider = provider.stats().await["refresh"].as_u64().unwrap();
+        assert!(audited <= at_provider, "{audited} audited refreshes, {at_provider} at the provider");
+        if audited == at_provider {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{audited} audited refreshes, {at_provider} at the provider");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     let list = c.admin(0, reqwest::Method::GET, "/v1/admin/connections/crm/credentials", None).await.json::<Value>().await.unwrap();
     for cred in list["credentials"].as_array().unwrap() {
         assert_eq!(cred["status"], "active", "{cred}");
