@@ -2,12 +2,15 @@
 //!
 //! Each record's hash covers its sequence number, time, actor, action, target,
 //! outcome, detail and the previous record's hash, so editing, deleting or reordering
-//! any record breaks the chain from that point on. Records never hold secrets: callers
-//! put ids, names and decisions in `detail`, nothing else.
+//! any record breaks the chain from that point on. The hash is keyed (HMAC-SHA256 under
+//! the long-lived `audit_chain` vault key): a database writer cannot recompute the chain
+//! after an edit. Cutting the newest records off is what signed checkpoints outside the
+//! database catch (`store::checkpoint`). Records never hold secrets: callers put ids,
+//! names and decisions in `detail`, nothing else.
 
 use serde::Serialize;
 
-use crate::crypto::sha256;
+use crate::crypto::{sha256, MacKey};
 
 /// The hash that precedes the first record.
 pub const GENESIS: [u8; 32] = [0u8; 32];
@@ -53,6 +56,37 @@ impl Event {
     }
 }
 
+/// When an audit record, and the checkpoint that covers it, are on disk before the
+/// callers of its transaction return (`audit_durability`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// Written to the operating system: survives a crash of latchkey, not of the machine.
+    Os,
+    /// Flushed to the disk (`fdatasync`): survives a power loss.
+    #[default]
+    Fsync,
+}
+
+impl std::str::FromStr for Durability {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "os" => Ok(Durability::Os),
+            "fsync" => Ok(Durability::Fsync),
+            other => Err(format!("audit_durability must be \"os\" or \"fsync\", not \"{other}\"")),
+        }
+    }
+}
+
+impl Durability {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Durability::Os => "os",
+            Durability::Fsync => "fsync",
+        }
+    }
+}
+
 /// Filters for reading the trail (`GET /v1/admin/audit`).
 #[derive(Debug, Clone, Default)]
 pub struct Query {
@@ -89,9 +123,10 @@ impl Record {
     }
 }
 
-/// The chain hash of a record's content following `prev_hash`.
+/// The chain hash of a record's content following `prev_hash`, keyed.
 #[allow(clippy::too_many_arguments)]
 pub fn chain_hash(
+    key: &MacKey,
     seq: i64,
     ts_ms: i64,
     actor: &str,
@@ -101,8 +136,39 @@ pub fn chain_hash(
     detail: &str,
     prev_hash: &[u8],
 ) -> [u8; 32] {
+    key.mac(&chain_input(b"latchkey/audit/v2", seq, ts_ms, actor, action, target, outcome, detail, prev_hash))
+}
+
+/// The unkeyed hash of versions before 0.2 (only to check a trail before it is chained
+/// again with the key).
+#[allow(clippy::too_many_arguments)]
+pub fn legacy_chain_hash(
+    seq: i64,
+    ts_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+    prev_hash: &[u8],
+) -> [u8; 32] {
+    sha256(&chain_input(b"latchkey/audit/v1", seq, ts_ms, actor, action, target, outcome, detail, prev_hash))
+}
+
+#[allow(clippy::too_many_arguments)]
+fn chain_input(
+    domain: &[u8],
+    seq: i64,
+    ts_ms: i64,
+    actor: &str,
+    action: &str,
+    target: &str,
+    outcome: &str,
+    detail: &str,
+    prev_hash: &[u8],
+) -> Vec<u8> {
     let mut buf = Vec::with_capacity(128 + detail.len());
-    buf.extend_from_slice(b"latchkey/audit/v1");
+    buf.extend_from_slice(domain);
     buf.extend_from_slice(&seq.to_be_bytes());
     buf.extend_from_slice(&ts_ms.to_be_bytes());
     for part in [actor, action, target, outcome, detail] {
@@ -110,7 +176,7 @@ pub fn chain_hash(
         buf.extend_from_slice(part.as_bytes());
     }
     buf.extend_from_slice(prev_hash);
-    sha256(&buf)
+    buf
 }
 
 /// Why the chain is broken at a record.
@@ -122,19 +188,24 @@ pub struct Break {
 
 /// Incremental verifier: feed records in sequence order.
 #[derive(Debug)]
-pub struct Verifier {
+pub struct Verifier<'k> {
+    /// `None`: the legacy unkeyed chain.
+    key: Option<&'k MacKey>,
     prev_seq: i64,
     prev_hash: Vec<u8>,
     pub checked: u64,
 }
 
-impl Default for Verifier {
-    fn default() -> Self {
-        Verifier { prev_seq: 0, prev_hash: GENESIS.to_vec(), checked: 0 }
+impl<'k> Verifier<'k> {
+    pub fn new(key: &'k MacKey) -> Self {
+        Verifier { key: Some(key), prev_seq: 0, prev_hash: GENESIS.to_vec(), checked: 0 }
     }
-}
 
-impl Verifier {
+    /// For a trail written before the chain was keyed.
+    pub fn legacy() -> Self {
+        Verifier { key: None, prev_seq: 0, prev_hash: GENESIS.to_vec(), checked: 0 }
+    }
+
     pub fn check(&mut self, r: &Record) -> Result<(), Break> {
         let fail = |reason| Err(Break { seq: r.seq, reason });
         if r.seq != self.prev_seq + 1 {
@@ -143,7 +214,10 @@ impl Verifier {
         if r.prev_hash != self.prev_hash {
             return fail("prev_hash does not match the previous record's hash");
         }
-        let h = chain_hash(r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &r.prev_hash);
+        let h = match self.key {
+            Some(k) => chain_hash(k, r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &r.prev_hash),
+            None => legacy_chain_hash(r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &r.prev_hash),
+        };
         if r.hash != h {
             return fail("the record's content does not match its hash (modified)");
         }
@@ -163,8 +237,12 @@ impl Verifier {
 mod tests {
     use super::*;
 
+    fn key() -> MacKey {
+        MacKey::new(zeroize::Zeroizing::new([7u8; 32]))
+    }
+
     fn record(seq: i64, prev: &[u8], detail: &str) -> Record {
-        let hash = chain_hash(seq, 1, "cli:root", "keys.rotate", "v2", "ok", detail, prev).to_vec();
+        let hash = chain_hash(&key(), seq, 1, "cli:root", "keys.rotate", "v2", "ok", detail, prev).to_vec();
         Record {
             seq,
             ts_ms: 1,
@@ -183,19 +261,25 @@ mod tests {
         let a = record(1, &GENESIS, "{}");
         let b = record(2, &a.hash, "{\"n\":1}");
         let c = record(3, &b.hash, "{}");
-        let mut v = Verifier::default();
+        let k = key();
+        let mut v = Verifier::new(&k);
         for r in [&a, &b, &c] {
             v.check(r).unwrap();
         }
         assert_eq!(v.head(), c.hash.as_slice());
+        let other = MacKey::new(zeroize::Zeroizing::new([8u8; 32]));
+        assert_eq!(Verifier::new(&other).check(&a).unwrap_err().reason, "the record's content does not match its hash (modified)");
+        assert!(Verifier::legacy().check(&a).is_err(), "a keyed chain is not the plain hash");
 
         let mut edited = b.clone();
         edited.detail = "{\"n\":2}".into();
-        let mut v = Verifier::default();
+        let k = key();
+        let mut v = Verifier::new(&k);
         v.check(&a).unwrap();
         assert_eq!(v.check(&edited).unwrap_err().seq, 2);
 
-        let mut v = Verifier::default();
+        let k = key();
+        let mut v = Verifier::new(&k);
         v.check(&a).unwrap();
         assert_eq!(v.check(&c).unwrap_err().reason, "a record is missing before this one (sequence gap)");
     }

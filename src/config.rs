@@ -31,6 +31,9 @@ struct FileConfig {
     database_url: Option<String>,
     database_url_file: Option<PathBuf>,
     keys_mounted: Option<bool>,
+    audit_checkpoint_file: Option<PathBuf>,
+    audit_checkpoint_stdout: Option<bool>,
+    audit_durability: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -57,6 +60,12 @@ pub struct Settings {
     pub metrics_token: Option<crate::secret::Secret>,
     /// Serve `/metrics` on this address only (not on the main listener).
     pub metrics_bind: Option<String>,
+    /// The append-only file audit checkpoints go to (outside the data directory).
+    pub audit_checkpoint_file: Option<PathBuf>,
+    /// Checkpoints also go to standard output (for a log shipper).
+    pub audit_checkpoint_stdout: bool,
+    /// When an audit record (and its checkpoint) is durable before a secret leaves.
+    pub audit_durability: crate::audit::Durability,
 }
 
 /// Limits of the HTTP server against slow or numerous clients.
@@ -222,7 +231,36 @@ impl Settings {
             Some("false" | "0") => false,
             Some(_) => return Err(ConfigError::Invalid("LATCHKEY_KEYS_MOUNTED must be true or false".into())),
         };
+        let flag = |key: &str, file: Option<bool>| match env(key).as_deref() {
+            None => Ok(file.unwrap_or(false)),
+            Some("true" | "1") => Ok(true),
+            Some("false" | "0") => Ok(false),
+            Some(_) => Err(ConfigError::Invalid(format!("{key} must be true or false"))),
+        };
+        let audit_checkpoint_stdout = flag("LATCHKEY_AUDIT_CHECKPOINT_STDOUT", fc.audit_checkpoint_stdout)?;
+        let audit_checkpoint_file = path_env("LATCHKEY_AUDIT_CHECKPOINT_FILE").or(fc.audit_checkpoint_file);
+        if let Some(f) = &audit_checkpoint_file {
+            // A checkpoint is worth something only where a database backup (or whoever can
+            // rewrite the data directory) cannot reach it too.
+            let inside = |dir: &Path| {
+                let abs = |p: &Path| std::path::absolute(p).unwrap_or_else(|_| p.to_owned());
+                abs(f).starts_with(abs(dir))
+            };
+            if inside(&data_dir) {
+                return Err(ConfigError::Invalid(format!(
+                    "audit_checkpoint_file {} is inside the data directory: put it where the database's backups and writers do not reach",
+                    f.display()
+                )));
+            }
+        }
+        let audit_durability = match env("LATCHKEY_AUDIT_DURABILITY").or(fc.audit_durability) {
+            Some(v) => v.parse().map_err(ConfigError::Invalid)?,
+            None => crate::audit::Durability::default(),
+        };
         Ok(Settings {
+            audit_checkpoint_file,
+            audit_checkpoint_stdout,
+            audit_durability,
             data_dir,
             database_url,
             keys_mounted,

@@ -223,6 +223,12 @@ impl Application {
         };
         // Bounded: a database that does not answer must not hold the shutdown (the row then
         // simply ages out of the live window).
+        // The last checkpoint covers everything this process wrote.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.services.blocking(|v| v.final_checkpoint())).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the final audit checkpoint"),
+            Err(_) => tracing::warn!("writing the final audit checkpoint timed out"),
+        }
         let id = self.replica.id.clone();
         match tokio::time::timeout(std::time::Duration::from_secs(2), self.services.blocking(move |v| v.leave(&id))).await {
             Ok(Ok(())) => {}

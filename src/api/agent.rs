@@ -23,6 +23,7 @@ pub fn routes(cfg: &mut web::ServiceConfig) {
     cfg.service(web::resource("/oauth2/token").route(web::post().to(token)).default_service(not_allowed("POST")))
         .service(web::resource("/v1/connections/{id}/token").route(web::get().to(release)).default_service(not_allowed("GET")))
         .service(web::resource("/.well-known/jwks.json").route(web::get().to(jwks)).default_service(not_allowed("GET")))
+        .service(web::resource("/.well-known/latchkey-audit-key").route(web::get().to(audit_key)).default_service(not_allowed("GET")))
         .service(
             web::resource("/.well-known/oauth-authorization-server").route(web::get().to(metadata)).default_service(not_allowed("GET")),
         );
@@ -202,6 +203,13 @@ fn release_body(r: &Released) -> serde_json::Result<Vec<u8>> {
             })
         }
     }
+}
+
+/// The public key that signs audit checkpoints (a JWK), to check a checkpoint file
+/// without the vault.
+async fn audit_key(state: web::Data<AppState>) -> Result<HttpResponse, ApiError> {
+    let jwk = state.blocking(|v| v.audit_public_jwk()).await?;
+    Ok(HttpResponse::Ok().insert_header((header::CACHE_CONTROL, "public, max-age=300")).json(jwk))
 }
 
 async fn jwks(state: web::Data<AppState>) -> HttpResponse {

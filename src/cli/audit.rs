@@ -15,8 +15,13 @@ pub enum AuditCmd {
         #[arg(long)]
         json: bool,
     },
-    /// Check the hash chain; exit 1 naming the first broken record.
-    Verify,
+    /// Check the keyed hash chain, then every signed checkpoint in the checkpoint file
+    /// (`audit_checkpoint_file`, or `--checkpoints`): exit 1 naming the first problem.
+    Verify {
+        /// A checkpoint file to check instead (for example one a log shipper collected).
+        #[arg(long, value_name = "FILE")]
+        checkpoints: Option<std::path::PathBuf>,
+    },
 }
 
 pub fn exec(settings: &Settings, cmd: AuditCmd) -> CliResult {
@@ -33,15 +38,36 @@ pub fn exec(settings: &Settings, cmd: AuditCmd) -> CliResult {
             }
             Ok(())
         }
-        AuditCmd::Verify => match vault.audit_verify()? {
-            Ok((n, head)) => {
-                println!("ok: {n} audit records, chain intact; head hash {}", crate::crypto::hex(&head));
+        AuditCmd::Verify { checkpoints } => {
+            match vault.audit_verify()? {
+                Ok((n, head)) => println!("ok: {n} audit records, chain intact; head hash {}", crate::crypto::hex(&head)),
+                Err(b) => {
+                    println!("BROKEN at record {}: {}", b.seq, b.reason);
+                    return Err(CliError::failed(format!("the audit chain is broken at record {}", b.seq)));
+                }
+            }
+            let Some(file) = checkpoints.or_else(|| settings.audit_checkpoint_file.clone()) else {
+                println!("no checkpoint file configured: cut-off records cannot be detected (set audit_checkpoint_file)");
+                return Ok(());
+            };
+            if !file.exists() {
+                println!("no checkpoints yet in {}", file.display());
+                return Ok(());
+            }
+            let r = vault.verify_checkpoints(&file)?;
+            if r.problems.is_empty() {
+                let last = r.last.as_ref().map(|c| format!("; the last covers record {}", c.audit_seq)).unwrap_or_default();
+                println!("ok: {} checkpoints in {} verified against the trail{last}", r.lines, file.display());
                 Ok(())
+            } else {
+                for p in &r.problems {
+                    println!("FAILED {p}");
+                }
+                Err(CliError::failed(format!(
+                    "{} checkpoint problem(s): the trail was cut short, replaced or restored from an older backup",
+                    r.problems.len()
+                )))
             }
-            Err(b) => {
-                println!("BROKEN at record {}: {}", b.seq, b.reason);
-                Err(CliError::failed(format!("the audit chain is broken at record {}", b.seq)))
-            }
-        },
+        }
     }
 }

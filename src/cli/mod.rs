@@ -253,7 +253,29 @@ pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
         crate::keys::KeyRing::open(&settings.keys_dir, passphrase_source(settings))
     };
     let keys = keys.map_err(crate::vault::VaultError::from)?;
-    Ok(Vault::open_with_keys(&location(settings)?, keys, Clock::system())?)
+    let vault = Vault::open_with_keys(&location(settings)?, keys, Clock::system())?;
+    // Commands write their checkpoints to the file (never to stdout, which is their output).
+    let sink = crate::store::checkpoint::Sink::new(settings.audit_checkpoint_file.clone(), false, settings.audit_durability);
+    vault.configure_checkpoints(sink, settings.audit_durability)?;
+    Ok(vault)
+}
+
+/// [`open_vault`] for `serve`: checkpoints also go to stdout when configured.
+pub fn open_vault_for_server(settings: &Settings) -> Result<Vault, CliError> {
+    let keys = if settings.keys_mounted {
+        crate::keys::KeyRing::open_mounted(&settings.keys_dir, passphrase_source(settings))
+    } else {
+        crate::keys::KeyRing::open(&settings.keys_dir, passphrase_source(settings))
+    };
+    let keys = keys.map_err(crate::vault::VaultError::from)?;
+    let vault = Vault::open_with_keys(&location(settings)?, keys, Clock::system())?;
+    let sink = crate::store::checkpoint::Sink::new(
+        settings.audit_checkpoint_file.clone(),
+        settings.audit_checkpoint_stdout,
+        settings.audit_durability,
+    );
+    vault.configure_checkpoints(sink, settings.audit_durability)?;
+    Ok(vault)
 }
 
 const NO_PASSPHRASE_WARNING: &str = "WARNING: the master key is stored WITHOUT passphrase protection. Anyone who can read the keys \

@@ -4,7 +4,7 @@ use std::net::TcpListener;
 use std::sync::Arc;
 
 use super::location;
-use super::{open_vault, CliError, CliResult, NO_PASSPHRASE_WARNING};
+use super::{open_vault_for_server, CliError, CliResult, NO_PASSPHRASE_WARNING};
 use crate::config::Settings;
 use crate::time::Clock;
 use crate::vault::{Actor, Vault};
@@ -17,11 +17,19 @@ pub fn exec(settings: &Settings, dev: bool) -> CliResult {
         eprintln!("development vault initialised in {} and {}", location(settings)?, settings.keys_dir.display());
         super::deliver_token(&init.admin_token, None)?;
     }
-    let vault = open_vault(settings)?;
+    let vault = open_vault_for_server(settings)?;
     let active = vault.load_keys()?;
+    if settings.audit_checkpoint_file.is_none() && !settings.audit_checkpoint_stdout {
+        tracing::warn!(
+            "no audit checkpoint sink (audit_checkpoint_file, audit_checkpoint_stdout): records cut off the end of the audit trail and restored old backups go undetected"
+        );
+    }
     // A database changed outside latchkey is refused before anything is served.
     if let Err(e) = vault.check_integrity() {
         return Err(CliError::failed(format!("refusing to start: {e}")));
+    }
+    if let Some(f) = &settings.audit_checkpoint_file {
+        tracing::info!(file = %f.display(), durability = settings.audit_durability.as_str(), "audit checkpoints go to a file");
     }
     let listener = TcpListener::bind(&settings.bind).map_err(|e| CliError::failed(format!("cannot listen on {}: {e}", settings.bind)))?;
     let addr = listener.local_addr()?;

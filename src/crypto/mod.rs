@@ -270,6 +270,41 @@ impl std::fmt::Debug for MacKey {
     }
 }
 
+/// An Ed25519 key that signs audit checkpoints (its seed is a vault key).
+pub struct CheckpointSigner(ed25519_dalek::SigningKey);
+
+impl CheckpointSigner {
+    pub fn from_seed(seed: &[u8; KEY_LEN]) -> Self {
+        CheckpointSigner(ed25519_dalek::SigningKey::from_bytes(seed))
+    }
+
+    pub fn sign(&self, msg: &[u8]) -> [u8; 64] {
+        use ed25519_dalek::Signer;
+        self.0.sign(msg).to_bytes()
+    }
+
+    pub fn public_key(&self) -> [u8; 32] {
+        self.0.verifying_key().to_bytes()
+    }
+
+    /// A short public id of the key: the first 8 bytes of the public key's SHA-256, hex.
+    pub fn kid(&self) -> String {
+        hex(&sha256(&self.public_key())[..8])
+    }
+}
+
+impl std::fmt::Debug for CheckpointSigner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "CheckpointSigner({})", self.kid())
+    }
+}
+
+/// Whether `sig` is `public`'s Ed25519 signature of `msg`.
+pub fn ed25519_verify(public: &[u8; 32], msg: &[u8], sig: &[u8; 64]) -> bool {
+    use ed25519_dalek::Verifier;
+    ed25519_dalek::VerifyingKey::from_bytes(public).is_ok_and(|k| k.verify(msg, &ed25519_dalek::Signature::from_bytes(sig)).is_ok())
+}
+
 /// SHA-256 of `data`.
 pub fn sha256(data: &[u8]) -> [u8; 32] {
     use sha2::Digest;

@@ -4,7 +4,7 @@
 use super::sql::{params, Conn, Row, P};
 
 use super::StoreError;
-use crate::audit::{chain_hash, Event, Outcome, Query, Record, GENESIS};
+use crate::audit::{chain_hash, Event, Outcome, Query, Record, Verifier, GENESIS};
 
 fn record(r: &Row<'_>) -> Result<Record, StoreError> {
     Ok(Record {
@@ -30,6 +30,9 @@ pub fn append(c: &Conn<'_>, event: &Event, ts_ms: i64) -> Result<i64, StoreError
 /// Appends events in order (one chain link each); must run in a write transaction.
 /// Returns their sequence numbers.
 pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event, i64)>) -> Result<Vec<i64>, StoreError> {
+    let key = c.sealer.chain_key(c)?;
+    // The transaction commits with a checkpoint that covers these records.
+    c.sealer.mark_audit();
     let last: Option<(i64, Vec<u8>)> =
         c.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
     let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
@@ -38,7 +41,7 @@ pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event,
     let mut links = Vec::new();
     for (event, ts_ms) in events {
         seq += 1;
-        let hash = chain_hash(seq, ts_ms, &event.actor, event.action, &event.target, event.outcome.as_str(), &event.detail, &prev);
+        let hash = chain_hash(key, seq, ts_ms, &event.actor, event.action, &event.target, event.outcome.as_str(), &event.detail, &prev);
         let link_prev = std::mem::replace(&mut prev, hash.to_vec());
         links.push((seq, ts_ms, event, link_prev, hash));
     }
@@ -116,4 +119,41 @@ pub fn query(c: &Conn<'_>, q: &Query) -> Result<Vec<Record>, StoreError> {
         record,
     )?;
     Ok(rows)
+}
+
+/// The last record's sequence number and hash (0 and the genesis hash when empty).
+pub fn head(c: &Conn<'_>) -> Result<(i64, Vec<u8>), StoreError> {
+    let last = c.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    Ok(last.unwrap_or_else(|| (0, GENESIS.to_vec())))
+}
+
+/// The hash of record `seq`, if it exists.
+pub fn hash_at(c: &Conn<'_>, seq: i64) -> Result<Option<Vec<u8>>, StoreError> {
+    c.query_opt("SELECT hash FROM audit WHERE seq = ?1", params![seq], |r| r.get(0))
+}
+
+/// Chains a trail written with the unkeyed hash of older versions again with the key
+/// (once, when a database is first sealed): the old chain must verify first.
+pub fn rechain(c: &Conn<'_>) -> Result<u64, StoreError> {
+    let key = c.sealer.chain_key(c)?;
+    let mut legacy = Verifier::legacy();
+    let mut prev = GENESIS.to_vec();
+    let mut after = 0;
+    loop {
+        let rows = page(c, after, 1000)?;
+        let Some(last) = rows.last() else { break };
+        after = last.seq;
+        for r in &rows {
+            legacy.check(r).map_err(|b| {
+                StoreError::Corrupt(format!(
+                    "the audit trail is broken at record {} ({}); it cannot be chained with the key: inspect it with the previous latchkey version",
+                    b.seq, b.reason
+                ))
+            })?;
+            let hash = chain_hash(key, r.seq, r.ts_ms, &r.actor, &r.action, &r.target, &r.outcome, &r.detail, &prev);
+            c.execute("UPDATE audit SET prev_hash = ?2, hash = ?3 WHERE seq = ?1", params![r.seq, prev, hash])?;
+            prev = hash.to_vec();
+        }
+    }
+    Ok(legacy.checked)
 }

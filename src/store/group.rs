@@ -117,7 +117,7 @@ impl GroupWriter {
         };
         if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
             let outcome = match st.conn.as_ref() {
-                Some(c) => c.conn(Sealer::none()).batch("COMMIT").map_err(|e| e.to_string()),
+                Some(c) => self.commit(&c.conn(&self.sealer)).map_err(|e| e.to_string()),
                 None => Err(StoreError::Unavailable.to_string()),
             };
             if outcome.is_err() {
@@ -137,6 +137,26 @@ impl GroupWriter {
             Written::Panicked(p) => resume_unwind(p),
             Written::Done(Err(e)) => Err(e),
             Written::Done(Ok(v)) => committed.map(|()| v).map_err(|e| StoreError::Io(format!("commit failed: {e}")).into()),
+        }
+    }
+
+    /// Commits the open transaction: with a checkpoint when it appended audit records,
+    /// which goes to the sink once committed and before anyone in the batch returns.
+    fn commit(&self, c: &Conn<'_>) -> Result<(), StoreError> {
+        let line = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c)?) } else { None };
+        c.batch("COMMIT")?;
+        match (line, self.sealer.sink()) {
+            (Some(line), Some(sink)) => sink.append(&line),
+            _ => Ok(()),
+        }
+    }
+
+    /// Runs `f` on the writer connection between transactions (connection settings).
+    pub fn between_transactions<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let st = self.lock();
+        match (&st.conn, &st.batch) {
+            (Some(c), None) => f(&c.conn(&self.sealer)),
+            _ => Err(StoreError::Busy),
         }
     }
 

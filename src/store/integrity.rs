@@ -23,17 +23,23 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
 
+use zeroize::Zeroizing;
+
 use super::sql::{params, Conn, Row};
 use super::StoreError;
-use crate::crypto::{ct_eq, MacKey};
+use crate::crypto::{ct_eq, CheckpointSigner, MacKey, KEY_LEN};
 
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// The vault key (see `vault_keys`) that seals rows.
 pub const ROW_KEY_PURPOSE: &str = "row_mac";
+/// The vault key of the audit trail's keyed hash chain.
+pub const AUDIT_CHAIN_PURPOSE: &str = "audit_chain";
+/// The vault key that is the seed of the audit checkpoints' Ed25519 key.
+pub const AUDIT_SIGNING_PURPOSE: &str = "audit_signing";
 
-/// Opens the sealed row key (the vault holds the master keys).
-pub type Loader = Box<dyn Fn(&super::rows::SealedSecret) -> Result<MacKey> + Send + Sync>;
+/// Opens a sealed vault key for a purpose (the vault holds the master keys).
+pub type Loader = Box<dyn Fn(&str, &super::rows::SealedSecret) -> Result<Zeroizing<[u8; KEY_LEN]>> + Send + Sync>;
 
 /// A sealed table: its name, the alias its statements use, and the columns its MAC
 /// covers (the first is the row's key).
@@ -165,7 +171,13 @@ pub static TABLES: [&Table; 7] = [&ADMIN_TOKENS, &AGENTS, &ISSUERS, &CONNECTIONS
 /// and the metric).
 pub struct Sealer {
     key: OnceLock<MacKey>,
+    chain: OnceLock<MacKey>,
+    signer: OnceLock<CheckpointSigner>,
     loader: OnceLock<Loader>,
+    /// Where checkpoints go after their transaction commits.
+    sink: OnceLock<super::checkpoint::Sink>,
+    /// Audit records were appended since the last checkpoint.
+    audit_dirty: std::sync::atomic::AtomicBool,
     violations: Mutex<Vec<String>>,
     count: AtomicU64,
 }
@@ -181,7 +193,16 @@ const MAX_PENDING: usize = 64;
 
 impl Sealer {
     const fn empty() -> Self {
-        Sealer { key: OnceLock::new(), loader: OnceLock::new(), violations: Mutex::new(Vec::new()), count: AtomicU64::new(0) }
+        Sealer {
+            key: OnceLock::new(),
+            chain: OnceLock::new(),
+            signer: OnceLock::new(),
+            loader: OnceLock::new(),
+            sink: OnceLock::new(),
+            audit_dirty: std::sync::atomic::AtomicBool::new(false),
+            violations: Mutex::new(Vec::new()),
+            count: AtomicU64::new(0),
+        }
     }
 
     /// A sealer without a key, for connections that never touch sealed rows.
@@ -195,25 +216,67 @@ impl Sealer {
         let _ = self.loader.set(loader);
     }
 
-    /// Installs the key (set up by the caller in the current transaction).
-    pub fn set_key(&self, key: MacKey) {
-        let _ = self.key.set(key);
+    /// Installs the keys (created by the caller in the current transaction).
+    pub fn set_keys(&self, row: MacKey, chain: MacKey, signer: CheckpointSigner) {
+        let _ = self.key.set(row);
+        let _ = self.chain.set(chain);
+        let _ = self.signer.set(signer);
     }
 
-    pub fn key_loaded(&self) -> bool {
-        self.key.get().is_some()
+    /// Where checkpoints are written (once, at start).
+    pub fn set_sink(&self, sink: super::checkpoint::Sink) {
+        let _ = self.sink.set(sink);
+    }
+
+    pub fn sink(&self) -> Option<&super::checkpoint::Sink> {
+        self.sink.get()
+    }
+
+    pub(super) fn mark_audit(&self) {
+        self.audit_dirty.store(true, Ordering::Relaxed);
+    }
+
+    pub(super) fn take_audit_dirty(&self) -> bool {
+        self.audit_dirty.swap(false, Ordering::Relaxed)
+    }
+
+    fn load(&self, c: &Conn<'_>, purpose: &str) -> Result<Zeroizing<[u8; KEY_LEN]>> {
+        let sealed = super::rows::get_vault_key(c, purpose)?
+            .ok_or_else(|| self.violation(format!("the vault key '{purpose}' is missing from the database")))?;
+        let loader = self.loader.get().ok_or_else(|| StoreError::Io(format!("the vault key '{purpose}' cannot be opened here")))?;
+        loader(purpose, &sealed)
     }
 
     fn key(&self, c: &Conn<'_>) -> Result<&MacKey> {
         if let Some(k) = self.key.get() {
             return Ok(k);
         }
-        let sealed = super::rows::get_vault_key(c, ROW_KEY_PURPOSE)?
-            .ok_or_else(|| self.violation("the row integrity key is missing from the database".into()))?;
-        let loader = self.loader.get().ok_or_else(|| StoreError::Io("the row integrity key cannot be opened here".into()))?;
-        let key = loader(&sealed)?;
-        let _ = self.key.set(key);
+        let _ = self.key.set(MacKey::new(self.load(c, ROW_KEY_PURPOSE)?));
         self.key.get().ok_or_else(|| StoreError::Io("the row integrity key cannot be opened here".into()))
+    }
+
+    /// The audit chain's key.
+    pub fn chain_key(&self, c: &Conn<'_>) -> Result<&MacKey> {
+        if let Some(k) = self.chain.get() {
+            return Ok(k);
+        }
+        let _ = self.chain.set(MacKey::new(self.load(c, AUDIT_CHAIN_PURPOSE)?));
+        self.chain.get().ok_or_else(|| StoreError::Io("the audit chain key cannot be opened here".into()))
+    }
+
+    /// The audit chain's key, if loaded.
+    pub fn loaded_chain_key(&self) -> Option<&MacKey> {
+        self.chain.get()
+    }
+
+    /// The audit checkpoints' signing key.
+    pub fn signer(&self, c: &Conn<'_>) -> Result<&CheckpointSigner> {
+        if let Some(k) = self.signer.get() {
+            return Ok(k);
+        }
+        let seed = self.load(c, AUDIT_SIGNING_PURPOSE)?;
+        let _ = self.signer.set(CheckpointSigner::from_seed(&seed));
+        self.signer.get().ok_or_else(|| StoreError::Io("the audit signing key cannot be opened here".into()))
     }
 
     /// Records a violation (logged, counted, kept for the audit trail) and returns its error.

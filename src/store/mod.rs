@@ -10,6 +10,7 @@
 //! one process share a transaction and its commit ([`group`]).
 
 pub mod audit;
+pub mod checkpoint;
 mod group;
 pub mod identity;
 pub mod integrity;
@@ -324,6 +325,36 @@ impl Store {
     /// The row-integrity key slot and its violation record.
     pub fn sealer(&self) -> &integrity::Sealer {
         &self.sealer
+    }
+
+    /// The audit chain's key (loaded on first use).
+    pub fn audit_chain_key(&self) -> Result<&crate::crypto::MacKey, StoreError> {
+        self.read(|c| self.sealer.chain_key(c).map(|_| ()))?;
+        self.sealer.loaded_chain_key().ok_or(StoreError::Unavailable)
+    }
+
+    /// How durable a commit is before the caller returns: `fsync` flushes SQLite's log to
+    /// the disk at every commit (`synchronous = FULL`), `os` leaves it to the operating
+    /// system (`NORMAL`: a crash of latchkey loses nothing, a power loss may lose the last
+    /// commits). PostgreSQL commits are flushed by the server either way
+    /// (`synchronous_commit` is never `off` on latchkey's connections).
+    pub fn set_durability(&self, d: checkpoint::Durability) -> Result<(), StoreError> {
+        if self.is_remote() {
+            return Ok(());
+        }
+        let pragma = match d {
+            checkpoint::Durability::Os => "PRAGMA synchronous = NORMAL",
+            checkpoint::Durability::Fsync => "PRAGMA synchronous = FULL",
+        };
+        self.writer.between_transactions(|c| c.batch(pragma))
+    }
+
+    /// Commits a checkpoint of the current audit head now (at shutdown).
+    pub fn checkpoint_now(&self) -> Result<(), StoreError> {
+        self.write(|_| {
+            self.sealer.mark_audit();
+            Ok(())
+        })
     }
 
     /// Cheap liveness check for `/readyz`.

@@ -157,7 +157,19 @@ impl PgConfig {
             }
         };
         let client = client.map_err(|e| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e))))?;
-        Ok(PgConn::new(client))
+        let pg = PgConn::new(client);
+        // An audit record is committed before a secret leaves: never on a connection
+        // where a commit may be acknowledged before the server has flushed it (`off` can
+        // lose commits on a crash of the database server, not only on a power loss).
+        pg.batch(
+            "DO $$ BEGIN IF current_setting('synchronous_commit') = 'off' THEN PERFORM set_config('synchronous_commit', 'on', false); END IF; END $$",
+        )?;
+        // A process that stops inside a transaction (SIGSTOP, a hung host) must not hold the
+        // write lock of every replica forever: the server ends such a session after 10 s.
+        // And a write waits for the lock at most 10 s (as SQLite's busy timeout), then
+        // answers 503 rather than queueing without end.
+        pg.batch("SET idle_in_transaction_session_timeout = '10s'; SET lock_timeout = '10s'")?;
+        Ok(pg)
     }
 
     fn client_tls(&self) -> Result<rustls::ClientConfig, StoreError> {

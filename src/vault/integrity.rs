@@ -10,7 +10,8 @@ use serde_json::json;
 
 use super::{Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
-use crate::crypto::MacKey;
+use crate::crypto::{CheckpointSigner, MacKey};
+use crate::store::checkpoint;
 use crate::store::integrity::{self as sealing, Report};
 use crate::store::sql::Conn;
 
@@ -50,8 +51,12 @@ impl Vault {
             (true, false) => return Err(missing("row integrity key")),
             (false, true) => return Err(missing("integrity state")),
         }
-        let key = self.create_vault_key(tx, ROW_KEY)?;
-        self.store.sealer().set_key(MacKey::new(key));
+        let row = self.create_vault_key(tx, ROW_KEY)?;
+        let chain = self.create_vault_key(tx, sealing::AUDIT_CHAIN_PURPOSE)?;
+        let signing = self.create_vault_key(tx, sealing::AUDIT_SIGNING_PURPOSE)?;
+        self.store.sealer().set_keys(MacKey::new(row), MacKey::new(chain), CheckpointSigner::from_seed(&signing));
+        // The audit trail so far was chained with a plain hash: chained again with the key.
+        crate::store::audit::rechain(tx)?;
         let n = sealing::seal_existing(tx)?;
         if n > 0 {
             self.audit(tx, Event::new("system", "integrity.sealed", "vault", Outcome::Ok, json!({"rows": n})))?;
@@ -67,7 +72,11 @@ impl Vault {
     /// A full check; on failure the vault fails closed (releases refused, not ready)
     /// until restarted on a database that passes.
     pub fn check_integrity(&self) -> Result<()> {
-        let report = self.verify_integrity()?;
+        let mut report = self.verify_integrity()?;
+        if let Some(why) = self.behind_sink()? {
+            self.store.sealer().violation(why.clone());
+            report.failures.push(why);
+        }
         self.record_violations();
         match report.failures.first() {
             None => Ok(()),
@@ -112,5 +121,94 @@ impl Vault {
                 Err(self.store.sealer().violation(format!("the configuration generation went back from {seen} to {generation}")).into())
             }
         }
+    }
+}
+
+/// The checkpoint key as a JWK.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct AuditKeyJwk {
+    pub kty: &'static str,
+    pub crv: &'static str,
+    pub x: String,
+    pub kid: String,
+    pub r#use: &'static str,
+    pub alg: &'static str,
+}
+
+/// What `audit verify` found in a checkpoint file.
+#[derive(Debug, Default)]
+pub struct CheckpointReport {
+    pub lines: u64,
+    /// The last valid checkpoint.
+    pub last: Option<crate::store::checkpoint::Checkpoint>,
+    pub problems: Vec<String>,
+}
+
+impl Vault {
+    /// Sends checkpoints to `sink` from now on, durable as `durability` says (which also
+    /// sets how SQLite commits).
+    pub fn configure_checkpoints(&self, sink: checkpoint::Sink, durability: checkpoint::Durability) -> Result<()> {
+        self.store.set_durability(durability)?;
+        self.store.sealer().set_sink(sink);
+        Ok(())
+    }
+
+    /// Writes a checkpoint of everything committed so far (graceful shutdown).
+    pub fn final_checkpoint(&self) -> Result<()> {
+        Ok(self.store.checkpoint_now()?)
+    }
+
+    /// The audit checkpoints' public key as a JWK (published like the agent JWKS).
+    pub fn audit_public_jwk(&self) -> Result<AuditKeyJwk> {
+        let (public, kid) = self.store.read(checkpoint::public_key)?;
+        Ok(AuditKeyJwk { kty: "OKP", crv: "Ed25519", x: crate::crypto::b64url(&public), kid, r#use: "sig", alg: "EdDSA" })
+    }
+
+    /// Why the database is behind the sink's last checkpoint, if it is.
+    pub(super) fn behind_sink(&self) -> Result<Option<String>> {
+        let Some(sink) = self.store.sealer().sink() else { return Ok(None) };
+        let Some(line) = sink.last()? else { return Ok(None) };
+        let where_ = sink.path().map(|p| p.display().to_string()).unwrap_or_default();
+        let (public, kid) = self.store.read(checkpoint::public_key)?;
+        match checkpoint::parse_line(&line, &public, &kid) {
+            Ok(cp) => {
+                Ok(self.store.read(|c| checkpoint::behind(c, &cp))?.map(|why| format!("behind the audit checkpoints in {where_}: {why}")))
+            }
+            Err(e) => Ok(Some(format!("the last checkpoint in {where_} is not this vault's: {e}"))),
+        }
+    }
+
+    /// Checks every checkpoint in `path` (signature, chain, and that the audit trail still
+    /// holds what it covers).
+    pub fn verify_checkpoints(&self, path: &std::path::Path) -> Result<CheckpointReport> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| VaultError::Integrity(format!("cannot read the checkpoint file {}: {e}", path.display())))?;
+        let (public, kid) = self.store.read(checkpoint::public_key)?;
+        let mut report = CheckpointReport::default();
+        let mut prev: Option<(checkpoint::Checkpoint, &str)> = None;
+        for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
+            report.lines += 1;
+            let at = i + 1;
+            let cp = match checkpoint::parse_line(line, &public, &kid) {
+                Ok(cp) => cp,
+                Err(e) => {
+                    report.problems.push(format!("line {at}: {e}"));
+                    continue;
+                }
+            };
+            if let Some((p, p_line)) = &prev {
+                if cp.n <= p.n || cp.audit_seq < p.audit_seq {
+                    report.problems.push(format!("line {at}: checkpoint {} does not follow checkpoint {}", cp.n, p.n));
+                } else if cp.n == p.n + 1 && cp.prev != crate::crypto::hex(&crate::crypto::sha256(p_line.as_bytes())) {
+                    report.problems.push(format!("line {at}: checkpoint {} is not chained to checkpoint {}", cp.n, p.n));
+                }
+            }
+            if let Some(why) = self.store.read(|c| checkpoint::behind(c, &cp))? {
+                report.problems.push(format!("line {at}: {why}"));
+            }
+            prev = Some((cp.clone(), line));
+            report.last = Some(cp);
+        }
+        Ok(report)
     }
 }

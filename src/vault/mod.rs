@@ -41,7 +41,7 @@ pub use connect_sessions::{
 };
 pub use connections::ConnectionView;
 pub use credentials::{CredentialView, OpenedCredential};
-pub use integrity::INTEGRITY_CHECK_INTERVAL;
+pub use integrity::{CheckpointReport, INTEGRITY_CHECK_INTERVAL};
 pub use keys::{
     KeyStatus, KeyVersionStatus, RotateProgress, RotateReport, RotationStatus, VerifyReport, DEFAULT_BATCH as DEFAULT_ROTATE_BATCH,
     ROTATE_GRACE,
@@ -216,10 +216,9 @@ impl Vault {
     fn assemble(store: Store, keys: KeyRing, clock: Clock) -> Vault {
         let keys = Arc::new(keys);
         let ring = keys.clone();
-        store.sealer().set_loader(Box::new(move |sealed| {
-            vault_keys::open_sealed(&ring, integrity::ROW_KEY, sealed)
-                .map(crate::crypto::MacKey::new)
-                .map_err(|e| StoreError::Io(format!("cannot open the row integrity key: {e}")))
+        store.sealer().set_loader(Box::new(move |purpose, sealed| {
+            vault_keys::open_sealed(&ring, purpose, sealed)
+                .map_err(|e| StoreError::Io(format!("cannot open the vault key '{purpose}': {e}")))
         }));
         Vault {
             store: Arc::new(store),
@@ -305,7 +304,8 @@ impl Vault {
 
     /// Walks the whole audit chain. `Ok((records, head hash))`, or the first break.
     pub fn audit_verify(&self) -> Result<std::result::Result<(u64, Vec<u8>), audit::Break>> {
-        let mut v = audit::Verifier::default();
+        let key = self.store.audit_chain_key()?;
+        let mut v = audit::Verifier::new(key);
         let mut after = 0;
         loop {
             let page = self.store.read(|c| store::audit::page(c, after, 5_000))?;

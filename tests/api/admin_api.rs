@@ -265,7 +265,7 @@ async fn oauth_connection_client_secret_is_write_only() {
     assert_eq!(v["oauth2"]["token_endpoint_auth_method"], "client_secret_post");
     assert_eq!(app.vault.client_secret(&id).unwrap().unwrap().expose(), "cs-second");
     let status = app.vault.key_status().unwrap();
-    assert_eq!(status.versions[0].deks, 3, "the old client-secret data key is deleted (the others: token-signing key, row key)");
+    assert_eq!(status.versions[0].deks, 5, "the old client-secret data key is deleted (the others: token-signing, row, audit keys)");
 }
 
 #[tokio::test]
@@ -336,7 +336,7 @@ async fn credentials_round_trip_metadata_only() {
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<Value>().await.unwrap()["credentials_deleted"], 1);
     let status = app.vault.key_status().unwrap();
-    assert_eq!(status.versions[0].deks, 3, "only the mail credential's data key remains (besides the token-signing and row keys)");
+    assert_eq!(status.versions[0].deks, 5, "only the mail credential's data key remains (besides the token-signing, row and audit keys)");
 
     // Every change was audited, with the admin token as actor and no secret.
     let audit = app.vault.audit_tail(100).unwrap();

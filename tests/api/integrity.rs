@@ -3,10 +3,14 @@
 //! digest per table catches rows put back or deleted, and the configuration generation
 //! never goes back. Run on both backends (see `pg_suite`).
 
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
 use reqwest::Method;
 use serde_json::{json, Value};
 
-use crate::helpers::{stdout, TestApp, TestSql};
+use crate::helpers::{stderr, stdout, Dirs, TestApp, TestSql};
 use latchkey::vault::Actor;
 
 fn hex(b: &[u8]) -> String {
@@ -195,25 +199,261 @@ async fn a_lowered_configuration_generation_is_a_violation() {
 
 #[test]
 fn a_database_from_before_row_integrity_is_sealed_once_on_first_open() {
-    let dirs = crate::helpers::Dirs::new();
+    let dirs = Dirs::new();
     assert!(dirs.run(&["init", "--no-passphrase"]).status.success());
     assert!(dirs.run(&["admin-token", "create"]).status.success());
     let db = dirs.sql();
-    // What an older version left: no MACs, no state, no row key.
+    // What an older version left: no MACs, no state, no row or audit keys, no checkpoint,
+    // and an audit trail chained with the plain hash.
     db.exec("DELETE FROM integrity_state");
-    let dek = db.int("SELECT dek_id FROM vault_keys WHERE purpose = 'row_mac'").unwrap();
-    db.exec("DELETE FROM vault_keys WHERE purpose = 'row_mac'");
-    db.exec(&format!("DELETE FROM deks WHERE id = {dek}"));
+    db.exec("DELETE FROM audit_checkpoints");
+    for purpose in ["row_mac", "audit_chain", "audit_signing"] {
+        let dek = db.int(&format!("SELECT dek_id FROM vault_keys WHERE purpose = '{purpose}'")).unwrap();
+        db.exec(&format!("DELETE FROM vault_keys WHERE purpose = '{purpose}'"));
+        db.exec(&format!("DELETE FROM deks WHERE id = {dek}"));
+    }
     for t in ["admin_tokens", "agents", "issuers", "connections", "credentials", "signing_keys", "connect_sessions"] {
         db.exec(&format!("UPDATE {t} SET mac = NULL, row_version = 0"));
+    }
+    let mut prev = [0u8; 32].to_vec();
+    assert_eq!(db.int("SELECT count(*) FROM audit"), Some(3), "init, its token and the second token");
+    for seq in 1..=3 {
+        let ts = db.int(&format!("SELECT ts_ms FROM audit WHERE seq = {seq}")).unwrap();
+        let s = |k: &str| db.text(&format!("SELECT {k} FROM audit WHERE seq = {seq}"));
+        let h = latchkey::audit::legacy_chain_hash(seq, ts, &s("actor"), &s("action"), &s("target"), &s("outcome"), &s("detail"), &prev);
+        db.exec(&format!(
+            "UPDATE audit SET prev_hash = {}, hash = {} WHERE seq = {seq}",
+            bytes_lit(&db, &hex(&prev)),
+            bytes_lit(&db, &hex(&h))
+        ));
+        prev = h.to_vec();
     }
     let out = dirs.run(&["keys", "verify"]);
     assert!(out.status.success(), "{}", stdout(&out));
     assert!(stdout(&out).contains("2 sealed rows and their digest intact"), "{}", stdout(&out));
     assert_eq!(db.int("SELECT count(*) FROM admin_tokens WHERE mac IS NULL"), Some(0));
+    let out = dirs.run(&["audit", "verify"]);
+    assert!(out.status.success(), "the trail is chained again with the key: {}", stdout(&out));
+    assert!(stdout(&out).contains("ok: 5 audit records"), "plus integrity.sealed and keys.verify: {}", stdout(&out));
     // Half of the setup removed is refused, not repaired.
     db.exec("DELETE FROM integrity_state");
     let out = dirs.run(&["admin-token", "list"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(crate::helpers::stderr(&out).contains("integrity state is missing"), "{}", crate::helpers::stderr(&out));
+    assert!(stderr(&out).contains("integrity state is missing"), "{}", stderr(&out));
+}
+
+/// The test vault's checkpoint file (outside its data directory).
+fn checkpoint_file(dirs: &Dirs) -> PathBuf {
+    dirs.root.path().join("checkpoints.jsonl")
+}
+
+fn with_sink(dirs: &Dirs, args: &[&str]) -> Command {
+    let mut c = dirs.cmd(args);
+    c.env("LATCHKEY_AUDIT_CHECKPOINT_FILE", checkpoint_file(dirs));
+    c
+}
+
+fn ok(mut c: Command) -> String {
+    let out = c.output().unwrap();
+    assert!(out.status.success(), "{} {}", stdout(&out), stderr(&out));
+    stdout(&out)
+}
+
+/// Runs `serve`, which must refuse to start: returns its stderr.
+fn serve_refuses(mut c: Command) -> String {
+    let mut child = c.env("LATCHKEY_BIND", "127.0.0.1:0").stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+            assert_eq!(status.code(), Some(1), "{err}");
+            return err;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("serve started on a database behind its checkpoints");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn cutting_the_newest_audit_records_off_is_detected() {
+    let dirs = Dirs::new();
+    ok(with_sink(&dirs, &["init", "--no-passphrase"]));
+    for _ in 0..3 {
+        ok(with_sink(&dirs, &["admin-token", "create"]));
+    }
+    let out = ok(with_sink(&dirs, &["audit", "verify"]));
+    assert!(out.contains("3 checkpoints in") && out.contains("verified against the trail"), "{out}");
+    let db = dirs.sql();
+    let head = db.int("SELECT max(seq) FROM audit").unwrap();
+    // The attack: the newest records go. The keyed chain that is left is intact...
+    db.exec(&format!("DELETE FROM audit WHERE seq >= {}", head - 1));
+    let out = with_sink(&dirs, &["audit", "verify"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&format!("ok: {} audit records, chain intact", head - 2)), "{}", stdout(&out));
+    // ... but the checkpoints outside the database cover them.
+    assert!(stdout(&out).contains(&format!("the audit trail ends at record {} but checkpoint", head - 2)), "{}", stdout(&out));
+    let err = serve_refuses(with_sink(&dirs, &["serve"]));
+    assert!(err.contains("refusing to start: behind the audit checkpoints"), "{err}");
+    // Without the file, nothing can tell: say so rather than pass silently.
+    let out = ok(dirs.cmd(&["audit", "verify"]));
+    assert!(out.contains("no checkpoint file configured"), "{out}");
+}
+
+#[test]
+fn a_restored_old_database_is_refused() {
+    let dirs = Dirs::new();
+    ok(with_sink(&dirs, &["init", "--no-passphrase"]));
+    ok(with_sink(&dirs, &["admin-token", "create"]));
+    // A backup, taken while nothing runs.
+    let files = ["latchkey.db", "latchkey.db-wal", "latchkey.db-shm"];
+    let saved = dirs.root.path().join("backup");
+    let pg_backup = dirs.pg.as_ref().map(|pg| pg.copy());
+    if pg_backup.is_none() {
+        std::fs::create_dir(&saved).unwrap();
+        for f in files.iter().filter(|f| dirs.data().join(f).exists()) {
+            std::fs::copy(dirs.data().join(f), saved.join(f)).unwrap();
+        }
+    }
+    // Life goes on: a token is revoked, another created.
+    let list: Value = serde_json::from_str(&ok(with_sink(&dirs, &["admin-token", "list"]))).unwrap();
+    ok(with_sink(&dirs, &["admin-token", "revoke", list[1]["id"].as_str().unwrap()]));
+    ok(with_sink(&dirs, &["admin-token", "create"]));
+    // The restore.
+    let mut serve = with_sink(&dirs, &["serve"]);
+    let mut verify = with_sink(&dirs, &["audit", "verify"]);
+    match &pg_backup {
+        Some(old) => {
+            serve.env("LATCHKEY_DATABASE_URL", &old.url);
+            verify.env("LATCHKEY_DATABASE_URL", &old.url);
+        }
+        None => {
+            for f in files {
+                let _ = std::fs::remove_file(dirs.data().join(f));
+                if saved.join(f).exists() {
+                    std::fs::copy(saved.join(f), dirs.data().join(f)).unwrap();
+                }
+            }
+        }
+    }
+    let err = serve_refuses(serve);
+    assert!(err.contains("refusing to start: behind the audit checkpoints"), "{err}");
+    let out = verify.output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+}
+
+#[tokio::test]
+async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_short() {
+    let app = TestApp::spawn().await;
+    let file = app._dirs.root.path().join("checkpoints.jsonl");
+    let sink = latchkey::store::checkpoint::Sink::new(Some(file.clone()), false, latchkey::store::checkpoint::Durability::Os);
+    app.vault.configure_checkpoints(sink, latchkey::store::checkpoint::Durability::Os).unwrap();
+    let token = mail_setup(&app).await;
+    let db = app.sql();
+    // Every release returned after its record's checkpoint was written.
+    let last = std::fs::read_to_string(&file).unwrap().lines().last().unwrap().to_owned();
+    let head = db.int("SELECT max(seq) FROM audit").unwrap();
+    // Signed with the published key, and covering the newest record.
+    let jwk: Value = app.get("/.well-known/latchkey-audit-key").await.json().await.unwrap();
+    let public: [u8; 32] = latchkey::crypto::b64url_decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let cp = latchkey::store::checkpoint::parse_line(&last, &public, jwk["kid"].as_str().unwrap()).unwrap();
+    assert_eq!(cp.audit_seq, head);
+    let other = [7u8; 32];
+    assert!(latchkey::store::checkpoint::parse_line(&last, &other, jwk["kid"].as_str().unwrap()).is_err());
+    let forged = last.replace(&format!("\"audit_seq\":{head}"), &format!("\"audit_seq\":{}", head + 1));
+    assert_ne!(forged, last);
+    assert!(latchkey::store::checkpoint::parse_line(&forged, &public, jwk["kid"].as_str().unwrap()).is_err(), "edits break the signature");
+
+    db.exec(&format!("DELETE FROM audit WHERE seq = {head}"));
+    let e = app.vault.check_integrity().unwrap_err().to_string();
+    assert!(e.contains("behind the audit checkpoints"), "{e}");
+    assert_eq!(app.http.get(app.url("/readyz")).send().await.unwrap().status(), 503);
+    assert_internal_error(&release(&app, &token).await);
+}
+
+/// Releases under load, the server SIGKILLed mid-stream: every release a client received
+/// has its record in the audit trail afterwards, in both durability modes, and the server
+/// starts again (the database is not behind its checkpoints).
+#[tokio::test]
+async fn sigkill_under_load_loses_no_audit_record_of_a_release_in_either_durability_mode() {
+    use crate::helpers::ServerProcess;
+    for mode in ["os", "fsync"] {
+        let dirs = Dirs::new();
+        let tok = dirs.root.path().join("admin");
+        ok(with_sink(&dirs, &["init", "--no-passphrase", "--admin-token-file", tok.to_str().unwrap()]));
+        let admin = std::fs::read_to_string(&tok).unwrap().trim().to_owned();
+        let file = checkpoint_file(&dirs);
+        let env = [("LATCHKEY_AUDIT_DURABILITY", mode), ("LATCHKEY_AUDIT_CHECKPOINT_FILE", file.to_str().unwrap())];
+        let mut server = ServerProcess::start(&dirs, &env);
+        let (base, http) = (server.addr.clone(), reqwest::Client::new());
+        let conn = json!({"id": "mail", "kind": "api_key", "api_key": {"header": "X-API-Key"}});
+        assert_eq!(http.post(format!("{base}/v1/admin/connections")).bearer_auth(&admin).json(&conn).send().await.unwrap().status(), 201);
+        let cred = http.put(format!("{base}/v1/admin/connections/mail/credentials/user:alice")).bearer_auth(&admin);
+        assert_eq!(cred.json(&json!({"api_key": "k-1"})).send().await.unwrap().status(), 200);
+        let agent = json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "mail", "owners": "any"}]}});
+        let r = http.post(format!("{base}/v1/admin/agents")).bearer_auth(&admin).json(&agent).send().await.unwrap();
+        let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
+        let t: Value = http
+            .post(format!("{base}/oauth2/token"))
+            .basic_auth("svc", Some(&secret))
+            .form(&[("grant_type", "client_credentials")])
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        let token = t["access_token"].as_str().unwrap().to_owned();
+
+        // Eight clients release as fast as they can; each keeps the request ids of the
+        // releases it received (a 200 with the key).
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let mut clients = tokio::task::JoinSet::new();
+        for _ in 0..8 {
+            let (http, url, token, stop) =
+                (http.clone(), format!("{base}/v1/connections/mail/token?user_id=alice"), token.clone(), stop.clone());
+            clients.spawn(async move {
+                let mut received = Vec::new();
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(r) = http.get(&url).bearer_auth(&token).send().await else { break };
+                    let id = r.headers().get("x-request-id").and_then(|v| v.to_str().ok()).map(str::to_owned);
+                    if r.status() == 200 && r.text().await.is_ok_and(|b| b.contains("k-1")) {
+                        received.extend(id);
+                    }
+                }
+                received
+            });
+        }
+        // Load until a few hundred releases went out, then SIGKILL mid-stream.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while dirs.sql().int("SELECT count(*) FROM audit WHERE action = 'token.release'").unwrap_or(0) < 300 {
+            assert!(Instant::now() < deadline, "{mode}: releases did not flow");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        server.child.kill().unwrap();
+        let _ = server.child.wait();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        let mut received = Vec::new();
+        while let Some(r) = clients.join_next().await {
+            received.extend(r.unwrap());
+        }
+        assert!(received.len() >= 300, "{mode}: {} releases received", received.len());
+
+        let trail = ok(with_sink(&dirs, &["audit", "tail", "-n", "1000000", "--json"]));
+        let audited: std::collections::HashSet<String> = trail
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .filter(|r| r["action"] == "token.release" && r["outcome"] == "ok")
+            .filter_map(|r| r["detail"]["request_id"].as_str().map(str::to_owned))
+            .collect();
+        let missing: Vec<_> = received.iter().filter(|id| !audited.contains(*id)).collect();
+        assert!(missing.is_empty(), "{mode}: {} of {} received releases have no audit record", missing.len(), received.len());
+        let out = ok(with_sink(&dirs, &["audit", "verify"]));
+        assert!(out.contains("verified against the trail"), "{mode}: {out}");
+        let mut again = ServerProcess::start(&dirs, &env);
+        assert!(again.terminate().success(), "{mode}: the server starts again after the kill");
+    }
 }

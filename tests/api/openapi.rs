@@ -517,7 +517,7 @@ fn every_route_is_documented_and_every_documented_operation_routed() {
     let doc = doc();
     let documented: BTreeSet<(String, String)> = operations(&doc).into_iter().map(|(m, p, _)| (m, p)).collect();
     let routed = routes_in_source();
-    assert_eq!(routed.len(), 34, "{routed:?}");
+    assert_eq!(routed.len(), 35, "{routed:?}");
     let undocumented: Vec<_> = routed.difference(&documented).collect();
     let unrouted: Vec<_> = documented.difference(&routed).collect();
     assert!(
@@ -1483,7 +1483,15 @@ async fn real_responses_match_the_document() {
     let x = |n: usize| "x".repeat(n);
 
     // Operations.
-    for p in ["/healthz", "/readyz", "/openapi.json", "/.well-known/jwks.json", "/.well-known/oauth-authorization-server", "/metrics"] {
+    for p in [
+        "/healthz",
+        "/readyz",
+        "/openapi.json",
+        "/.well-known/jwks.json",
+        "/.well-known/latchkey-audit-key",
+        "/.well-known/oauth-authorization-server",
+        "/metrics",
+    ] {
         let (status, _) = v.check("GET", p, get(p).await.unwrap()).await;
         assert_eq!(status, 200, "{p}");
     }

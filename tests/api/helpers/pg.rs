@@ -107,6 +107,22 @@ pub fn fresh_database() -> PgDb {
 }
 
 impl PgDb {
+    /// A copy of this database as it is now (a backup to restore later); nobody may be
+    /// connected to it meanwhile.
+    pub fn copy(&self) -> PgDb {
+        let name = format!("{}_copy", self.name);
+        let server = server();
+        let url = database_url(&server.admin_url, &name);
+        off_runtime(|| {
+            let mut admin =
+                connect(&server.admin_url, CONNECT_TIMEOUT).unwrap_or_else(|e| panic!("connecting to the test PostgreSQL server: {e}"));
+            admin
+                .batch_execute(&format!("CREATE DATABASE {} TEMPLATE {}", quote_ident(&name), quote_ident(&self.name)))
+                .unwrap_or_else(|e| panic!("copying test database {}: {e}", self.name));
+        });
+        PgDb { url, name }
+    }
+
     /// A new connection to this database (for tests that inspect or tamper with rows).
     /// Use it from a thread that is not inside a Tokio runtime.
     pub fn client(&self) -> Client {

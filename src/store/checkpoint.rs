@@ -1,0 +1,224 @@
+//! Signed audit checkpoints, and the sink outside the database they go to.
+//!
+//! Every write transaction that appended audit records commits with a checkpoint: the
+//! audit head (sequence and keyed hash), the configuration generation and the integrity
+//! state's sequence, chained to the previous checkpoint by its hash and signed with the
+//! Ed25519 `audit_signing` key. The newest checkpoint is kept in the database (for the
+//! chain); each one is written to the sink after its transaction commits and before any
+//! caller of that transaction returns. A database found behind the sink's last
+//! checkpoint — records cut off, or an old backup restored — is refused.
+//!
+//! A line is the checkpoint's JSON with its signature appended as the last member:
+//! `{…,"sig":"<base64url>"}`; the signature covers the JSON without that member.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use serde::Deserialize;
+
+use super::sql::{params, Conn};
+use super::StoreError;
+pub use crate::audit::Durability;
+use crate::crypto::{b64url, b64url_decode, ed25519_verify, hex, sha256};
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// Where checkpoints go: an append-only JSON-lines file and/or standard output.
+pub struct Sink {
+    file: Option<(PathBuf, Mutex<Option<std::fs::File>>)>,
+    stdout: bool,
+    durability: Durability,
+}
+
+impl Sink {
+    pub fn new(file: Option<PathBuf>, stdout: bool, durability: Durability) -> Sink {
+        Sink { file: file.map(|p| (p, Mutex::new(None))), stdout, durability }
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.file.as_ref().map(|(p, _)| p.as_path())
+    }
+
+    /// Appends one line (and flushes it per the durability mode).
+    pub fn append(&self, line: &str) -> Result<()> {
+        if let Some((path, file)) = &self.file {
+            let mut guard = file.lock().unwrap_or_else(|p| p.into_inner());
+            if guard.is_none() {
+                *guard = Some(open_append(path)?);
+            }
+            let io = |e: std::io::Error| StoreError::Io(format!("cannot write the audit checkpoint file {}: {e}", path.display()));
+            if let Some(f) = guard.as_mut() {
+                let mut buf = Vec::with_capacity(line.len() + 1);
+                buf.extend_from_slice(line.as_bytes());
+                buf.push(b'\n');
+                let written = f.write_all(&buf).and_then(|()| if self.durability == Durability::Fsync { f.sync_data() } else { Ok(()) });
+                if let Err(e) = written {
+                    // Reopened next time (the file may have been rotated or the disk freed).
+                    *guard = None;
+                    return Err(io(e));
+                }
+            }
+        }
+        if self.stdout {
+            let mut out = std::io::stdout().lock();
+            writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(|e| StoreError::Io(format!("cannot write a checkpoint to stdout: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// The last checkpoint in the file, if the sink has a file and it holds one.
+    pub fn last(&self) -> Result<Option<String>> {
+        match self.path() {
+            Some(p) => last_line(p),
+            None => Ok(None),
+        }
+    }
+}
+
+fn open_append(path: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(|e| StoreError::Io(format!("cannot open the audit checkpoint file {}: {e}", path.display())))
+}
+
+/// The last non-empty line of a file (read from its end); `None` if it does not exist.
+pub fn last_line(path: &Path) -> Result<Option<String>> {
+    use std::io::{Read, Seek, SeekFrom};
+    let io = |e: std::io::Error| StoreError::Io(format!("cannot read the audit checkpoint file {}: {e}", path.display()));
+    let mut f = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(io(e)),
+    };
+    let len = f.metadata().map_err(io)?.len();
+    let start = len.saturating_sub(64 * 1024);
+    f.seek(SeekFrom::Start(start)).map_err(io)?;
+    let mut tail = Vec::new();
+    f.read_to_end(&mut tail).map_err(io)?;
+    let text = String::from_utf8_lossy(&tail);
+    Ok(text.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+}
+
+/// What a checkpoint says.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+pub struct Checkpoint {
+    /// Checkpoint number (one chain across every replica).
+    pub n: i64,
+    pub audit_seq: i64,
+    /// Hex of the audit record's keyed hash at `audit_seq`.
+    pub audit_hash: String,
+    pub config_generation: i64,
+    pub integrity_seq: i64,
+    /// Hex SHA-256 of the previous checkpoint's line (zeros for the first).
+    pub prev: String,
+    /// Unix milliseconds of the newest record covered.
+    pub ts_ms: i64,
+    /// Which audit key signed it.
+    pub kid: String,
+}
+
+/// Why a checkpoint line is not accepted.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not a checkpoint line")]
+    Malformed,
+    #[error("signed by another key ({0})")]
+    OtherKey(String),
+    #[error("its signature does not verify")]
+    Signature,
+}
+
+/// Verifies a line with `public` and returns what it says.
+pub fn parse_line(line: &str, public: &[u8; 32], kid: &str) -> std::result::Result<Checkpoint, LineError> {
+    let line = line.trim_end();
+    let cut = line.rfind(",\"sig\":\"").ok_or(LineError::Malformed)?;
+    let sig = line[cut + 8..].strip_suffix("\"}").ok_or(LineError::Malformed)?;
+    let body = format!("{}}}", &line[..cut]);
+    let cp: Checkpoint = serde_json::from_str(&body).map_err(|_| LineError::Malformed)?;
+    if cp.kid != kid {
+        return Err(LineError::OtherKey(cp.kid));
+    }
+    let sig: [u8; 64] = b64url_decode(sig).and_then(|s| s.try_into().ok()).ok_or(LineError::Malformed)?;
+    if !ed25519_verify(public, body.as_bytes(), &sig) {
+        return Err(LineError::Signature);
+    }
+    Ok(cp)
+}
+
+/// Writes the checkpoint of the current state in the caller's write transaction and
+/// returns its line (for the sink, once committed).
+pub fn write(c: &Conn<'_>) -> Result<String> {
+    let signer = c.sealer.signer(c)?;
+    let (audit_seq, audit_hash) = super::audit::head(c)?;
+    let ts_ms: i64 = c.query_opt("SELECT ts_ms FROM audit WHERE seq = ?1", params![audit_seq], |r| r.get(0))?.unwrap_or(0);
+    let head = super::integrity::head(c)?;
+    let generation = super::rows::config_generation(c)?;
+    let prev: Option<(i64, String)> =
+        c.query_opt("SELECT seq, body FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let (n, prev_hash) = match &prev {
+        Some((n, line)) => (n + 1, hex(&sha256(line.as_bytes()))),
+        None => (1, hex(&[0u8; 32])),
+    };
+    let body = serde_json::json!({
+        "latchkey_checkpoint": 1,
+        "n": n,
+        "audit_seq": audit_seq,
+        "audit_hash": hex(&audit_hash),
+        "config_generation": generation,
+        "integrity_seq": head.seq,
+        "prev": prev_hash,
+        "ts_ms": ts_ms,
+        "kid": signer.kid(),
+    })
+    .to_string();
+    let sig = signer.sign(body.as_bytes());
+    let line = format!("{},\"sig\":\"{}\"}}", &body[..body.len() - 1], b64url(&sig));
+    c.execute("INSERT INTO audit_checkpoints (seq, audit_seq, body) VALUES (?1, ?2, ?3)", params![n, audit_seq, line])?;
+    // Only the newest is needed in the database (for the chain); the sink keeps them all.
+    c.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", params![n])?;
+    Ok(line)
+}
+
+/// The checkpoint key's public half and id (published, like the agent JWKS).
+pub fn public_key(c: &Conn<'_>) -> Result<([u8; 32], String)> {
+    let signer = c.sealer.signer(c)?;
+    Ok((signer.public_key(), signer.kid()))
+}
+
+/// Why the database does not reach a checkpoint.
+pub fn behind(c: &Conn<'_>, cp: &Checkpoint) -> Result<Option<String>> {
+    let (head_seq, _) = super::audit::head(c)?;
+    if head_seq < cp.audit_seq {
+        return Ok(Some(format!(
+            "the audit trail ends at record {head_seq} but checkpoint {} covers record {}: records were deleted or an older backup was restored",
+            cp.n, cp.audit_seq
+        )));
+    }
+    match super::audit::hash_at(c, cp.audit_seq)? {
+        Some(h) if cp.audit_seq == 0 || hex(&h) == cp.audit_hash => {}
+        None if cp.audit_seq == 0 => {}
+        _ => return Ok(Some(format!("audit record {} is not the one checkpoint {} covers: the trail was replaced", cp.audit_seq, cp.n))),
+    }
+    let head = super::integrity::head(c)?;
+    if head.seq < cp.integrity_seq {
+        return Ok(Some(format!(
+            "the sealed rows are at write {} but checkpoint {} saw write {}: an older backup was restored",
+            head.seq, cp.n, cp.integrity_seq
+        )));
+    }
+    let generation = super::rows::config_generation(c)?;
+    if generation < cp.config_generation {
+        return Ok(Some(format!(
+            "the configuration generation is {generation} but checkpoint {} saw {}: it went back",
+            cp.n, cp.config_generation
+        )));
+    }
+    Ok(None)
+}
