@@ -238,7 +238,7 @@ mod tests {
     use super::*;
 
     fn key() -> MacKey {
-        MacKey::new(zeroize::Zeroizing::new([7u8; 32]))
+        MacKey::new(zeroize::Zeroizing::new([7u8; 32])).unwrap()
     }
 
     fn record(seq: i64, prev: &[u8], detail: &str) -> Record {
@@ -267,7 +267,7 @@ mod tests {
             v.check(r).unwrap();
         }
         assert_eq!(v.head(), c.hash.as_slice());
-        let other = MacKey::new(zeroize::Zeroizing::new([8u8; 32]));
+        let other = MacKey::new(zeroize::Zeroizing::new([8u8; 32])).unwrap();
         assert_eq!(Verifier::new(&other).check(&a).unwrap_err().reason, "the record's content does not match its hash (modified)");
         assert!(Verifier::legacy().check(&a).is_err(), "a keyed chain is not the plain hash");
 

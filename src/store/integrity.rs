@@ -251,7 +251,7 @@ impl Sealer {
         if let Some(k) = self.key.get() {
             return Ok(k);
         }
-        let _ = self.key.set(MacKey::new(self.load(c, ROW_KEY_PURPOSE)?));
+        let _ = self.key.set(mac_key(self.load(c, ROW_KEY_PURPOSE)?)?);
         self.key.get().ok_or_else(|| StoreError::Io("the row integrity key cannot be opened here".into()))
     }
 
@@ -260,7 +260,7 @@ impl Sealer {
         if let Some(k) = self.chain.get() {
             return Ok(k);
         }
-        let _ = self.chain.set(MacKey::new(self.load(c, AUDIT_CHAIN_PURPOSE)?));
+        let _ = self.chain.set(mac_key(self.load(c, AUDIT_CHAIN_PURPOSE)?)?);
         self.chain.get().ok_or_else(|| StoreError::Io("the audit chain key cannot be opened here".into()))
     }
 
@@ -299,6 +299,10 @@ impl Sealer {
     pub fn violation_count(&self) -> u64 {
         self.count.load(Ordering::Relaxed)
     }
+}
+
+fn mac_key(bytes: Zeroizing<[u8; KEY_LEN]>) -> Result<MacKey> {
+    MacKey::new(bytes).map_err(|e| StoreError::Io(format!("cannot use a MAC key: {e}")))
 }
 
 /// What a row's MAC covers.
@@ -575,20 +579,22 @@ fn digest_mismatch(t: &Table) -> String {
 /// Every row of `t`: checks each MAC and version, returns the count and the XOR of the MACs.
 fn scan(c: &Conn<'_>, k: &MacKey, t: &Table, max_seq: i64, report: &mut Report) -> Result<(u64, [u8; 32])> {
     let sql = format!("SELECT {} FROM {} {}", t.columns(), t.name, t.alias);
-    let rows = c.query_all(&sql, params![], |r| Ok((r.get::<i64>(0)?, checked_mac(k, t, r, 0)?, t.describe(r, 0))))?;
-    let mut digest = [0u8; 32];
-    for (version, mac, what) in &rows {
-        match mac {
+    // Row by row, keeping nothing but the digest (a table may hold millions of rows).
+    let (mut digest, mut rows) = ([0u8; 32], 0u64);
+    c.query_all(&sql, params![], |r| {
+        rows += 1;
+        match checked_mac(k, t, r, 0)? {
             Some(mac) => {
-                xor_into(&mut digest, mac);
-                if *version > max_seq {
-                    report.fail(c, format!("{what} claims a row version latchkey never wrote"));
+                xor_into(&mut digest, &mac);
+                if r.get::<i64>(0)? > max_seq {
+                    report.fail(c, format!("{} claims a row version latchkey never wrote", t.describe(r, 0)));
                 }
             }
-            None => report.fail(c, format!("{what} does not match its MAC")),
+            None => report.fail(c, format!("{} does not match its MAC", t.describe(r, 0))),
         }
-    }
-    Ok((rows.len() as u64, digest))
+        Ok(())
+    })?;
+    Ok((rows, digest))
 }
 
 /// Verifies one (operator-sized) table as a whole against its digest: run it in a

@@ -54,7 +54,7 @@ impl Vault {
         let row = self.create_vault_key(tx, ROW_KEY)?;
         let chain = self.create_vault_key(tx, sealing::AUDIT_CHAIN_PURPOSE)?;
         let signing = self.create_vault_key(tx, sealing::AUDIT_SIGNING_PURPOSE)?;
-        self.store.sealer().set_keys(MacKey::new(row), MacKey::new(chain), CheckpointSigner::from_seed(&signing));
+        self.store.sealer().set_keys(MacKey::new(row)?, MacKey::new(chain)?, CheckpointSigner::from_seed(&signing));
         // The audit trail so far was chained with a plain hash: chained again with the key.
         crate::store::audit::rechain(tx)?;
         let n = sealing::seal_existing(tx)?;
