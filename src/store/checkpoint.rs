@@ -25,55 +25,101 @@ use crate::crypto::{b64url, b64url_decode, ed25519_verify, hex, sha256};
 type Result<T> = std::result::Result<T, StoreError>;
 
 /// Where checkpoints go: an append-only JSON-lines file and/or standard output.
+///
+/// Flushes are grouped: a batch offers its checkpoint, then waits for the output; whoever
+/// holds the output writes the newest checkpoint offered so far, which covers every batch
+/// committed before it, so batches that committed while a flush was running share the next
+/// one instead of queueing one each. No caller returns before a checkpoint at least as new
+/// as its own is written (and flushed, for `fsync`).
 pub struct Sink {
-    file: Option<(PathBuf, Mutex<Option<std::fs::File>>)>,
+    path: Option<PathBuf>,
     stdout: bool,
     durability: Durability,
+    /// The newest committed checkpoint not yet written: (number, line).
+    offered: Mutex<Option<(i64, String)>>,
+    out: Mutex<Output>,
+}
+
+struct Output {
+    file: Option<std::fs::File>,
+    /// The number of the newest checkpoint written.
+    written: i64,
 }
 
 impl Sink {
-    pub fn new(file: Option<PathBuf>, stdout: bool, durability: Durability) -> Sink {
-        Sink { file: file.map(|p| (p, Mutex::new(None))), stdout, durability }
+    pub fn new(path: Option<PathBuf>, stdout: bool, durability: Durability) -> Sink {
+        Sink { path, stdout, durability, offered: Mutex::new(None), out: Mutex::new(Output { file: None, written: 0 }) }
     }
 
     pub fn path(&self) -> Option<&Path> {
-        self.file.as_ref().map(|(p, _)| p.as_path())
+        self.path.as_deref()
     }
 
-    /// Appends one line (and flushes it per the durability mode).
-    pub fn append(&self, line: &str) -> Result<()> {
-        if let Some((path, file)) = &self.file {
-            let mut guard = file.lock().unwrap_or_else(|p| p.into_inner());
-            if guard.is_none() {
-                *guard = Some(open_append(path)?);
+    /// Returns once checkpoint `n` (`line`), or a newer one, is written (and flushed per the
+    /// durability mode).
+    pub fn append(&self, n: i64, line: String) -> Result<()> {
+        {
+            let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+            if offered.as_ref().is_none_or(|(m, _)| *m < n) {
+                *offered = Some((n, line));
+            }
+        }
+        let mut out = self.out.lock().unwrap_or_else(|p| p.into_inner());
+        if out.written >= n {
+            return Ok(());
+        }
+        let Some((m, line)) = self.offered.lock().unwrap_or_else(|p| p.into_inner()).take() else {
+            return Err(StoreError::Io("an audit checkpoint went missing before it was written".into()));
+        };
+        match self.write(&mut out, &line) {
+            Ok(()) => {
+                out.written = m;
+                Ok(())
+            }
+            Err(e) => {
+                // Offered again: the next batch writes it (or a newer one).
+                let mut offered = self.offered.lock().unwrap_or_else(|p| p.into_inner());
+                if offered.as_ref().is_none_or(|(k, _)| *k < m) {
+                    *offered = Some((m, line));
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn write(&self, out: &mut Output, line: &str) -> Result<()> {
+        if let Some(path) = &self.path {
+            if out.file.is_none() {
+                out.file = Some(open_append(path)?);
             }
             let io = |e: std::io::Error| StoreError::Io(format!("cannot write the audit checkpoint file {}: {e}", path.display()));
-            if let Some(f) = guard.as_mut() {
+            if let Some(f) = out.file.as_mut() {
                 let mut buf = Vec::with_capacity(line.len() + 1);
                 buf.extend_from_slice(line.as_bytes());
                 buf.push(b'\n');
                 let written = f.write_all(&buf).and_then(|()| if self.durability == Durability::Fsync { f.sync_data() } else { Ok(()) });
                 if let Err(e) = written {
                     // Reopened next time (the file may have been rotated or the disk freed).
-                    *guard = None;
+                    out.file = None;
                     return Err(io(e));
                 }
             }
         }
         if self.stdout {
-            let mut out = std::io::stdout().lock();
-            writeln!(out, "{line}")
-                .and_then(|()| out.flush())
+            let mut so = std::io::stdout().lock();
+            writeln!(so, "{line}")
+                .and_then(|()| so.flush())
                 .map_err(|e| StoreError::Io(format!("cannot write a checkpoint to stdout: {e}")))?;
         }
         Ok(())
     }
 
-    /// The last checkpoint in the file, if the sink has a file and it holds one.
-    pub fn last(&self) -> Result<Option<String>> {
+    /// The newest lines of the file (at most its last 64 KiB), oldest first; empty when
+    /// the sink has no file or the file does not exist yet.
+    pub fn tail(&self) -> Result<Vec<String>> {
         match self.path() {
-            Some(p) => last_line(p),
-            None => Ok(None),
+            Some(p) => tail_lines(p),
+            None => Ok(Vec::new()),
         }
     }
 }
@@ -88,13 +134,14 @@ fn open_append(path: &Path) -> Result<std::fs::File> {
         .map_err(|e| StoreError::Io(format!("cannot open the audit checkpoint file {}: {e}", path.display())))
 }
 
-/// The last non-empty line of a file (read from its end); `None` if it does not exist.
-pub fn last_line(path: &Path) -> Result<Option<String>> {
+/// The non-empty lines in the last 64 KiB of a file (the first, possibly cut, dropped
+/// unless the file is shorter); empty if the file does not exist.
+pub fn tail_lines(path: &Path) -> Result<Vec<String>> {
     use std::io::{Read, Seek, SeekFrom};
     let io = |e: std::io::Error| StoreError::Io(format!("cannot read the audit checkpoint file {}: {e}", path.display()));
     let mut f = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io(e)),
     };
     let len = f.metadata().map_err(io)?.len();
@@ -103,7 +150,8 @@ pub fn last_line(path: &Path) -> Result<Option<String>> {
     let mut tail = Vec::new();
     f.read_to_end(&mut tail).map_err(io)?;
     let text = String::from_utf8_lossy(&tail);
-    Ok(text.lines().rev().find(|l| !l.trim().is_empty()).map(str::to_owned))
+    let skip = usize::from(start > 0);
+    Ok(text.lines().skip(skip).filter(|l| !l.trim().is_empty()).map(str::to_owned).collect())
 }
 
 /// What a checkpoint says.
@@ -154,7 +202,7 @@ pub fn parse_line(line: &str, public: &[u8; 32], kid: &str) -> std::result::Resu
 
 /// Writes the checkpoint of the current state in the caller's write transaction and
 /// returns its line (for the sink, once committed).
-pub fn write(c: &Conn<'_>) -> Result<String> {
+pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
     let signer = c.sealer.signer(c)?;
     let (audit_seq, audit_hash) = super::audit::head(c)?;
     let ts_ms: i64 = c.query_opt("SELECT ts_ms FROM audit WHERE seq = ?1", params![audit_seq], |r| r.get(0))?.unwrap_or(0);
@@ -183,7 +231,7 @@ pub fn write(c: &Conn<'_>) -> Result<String> {
     c.execute("INSERT INTO audit_checkpoints (seq, audit_seq, body) VALUES (?1, ?2, ?3)", params![n, audit_seq, line])?;
     // Only the newest is needed in the database (for the chain); the sink keeps them all.
     c.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", params![n])?;
-    Ok(line)
+    Ok((n, line))
 }
 
 /// The checkpoint key's public half and id (published, like the agent JWKS).
@@ -221,4 +269,38 @@ pub fn behind(c: &Conn<'_>, cp: &Checkpoint) -> Result<Option<String>> {
         )));
     }
     Ok(None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flushes_are_grouped_and_a_newer_checkpoint_covers_older_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("checkpoints.jsonl");
+        let sink = Sink::new(Some(path.clone()), false, Durability::Fsync);
+        sink.append(1, "1".into()).unwrap();
+        sink.append(3, "3".into()).unwrap();
+        sink.append(2, "2".into()).unwrap();
+        assert_eq!(tail_lines(&path).unwrap(), ["1", "3"], "2 is covered by 3 and never written after it");
+
+        // Many committers at once: the file only ever grows in number, and ends with the newest.
+        let next = std::sync::atomic::AtomicI64::new(4);
+        std::thread::scope(|s| {
+            for _ in 0..8 {
+                s.spawn(|| {
+                    for _ in 0..50 {
+                        let n = next.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                        sink.append(n, n.to_string()).unwrap();
+                    }
+                });
+            }
+        });
+        let numbers: Vec<i64> = tail_lines(&path).unwrap().iter().map(|l| l.parse().unwrap()).collect();
+        assert!(numbers.windows(2).all(|w| w[0] < w[1]), "{numbers:?}");
+        assert_eq!(numbers.last(), Some(&(4 + 8 * 50 - 1)));
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
+    }
 }

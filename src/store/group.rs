@@ -128,6 +128,12 @@ impl GroupWriter {
             }
             st.batch = None;
             drop(st);
+            // To the sink outside the writer: the next batch commits meanwhile, and batches
+            // that committed during a flush share the next one.
+            let outcome = match (outcome, self.sealer.sink()) {
+                (Ok(Some((n, line))), Some(sink)) => sink.append(n, line).map_err(|e| e.to_string()),
+                (outcome, _) => outcome.map(|_| ()),
+            };
             batch.finish(outcome);
         } else {
             drop(st);
@@ -142,13 +148,11 @@ impl GroupWriter {
 
     /// Commits the open transaction: with a checkpoint when it appended audit records,
     /// which goes to the sink once committed and before anyone in the batch returns.
-    fn commit(&self, c: &Conn<'_>) -> Result<(), StoreError> {
-        let line = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c)?) } else { None };
+    /// Returns the checkpoint for the sink, written by the caller once the writer is free.
+    fn commit(&self, c: &Conn<'_>) -> Result<Option<(i64, String)>, StoreError> {
+        let checkpoint = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c)?) } else { None };
         c.batch("COMMIT")?;
-        match (line, self.sealer.sink()) {
-            (Some(line), Some(sink)) => sink.append(&line),
-            _ => Ok(()),
-        }
+        Ok(checkpoint)
     }
 
     /// Runs `f` on the writer connection between transactions (connection settings).

@@ -167,14 +167,19 @@ impl Vault {
     /// Why the database is behind the sink's last checkpoint, if it is.
     pub(super) fn behind_sink(&self) -> Result<Option<String>> {
         let Some(sink) = self.store.sealer().sink() else { return Ok(None) };
-        let Some(line) = sink.last()? else { return Ok(None) };
+        let lines = sink.tail()?;
+        let Some(last) = lines.last() else { return Ok(None) };
         let where_ = sink.path().map(|p| p.display().to_string()).unwrap_or_default();
         let (public, kid) = self.store.read(checkpoint::public_key)?;
-        match checkpoint::parse_line(&line, &public, &kid) {
-            Ok(cp) => {
+        // The newest checkpoint among the last lines: processes sharing the file (a server
+        // and CLI commands) may append theirs slightly out of order.
+        let newest = lines.iter().filter_map(|l| checkpoint::parse_line(l, &public, &kid).ok()).max_by_key(|cp| cp.n);
+        match (newest, checkpoint::parse_line(last, &public, &kid)) {
+            (_, Err(e)) => Ok(Some(format!("the last checkpoint in {where_} is not this vault's: {e}"))),
+            (Some(cp), Ok(_)) => {
                 Ok(self.store.read(|c| checkpoint::behind(c, &cp))?.map(|why| format!("behind the audit checkpoints in {where_}: {why}")))
             }
-            Err(e) => Ok(Some(format!("the last checkpoint in {where_} is not this vault's: {e}"))),
+            (None, Ok(_)) => Ok(None),
         }
     }
 
@@ -185,7 +190,7 @@ impl Vault {
             .map_err(|e| VaultError::Integrity(format!("cannot read the checkpoint file {}: {e}", path.display())))?;
         let (public, kid) = self.store.read(checkpoint::public_key)?;
         let mut report = CheckpointReport::default();
-        let mut prev: Option<(checkpoint::Checkpoint, &str)> = None;
+        let mut seen: std::collections::HashMap<i64, &str> = std::collections::HashMap::new();
         for (i, line) in text.lines().enumerate().filter(|(_, l)| !l.trim().is_empty()) {
             report.lines += 1;
             let at = i + 1;
@@ -196,18 +201,23 @@ impl Vault {
                     continue;
                 }
             };
-            if let Some((p, p_line)) = &prev {
-                if cp.n <= p.n || cp.audit_seq < p.audit_seq {
-                    report.problems.push(format!("line {at}: checkpoint {} does not follow checkpoint {}", cp.n, p.n));
-                } else if cp.n == p.n + 1 && cp.prev != crate::crypto::hex(&crate::crypto::sha256(p_line.as_bytes())) {
-                    report.problems.push(format!("line {at}: checkpoint {} is not chained to checkpoint {}", cp.n, p.n));
+            // Numbers grow, with gaps (checkpoints of other replicas or skipped by a grouped
+            // flush) and small inversions (processes sharing the file): a link is checked
+            // wherever both of its ends are in the file.
+            if let Some(p_line) = seen.get(&(cp.n - 1)) {
+                if cp.prev != crate::crypto::hex(&crate::crypto::sha256(p_line.as_bytes())) {
+                    report.problems.push(format!("line {at}: checkpoint {} is not chained to checkpoint {}", cp.n, cp.n - 1));
                 }
+            }
+            if seen.insert(cp.n, line).is_some() {
+                report.problems.push(format!("line {at}: checkpoint {} appears twice", cp.n));
             }
             if let Some(why) = self.store.read(|c| checkpoint::behind(c, &cp))? {
                 report.problems.push(format!("line {at}: {why}"));
             }
-            prev = Some((cp.clone(), line));
-            report.last = Some(cp);
+            if report.last.as_ref().is_none_or(|l| l.n < cp.n) {
+                report.last = Some(cp);
+            }
         }
         Ok(report)
     }
