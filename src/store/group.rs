@@ -156,11 +156,22 @@ impl GroupWriter {
     }
 
     /// Runs `f` on the writer connection between transactions (connection settings).
+    /// Waits (bounded) for the open transaction, if any, to end.
     pub fn between_transactions<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let st = self.lock();
-        match (&st.conn, &st.batch) {
-            (Some(c), None) => f(&c.conn(&self.sealer)),
-            _ => Err(StoreError::Busy),
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            // Not `lock()`: a writer that sees someone queued leaves the commit to them, and
+            // this caller never commits.
+            let st = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            match (&st.conn, &st.batch) {
+                (Some(c), None) => return f(&c.conn(&self.sealer)),
+                (None, _) => return Err(StoreError::Unavailable),
+                (Some(_), Some(_)) if std::time::Instant::now() > deadline => return Err(StoreError::Busy),
+                (Some(_), Some(_)) => {
+                    drop(st);
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            }
         }
     }
 

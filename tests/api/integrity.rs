@@ -440,7 +440,8 @@ async fn sigkill_under_load_loses_no_audit_record_of_a_release_in_either_durabil
         while let Some(r) = clients.join_next().await {
             received.extend(r.unwrap());
         }
-        assert!(received.len() >= 300, "{mode}: {} releases received", received.len());
+        // 300 audited when the kill came; at most one per client was still on its way back.
+        assert!(received.len() >= 300 - 8, "{mode}: {} releases received", received.len());
 
         let trail = ok(with_sink(&dirs, &["audit", "tail", "-n", "1000000", "--json"]));
         let audited: std::collections::HashSet<String> = trail
