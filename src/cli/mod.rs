@@ -247,21 +247,16 @@ pub fn location(settings: &Settings) -> Result<crate::store::Location, CliError>
 }
 
 pub fn open_vault(settings: &Settings) -> Result<Vault, CliError> {
-    let keys = if settings.keys_mounted {
-        crate::keys::KeyRing::open_mounted(&settings.keys_dir, passphrase_source(settings))
-    } else {
-        crate::keys::KeyRing::open(&settings.keys_dir, passphrase_source(settings))
-    };
-    let keys = keys.map_err(crate::vault::VaultError::from)?;
-    let vault = Vault::open_with_keys(&location(settings)?, keys, Clock::system())?;
     // Commands write their checkpoints to the file (never to stdout, which is their output).
-    let sink = crate::store::checkpoint::Sink::new(settings.audit_checkpoint_file.clone(), false, settings.audit_durability);
-    vault.configure_checkpoints(sink, settings.audit_durability)?;
-    Ok(vault)
+    open_vault_with(settings, false)
 }
 
 /// [`open_vault`] for `serve`: checkpoints also go to stdout when configured.
 pub fn open_vault_for_server(settings: &Settings) -> Result<Vault, CliError> {
+    open_vault_with(settings, settings.audit_checkpoint_stdout)
+}
+
+fn open_vault_with(settings: &Settings, checkpoints_to_stdout: bool) -> Result<Vault, CliError> {
     let keys = if settings.keys_mounted {
         crate::keys::KeyRing::open_mounted(&settings.keys_dir, passphrase_source(settings))
     } else {
@@ -269,12 +264,9 @@ pub fn open_vault_for_server(settings: &Settings) -> Result<Vault, CliError> {
     };
     let keys = keys.map_err(crate::vault::VaultError::from)?;
     let vault = Vault::open_with_keys(&location(settings)?, keys, Clock::system())?;
-    let sink = crate::store::checkpoint::Sink::new(
-        settings.audit_checkpoint_file.clone(),
-        settings.audit_checkpoint_stdout,
-        settings.audit_durability,
-    );
-    vault.configure_checkpoints(sink, settings.audit_durability)?;
+    let sink =
+        crate::store::checkpoint::Sink::new(settings.audit_checkpoint_file.clone(), checkpoints_to_stdout, settings.audit_durability);
+    vault.configure_checkpoints(sink)?;
     Ok(vault)
 }
 

@@ -55,6 +55,10 @@ impl Sink {
         self.path.as_deref()
     }
 
+    pub fn durability(&self) -> Durability {
+        self.durability
+    }
+
     /// Returns once checkpoint `n` (`line`), or a newer one, is written (and flushed per the
     /// durability mode).
     pub fn append(&self, n: i64, line: String) -> Result<()> {

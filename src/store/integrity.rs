@@ -521,9 +521,6 @@ pub fn seal_existing(c: &Conn<'_>) -> Result<u64> {
             n += 1;
         }
     }
-    // `seal` wrote the state; keep the generation current.
-    let mut st = state(c, k)?;
-    write_state(c, k, &mut st)?;
     Ok(n)
 }
 

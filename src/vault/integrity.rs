@@ -145,10 +145,10 @@ pub struct CheckpointReport {
 }
 
 impl Vault {
-    /// Sends checkpoints to `sink` from now on, durable as `durability` says (which also
-    /// sets how SQLite commits).
-    pub fn configure_checkpoints(&self, sink: checkpoint::Sink, durability: checkpoint::Durability) -> Result<()> {
-        self.store.set_durability(durability)?;
+    /// Sends checkpoints to `sink` from now on, durable as its durability mode says (which
+    /// also sets how SQLite commits).
+    pub fn configure_checkpoints(&self, sink: checkpoint::Sink) -> Result<()> {
+        self.store.set_durability(sink.durability())?;
         self.store.sealer().set_sink(sink);
         Ok(())
     }

@@ -350,7 +350,7 @@ async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_shor
     let app = TestApp::spawn().await;
     let file = app._dirs.root.path().join("checkpoints.jsonl");
     let sink = latchkey::store::checkpoint::Sink::new(Some(file.clone()), false, latchkey::store::checkpoint::Durability::Os);
-    app.vault.configure_checkpoints(sink, latchkey::store::checkpoint::Durability::Os).unwrap();
+    app.vault.configure_checkpoints(sink).unwrap();
     let token = mail_setup(&app).await;
     let db = app.sql();
     // Every release returned after its record's checkpoint was written.
