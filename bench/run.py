@@ -13,6 +13,10 @@ uses per provider) — once with no added provider latency (latchkey's own ceili
 once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
 rotation). Prints Markdown tables (docs/performance.md keeps the latest).
 
+--proxy-only measures proxy mode next to a direct call to the same local upstream (bench/vault.rs
+`upstream`): latency at one connection (what a caller waits) and throughput at 64, in both
+audit durability modes, alternating direct and proxied runs.
+
 --backend postgres runs the same scenarios on PostgreSQL (a fresh database per scenario on the
 local server, dropped afterwards). --replicas-only compares, in one run: API-key releases on
 SQLite, on PostgreSQL with one replica and with two replicas sharing the database; refresh
@@ -24,6 +28,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PORT = 8399
 BASE = f"http://127.0.0.1:{PORT}"
 PROVIDER_PORT = 8398
+UPSTREAM_PORT = 8397
 # latchkey's concurrent token requests per provider host (MAX_PER_PROVIDER in src/oauth/mod.rs).
 PER_PROVIDER = 8
 # The second replica of the --replicas-only scenarios listens here (same public URL as the first).
@@ -349,6 +354,7 @@ def main():
     ap.add_argument("--release-only", action="store_true", help="only the release scenarios (before/after comparisons)")
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
+    ap.add_argument("--proxy-only", action="store_true", help="only proxy mode against a direct call to the same upstream")
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
                     help="where the scenarios keep their data (postgres: a fresh database per scenario on 127.0.0.1:5432)")
     ap.add_argument("--replicas-only", action="store_true",
@@ -372,6 +378,9 @@ def main():
     if a.full_only:
         full(a)
         return
+    if a.proxy_only:
+        proxy_scenarios(a)
+        return
     if not a.refresh_only:
         release_scenarios(a)
         if a.release_only:
@@ -380,6 +389,67 @@ def main():
     refresh_scenarios(a)
     if a.full:
         full(a)
+
+
+def start_upstream():
+    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "upstream", "--port", str(UPSTREAM_PORT)],
+                         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    line = p.stdout.readline()
+    if not line.startswith("LISTENING"):
+        p.kill()
+        sys.exit("the bench upstream did not start")
+    return p, line.split()[1]
+
+
+def proxy_scenarios(a):
+    with scenario_db(a.backend) as dbenv:
+        _proxy_scenarios(a, dbenv)
+
+
+def _proxy_scenarios(a, dbenv):
+    """Proxied calls (an API key injected, 300 owners) against the same call made directly
+    to the upstream, with its key, in one run. Latency at 1 connection, throughput at 64."""
+    upstream, url = start_upstream()
+    work = None
+    try:
+        work, _ = seed(600, 1, ["--upstream", url], dbenv=dbenv)
+        env = {"LK_TOKEN": open(f"{work}/tokens.txt").readline().strip(), "LK_HALF": "300"}
+        d = a.duration
+        print(f"\n## Proxy mode ({a.backend}; {machine()}; {d} s per run, medians of 3 alternating runs)\n")
+        print("| audit durability | path | latency p50 (ms) | p99 (ms) | throughput at 64 conns (req/s) | p50 | p99 | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        summary = []
+        for durability in ("os", "fsync"):
+            server = start_server(work, dict(dbenv, LATCHKEY_AUDIT_DURABILITY=durability))
+            wrk("/", 2, "direct.lua", env, base=url)
+            wrk("/", 2, "proxy.lua", env)
+            lat = {"direct": [], "proxy": []}
+            thr = {"direct": [], "proxy": []}
+            for _ in range(3):
+                lat["direct"].append(wrk("/", d, "direct.lua", env, base=url, conns=1, threads=1))
+                lat["proxy"].append(wrk("/", d, "proxy.lua", env, conns=1, threads=1))
+                thr["direct"].append(wrk("/", d, "direct.lua", env, base=url))
+                thr["proxy"].append(wrk("/", d, "proxy.lua", env))
+            problems = server_problems([server])
+            stop_server(server)
+            med = lambda runs, k: statistics.median(r[k] for r in runs)
+            for path in ("direct", "proxy"):
+                errors = sum(r["errors"] for r in lat[path] + thr[path])
+                print(f"| {durability} | {path} | {med(lat[path], 'p50'):.3f} | {med(lat[path], 'p99'):.3f} | "
+                      f"{med(thr[path], 'rps'):,.0f} | {med(thr[path], 'p50'):.2f} | {med(thr[path], 'p99'):.2f} | {errors} |")
+            summary.append((durability, med(lat["proxy"], "p50") - med(lat["direct"], "p50"), med(lat["proxy"], "p99") - med(lat["direct"], "p99"),
+                            med(thr["proxy"], "rps") / med(thr["direct"], "rps")))
+            for line in problems:
+                print(f"server: {line}")
+        print("\n| audit durability | added p50 (ms) | added p99 (ms) | throughput proxy ÷ direct |")
+        print("|---|---:|---:|---:|")
+        for durability, p50, p99, ratio in summary:
+            print(f"| {durability} | {p50:.3f} | {p99:.3f} | {ratio:.2f} |")
+    finally:
+        with contextlib.suppress(Exception):
+            os.killpg(upstream.pid, signal.SIGTERM)
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def release_scenarios(a):

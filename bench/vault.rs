@@ -21,6 +21,9 @@ fn main() {
     if args.iter().any(|a| a == "provider") {
         return provider(&args);
     }
+    if args.iter().any(|a| a == "upstream") {
+        return upstream(&args);
+    }
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--sizes")
@@ -201,9 +204,27 @@ fn seed(args: &[String]) {
             .collect();
         vault.import_credentials(&actor, &id, items).expect("import due");
     }
-    let agent: latchkey::vault::NewAgent = serde_json::from_value(serde_json::json!({"id": "bench", "name": "bench",
-        "policy": {"grants": [{"connection": "svc", "owners": "any"}, {"connection": "crm", "owners": "any"}]}}))
-    .expect("agent body");
+    // Proxy mode: `api`, an API-key connection proxied to a local upstream, keys on the same
+    // owners as `svc`.
+    let mut grants =
+        vec![serde_json::json!({"connection": "svc", "owners": "any"}), serde_json::json!({"connection": "crm", "owners": "any"})];
+    if let Some(upstream) = arg(args, "--upstream") {
+        let spec = serde_json::json!({"id": "api", "kind": "api_key", "api_key": {"header": "X-API-Key"},
+            "proxy": {"base_url": format!("{upstream}/api"), "allow_private": true}});
+        vault.create_connection(&actor, json(spec)).expect("api");
+        let items = (0..half.max(1))
+            .map(|k| {
+                (
+                    Owner::parse(&format!("tenant:t{k}")).expect("owner"),
+                    CredentialInput::api_key(Secret::new(format!("sk-live-{k:012}-abcdefghijklmnop"))),
+                )
+            })
+            .collect();
+        vault.import_credentials(&actor, &ConnectionId::parse("api").expect("id"), items).expect("import api");
+        grants.push(serde_json::json!({"connection": "api", "owners": "any", "modes": ["proxy"]}));
+    }
+    let agent: latchkey::vault::NewAgent =
+        serde_json::from_value(serde_json::json!({"id": "bench", "name": "bench", "policy": {"grants": grants}})).expect("agent body");
     vault.create_agent(&actor, agent).expect("agent");
     let epoch = vault.active_agent("bench").expect("agent").expect("enabled").token_epoch;
     let signer = latchkey::auth::TokenService::new(public_url.clone(), vault.signing_keys().expect("signing keys"));
@@ -229,6 +250,29 @@ fn seed(args: &[String]) {
     }
     std::fs::write(dir.join("tokens.txt"), out).expect("tokens");
     println!("{{\"n\": {n}, \"half\": {half}, \"tokens\": {tokens}}}");
+}
+
+/// The upstream API of the proxy scenario: `GET /api/...` answers a small JSON document when
+/// `X-API-Key` carries a seeded key, 401 otherwise. `upstream --port P [--workers W]`.
+fn upstream(args: &[String]) {
+    use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    let port: u16 = arg(args, "--port").and_then(|v| v.parse().ok()).expect("--port");
+    let workers: usize = arg(args, "--workers").and_then(|v| v.parse().ok()).unwrap_or(1);
+    async fn item(req: HttpRequest) -> HttpResponse {
+        let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
+        if !key.starts_with("sk-live-") {
+            return HttpResponse::Unauthorized().finish();
+        }
+        HttpResponse::Ok()
+            .content_type("application/json")
+            .body(r#"{"id":"evt_0001","summary":"Weekly sync","start":"2026-12-02T10:00:00Z","end":"2026-12-02T10:30:00Z"}"#)
+    }
+    actix_web::rt::System::new().block_on(async move {
+        let server =
+            HttpServer::new(|| App::new().default_service(web::to(item))).workers(workers).bind(("127.0.0.1", port)).expect("bind");
+        println!("LISTENING http://127.0.0.1:{port}");
+        server.run().await.expect("upstream");
+    });
 }
 
 /// A minimal OAuth token endpoint for the refresh-throughput scenario: answers every POST

@@ -9,12 +9,12 @@
 //! | 8 | `cli` | the command line: parse arguments, call the library |
 //! | 7 | `startup` | building the server from settings and a vault |
 //! | 6 | `api` | HTTP: parse requests, call one service method, map errors to responses |
-//! | 5 | `service` | what one request asks: token issuance, release with refresh, connect links, disconnect |
+//! | 5 | `service` | what one request asks: token issuance, release with refresh, proxied calls, connect links, disconnect |
 //! | 4 | `oauth` | talking to OAuth providers: endpoints, code exchange, refresh with single flight, the refresher |
 //! | 3 | `vault` | the rules: sealing, policy decisions, key lifecycle, audit |
 //! | 2 | `policy`, `auth` | pure decisions; agent tokens, subject tokens |
 //! | 1 | `store` | SQLite: schema, migrations, statements; ciphertext only |
-//! | 0 | `crypto`, `keys`, `model`, `audit`, `metrics`, `secret`, `time`, `config`, `telemetry` | primitives and domain types; `crypto` does no I/O |
+//! | 0 | `crypto`, `keys`, `model`, `audit`, `metrics`, `secret`, `time`, `config`, `telemetry`, `egress` | primitives and domain types; `crypto` does no I/O; `egress` is where proxied calls may go |
 //!
 //! The integration test `layering` (tests/api/layering.rs) enforces the table: it reads
 //! every `crate::…` path in `src/` and fails on an import of a higher layer. By hand:
@@ -29,6 +29,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod egress;
 pub mod keys;
 pub mod metrics;
 pub mod model;

@@ -52,6 +52,41 @@ pub struct Grant {
     /// tenant must hold.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub connect_role: Option<String>,
+    /// How the holder may use the secret: receive a copy (`release`), have latchkey call the
+    /// API with it (`proxy`), or both. Absent: `["release"]`. A proxy-only grant never lets
+    /// the secret out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modes: Option<Vec<Mode>>,
+}
+
+/// How a grant's holder may use the secret.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// A short-lived copy leaves the vault (`GET /v1/connections/{id}/token`).
+    #[default]
+    Release,
+    /// latchkey injects it into a request it forwards (`/v1/proxy/{id}/…`); it never leaves.
+    Proxy,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Release => "release",
+            Mode::Proxy => "proxy",
+        }
+    }
+}
+
+impl Grant {
+    /// Whether the grant lets its holder use the secret this way.
+    pub fn allows(&self, mode: Mode) -> bool {
+        match &self.modes {
+            None => mode == Mode::Release,
+            Some(m) => m.contains(&mode),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -81,6 +116,14 @@ impl TryFrom<PolicyBody> for Policy {
             if let Some(t) = g.max_ttl {
                 if !(1..=MAX_TTL).contains(&t) {
                     return Err(ValidationError(format!("max_ttl must be between 1 and {MAX_TTL} seconds")));
+                }
+            }
+            if let Some(m) = &g.modes {
+                let mut sorted = m.clone();
+                sorted.sort();
+                sorted.dedup();
+                if m.is_empty() || sorted.len() != m.len() {
+                    return Err(ValidationError("modes: a non-empty list of \"release\" and \"proxy\", each at most once".into()));
                 }
             }
             if let Some(role) = &g.connect_role {
@@ -129,6 +172,8 @@ pub struct ReleaseRequest {
     pub scopes: Vec<Scope>,
     pub user_id: Option<String>,
     pub tenant_id: Option<String>,
+    /// Release a copy, or use the secret in a proxied call.
+    pub mode: Mode,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -147,6 +192,12 @@ pub fn authorize<'p>(
     req: &ReleaseRequest,
 ) -> Result<(&'p Grant, Owner), Refusal> {
     let grant = policy.grant_for(connection).ok_or(Refusal::AccessDenied("no grant for this connection"))?;
+    if !grant.allows(req.mode) {
+        return Err(Refusal::AccessDenied(match req.mode {
+            Mode::Release => "the grant does not allow release (proxy only)",
+            Mode::Proxy => "the grant does not allow proxy mode",
+        }));
+    }
     let deny = |why| Err(Refusal::AccessDenied(why));
     let (kind, id) = match (&req.user_id, &req.tenant_id, grant.owners) {
         (Some(_), Some(_), _) => return Err(Refusal::InvalidRequest("give user_id or tenant_id, not both".into())),
@@ -348,7 +399,7 @@ mod tests {
         Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![], epoch: 0 }
     }
     fn req(user: Option<&str>, tenant: Option<&str>) -> ReleaseRequest {
-        ReleaseRequest { scopes: vec![], user_id: user.map(Into::into), tenant_id: tenant.map(Into::into) }
+        ReleaseRequest { scopes: vec![], user_id: user.map(Into::into), tenant_id: tenant.map(Into::into), ..Default::default() }
     }
 
     #[test]
@@ -359,6 +410,25 @@ mod tests {
         assert!(parse(json!({"grants": [{"connection": "x", "owners": "self"}, {"connection": "x", "owners": "any"}]})).is_err());
         assert!(parse(json!({"grants": [], "extra": 1})).is_err());
         assert_eq!(parse(json!({})).unwrap(), Policy::default());
+    }
+
+    #[test]
+    fn modes_say_how_the_secret_may_be_used() {
+        let alice = user("alice", None, &[]);
+        let proxy = ReleaseRequest { mode: Mode::Proxy, ..req(None, None) };
+        // Absent: release only.
+        let p = policy(json!({"grants": [{"connection": "cal", "owners": "self"}]}));
+        assert!(authorize(&p, &conn("cal"), &alice, &req(None, None)).is_ok());
+        assert!(matches!(authorize(&p, &conn("cal"), &alice, &proxy), Err(Refusal::AccessDenied(_))));
+        // Proxy only: the secret never leaves.
+        let p = policy(json!({"grants": [{"connection": "cal", "owners": "self", "modes": ["proxy"]}]}));
+        assert!(matches!(authorize(&p, &conn("cal"), &alice, &req(None, None)), Err(Refusal::AccessDenied(_))));
+        assert!(authorize(&p, &conn("cal"), &alice, &proxy).is_ok());
+        let p = policy(json!({"grants": [{"connection": "cal", "owners": "self", "modes": ["release", "proxy"]}]}));
+        assert!(authorize(&p, &conn("cal"), &alice, &req(None, None)).is_ok() && authorize(&p, &conn("cal"), &alice, &proxy).is_ok());
+        for bad in [json!([]), json!(["proxy", "proxy"]), json!(["stream"])] {
+            assert!(parse(json!({"grants": [{"connection": "x", "owners": "self", "modes": bad}]})).is_err());
+        }
     }
 
     #[test]

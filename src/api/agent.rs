@@ -123,11 +123,13 @@ fn release_input(req: &HttpRequest, state: &AppState, id: &str, q: ReleaseQuery)
             scopes: Scope::parse_list(q.scope.as_deref().unwrap_or(""))?,
             user_id: q.user_id,
             tenant_id: q.tenant_id,
+            mode: crate::policy::Mode::Release,
         },
         min_ttl,
         request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()).unwrap_or_default(),
         refresh_attempted: None,
         narrowing: Narrowing::Allowed,
+        proxy: None,
     })
 }
 

@@ -10,6 +10,7 @@ use serde_json::json;
 
 use crate::model::ValidationError;
 use crate::service::connect::ConnectError;
+use crate::service::proxy::ProxyError;
 use crate::service::tokens::TokenEndpointError;
 use crate::vault::{ReleaseError, VaultError};
 
@@ -164,10 +165,32 @@ impl From<ReleaseError> for ApiError {
             ReleaseError::MinTtlUnsatisfiable { lifetime } => {
                 Self::new(StatusCode::BAD_REQUEST, "min_ttl_unsatisfiable", msg).with("token_lifetime", json!(lifetime))
             }
+            ReleaseError::ProxyNotConfigured => Self::new(StatusCode::CONFLICT, "proxy_not_configured", msg),
+            ReleaseError::MethodNotAllowed => Self::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", msg),
+            ReleaseError::InvalidPath(_) => Self::new(StatusCode::BAD_REQUEST, "invalid_path", msg),
+            ReleaseError::PathNotAllowed(_) => Self::new(StatusCode::FORBIDDEN, "path_not_allowed", msg),
+            ReleaseError::EgressDenied => Self::new(StatusCode::BAD_GATEWAY, "egress_denied", msg),
             ReleaseError::RefreshNeeded { .. }
             | ReleaseError::NarrowNeeded { .. }
             | ReleaseError::KeyNeeded { .. }
             | ReleaseError::Internal => Self::internal(),
+        }
+    }
+}
+
+impl From<ProxyError> for ApiError {
+    fn from(e: ProxyError) -> Self {
+        let msg = e.to_string();
+        match e {
+            ProxyError::Vault(v) => v.into(),
+            ProxyError::BodyTooLarge { limit } => {
+                Self::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", msg).with("max_body", serde_json::json!(limit))
+            }
+            ProxyError::Timeout(_) => Self::new(StatusCode::GATEWAY_TIMEOUT, "upstream_timeout", msg),
+            ProxyError::EgressDenied => Self::new(StatusCode::BAD_GATEWAY, "egress_denied", msg),
+            ProxyError::ResponseTooLarge { .. } => Self::new(StatusCode::BAD_GATEWAY, "upstream_too_large", msg),
+            ProxyError::Unavailable => Self::new(StatusCode::BAD_GATEWAY, "upstream_unavailable", msg),
+            ProxyError::BadBody => Self::invalid(msg),
         }
     }
 }

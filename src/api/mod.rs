@@ -8,6 +8,7 @@ mod connect;
 pub mod error;
 mod middleware;
 mod ops;
+mod proxy;
 
 use std::sync::Arc;
 
@@ -129,6 +130,7 @@ pub fn routes(state: AppState) -> impl FnOnce(&mut web::ServiceConfig) {
             .configure(ops::routes)
             .configure(agent::routes)
             .configure(connect::routes)
+            .configure(proxy::routes)
             .service(web::scope("/v1/admin").wrap(actix_web::middleware::from_fn(middleware::require_admin)).configure(admin::routes))
             .default_service(web::to(not_found));
     }

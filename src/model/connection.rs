@@ -61,6 +61,151 @@ pub struct ConnectionSpec {
     pub api_key: Option<ApiKeySpec>,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub scope_roles: BTreeMap<Scope, Vec<String>>,
+    /// Where proxy mode sends requests, and within what limits. Absent: the catalog
+    /// provider's API root, if it has one; otherwise the connection cannot be proxied.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub proxy: Option<ProxySpec>,
+}
+
+/// Proxy mode for a connection (`ANY /v1/proxy/{connection}/{path}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxySpec {
+    /// The API root requests go below: https (plain http only for loopback). For
+    /// Salesforce-like providers it may start with `{instance_url}`, the credential's own host.
+    pub base_url: String,
+    /// Methods the proxy forwards (default: all but CONNECT and TRACE, which never pass).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_methods: Option<Vec<String>>,
+    /// Paths below `base_url` the proxy forwards: `/`-separated patterns where `*` is one
+    /// segment and a final `**` any rest (default: every path).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub allowed_paths: Option<Vec<String>>,
+    /// Seconds for the whole upstream exchange, bodies included (default 30).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout: Option<u64>,
+    /// Largest request body and largest response body, in bytes (default 10 MiB).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_body: Option<u64>,
+    /// Allows upstream addresses that are not public (private, loopback, link-local,
+    /// metadata). Off by default: proxy mode is not a way into the vault's network.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_private: bool,
+    /// Passes the upstream's `Set-Cookie` to the agent (dropped by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub pass_cookies: bool,
+}
+
+/// Methods a proxy may forward.
+pub const PROXY_METHODS: [&str; 7] = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"];
+/// Default and largest proxy time limit, in seconds.
+pub const PROXY_TIMEOUT: (u64, u64) = (30, 300);
+/// Default and largest proxy body limit, in bytes.
+pub const PROXY_MAX_BODY: (u64, u64) = (10 * 1024 * 1024, 1024 * 1024 * 1024);
+/// The placeholder for the credential's `instance_url` at the start of a `base_url`.
+pub const INSTANCE_URL: &str = "{instance_url}";
+
+impl ProxySpec {
+    /// The proxy settings of a connection: its own, or its catalog provider's API root.
+    pub fn of(spec: &ConnectionSpec) -> Option<std::borrow::Cow<'_, ProxySpec>> {
+        if let Some(p) = &spec.proxy {
+            return Some(std::borrow::Cow::Borrowed(p));
+        }
+        let base = spec.provider.as_deref().and_then(super::providers::find)?.api_base?;
+        Some(std::borrow::Cow::Owned(ProxySpec {
+            base_url: base.to_owned(),
+            allowed_methods: None,
+            allowed_paths: None,
+            timeout: None,
+            max_body: None,
+            allow_private: false,
+            pass_cookies: false,
+        }))
+    }
+
+    pub fn timeout_secs(&self) -> u64 {
+        self.timeout.unwrap_or(PROXY_TIMEOUT.0)
+    }
+
+    pub fn max_body_bytes(&self) -> u64 {
+        self.max_body.unwrap_or(PROXY_MAX_BODY.0)
+    }
+
+    pub fn allows_method(&self, method: &str) -> bool {
+        PROXY_METHODS.contains(&method) && self.allowed_methods.as_ref().is_none_or(|m| m.iter().any(|a| a == method))
+    }
+
+    /// The base URL for a credential (`instance_url` filled in), checked like a configured one.
+    pub fn base_for(&self, instance_url: Option<&str>) -> Result<url::Url, ValidationError> {
+        let raw = match self.base_url.strip_prefix(INSTANCE_URL) {
+            Some(rest) => {
+                let instance = instance_url.ok_or_else(|| ValidationError("the credential has no instance_url to proxy to".into()))?;
+                format!("{}{rest}", instance.trim_end_matches('/'))
+            }
+            None => self.base_url.clone(),
+        };
+        check_proxy_base(&raw)
+    }
+
+    fn validate(&self) -> Result<(), ValidationError> {
+        match self.base_url.strip_prefix(INSTANCE_URL) {
+            Some(rest) => {
+                if !rest.is_empty() && !rest.starts_with('/') {
+                    return invalid("proxy.base_url: '{instance_url}' is followed by a path starting with '/', or nothing");
+                }
+                check_proxy_base(&format!("https://instance.example{rest}"))?;
+            }
+            None => {
+                check_proxy_base(&self.base_url)?;
+            }
+        }
+        if let Some(m) = &self.allowed_methods {
+            if m.is_empty() || m.iter().any(|x| !PROXY_METHODS.contains(&x.as_str())) {
+                return invalid(format!("proxy.allowed_methods: a non-empty list of {}", PROXY_METHODS.join(", ")));
+            }
+        }
+        if let Some(paths) = &self.allowed_paths {
+            if paths.is_empty() || paths.len() > 64 {
+                return invalid("proxy.allowed_paths: 1-64 patterns");
+            }
+            for p in paths {
+                let ok = p.starts_with('/')
+                    && p.len() <= 512
+                    && p.bytes().all(|c| (0x21..=0x7e).contains(&c) && c != b'?' && c != b'#' && c != b'\\')
+                    && !p.split('/').skip(1).any(|s| s == "." || s == "..")
+                    && !p.split('/').rev().skip(1).any(|s| s == "**");
+                if !ok {
+                    return invalid("proxy.allowed_paths: patterns start with '/', use '*' for one segment and a final '**' for any rest");
+                }
+            }
+        }
+        if let Some(t) = self.timeout {
+            if !(1..=PROXY_TIMEOUT.1).contains(&t) {
+                return invalid(format!("proxy.timeout must be between 1 and {} seconds", PROXY_TIMEOUT.1));
+            }
+        }
+        if let Some(b) = self.max_body {
+            if !(1..=PROXY_MAX_BODY.1).contains(&b) {
+                return invalid(format!("proxy.max_body must be between 1 and {} bytes", PROXY_MAX_BODY.1));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A proxy base URL: https (plain http only for loopback), canonical, without query or fragment.
+fn check_proxy_base(raw: &str) -> Result<url::Url, ValidationError> {
+    let url = web_url(raw).map_err(|why| ValidationError(format!("proxy.base_url: {why}")))?;
+    let loopback = matches!(url.host_str(), Some("localhost" | "127.0.0.1" | "[::1]"));
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => return invalid("proxy.base_url: must use https (http only for localhost)"),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return invalid("proxy.base_url: no query string or fragment");
+    }
+    Ok(url)
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -157,6 +302,10 @@ pub struct ApiKeySpec {
     pub header: String,
     #[serde(default = "default_format")]
     pub format: String,
+    /// In proxy mode, put the key in this query parameter instead of the header (for
+    /// APIs that want `?api_key=`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub query_param: Option<String>,
 }
 
 fn default_format() -> String {
@@ -206,7 +355,7 @@ pub struct ConnectionPatch {
 }
 
 /// Top-level members a patch may change.
-const PATCHABLE: [&str; 5] = ["display_name", "provider", "oauth2", "api_key", "scope_roles"];
+const PATCHABLE: [&str; 6] = ["display_name", "provider", "oauth2", "api_key", "scope_roles", "proxy"];
 
 impl ConnectionPatch {
     pub fn from_json(mut value: serde_json::Value) -> Result<Self, ValidationError> {
@@ -297,6 +446,9 @@ impl ConnectionSpec {
                     return invalid("scope_roles: a role is 1-128 printable ASCII characters without spaces");
                 }
             }
+        }
+        if let Some(p) = &self.proxy {
+            p.validate()?;
         }
         match (self.kind, &self.oauth2, &self.api_key) {
             (ConnectionKind::Oauth2, Some(o), None) => o.validate(self.provider.is_some()),
@@ -392,6 +544,11 @@ impl ApiKeySpec {
         if self.format.matches("{key}").count() != 1 || self.format.len() > 512 || !self.format.bytes().all(|c| (0x20..=0x7e).contains(&c))
         {
             return invalid("api_key.format must contain '{key}' exactly once, in printable ASCII (e.g. 'Bearer {key}')");
+        }
+        if let Some(q) = &self.query_param {
+            if q.is_empty() || q.len() > 128 || !q.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c)) {
+                return invalid("api_key.query_param must be 1-128 characters of A-Z, a-z, 0-9, '-', '.', '_', '~'");
+            }
         }
         Ok(())
     }

@@ -59,6 +59,10 @@ pub struct Provider {
     /// How the provider says a refresh grant is gone, where it does not use a standard code.
     #[serde(skip_serializing_if = "<[GrantGone]>::is_empty")]
     pub grant_gone: &'static [GrantGone],
+    /// The API root proxy mode uses when a connection names none (`{instance_url}`: the
+    /// credential's own host).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub api_base: Option<&'static str>,
     pub notes: &'static str,
 }
 
@@ -84,6 +88,7 @@ const fn p(
         expiry_optional: false,
         honours_narrow_refresh: false,
         grant_gone: &[],
+        api_base: None,
         notes: "",
     }
 }
@@ -94,6 +99,7 @@ pub const CATALOG: &[Provider] = &[
         extra_authorize_params: &[("access_type", "offline"), ("prompt", "consent")],
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "A refresh token is only issued with access_type=offline; prompt=consent makes Google issue it again on reconnect.",
+        api_base: Some("https://www.googleapis.com"),
         ..p("google", "Google", "https://accounts.google.com/o/oauth2/v2/auth", "https://oauth2.googleapis.com/token", Some("https://oauth2.googleapis.com/revoke"))
     },
     Provider {
@@ -101,6 +107,7 @@ pub const CATALOG: &[Provider] = &[
         honours_narrow_refresh: true,
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Tenant in the URL: set oauth2.tenant (default 'common'). Add the offline_access scope for refresh tokens. No RFC 7009 revocation endpoint. The refresh grant takes a scope subset, so downscoping works.",
+        api_base: Some("https://graph.microsoft.com"),
         ..p("microsoft", "Microsoft Entra ID", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/authorize", "https://login.microsoftonline.com/{tenant}/oauth2/v2.0/token", None)
     },
     Provider {
@@ -108,6 +115,7 @@ pub const CATALOG: &[Provider] = &[
         pkce: true,
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "token_type is lowercase 'bearer'; tokens expire (8 h, refresh 6 months) only if the app opts into expiring user tokens. Needs Accept: application/json. Revocation is a non-standard API call.",
+        api_base: Some("https://api.github.com"),
         ..p("github", "GitHub", "https://github.com/login/oauth/authorize", "https://github.com/login/oauth/access_token", None)
     },
     Provider {
@@ -117,12 +125,14 @@ pub const CATALOG: &[Provider] = &[
         expiry_optional: true,
         pkce: false,
         notes: "oauth.v2.access answers HTTP 200 with {\"ok\": false, \"error\"} on failure; user tokens arrive under authed_user. Tokens expire only with token rotation enabled. Comma-separated scopes.",
+        api_base: Some("https://slack.com/api"),
         ..p("slack", "Slack", "https://slack.com/oauth/v2/authorize", "https://slack.com/api/oauth.v2.access", None)
     },
     Provider {
         expiry_optional: true,
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Responses carry instance_url (the org's API host); no expires_in (session policy decides).",
+        api_base: Some("{instance_url}"),
         ..p("salesforce", "Salesforce", "https://login.salesforce.com/services/oauth2/authorize", "https://login.salesforce.com/services/oauth2/token", Some("https://login.salesforce.com/services/oauth2/revoke"))
     },
     Provider {
@@ -132,6 +142,7 @@ pub const CATALOG: &[Provider] = &[
         grant_gone: &[GrantGone { status: Some(403), error: Some("unauthorized_client"), field: None }],
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Rotating refresh tokens; request the offline_access scope.",
+        api_base: Some("https://api.atlassian.com"),
         ..p("atlassian", "Atlassian (Jira, Confluence)", "https://auth.atlassian.com/authorize", "https://auth.atlassian.com/oauth/token", None)
     },
     Provider {
@@ -139,6 +150,7 @@ pub const CATALOG: &[Provider] = &[
         expiry_optional: true,
         pkce: false,
         notes: "Access tokens do not expire and there is no refresh token.",
+        api_base: Some("https://api.notion.com"),
         ..p("notion", "Notion", "https://api.notion.com/v1/oauth/authorize", "https://api.notion.com/v1/oauth/token", None)
     },
     Provider {
@@ -146,11 +158,13 @@ pub const CATALOG: &[Provider] = &[
         // {"status": "BAD_REFRESH_TOKEN", "message": ...} with no `error` field.
         grant_gone: &[GrantGone { status: None, error: None, field: Some(("status", "BAD_REFRESH_TOKEN")) }],
         notes: "Access tokens last 30 minutes. Revocation is DELETE /oauth/v1/refresh-tokens/{token} (non-standard).",
+        api_base: Some("https://api.hubapi.com"),
         ..p("hubspot", "HubSpot", "https://app.hubspot.com/oauth/authorize", "https://api.hubapi.com/oauth/v1/token", None)
     },
     Provider {
         extra_authorize_params: &[("token_access_type", "offline")],
         notes: "A refresh token is only issued with token_access_type=offline. Revocation is POST /2/auth/token/revoke with the access token (non-standard).",
+        api_base: Some("https://api.dropboxapi.com"),
         ..p("dropbox", "Dropbox", "https://www.dropbox.com/oauth2/authorize", "https://api.dropboxapi.com/oauth2/token", None)
     },
     Provider {
@@ -158,37 +172,44 @@ pub const CATALOG: &[Provider] = &[
         // {"reason": "Invalid Token!", "error": "invalid_request"}.
         grant_gone: &[GrantGone { status: None, error: Some("invalid_request"), field: Some(("reason", "Invalid Token")) }],
         notes: "Rotating refresh tokens: the previous one stops working after a refresh.",
+        api_base: Some("https://api.zoom.us"),
         ..p("zoom", "Zoom", "https://zoom.us/oauth/authorize", "https://zoom.us/oauth/token", Some("https://zoom.us/oauth/revoke"))
     },
     Provider {
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Comma- or space-separated scopes accepted.",
+        api_base: Some("https://api.linear.app"),
         ..p("linear", "Linear", "https://linear.app/oauth/authorize", "https://api.linear.app/oauth/token", Some("https://api.linear.app/oauth/revoke"))
     },
     Provider {
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Access tokens last one hour.",
+        api_base: Some("https://app.asana.com/api/1.0"),
         ..p("asana", "Asana", "https://app.asana.com/-/oauth_authorize", "https://app.asana.com/-/oauth_token", Some("https://app.asana.com/-/oauth_revoke"))
     },
     Provider {
         rotates_refresh_tokens: true,
         token_endpoint_auth_method: TokenEndpointAuthMethod::ClientSecretPost,
         notes: "Rotating single-use refresh tokens (60 days).",
+        api_base: Some("https://api.box.com"),
         ..p("box", "Box", "https://account.box.com/api/oauth2/authorize", "https://api.box.com/oauth2/token", Some("https://api.box.com/oauth2/revoke"))
     },
     Provider {
         // {"error": "invalid_request", "error_description": "Invalid \"refresh_token\" in request."}.
         grant_gone: &[GrantGone { status: None, error: Some("invalid_request"), field: Some(("error_description", "Invalid \"refresh_token\"")) }],
         notes: "Access tokens last 7 days.",
+        api_base: Some("https://discord.com/api"),
         ..p("discord", "Discord", "https://discord.com/oauth2/authorize", "https://discord.com/api/oauth2/token", Some("https://discord.com/api/oauth2/token/revoke"))
     },
     Provider {
         rotates_refresh_tokens: true,
         notes: "gitlab.com; for self-managed GitLab give explicit endpoints. Rotating refresh tokens; access tokens last 2 hours.",
+        api_base: Some("https://gitlab.com/api/v4"),
         ..p("gitlab", "GitLab", "https://gitlab.com/oauth/authorize", "https://gitlab.com/oauth/token", Some("https://gitlab.com/oauth/revoke"))
     },
     Provider {
         notes: "Refresh tokens do not rotate by default.",
+        api_base: Some("https://api.spotify.com"),
         ..p("spotify", "Spotify", "https://accounts.spotify.com/authorize", "https://accounts.spotify.com/api/token", None)
     },
 ];
@@ -214,6 +235,17 @@ mod tests {
                 assert!(url::Url::parse(&u).is_ok_and(|u| u.scheme() == "https"), "{}: {u}", p.name);
             }
             assert!(!p.notes.is_empty(), "{} needs notes", p.name);
+            // Every API root is a valid proxy base_url.
+            let base = p.api_base.unwrap_or_else(|| panic!("{} needs an api_base", p.name));
+            let conn = crate::model::ConnectionSpec {
+                provider: Some(p.name.to_owned()),
+                ..crate::model::NewConnection::from_json(serde_json::json!({"id": "x", "kind": "api_key", "api_key": {"header": "X"}}))
+                    .unwrap()
+                    .spec
+            };
+            let spec = crate::model::ProxySpec::of(&conn).unwrap();
+            assert_eq!(spec.base_url, base);
+            assert!(spec.base_for(Some("https://na1.my.salesforce.com")).is_ok(), "{}: {base}", p.name);
         }
         for required in [
             "google",

@@ -39,6 +39,9 @@ pub(super) enum Need {
     MinTtl(i64),
     /// Background: only if still due.
     Due,
+    /// An API refused the token stored at this version (proxy mode): only if no refresh has
+    /// replaced it since. On demand, so the cooldown applies.
+    Rejected { version: i64 },
 }
 
 /// The in-process half of single flight for one credential.
@@ -53,6 +56,14 @@ impl OAuthService {
     /// On-demand refresh so that the token has at least `min_ttl` seconds left.
     pub async fn refresh_for_release(&self, connection: &ConnectionId, owner: &Owner, min_ttl: i64) -> Refreshed {
         self.refresh(connection, owner, Need::MinTtl(min_ttl)).await
+    }
+
+    /// Refresh after an upstream API answered 401 to the token at `version` (proxy mode),
+    /// unless it was replaced meanwhile (`NotNeeded`: retry with the new one). The upstream's
+    /// answer changes nothing else: only the provider's token endpoint can mark the
+    /// credential `needs_reauth`, so an agent cannot knock credentials out through an API.
+    pub async fn refresh_after_rejection(&self, connection: &ConnectionId, owner: &Owner, version: i64) -> Refreshed {
+        self.refresh(connection, owner, Need::Rejected { version }).await
     }
 
     /// The single-flight entry of a credential (shared by refreshes and narrowing mints:
@@ -127,6 +138,7 @@ impl OAuthService {
             let still_needed = match need {
                 Need::MinTtl(t) => m.expires_at.is_some_and(|e| e - now < t.max(1)),
                 Need::Due => m.refresh_due_at.is_some_and(|d| d <= now),
+                Need::Rejected { version } => m.version == version,
             };
             if !still_needed {
                 return Refreshed::NotNeeded;
@@ -134,7 +146,7 @@ impl OAuthService {
             let Some(refresh_token) = m.refresh_token.clone() else { return Refreshed::Impossible };
             // A release may not refresh a still-valid token more often than the cooldown:
             // otherwise every request with a demanding min_ttl rotates the grant.
-            let on_demand = matches!(need, Need::MinTtl(_)) && m.expires_at.is_some_and(|e| e > now);
+            let on_demand = matches!(need, Need::MinTtl(_) | Need::Rejected { .. }) && m.expires_at.is_none_or(|e| e > now);
             // Cross-process single flight: the lease in the row, taken only at the version
             // read. (Before the cooldown check: another replica's refresh in flight has
             // marked the cooldown but not yet stored its tokens; wait for them instead.)

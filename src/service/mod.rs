@@ -5,12 +5,14 @@
 //!
 //! - [`tokens`]: the token endpoint (client credentials, RFC 8693 token exchange).
 //! - [`release`]: a release, refreshing first when the token is too short-lived.
+//! - [`proxy`]: a call forwarded with the credential injected (proxy mode).
 //! - [`connect`]: who may create connect links, opening them, and the callback.
 //! - [`credentials`]: disconnecting (revoke at the provider, then destroy).
 
 pub mod connect;
 pub mod credentials;
 pub mod limits;
+pub mod proxy;
 pub mod release;
 pub mod tokens;
 
@@ -31,6 +33,8 @@ pub enum StartError {
     OAuth(#[from] oauth::Error),
     #[error("cannot build the JWKS client: {0}")]
     Jwks(String),
+    #[error("cannot build the proxy client: {0}")]
+    Proxy(String),
 }
 
 /// Everything the request handlers use, shared by every worker.
@@ -44,6 +48,8 @@ pub struct Services {
     pub failures: limits::FailureLimiter,
     /// Repeated failures per client, audited once a minute.
     pub failure_audit: limits::FailureAudit,
+    /// Upstream clients for proxy mode.
+    pub proxy_clients: proxy::ProxyClients,
 }
 
 impl std::fmt::Debug for Services {
@@ -60,7 +66,9 @@ impl Services {
         let metrics = Arc::new(Metrics::default());
         let jwks = Arc::new(JwksCache::new().map_err(|e| StartError::Jwks(e.to_string()))?);
         let oauth = Arc::new(OAuthService::new(vault.clone(), public_url, metrics.clone(), jwks.clone(), client)?);
-        Ok(Services { vault, oauth, tokens, jwks, metrics, failures: Default::default(), failure_audit: Default::default() })
+        let proxy_clients =
+            proxy::ProxyClients::new(Arc::new(crate::egress::SystemLookup)).map_err(|e| StartError::Proxy(e.to_string()))?;
+        Ok(Services { vault, oauth, tokens, jwks, metrics, failures: Default::default(), failure_audit: Default::default(), proxy_clients })
     }
 
     /// Runs a vault call on the blocking pool: SQLite, argon2 and key loading must not

@@ -72,11 +72,12 @@ mod tests {
         ReleaseInput {
             principal: Principal { agent_id: "svc".into(), user: None, tenant: None, roles: vec![], epoch: i64::MAX },
             connection: ConnectionId::parse(connection).unwrap(),
-            request: ReleaseRequest { scopes: Vec::<Scope>::new(), user_id: Some(user.into()), tenant_id: None },
+            request: ReleaseRequest { scopes: Vec::<Scope>::new(), user_id: Some(user.into()), tenant_id: None, ..Default::default() },
             min_ttl: crate::vault::MinTtl::Default,
             request_id: "req-1".into(),
             refresh_attempted: None,
             narrowing: Narrowing::Allowed,
+            proxy: None,
         }
     }
 

@@ -47,7 +47,9 @@ pub use keys::{
     ROTATE_GRACE,
 };
 pub use refresh_state::{AccountChange, RefreshMaterial, Replacement};
-pub use release::{Decision, MinTtl, Narrowing, ReleaseError, ReleaseInput, Released, ReleasedSecret, DEFAULT_MIN_TTL};
+pub use release::{
+    Decision, MinTtl, Narrowing, ProxyCall, ProxyTarget, ReleaseError, ReleaseInput, Released, ReleasedSecret, DEFAULT_MIN_TTL,
+};
 pub use replicas::{Readiness, HEARTBEAT_INTERVAL_MS, LIVE_WINDOW_MS};
 
 /// Why a vault operation failed. Mapped to HTTP statuses in one place (`api::error`)
@@ -269,6 +271,13 @@ impl Vault {
     /// The group-commit audit writer (started on first use).
     fn audit_sink(&self) -> &audit_sink::AuditSink {
         self.audit_sink.get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
+    }
+
+    /// Appends `event` through the group-commit writer. It is queued at once; the future
+    /// says whether it committed (dropping it does not withdraw the record).
+    pub fn audit_async(&self, event: Event) -> impl std::future::Future<Output = Result<()>> + 'static {
+        let committed = self.audit_sink().append(event, self.clock.now_millis());
+        async move { committed.await.map(|_| ()).map_err(|_| VaultError::Internal("audit write failed")) }
     }
 
     fn audit(&self, c: &Conn<'_>, event: Event) -> std::result::Result<i64, StoreError> {

@@ -12,7 +12,7 @@ use serde::Serialize;
 use super::config_cache::AgentPolicy;
 use super::{new_id, Result, Vault, VaultError};
 use crate::audit::{Event, Outcome};
-use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, Scope, ScopeEnforcement};
+use crate::model::{ConnectionId, ConnectionSpec, CredentialSecret, CredentialStatus, Owner, ProxySpec, Scope, ScopeEnforcement};
 use crate::policy::{self, Policy, Principal, Refusal, ReleaseRequest, ScopePlan, ScopeRefusal};
 use crate::secret::Secret;
 use crate::store::{identity, rows};
@@ -46,6 +46,24 @@ pub enum ReleaseError {
     MinTtlUnsatisfiable { lifetime: i64 },
     #[error("the audit trail cannot be written; nothing is released")]
     AuditUnavailable,
+    /// Proxy mode: the connection names no upstream (`proxy.base_url`).
+    #[error("this connection is not set up for proxy mode (it has no proxy.base_url)")]
+    ProxyNotConfigured,
+    /// Proxy mode: the path could escape the base URL (dot-segments, encoded separators,
+    /// double encoding).
+    #[error("the path is refused: {0}")]
+    InvalidPath(String),
+    /// Proxy mode: the method is not among the connection's `proxy.allowed_methods`.
+    #[error("the connection's proxy settings do not allow this method")]
+    MethodNotAllowed,
+    /// Proxy mode: the path is refused (it could escape the base URL, or is not among the
+    /// connection's `proxy.allowed_paths`).
+    #[error("{0}")]
+    PathNotAllowed(String),
+    /// Proxy mode: the upstream is not a public address and the connection does not allow
+    /// private ones.
+    #[error("the upstream address is not public, and the connection does not allow private addresses")]
+    EgressDenied,
     /// The store or a stored secret failed (details are logged, never returned).
     #[error("internal error")]
     Internal,
@@ -133,6 +151,34 @@ pub struct Released {
     pub lease_expires_in: i64,
     /// Whether the secret stops working when the lease ends.
     pub lease_enforced: bool,
+    /// The stored secret's version (what a refresh after an upstream 401 must still find).
+    pub secret_version: i64,
+    /// Whether the token is a narrower one minted for this caller (not the stored token).
+    pub narrowed: bool,
+    /// Proxy mode: where the call goes and within what limits.
+    pub proxy: Option<ProxyTarget>,
+}
+
+/// A proxied call the policy allowed: the upstream base and the connection's limits.
+#[derive(Debug, Clone)]
+pub struct ProxyTarget {
+    pub base: url::Url,
+    pub timeout: std::time::Duration,
+    pub max_body: u64,
+    pub allow_private: bool,
+    pub pass_cookies: bool,
+    /// API keys: the query parameter that carries the key instead of the header.
+    pub query_param: Option<String>,
+    /// The checked path below `base`.
+    pub path: crate::egress::RelPath,
+}
+
+/// A call to proxy, as far as the decision needs it (never its query, headers or body).
+#[derive(Debug, Clone)]
+pub struct ProxyCall {
+    pub method: String,
+    /// The path below the connection's base URL, as sent (percent-encoded, no query).
+    pub path: String,
 }
 
 /// The inputs of one release, as audited.
@@ -147,6 +193,8 @@ pub struct ReleaseInput {
     pub refresh_attempted: Option<u64>,
     /// Whether (still) to ask for a narrower token, for `downscope` connections.
     pub narrowing: Narrowing,
+    /// Proxy mode: the call (the request's mode is [`policy::Mode::Proxy`]).
+    pub proxy: Option<ProxyCall>,
 }
 
 #[derive(Serialize, Default)]
@@ -169,6 +217,12 @@ struct Record<'a> {
     reason: &'static str,
     lease_id: Option<String>,
     request_id: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    method: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    host: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<String>,
 }
 
 /// A decision whose audit record is not yet committed (see [`Vault::commit_release`]).
@@ -212,6 +266,7 @@ impl Vault {
                 connection: input.connection.as_str(),
                 scopes_requested: input.request.scopes.iter().map(|s| s.as_str()).collect(),
                 request_id: &input.request_id,
+                method: input.proxy.as_ref().map(|c| c.method.as_str()),
                 ..Record::default()
             };
             // Decided on an async worker: a master key not loaded yet is loaded by the
@@ -227,7 +282,8 @@ impl Vault {
             // The caller refreshes and asks again; that second decision is audited.
             return Decision { outcome, event: None, request_id };
         }
-        let event = release_event(rec, &outcome);
+        let action = if input.proxy.is_some() { "proxy.request" } else { "token.release" };
+        let event = release_event(rec, &outcome, action);
         Decision { outcome, event: Some(event), request_id }
     }
 
@@ -354,6 +410,10 @@ impl Vault {
             rec.reason = "no grant for this connection";
             return Err(ReleaseError::AccessDenied.into());
         };
+        let proxy_rules = match &input.proxy {
+            Some(call) => Some(proxy_rules(&spec, call, rec)?),
+            None => None,
+        };
         let Some(cred) = cred else {
             rec.reason = "not connected";
             return Err(ReleaseError::NotConnected.into());
@@ -370,6 +430,7 @@ impl Vault {
             }
         }
         let credential_id = cred.meta.id.clone();
+        let secret_version = cred.meta.secret_version;
         let min_ttl = match input.min_ttl.resolve(cred.meta.issued_lifetime) {
             Ok(t) => t,
             Err(lifetime) => {
@@ -381,6 +442,7 @@ impl Vault {
         let now = self.clock.now();
         let roles = &input.principal.roles;
         let lease_id = new_id("lease_").map_err(internal)?;
+        let mut narrowed = false;
         let (secret, remaining) = match opened.secret {
             CredentialSecret::ApiKey(k) => {
                 // An API key cannot be narrowed or expired: the scope field is a label and the
@@ -428,6 +490,7 @@ impl Vault {
                             Some(t) => {
                                 rec.scope_enforced = true;
                                 rec.narrowed = true;
+                                narrowed = true;
                                 ReleasedToken {
                                     access_token: t.access_token,
                                     token_type: t.token_type,
@@ -464,14 +527,93 @@ impl Vault {
                 (released, remaining)
             }
         };
+        let proxy = match proxy_rules {
+            Some((p, rel)) => Some(proxy_target(&p, rel, &secret, &spec, rec)?),
+            None => None,
+        };
         let lease_expires_in = policy::lease_ttl(grant, remaining);
         // A lease is enforced when the token dies with it: never for an API key; for a token,
         // when the lease runs to the token's expiry.
         let lease_enforced = remaining.is_some_and(|r| lease_expires_in >= r);
         rec.reason = "granted";
         rec.lease_id = Some(lease_id.clone());
-        Ok(Released { connection_id: input.connection.clone(), owner, secret, lease_id, lease_expires_in, lease_enforced })
+        Ok(Released {
+            connection_id: input.connection.clone(),
+            owner,
+            secret,
+            lease_id,
+            lease_expires_in,
+            lease_enforced,
+            secret_version,
+            narrowed,
+            proxy,
+        })
     }
+}
+
+/// Proxy mode, before the credential is read: the connection's proxy settings, and whether
+/// they allow this method and path.
+fn proxy_rules(
+    spec: &ConnectionSpec,
+    call: &ProxyCall,
+    rec: &mut Record<'_>,
+) -> std::result::Result<(ProxySpec, crate::egress::RelPath), ReleaseError> {
+    let rel = match crate::egress::RelPath::parse(&call.path) {
+        Ok(rel) => rel,
+        Err(e) => {
+            rec.reason = "path refused: it could escape the base URL";
+            rec.path = Some(call.path.chars().take(256).collect());
+            return Err(ReleaseError::InvalidPath(e.to_string()));
+        }
+    };
+    let Some(p) = ProxySpec::of(spec) else {
+        rec.reason = "the connection has no proxy configuration";
+        return Err(ReleaseError::ProxyNotConfigured);
+    };
+    if !p.allows_method(&call.method) {
+        rec.reason = "method not allowed by the connection's proxy settings";
+        return Err(ReleaseError::MethodNotAllowed);
+    }
+    if p.allowed_paths.as_ref().is_some_and(|paths| !rel.matches_any(paths)) {
+        rec.reason = "path not allowed by the connection's proxy settings";
+        rec.path = Some(call.path.chars().take(256).collect());
+        return Err(ReleaseError::PathNotAllowed("the connection's proxy settings do not allow this path".into()));
+    }
+    Ok((p.into_owned(), rel))
+}
+
+/// Proxy mode, once the credential is open: the upstream base (a credential's
+/// `instance_url` filled in), refused when it is a literal address that is not public.
+fn proxy_target(
+    p: &ProxySpec,
+    rel: crate::egress::RelPath,
+    secret: &ReleasedSecret,
+    spec: &ConnectionSpec,
+    rec: &mut Record<'_>,
+) -> std::result::Result<ProxyTarget, ReleaseError> {
+    let instance = match secret {
+        ReleasedSecret::OAuth2 { instance_url, .. } => instance_url.as_deref(),
+        ReleasedSecret::ApiKey { .. } => None,
+    };
+    let base = p.base_for(instance).map_err(|e| {
+        rec.reason = "no valid upstream URL for this credential";
+        ReleaseError::PathNotAllowed(e.0)
+    })?;
+    rec.host = base.host_str().map(str::to_owned);
+    rec.path = Some(format!("{}/{}", base.path().trim_end_matches('/'), rel.as_str()));
+    if crate::egress::check_literal(&base, p.allow_private).is_err() {
+        rec.reason = "the upstream address is not public";
+        return Err(ReleaseError::EgressDenied);
+    }
+    Ok(ProxyTarget {
+        base,
+        timeout: std::time::Duration::from_secs(p.timeout_secs()),
+        max_body: p.max_body_bytes(),
+        allow_private: p.allow_private,
+        pass_cookies: p.pass_cookies,
+        query_param: spec.api_key.as_ref().and_then(|a| a.query_param.clone()),
+        path: rel,
+    })
 }
 
 /// The token a release hands out (the stored one, or a narrower one).
@@ -503,7 +645,7 @@ fn internal(e: VaultError) -> ReleaseError {
 }
 
 /// The audit event of a decision.
-fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, ReleaseError>) -> Event {
+fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, ReleaseError>, action: &'static str) -> Event {
     let decision = match outcome {
         Ok(_) => Outcome::Ok,
         Err(ReleaseError::ProviderUnavailable { .. } | ReleaseError::Internal) => Outcome::Failed,
@@ -517,7 +659,7 @@ fn release_event(mut rec: Record<'_>, outcome: &std::result::Result<Released, Re
         Some(o) => format!("{}/{o}", rec.connection),
         None => rec.connection.to_owned(),
     };
-    Event::serialized(format!("agent:{}", rec.agent), "token.release", target, decision, &rec)
+    Event::serialized(format!("agent:{}", rec.agent), action, target, decision, &rec)
 }
 
 #[cfg(test)]

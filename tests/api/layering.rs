@@ -16,6 +16,7 @@ const LAYERS: &[(&str, u8)] = &[
     ("time", 0),
     ("config", 0),
     ("telemetry", 0),
+    ("egress", 0),
     ("store", 1),
     ("policy", 2),
     ("auth", 2),

@@ -14,6 +14,7 @@ mod oauth;
 mod openapi;
 mod pg_suite;
 mod plaintext;
+mod proxy;
 mod replicas;
 mod rotation;
 mod scopes;

@@ -410,7 +410,7 @@ impl Schemas {
                         }
                     }
                 }
-                "items" | "minItems" | "maxItems" => {
+                "items" | "minItems" | "maxItems" | "uniqueItems" => {
                     let Some(a) = v.as_array() else { continue };
                     match k.as_str() {
                         "items" => {
@@ -420,6 +420,9 @@ impl Schemas {
                         }
                         "minItems" if (a.len() as u64) < kw.as_u64().unwrap() => return fail(format!("fewer than {kw} items")),
                         "maxItems" if (a.len() as u64) > kw.as_u64().unwrap() => return fail(format!("more than {kw} items")),
+                        "uniqueItems" if kw == true && a.iter().enumerate().any(|(i, x)| a[..i].contains(x)) => {
+                            return fail("items repeat".to_owned())
+                        }
                         _ => {}
                     }
                 }
@@ -471,6 +474,9 @@ fn operations(doc: &Value) -> Vec<(String, String, &Value)> {
     let mut out = vec![];
     for (path, item) in doc["paths"].as_object().unwrap() {
         for (method, op) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue; // shared by the path's operations
+            }
             assert!(METHODS.contains(&method.as_str()), "{method} {path}: unexpected member");
             out.push((method.to_uppercase(), path.clone(), op));
         }
@@ -492,6 +498,13 @@ fn routes_in_source() -> BTreeSet<(String, String)> {
         "the admin routes are no longer mounted as this test assumes; update it"
     );
     let mut routes = BTreeSet::new();
+    // Proxy mode takes any method (`.to(proxy)`); the document lists the five with bodies or
+    // effects (HEAD and OPTIONS are forwarded the same way).
+    let proxy = include_str!("../../src/api/proxy.rs");
+    assert!(proxy.contains("web::resource(\"/v1/proxy/{connection}/{path:.*}\").to(proxy)"), "the proxy route changed; update this test");
+    for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        routes.insert((m.to_owned(), "/v1/proxy/{connection}/{path}".to_owned()));
+    }
     for (prefix, text) in sources {
         for chunk in text.split("web::resource(\"").skip(1) {
             let (path, rest) = chunk.split_once('"').unwrap();
@@ -517,7 +530,7 @@ fn every_route_is_documented_and_every_documented_operation_routed() {
     let doc = doc();
     let documented: BTreeSet<(String, String)> = operations(&doc).into_iter().map(|(m, p, _)| (m, p)).collect();
     let routed = routes_in_source();
-    assert_eq!(routed.len(), 35, "{routed:?}");
+    assert_eq!(routed.len(), 40, "{routed:?}");
     let undocumented: Vec<_> = routed.difference(&documented).collect();
     let unrouted: Vec<_> = documented.difference(&routed).collect();
     assert!(
@@ -535,6 +548,7 @@ fn error_codes(schema: &Value) -> Option<Vec<String>> {
         return match r {
             "#/components/schemas/ScopeError" => Some(vec!["insufficient_scope".into()]),
             "#/components/schemas/MinTtlError" => Some(vec!["min_ttl_unsatisfiable".into()]),
+            "#/components/schemas/BodyTooLargeError" => Some(vec!["payload_too_large".into()]),
             "#/components/schemas/NotReadyError" => Some(vec!["not_ready".into()]),
             _ => None,
         };
@@ -615,21 +629,24 @@ fn every_operation_documents_the_errors_it_can_answer() {
         ("FORBIDDEN", 403),
         ("NOT_FOUND", 404),
         ("REQUEST_TIMEOUT", 408),
+        ("METHOD_NOT_ALLOWED", 405),
         ("CONFLICT", 409),
         ("PAYLOAD_TOO_LARGE", 413),
         ("UNSUPPORTED_MEDIA_TYPE", 415),
         ("TOO_MANY_REQUESTS", 429),
         ("INTERNAL_SERVER_ERROR", 500),
         ("SERVICE_UNAVAILABLE", 503),
+        ("BAD_GATEWAY", 502),
+        ("GATEWAY_TIMEOUT", 504),
     ];
     let mut in_source = BTreeSet::new();
-    for text in [include_str!("../../src/api/error.rs"), include_str!("../../src/api/ops.rs")] {
+    for text in [include_str!("../../src/api/error.rs"), include_str!("../../src/api/ops.rs"), include_str!("../../src/api/proxy.rs")] {
         let text: String = text.split_whitespace().collect();
         for chunk in text.split("new(StatusCode::").skip(1).chain(text.split("new(actix_web::http::StatusCode::").skip(1)) {
             let (name, rest) = chunk.split_once(',').unwrap();
             let code = rest.strip_prefix('"').and_then(|r| r.split_once('"')).map(|(c, _)| c);
             let (Some(code), Some((_, status))) = (code, statuses.iter().find(|(n, _)| *n == name)) else {
-                assert!(name == "METHOD_NOT_ALLOWED" || code.is_none(), "unknown status {name}");
+                assert!(code.is_none(), "unknown status {name}");
                 continue;
             };
             in_source.insert((*status, code.to_owned()));
@@ -762,6 +779,41 @@ fn mutations(base: &Value, cases: &[(&str, Vec<Option<Value>>)]) -> Vec<Value> {
     out
 }
 
+fn proxy_samples() -> Vec<Option<Value>> {
+    let b = "https://api.example.com/v1";
+    [
+        json!({"base_url": b}),
+        json!({"base_url": "{instance_url}/services/data"}),
+        json!({"base_url": "{instance_url}"}),
+        json!({"base_url": "{instance_url}x"}),
+        json!({"base_url": "https://api.example.com/?q=1"}),
+        json!({"base_url": "https://api.example.com/#f"}),
+        json!({"base_url": "http://api.example.com"}),
+        json!({"base_url": "http://127.0.0.1:8080/api"}),
+        json!({"base_url": b, "timeout": 0}),
+        json!({"base_url": b, "timeout": 300}),
+        json!({"base_url": b, "timeout": 301}),
+        json!({"base_url": b, "max_body": 0}),
+        json!({"base_url": b, "max_body": 1_073_741_824u64}),
+        json!({"base_url": b, "max_body": 1_073_741_825u64}),
+        json!({"base_url": b, "allowed_methods": ["GET", "POST"]}),
+        json!({"base_url": b, "allowed_methods": []}),
+        json!({"base_url": b, "allowed_methods": ["TRACE"]}),
+        json!({"base_url": b, "allowed_paths": ["/calendars/*/events", "/users/**"]}),
+        json!({"base_url": b, "allowed_paths": ["calendars"]}),
+        json!({"base_url": b, "allowed_paths": ["/a?b"]}),
+        json!({"base_url": b, "allowed_paths": []}),
+        json!({"base_url": b, "allow_private": true, "pass_cookies": true}),
+        json!({"base_url": b, "pass_cookies": "yes"}),
+        json!({"base_url": b, "colour": 1}),
+        json!({}),
+        Value::Null,
+    ]
+    .into_iter()
+    .map(Some)
+    .collect()
+}
+
 fn url_samples() -> Vec<Option<Value>> {
     [
         "https://crm.example/oauth/token",
@@ -825,6 +877,7 @@ fn connection_bodies_agree_with_the_validator() {
             ("/provider", vec![Some(json!("google")), Some(json!("nope")), Some(Value::Null)]),
             ("/api_key", vec![Some(Value::Null), Some(json!({"header": "X"}))]),
             ("/oauth2", vec![Some(Value::Null), Some(json!({}))]),
+            ("/proxy", proxy_samples()),
             ("/colour", vec![Some(json!("red"))]),
             (
                 "/oauth2/client_id",
@@ -948,6 +1001,19 @@ fn connection_bodies_agree_with_the_validator() {
                     Some(json!("é")),
                     Some(json!("X!#$%&'*+-.^_`|~9")),
                     Some(json!("X(Key)")),
+                    Some(Value::Null),
+                ],
+            ),
+            (
+                "/api_key/query_param",
+                vec![
+                    Some(json!("api_key")),
+                    Some(json!("a.b~c-d_e")),
+                    Some(json!("")),
+                    Some(json!("a b")),
+                    Some(json!("a&b")),
+                    Some(json!(x(128))),
+                    Some(json!(x(129))),
                     Some(Value::Null),
                 ],
             ),
@@ -1169,6 +1235,17 @@ fn agent_and_policy_bodies_agree_with_the_validators() {
             ),
             ("/connect", vec![Some(json!(true)), Some(json!(false)), Some(Value::Null)]),
             ("/connect_role", vec![Some(json!("admin")), Some(Value::Null)]),
+            (
+                "/modes",
+                vec![
+                    Some(json!(["proxy"])),
+                    Some(json!(["release", "proxy"])),
+                    Some(json!([])),
+                    Some(json!(["proxy", "proxy"])),
+                    Some(json!(["stream"])),
+                    Some(Value::Null),
+                ],
+            ),
             ("/colour", vec![Some(json!("red"))]),
         ],
     );
@@ -1461,16 +1538,78 @@ impl Responses {
             }
             Some(content) => {
                 let ctype = header("content-type").map(|v| v.split(';').next().unwrap().trim().to_owned()).unwrap_or_default();
-                let media = content.get(&ctype).unwrap_or_else(|| panic!("{name}: content type {ctype:?} is not documented; body {text}"));
+                let media = content
+                    .get(&ctype)
+                    .or_else(|| content.get("*/*"))
+                    .unwrap_or_else(|| panic!("{name}: content type {ctype:?} is not documented; body {text}"));
                 let body = if ctype == "application/json" { serde_json::from_str(text).expect("a JSON body") } else { json!(text) };
-                if let Err(e) = self.s.check(&media["schema"], &body, "") {
-                    panic!("{name}: the body does not match the document: {e}\nbody: {body}");
+                // `*/*` without a schema: whatever an upstream answers (proxy mode).
+                if media.get("schema").is_some() {
+                    if let Err(e) = self.s.check(&media["schema"], &body, "") {
+                        panic!("{name}: the body does not match the document: {e}\nbody: {body}");
+                    }
                 }
                 body
             }
         };
         self.seen.insert((method.to_owned(), path.to_owned(), status));
         (status, body)
+    }
+}
+
+/// Proxy mode: every documented answer, for every documented method, against a real upstream.
+async fn proxy_calls(v: &mut Responses, app: &TestApp) {
+    let up = crate::helpers::upstream::start(("x-api-key", "proxy-key-1".to_owned())).await;
+    let base = format!("{}/api", up.url);
+    let conns = [
+        ("px", json!({"base_url": base, "allow_private": true, "timeout": 1, "max_body": 1024})),
+        ("pxget", json!({"base_url": base, "allow_private": true, "allowed_methods": ["GET"], "allowed_paths": ["/whoami"]})),
+        ("pxmeta", json!({"base_url": "https://169.254.169.254/latest"})),
+        ("pxnone", Value::Null),
+    ];
+    let mut grants = vec![];
+    for (id, proxy) in conns {
+        let body = json!({"id": id, "kind": "api_key", "api_key": {"header": "X-API-Key"}, "proxy": proxy});
+        assert_eq!(app.admin(Method::POST, "/v1/admin/connections").json(&body).send().await.unwrap().status(), 201);
+        let r =
+            app.admin(Method::PUT, &format!("/v1/admin/connections/{id}/credentials/user:alice")).json(&json!({"api_key": "proxy-key-1"}));
+        assert_eq!(r.send().await.unwrap().status(), 200);
+        grants.push(json!({"connection": id, "owners": "any", "modes": ["proxy"]}));
+    }
+    let r = app.admin(Method::POST, "/v1/admin/agents").json(&json!({"id": "proxier", "name": "proxier", "policy": {"grants": grants}}));
+    let secret = r.send().await.unwrap().json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
+    let t: Value = app
+        .http
+        .post(app.url("/oauth2/token"))
+        .basic_auth("proxier", Some(&secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = t["access_token"].as_str().unwrap().to_owned();
+    let path = "/v1/proxy/{connection}/{path}";
+    for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
+        let method = Method::from_bytes(m.as_bytes()).unwrap();
+        let call = |p: &str, user: &str| app.http.request(method.clone(), app.url(p)).bearer_auth(&token).header("x-latchkey-user", user);
+        let cases = [
+            (call("/v1/proxy/px/whoami?q=1", "alice"), 200),
+            (call("/v1/proxy/px/a%2fb", "alice"), 400),
+            (app.http.request(method.clone(), app.url("/v1/proxy/px/whoami")).bearer_auth("forged"), 401),
+            (call("/v1/proxy/crm/whoami", "alice"), 403),
+            (call("/v1/proxy/px/whoami", "bob"), 404),
+            (call("/v1/proxy/pxnone/whoami", "alice"), 409),
+            (call("/v1/proxy/px/upload", "alice").body(vec![b'x'; 2048]), 413),
+            (call("/v1/proxy/pxmeta/whoami", "alice"), 502),
+            (call("/v1/proxy/px/slow?s=3", "alice"), 504),
+        ];
+        for (request, status) in cases {
+            assert_eq!(v.check(m, path, request.send().await.unwrap()).await.0, status, "{m} {status}");
+        }
+        let other = if m == "GET" { call("/v1/proxy/pxget/other", "alice") } else { call("/v1/proxy/pxget/whoami", "alice") };
+        assert_eq!(v.check(m, path, other.send().await.unwrap()).await.0, if m == "GET" { 403 } else { 405 }, "{m}");
     }
 }
 
@@ -1927,6 +2066,7 @@ async fn real_responses_match_the_document() {
     let r = guarded.http.get(guarded.url("/metrics")).send().await.unwrap();
     assert_eq!(v.check("GET", "/metrics", r).await.0, 401);
 
+    proxy_calls(&mut v, &app).await;
     provider_flows(&mut v).await;
 
     // Every operation was seen, and every documented status of the ones this test can cause.
@@ -1941,6 +2081,8 @@ async fn real_responses_match_the_document() {
         status == 500
             || (method == "GET" && path == "/v1/connect/s/{session}" && status == 502)
             || (status == 503 && path != "/v1/connections/{id}/token")
+            // Every proxied method but GET may be limited to GET.
+            || (method == "GET" && path == "/v1/proxy/{connection}/{path}" && status == 405)
             || (status == 409 && (method == "PATCH" || method == "PUT") && path.starts_with("/v1/admin/connections/"))
     };
     let mut unseen = vec![];

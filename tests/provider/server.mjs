@@ -306,6 +306,15 @@ handler = async (req, res) => {
       sendJson(res, 200, stats);
       return;
     }
+    // An API that stops honouring one access token before it expires (RFC 7009 revocation
+    // here would revoke the whole grant, refresh token included).
+    const drop = /^\/_test\/drop-access-token\/([^/]+)$/.exec(pathname);
+    if (req.method === 'POST' && drop) {
+      const token = await provider.AccessToken.find(decodeURIComponent(drop[1]));
+      if (token) await token.destroy();
+      sendJson(res, 200, { dropped: Boolean(token) });
+      return;
+    }
     const forget = /^\/_test\/forget\/([^/]+)$/.exec(pathname);
     if (req.method === 'POST' && forget) {
       const result = await forgetAccount(decodeURIComponent(forget[1]));

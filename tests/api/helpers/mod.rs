@@ -6,6 +6,7 @@ pub mod faults;
 pub mod issuer;
 pub mod pg;
 pub mod provider;
+pub mod upstream;
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
