@@ -355,6 +355,7 @@ def main():
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
     ap.add_argument("--proxy-only", action="store_true", help="only proxy mode against a direct call to the same upstream")
+    ap.add_argument("--upstream-latency-ms", type=int, default=0, help="time the --proxy-only upstream takes per call (default 0: latchkey's own ceiling)")
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
                     help="where the scenarios keep their data (postgres: a fresh database per scenario on 127.0.0.1:5432)")
     ap.add_argument("--replicas-only", action="store_true",
@@ -391,8 +392,8 @@ def main():
         full(a)
 
 
-def start_upstream():
-    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "upstream", "--port", str(UPSTREAM_PORT)],
+def start_upstream(latency_ms=0):
+    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "upstream", "--port", str(UPSTREAM_PORT), "--latency-ms", str(latency_ms)],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     line = p.stdout.readline()
     if not line.startswith("LISTENING"):
@@ -409,13 +410,13 @@ def proxy_scenarios(a):
 def _proxy_scenarios(a, dbenv):
     """Proxied calls (an API key injected, 300 owners) against the same call made directly
     to the upstream, with its key, in one run. Latency at 1 connection, throughput at 64."""
-    upstream, url = start_upstream()
+    upstream, url = start_upstream(a.upstream_latency_ms)
     work = None
     try:
         work, _ = seed(600, 1, ["--upstream", url], dbenv=dbenv)
         env = {"LK_TOKEN": open(f"{work}/tokens.txt").readline().strip(), "LK_HALF": "300"}
         d = a.duration
-        print(f"\n## Proxy mode ({a.backend}; {machine()}; {d} s per run, medians of 3 alternating runs)\n")
+        print(f"\n## Proxy mode ({a.backend}; upstream answers after {a.upstream_latency_ms} ms; {machine()}; {d} s per run, medians of 3 alternating runs)\n")
         print("| audit durability | path | latency p50 (ms) | p99 (ms) | throughput at 64 conns (req/s) | p50 | p99 | errors |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
         summary = []

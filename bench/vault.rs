@@ -253,15 +253,23 @@ fn seed(args: &[String]) {
 }
 
 /// The upstream API of the proxy scenario: `GET /api/...` answers a small JSON document when
-/// `X-API-Key` carries a seeded key, 401 otherwise. `upstream --port P [--workers W]`.
+/// `X-API-Key` carries a seeded key, 401 otherwise, after `--latency-ms` (default 0; real APIs
+/// take tens of ms). `upstream --port P [--workers W] [--latency-ms L]`.
 fn upstream(args: &[String]) {
     use actix_web::{web, App, HttpRequest, HttpResponse, HttpServer};
+    use std::sync::atomic::{AtomicU64, Ordering};
     let port: u16 = arg(args, "--port").and_then(|v| v.parse().ok()).expect("--port");
     let workers: usize = arg(args, "--workers").and_then(|v| v.parse().ok()).unwrap_or(1);
+    static LATENCY_MS: AtomicU64 = AtomicU64::new(0);
+    LATENCY_MS.store(arg(args, "--latency-ms").and_then(|v| v.parse().ok()).unwrap_or(0), Ordering::Relaxed);
     async fn item(req: HttpRequest) -> HttpResponse {
         let key = req.headers().get("x-api-key").and_then(|v| v.to_str().ok()).unwrap_or("");
         if !key.starts_with("sk-live-") {
             return HttpResponse::Unauthorized().finish();
+        }
+        let latency = LATENCY_MS.load(Ordering::Relaxed);
+        if latency > 0 {
+            actix_web::rt::time::sleep(Duration::from_millis(latency)).await;
         }
         HttpResponse::Ok()
             .content_type("application/json")

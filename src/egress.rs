@@ -62,8 +62,13 @@ fn is_public_v6(ip: Ipv6Addr) -> bool {
     if s[0..6] == [0, 0, 0, 0, 0, 0] && !(s[6] == 0 && s[7] <= 1) {
         return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
     }
-    if s[0] == 0x64 && s[1] == 0xff9b && (s[2..6] == [0, 0, 0, 0] || s[2] == 1) {
+    if s[0] == 0x64 && s[1] == 0xff9b && s[2..6] == [0, 0, 0, 0] {
         return is_public_v4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
+    }
+    // The local-use NAT64 prefix (its translator may embed the IPv4 address anywhere) and
+    // IPv4-translated addresses (::ffff:0:a.b.c.d): refused whole.
+    if (s[0] == 0x64 && s[1] == 0xff9b && s[2] == 1) || (s[0..4] == [0, 0, 0, 0] && s[4] == 0xffff && s[5] == 0) {
+        return false;
     }
     if s[0] == 0x2002 {
         return is_public_v4(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32));
@@ -110,7 +115,10 @@ impl RelPath {
                 return Err(EgressError::Path("backslash, space or control character"));
             }
             let decoded = percent_decode(seg).ok_or(EgressError::Path("invalid percent-encoding"))?;
-            if decoded == b"." || decoded == b".." {
+            if std::str::from_utf8(&decoded).is_err() {
+                return Err(EgressError::Path("percent-encoding that is not UTF-8"));
+            }
+            if is_dot_segment(&decoded) {
                 return Err(EgressError::Path("dot-segment"));
             }
             if decoded.iter().any(|b| matches!(b, b'/' | b'\\' | b'%') || b.is_ascii_control()) {
@@ -145,6 +153,30 @@ impl RelPath {
         }
         path.next().is_none()
     }
+}
+
+/// A segment some server would take for `.` or `..`: only dots (and spaces) before any
+/// `;parameters` (servlet containers drop those, so `..;x` climbs), or nothing at all there.
+fn is_dot_segment(decoded: &[u8]) -> bool {
+    let head = decoded.split(|b| *b == b';').next().unwrap_or(&[]);
+    head.iter().all(|b| *b == b'.' || *b == b' ')
+}
+
+/// Decodes every valid `%XX` (either case) and keeps anything else as it is.
+pub fn percent_decode_lossy(b: &[u8]) -> Vec<u8> {
+    let hex = |c: u8| (c as char).to_digit(16);
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if let (b'%', Some(h), Some(l)) = (b[i], b.get(i + 1).and_then(|c| hex(*c)), b.get(i + 2).and_then(|c| hex(*c))) {
+            out.push((h * 16 + l) as u8);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
 }
 
 fn percent_decode(s: &str) -> Option<Vec<u8>> {
@@ -342,6 +374,8 @@ mod tests {
             "64:ff9b::a9fe:a9fe",
             "64:ff9b::7f00:1",
             "64:ff9b:1::a00:1",
+            "64:ff9b:1:7f00:0:100:808:808",
+            "::ffff:0:808:808",
             "2002:a9fe:a9fe::1",
             "2002:7f00:1::",
             "2001:db8::1",
@@ -385,6 +419,14 @@ mod tests {
             "a%0ab",
             "a%zz",
             "a%2",
+            "..;",
+            "users/..;/admin",
+            "%2e%2e;x/y",
+            "...",
+            ". ",
+            ";jsessionid=1",
+            "%c0%ae%c0%ae",
+            "%ff",
         ] {
             assert!(RelPath::parse(bad).is_err(), "{bad} must be refused");
         }

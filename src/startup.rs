@@ -223,7 +223,13 @@ impl Application {
         };
         // Bounded: a database that does not answer must not hold the shutdown (the row then
         // simply ages out of the live window).
-        // The last checkpoint covers everything this process wrote.
+        // Records nobody waited for (proxied calls' outcomes) are committed first, so that the
+        // last checkpoint covers everything this process wrote.
+        match tokio::time::timeout(std::time::Duration::from_secs(2), self.services.vault.flush_audit()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the last audit records"),
+            Err(_) => tracing::warn!("writing the last audit records timed out"),
+        }
         match tokio::time::timeout(std::time::Duration::from_secs(2), self.services.blocking(|v| v.final_checkpoint())).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "cannot write the final audit checkpoint"),

@@ -79,9 +79,21 @@ fn proxy_request(req: &HttpRequest, state: &AppState, payload: web::Payload) -> 
 /// agent is read no faster than the upstream takes it), counting it against the limit.
 fn stream_body(mut payload: web::Payload, meter: Arc<BodyMeter>) -> reqwest::Body {
     use futures_core::Stream;
+    use std::future::Future;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<web::Bytes, std::io::Error>>(4);
     actix_web::rt::spawn(async move {
-        while let Some(chunk) = std::future::poll_fn(|cx| Pin::new(&mut payload).poll_next(cx)).await {
+        // Stops as soon as nobody reads the channel (a refusal, an upstream that answered),
+        // without waiting for the agent's next chunk.
+        let mut closed = std::pin::pin!(tx.closed());
+        loop {
+            let next = std::future::poll_fn(|cx| {
+                if closed.as_mut().poll(cx).is_ready() {
+                    return std::task::Poll::Ready(None);
+                }
+                Pin::new(&mut payload).poll_next(cx).map(Some)
+            })
+            .await;
+            let Some(Some(chunk)) = next else { break };
             let item = match chunk {
                 Ok(b) if meter.add(b.len()) => Ok(b),
                 Ok(_) => Err(std::io::Error::other("request body larger than the connection allows")),

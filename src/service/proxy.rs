@@ -138,9 +138,15 @@ const HOP_BY_HOP: [&str; 9] = [
 fn forwarded_request_header(name: &str) -> bool {
     !(HOP_BY_HOP.contains(&name)
         || matches!(name, "host" | "authorization" | "cookie" | "expect" | "forwarded" | "via" | "content-length")
+        || OVERRIDES.contains(&name)
         || name.starts_with("x-latchkey-")
         || name.starts_with("x-forwarded-"))
 }
+
+/// Headers some APIs and frameworks take as the real method or path (Google honours
+/// `X-HTTP-Method-Override` on POST): forwarded, they would walk past `allowed_methods` and
+/// `allowed_paths`.
+const OVERRIDES: [&str; 5] = ["x-http-method-override", "x-http-method", "x-method-override", "x-original-url", "x-rewrite-url"];
 
 /// Idempotent methods (RFC 9110 §9.2.2): safe to send twice.
 fn idempotent(m: &reqwest::Method) -> bool {
@@ -183,23 +189,34 @@ fn injection(secret: &ReleasedSecret, target: &ProxyTarget) -> Result<Injection,
     }
 }
 
-/// The agent's query with the key's parameter set by latchkey (any the agent sent with
-/// that name is dropped: the upstream sees one key, the connection's).
+/// The agent's query with the key's parameter set by latchkey. Any parameter the agent sent
+/// that a server could read as the same name is dropped: compared case-insensitively, with
+/// `.` and spaces as `_` (PHP), `[…]` suffixes removed, and `;`-separated pairs inside one
+/// `&` part (servers that split on both). The upstream sees one key, the connection's.
 fn query_with(query: Option<&str>, inject: Option<&(String, String)>) -> Option<String> {
     let Some((name, value)) = inject else { return query.map(str::to_owned) };
+    let target = param_name_key(name);
     let mut parts: Vec<String> = query
         .unwrap_or("")
         .split('&')
         .filter(|p| !p.is_empty())
         .filter(|p| {
-            let key = p.split('=').next().unwrap_or("");
-            url::form_urlencoded::parse(format!("{key}=").as_bytes()).next().is_none_or(|(k, _)| k != name.as_str())
+            !p.split(';').any(|pair| {
+                let key = pair.split('=').next().unwrap_or("");
+                url::form_urlencoded::parse(format!("{key}=").as_bytes()).next().is_some_and(|(k, _)| param_name_key(&k) == target)
+            })
         })
         .map(str::to_owned)
         .collect();
     let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
     parts.push(format!("{name}={encoded}"));
     Some(parts.join("&"))
+}
+
+/// A query parameter name as lenient servers compare it.
+fn param_name_key(name: &str) -> String {
+    let base = name.split('[').next().unwrap_or("");
+    base.trim().chars().map(|c| if c == '.' || c == ' ' { '_' } else { c.to_ascii_lowercase() }).collect()
 }
 
 /// The upstream's headers as the agent may see them: no hop-by-hop headers, no
@@ -213,12 +230,11 @@ fn response_headers(headers: &HeaderMap, pass_cookies: bool, secrets: &[String])
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()))
         .collect();
-    let encoded: Vec<String> = secrets.iter().map(|s| url::form_urlencoded::byte_serialize(s.as_bytes()).collect()).collect();
     headers
         .iter()
         .filter(|(name, value)| {
             let n = name.as_str();
-            let carries_secret = secrets.iter().chain(&encoded).any(|s| !s.is_empty() && contains(value.as_bytes(), s.as_bytes()));
+            let carries_secret = carries(value.as_bytes(), secrets);
             !(HOP_BY_HOP.contains(&n)
                 || named_in_connection.iter().any(|c| c == n)
                 || n == "content-length"
@@ -231,7 +247,26 @@ fn response_headers(headers: &HeaderMap, pass_cookies: bool, secrets: &[String])
 }
 
 fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    hay.windows(needle.len()).any(|w| w == needle)
+    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Whether a header value holds one of the secrets: as is, with JSON's `\/` escapes undone,
+/// or percent-decoded (either case of hex, `+` as a space or not, up to three times over).
+fn carries(value: &[u8], secrets: &[String]) -> bool {
+    let plus: Vec<u8> = value.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
+    let mut forms = vec![value.to_vec(), plus.clone(), String::from_utf8_lossy(value).replace("\\/", "/").into_bytes()];
+    for start in [value.to_vec(), plus] {
+        let mut current = start;
+        for _ in 0..3 {
+            let decoded = egress::percent_decode_lossy(&current);
+            if decoded == current {
+                break;
+            }
+            forms.push(decoded.clone());
+            current = decoded;
+        }
+    }
+    forms.iter().any(|f| secrets.iter().any(|s| contains(f, s.as_bytes())))
 }
 
 /// Everything the outcome record needs, written once: when the body ends, fails, or the
@@ -276,8 +311,8 @@ impl OutcomeRecord {
         self.metrics.proxy_call(&self.detail.connection, class);
         let outcome = if error.is_none() { Outcome::Ok } else { Outcome::Failed };
         let event = Event::serialized(format!("agent:{}", self.detail.agent), "proxy.response", self.target.clone(), outcome, &self.detail);
-        // Queued now; the commit is not waited for (the answer is already on its way).
-        drop(self.vault.audit_async(event));
+        // The answer has gone: nothing waits for this record, so it rides with the next batch.
+        self.vault.audit_lazily(event);
     }
 }
 
@@ -406,8 +441,7 @@ impl Services {
     async fn forward(&self, req: &mut ProxyRequest, released: &Released) -> Result<ProxyResponse, ProxyError> {
         let target = released.proxy.as_ref().ok_or(VaultError::Internal("a proxy decision without a target"))?;
         let inject = injection(&released.secret, target)?;
-        let url = egress::join(&target.base, &target.path, query_with(req.query.as_deref(), inject.query.as_ref()).as_deref())
-            .map_err(|e| VaultError::Release(crate::vault::ReleaseError::InvalidPath(e.to_string())))?;
+        let path = format!("{}/{}", target.base.path().trim_end_matches('/'), target.path.as_str());
         let record = OutcomeRecord {
             vault: self.vault.clone(),
             metrics: self.metrics.clone(),
@@ -421,7 +455,7 @@ impl Services {
                 owner: released.owner.to_string(),
                 method: req.method.as_str().to_owned(),
                 host: target.base.host_str().unwrap_or_default().to_owned(),
-                path: url.path().to_owned(),
+                path,
                 status: None,
                 bytes_sent: 0,
                 bytes_received: 0,
@@ -429,6 +463,14 @@ impl Services {
                 error: None,
                 request_id: req.request_id.clone(),
             },
+        };
+        // The path was joined and checked when the call was decided; only the query is new.
+        let url = match egress::join(&target.base, &target.path, query_with(req.query.as_deref(), inject.query.as_ref()).as_deref()) {
+            Ok(url) => url,
+            Err(e) => {
+                record.finish(0, Some("the query string was refused"));
+                return Err(VaultError::Release(crate::vault::ReleaseError::InvalidPath(e.to_string())).into());
+            }
         };
         req.meter.limit.store(target.max_body, Ordering::SeqCst);
         if req.body_len.is_some_and(|n| n > target.max_body) {
@@ -525,6 +567,9 @@ mod tests {
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("x-echo", HeaderValue::from_static("Bearer sk-live-123"));
         h.insert("location", HeaderValue::from_static("https://elsewhere.example/?api_key=sk%2Flive"));
+        h.insert("link", HeaderValue::from_static("<https://x.example/?k=sk%2flive>; rel=next"));
+        h.insert("x-json", HeaderValue::from_static("{\"k\":\"sk\\/live\"}"));
+        h.insert("x-double", HeaderValue::from_static("sk%252Flive"));
         h.insert("set-cookie", HeaderValue::from_static("s=1"));
         h.insert("www-authenticate", HeaderValue::from_static("Bearer error=\"invalid_token\", scope=\"admin\""));
         h.insert("connection", HeaderValue::from_static("x-hop"));
@@ -539,6 +584,10 @@ mod tests {
     #[test]
     fn the_key_parameter_replaces_any_the_agent_sent() {
         let key = ("api_key".to_owned(), "k 1&x".to_owned());
+        // Names a lenient server would read as the same parameter.
+        for variant in ["API_KEY=mine", "api.key=mine", "api_key[]=mine", "a=1;api_key=mine", "Api%20Key=mine"] {
+            assert_eq!(query_with(Some(variant), Some(&key)).as_deref(), Some("api_key=k+1%26x"), "{variant}");
+        }
         assert_eq!(query_with(Some("a=1&api_key=mine&b=2"), Some(&key)).as_deref(), Some("a=1&b=2&api_key=k+1%26x"));
         assert_eq!(query_with(Some("api%5Fkey=mine"), Some(&key)).as_deref(), Some("api_key=k+1%26x"));
         assert_eq!(query_with(None, Some(&key)).as_deref(), Some("api_key=k+1%26x"));

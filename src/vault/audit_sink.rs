@@ -14,14 +14,18 @@ use crate::store::{self, Store};
 
 const MAX_BATCH: usize = 1024;
 const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(1000);
+/// How long a record nobody waits for may wait for company (see [`AuditSink::append_lazy`]).
+const LAZY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
 type Committed = Result<i64, String>;
 
 struct Job {
-    event: Event,
+    /// `None`: a flush (commits whatever is queued, writes nothing itself).
+    event: Option<Event>,
     ts_ms: i64,
-    /// A caller that went away (a dropped request) no longer needs the answer.
-    done: tokio::sync::oneshot::Sender<Committed>,
+    /// A caller that went away (a dropped request) no longer needs the answer; a lazy record
+    /// has none.
+    done: Option<tokio::sync::oneshot::Sender<Committed>>,
 }
 
 pub struct AuditSink {
@@ -41,10 +45,39 @@ impl AuditSink {
     /// Appends `event`; the future resolves when it is committed, with its sequence number.
     pub fn append(&self, event: Event, ts_ms: i64) -> impl std::future::Future<Output = Committed> + 'static {
         let (done, wait) = tokio::sync::oneshot::channel();
-        let submitted = self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Job { event, ts_ms, done }).map_err(|_| STOPPED.to_owned());
+        let submitted = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Job { event: Some(event), ts_ms, done: Some(done) })
+            .map_err(|_| STOPPED.to_owned());
         async move {
             submitted?;
             wait.await.map_err(|_| STOPPED.to_owned())?
+        }
+    }
+
+    /// Resolves once every record queued before it (lazy ones included) is committed.
+    pub fn flush(&self) -> impl std::future::Future<Output = Committed> + 'static {
+        let (done, wait) = tokio::sync::oneshot::channel();
+        let submitted = self
+            .tx
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .send(Job { event: None, ts_ms: 0, done: Some(done) })
+            .map_err(|_| STOPPED.to_owned());
+        async move {
+            submitted?;
+            wait.await.map_err(|_| STOPPED.to_owned())?
+        }
+    }
+
+    /// Appends a record nobody waits for (a proxied call's outcome, written after the answer
+    /// has gone): it is committed with the next batch someone waits for, or on its own within
+    /// [`LAZY_WAIT`], so that it costs the hot path no commit of its own. A failure is logged.
+    pub fn append_lazy(&self, event: Event, ts_ms: i64) {
+        if self.tx.lock().unwrap_or_else(|p| p.into_inner()).send(Job { event: Some(event), ts_ms, done: None }).is_err() {
+            tracing::error!("{STOPPED}: an audit record was not written");
         }
     }
 }
@@ -53,28 +86,59 @@ const STOPPED: &str = "audit writer stopped";
 
 fn run(store: &Store, rx: Receiver<Job>) {
     let mut last_commit = std::time::Instant::now();
+    // Records callers waited for in the previous batch: more than one means concurrent load.
+    let mut last_waited = 0usize;
     while let Ok(first) = rx.recv() {
-        // Under load, let a batch gather for up to MIN_COMMIT_INTERVAL: fewer commits mean
-        // fewer fsyncs and, above all, fewer invalidations of every reader's page cache
-        // (SQLite drops a connection's cache when another connection has committed).
-        // An isolated record is committed at once.
-        if let Some(wait) = MIN_COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) {
-            std::thread::sleep(wait);
-        }
         let mut batch = vec![first];
-        batch.extend(rx.try_iter().take(MAX_BATCH - 1));
+        if batch[0].done.is_none() {
+            // Only lazy records so far: wait for one somebody waits for, or LAZY_WAIT.
+            let deadline = std::time::Instant::now() + LAZY_WAIT;
+            while batch.len() < MAX_BATCH {
+                match rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now())) {
+                    Ok(job) => {
+                        let waited = job.done.is_some();
+                        batch.push(job);
+                        if waited {
+                            break;
+                        }
+                    }
+                    Err(_) => break,
+                }
+            }
+        }
+        // Under concurrent load, let a batch gather for up to MIN_COMMIT_INTERVAL: fewer commits
+        // mean fewer fsyncs and, above all, fewer invalidations of every reader's page cache
+        // (SQLite drops a connection's cache when another connection has committed). A caller
+        // alone (the previous batch held one waited-for record at most) is committed at once.
+        if last_waited > 1 {
+            if let Some(wait) = MIN_COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
+        let room = MAX_BATCH.saturating_sub(batch.len());
+        batch.extend(rx.try_iter().take(room));
         last_commit = std::time::Instant::now();
-        let written = store.write(|tx| store::audit::append_all(tx, batch.iter().map(|j| (&j.event, j.ts_ms))));
+        last_waited = batch.iter().filter(|j| j.done.is_some()).count();
+        let written = store.write(|tx| store::audit::append_all(tx, batch.iter().filter_map(|j| j.event.as_ref().map(|e| (e, j.ts_ms)))));
         match written {
             Ok(seqs) => {
-                for (job, seq) in batch.into_iter().zip(seqs) {
-                    let _ = job.done.send(Ok(seq));
+                let mut seqs = seqs.into_iter();
+                for job in batch {
+                    let seq = if job.event.is_some() { seqs.next().unwrap_or_default() } else { 0 };
+                    if let Some(done) = job.done {
+                        let _ = done.send(Ok(seq));
+                    }
                 }
             }
             Err(e) => {
                 let msg = e.to_string();
                 for job in batch {
-                    let _ = job.done.send(Err(msg.clone()));
+                    match job.done {
+                        Some(done) => {
+                            let _ = done.send(Err(msg.clone()));
+                        }
+                        None => tracing::error!(error = %msg, "an audit record nobody waited for was not written"),
+                    }
                 }
             }
         }

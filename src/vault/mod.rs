@@ -273,11 +273,17 @@ impl Vault {
         self.audit_sink.get_or_init(|| audit_sink::AuditSink::start(self.store.clone()))
     }
 
-    /// Appends `event` through the group-commit writer. It is queued at once; the future
-    /// says whether it committed (dropping it does not withdraw the record).
-    pub fn audit_async(&self, event: Event) -> impl std::future::Future<Output = Result<()>> + 'static {
-        let committed = self.audit_sink().append(event, self.clock.now_millis());
-        async move { committed.await.map(|_| ()).map_err(|_| VaultError::Internal("audit write failed")) }
+    /// Appends a record nobody waits for through the group-commit writer (it rides with the
+    /// next batch someone waits for; a failure is logged).
+    pub fn audit_lazily(&self, event: Event) {
+        self.audit_sink().append_lazy(event, self.clock.now_millis());
+    }
+
+    /// Resolves once every record queued so far through the group-commit writer (lazy ones
+    /// included) is committed (graceful shutdown, tests).
+    pub fn flush_audit(&self) -> impl std::future::Future<Output = Result<()>> + 'static {
+        let flushed = self.audit_sink().flush();
+        async move { flushed.await.map(|_| ()).map_err(|_| VaultError::Internal("the audit writer failed")) }
     }
 
     fn audit(&self, c: &Conn<'_>, event: Event) -> std::result::Result<i64, StoreError> {

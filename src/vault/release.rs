@@ -601,6 +601,12 @@ fn proxy_target(
     })?;
     rec.host = base.host_str().map(str::to_owned);
     rec.path = Some(format!("{}/{}", base.path().trim_end_matches('/'), rel.as_str()));
+    // Joined and checked now, so that a path the URL parser would rewrite is refused (and
+    // audited) before anything is sent; the query string is added when the call is made.
+    if let Err(e) = crate::egress::join(&base, &rel, None) {
+        rec.reason = "path refused: it could escape the base URL";
+        return Err(ReleaseError::InvalidPath(e.to_string()));
+    }
     if crate::egress::check_literal(&base, p.allow_private).is_err() {
         rec.reason = "the upstream address is not public";
         return Err(ReleaseError::EgressDenied);

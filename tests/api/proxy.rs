@@ -42,6 +42,12 @@ async fn api_key_connection(app: &TestApp, id: &str, proxy: Value) {
     expect(r, 200).await;
 }
 
+/// The newest audit records, once the outcome records nobody waits for are committed.
+async fn audit(app: &TestApp, n: usize) -> Vec<latchkey::audit::Record> {
+    app.vault.flush_audit().await.unwrap();
+    app.vault.audit_tail(n).unwrap()
+}
+
 fn call(app: &TestApp, token: &str, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
     app.http.request(method, app.url(path)).bearer_auth(token).header("x-latchkey-user", "alice")
 }
@@ -108,7 +114,7 @@ async fn a_proxy_only_grant_calls_an_api_key_api_without_ever_seeing_the_key() {
     assert_eq!(error_code(r, 403).await, "access_denied");
 
     // Audited: the decision, then the outcome; never the query string or a header.
-    let audit = app.vault.audit_tail(200).unwrap();
+    let audit = audit(&app, 200).await;
     let decided: Vec<_> = audit.iter().filter(|r| r.action == "proxy.request").collect();
     let outcomes: Vec<_> = audit.iter().filter(|r| r.action == "proxy.response").collect();
     assert!(decided.iter().any(|r| r.outcome == "ok"
@@ -169,7 +175,7 @@ async fn large_bodies_stream_both_ways_within_the_limits() {
     }
     let r = call(&app, &token, reqwest::Method::GET, &format!("/v1/proxy/k/big?n={}", limit + 1)).send().await.unwrap();
     assert_eq!(error_code(r, 502).await, "upstream_too_large");
-    let outcomes = app.vault.audit_tail(50).unwrap();
+    let outcomes = audit(&app, 50).await;
     assert!(outcomes.iter().any(|r| r.action == "proxy.response" && r.detail.contains("request body larger than max_body")));
     assert!(outcomes.iter().any(|r| r.action == "proxy.response" && r.detail.contains(&format!("\"bytes_received\":{size}"))));
 }
@@ -244,7 +250,7 @@ async fn private_and_metadata_addresses_path_escapes_and_redirects_are_refused()
         assert_eq!(status, 400, "{p}");
     }
     assert!(up.seen.lock().unwrap().is_empty(), "no escape reached the upstream");
-    let audit = app.vault.audit_tail(100).unwrap();
+    let audit = audit(&app, 100).await;
     assert!(audit.iter().any(|r| r.action == "proxy.request" && r.outcome == "denied" && r.detail.contains("could escape")));
 
     // Redirects are returned, not followed; one that carries the key loses its Location.
@@ -284,7 +290,7 @@ async fn a_slow_upstream_gets_a_gateway_timeout() {
     assert_eq!(error_code(r, 504).await, "upstream_timeout");
     let r = call(&app, &token, reqwest::Method::GET, "/v1/proxy/k/whoami").send().await.unwrap();
     assert_eq!(r.status(), 200, "the next call is unaffected");
-    let audit = app.vault.audit_tail(10).unwrap();
+    let audit = audit(&app, 10).await;
     assert!(audit.iter().any(|r| r.action == "proxy.response" && r.outcome == "failed" && r.detail.contains("upstream timed out")));
 }
 
@@ -329,7 +335,7 @@ async fn an_oauth_api_through_the_proxy_with_one_refresh_and_retry_after_a_401()
     assert!(r.headers().get("www-authenticate").is_none());
     assert_eq!(w.provider.stats().await["refresh"].as_u64().unwrap(), before + 1);
     assert_eq!(w.credential("user:alice").unwrap().status.to_string(), "active");
-    let audit = app.vault.audit_tail(50).unwrap();
+    let audit = audit(&app, 50).await;
     assert!(audit.iter().any(|r| r.action == "proxy.response" && r.detail.contains("\"status\":401")));
     assert!(audit.iter().any(|r| r.action == "proxy.response" && r.detail.contains("refreshed and retried")));
 }
