@@ -335,7 +335,7 @@ async fn an_oauth_api_through_the_proxy_with_one_refresh_and_retry_after_a_401()
     assert!(r.headers().get("www-authenticate").is_none());
     assert_eq!(w.provider.stats().await["refresh"].as_u64().unwrap(), before + 1);
     assert_eq!(w.credential("user:alice").unwrap().status.to_string(), "active");
-    let audit = audit(&app, 50).await;
+    let audit = audit(app, 50).await;
     assert!(audit.iter().any(|r| r.action == "proxy.response" && r.detail.contains("\"status\":401")));
     assert!(audit.iter().any(|r| r.action == "proxy.response" && r.detail.contains("refreshed and retried")));
 }
