@@ -29,6 +29,8 @@ PORT = 8399
 BASE = f"http://127.0.0.1:{PORT}"
 PROVIDER_PORT = 8398
 UPSTREAM_PORT = 8397
+# The server binary; LATCHKEY_BIN measures another build (an older commit's, for before/after).
+BIN = os.environ.get("LATCHKEY_BIN", f"{ROOT}/target/release/latchkey")
 # latchkey's concurrent token requests per provider host (MAX_PER_PROVIDER in src/oauth/mod.rs).
 PER_PROVIDER = 8
 # The second replica of the --replicas-only scenarios listens here (same public URL as the first).
@@ -107,7 +109,7 @@ def cli_env(work, dbenv):
 def rotate(work, dbenv, throttle=None):
     """Wall time of `latchkey keys rotate` (default throttle unless given)."""
     t = time.time()
-    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate", *(["--throttle", throttle] if throttle is not None else [])],
+    subprocess.run([BIN, "keys", "rotate", *(["--throttle", throttle] if throttle is not None else [])],
                    env=cli_env(work, dbenv), check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.time() - t
 
@@ -145,14 +147,20 @@ def seed(n, tokens, extra=(), dbenv=None):
     return work, time.time() - t
 
 
-def start_provider(latency_ms):
-    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "provider", "--port", str(PROVIDER_PORT), "--latency-ms", str(latency_ms)],
+def start_helper(what, port, latency_ms):
+    """A bench/vault.rs helper server (`provider`: a token endpoint; `upstream`: an API for
+    proxy mode) answering after `latency_ms`; returns the process and its URL."""
+    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", what, "--port", str(port), "--latency-ms", str(latency_ms)],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     line = p.stdout.readline()
     if not line.startswith("LISTENING"):
         p.kill()
-        sys.exit("the bench token endpoint did not start")
+        sys.exit(f"the bench {what} did not start")
     return p, line.split()[1]
+
+
+def start_provider(latency_ms):
+    return start_helper("provider", PROVIDER_PORT, latency_ms)
 
 
 def refresh_scenario(n, latency_ms, duration, backend="sqlite", replicas=1):
@@ -241,7 +249,7 @@ def start_servers(work, ports, extra_env=None):
         env = dict(os.environ, LATCHKEY_DATA_DIR=f"{work}/data", LATCHKEY_KEYS_DIR=f"{work}/keys", LATCHKEY_BIND=f"127.0.0.1:{port}",
                    LATCHKEY_PUBLIC_URL=BASE, LATCHKEY_LOG="warn", **(extra_env or {}))
         with open(f"{work}/serve-{port}.log", "w") as log:
-            p = subprocess.Popen([f"{ROOT}/target/release/latchkey", "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
+            p = subprocess.Popen([BIN, "serve"], env=env, stdout=subprocess.DEVNULL, stderr=log)
         p.lk_env, p.lk_log, p.lk_port = extra_env, f"{work}/serve-{port}.log", port
         SERVERS.append(p)
         procs.append(p)
@@ -368,7 +376,8 @@ def main():
     ensure_wrk()
     if a.backend == "postgres" or a.replicas_only:
         subprocess.run(PG + ["-d", "postgres", "-c", "SELECT 1"], check=True, stdout=subprocess.DEVNULL)
-    sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
+    if "LATCHKEY_BIN" not in os.environ:
+        sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
     sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
     if a.replicas_only:
         replicas(a)
@@ -393,13 +402,7 @@ def main():
 
 
 def start_upstream(latency_ms=0):
-    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", "upstream", "--port", str(UPSTREAM_PORT), "--latency-ms", str(latency_ms)],
-                         cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
-    line = p.stdout.readline()
-    if not line.startswith("LISTENING"):
-        p.kill()
-        sys.exit("the bench upstream did not start")
-    return p, line.split()[1]
+    return start_helper("upstream", UPSTREAM_PORT, latency_ms)
 
 
 def proxy_scenarios(a):
@@ -483,7 +486,7 @@ def _release_scenarios(a, dbenv):
     # release rate during the rotation itself.
     env_cli = cli_env(work, dbenv)
     t = time.time()
-    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate", "--throttle", "0"], env=env_cli, check=True,
+    subprocess.run([BIN, "keys", "rotate", "--throttle", "0"], env=env_cli, check=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     rotate_alone = time.time() - t
     window = max(4, int(rotate_alone * 5) + 3)
@@ -491,7 +494,7 @@ def _release_scenarios(a, dbenv):
                             env=dict(os.environ, **env_api), stdout=subprocess.PIPE, text=True)
     time.sleep(1)
     t = time.time()
-    subprocess.run([f"{ROOT}/target/release/latchkey", "keys", "rotate"], env=env_cli, check=True, stdout=subprocess.DEVNULL,
+    subprocess.run([BIN, "keys", "rotate"], env=env_cli, check=True, stdout=subprocess.DEVNULL,
                    stderr=subprocess.DEVNULL)
     rotate_loaded = time.time() - t
     out = load.communicate()[0]

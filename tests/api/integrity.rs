@@ -393,20 +393,8 @@ async fn sigkill_under_load_loses_no_audit_record_of_a_release_in_either_durabil
         assert_eq!(http.post(format!("{base}/v1/admin/connections")).bearer_auth(&admin).json(&conn).send().await.unwrap().status(), 201);
         let cred = http.put(format!("{base}/v1/admin/connections/mail/credentials/user:alice")).bearer_auth(&admin);
         assert_eq!(cred.json(&json!({"api_key": "k-1"})).send().await.unwrap().status(), 200);
-        let agent = json!({"id": "svc", "name": "svc", "policy": {"grants": [{"connection": "mail", "owners": "any"}]}});
-        let r = http.post(format!("{base}/v1/admin/agents")).bearer_auth(&admin).json(&agent).send().await.unwrap();
-        let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
-        let t: Value = http
-            .post(format!("{base}/oauth2/token"))
-            .basic_auth("svc", Some(&secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = t["access_token"].as_str().unwrap().to_owned();
+        let grants = json!([{"connection": "mail", "owners": "any"}]);
+        let token = crate::helpers::register_agent(&http, &base, &admin, "svc", grants).await;
 
         // Eight clients release as fast as they can; each keeps the request ids of the
         // releases it received (a 200 with the key).

@@ -231,19 +231,7 @@ async fn killing_the_server_during_a_refresh_loses_nothing() {
 
     let agent_token = |base: String| {
         let (http, secret) = (http.clone(), secret.clone());
-        async move {
-            let t: Value = http
-                .post(format!("{base}/oauth2/token"))
-                .basic_auth("svc", Some(&secret))
-                .form(&[("grant_type", "client_credentials")])
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
-            t["access_token"].as_str().unwrap().to_owned()
-        }
+        async move { crate::helpers::client_credentials(&http, &base, "svc", &secret).await }
     };
     let token = agent_token(base.clone()).await;
     tokio::time::sleep(std::time::Duration::from_millis(2500)).await;

@@ -1576,20 +1576,7 @@ async fn proxy_calls(v: &mut Responses, app: &TestApp) {
         assert_eq!(r.send().await.unwrap().status(), 200);
         grants.push(json!({"connection": id, "owners": "any", "modes": ["proxy"]}));
     }
-    let r = app.admin(Method::POST, "/v1/admin/agents").json(&json!({"id": "proxier", "name": "proxier", "policy": {"grants": grants}}));
-    let secret = r.send().await.unwrap().json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
-    let t: Value = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .basic_auth("proxier", Some(&secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let token = t["access_token"].as_str().unwrap().to_owned();
+    let token = app.agent_token("proxier", json!(grants)).await;
     let path = "/v1/proxy/{connection}/{path}";
     for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {
         let method = Method::from_bytes(m.as_bytes()).unwrap();

@@ -10,27 +10,9 @@ use serde_json::{json, Value};
 
 use crate::helpers::provider::OAuthWorld;
 use crate::helpers::upstream::{self, pattern, raw_status};
-use crate::helpers::{contains, expect, stderr, Dirs, ServerProcess, TestApp};
+use crate::helpers::{contains, expect, register_agent, stderr, Dirs, ServerProcess, TestApp};
 
 const KEY: &str = "sk-CANARY-proxy-key-7731";
-
-/// Registers agent `id` with `grants` and returns a client-credentials token.
-async fn agent_token(app: &TestApp, id: &str, grants: Value) -> String {
-    let r = app.post_json("/v1/admin/agents", json!({"id": id, "name": id, "policy": {"grants": grants}})).await;
-    let secret = expect(r, 201).await["client_secret"].as_str().unwrap().to_owned();
-    let t: Value = app
-        .http
-        .post(app.url("/oauth2/token"))
-        .basic_auth(id, Some(&secret))
-        .form(&[("grant_type", "client_credentials")])
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    t["access_token"].as_str().unwrap().to_owned()
-}
 
 /// An API-key connection `id` proxied to `base_url`, with alice's key stored.
 async fn api_key_connection(app: &TestApp, id: &str, proxy: Value) {
@@ -61,7 +43,7 @@ async fn a_proxy_only_grant_calls_an_api_key_api_without_ever_seeing_the_key() {
     let app = TestApp::spawn().await;
     let up = upstream::start(("x-api-key", KEY.to_owned())).await;
     api_key_connection(&app, "k", json!({"base_url": format!("{}/api", up.url), "allow_private": true})).await;
-    let token = agent_token(&app, "tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
+    let token = app.agent_token("tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
 
     // Method, path and query pass through untouched; the key is injected.
     let r = call(&app, &token, reqwest::Method::GET, "/v1/proxy/k/whoami?x=1&y=%20z")
@@ -109,7 +91,7 @@ async fn a_proxy_only_grant_calls_an_api_key_api_without_ever_seeing_the_key() {
         .unwrap();
     assert_eq!(error_code(r, 401).await, "invalid_token");
     // A release-only grant does not allow proxy mode.
-    let releaser = agent_token(&app, "releaser", json!([{"connection": "k", "owners": "any"}])).await;
+    let releaser = app.agent_token("releaser", json!([{"connection": "k", "owners": "any"}])).await;
     let r = call(&app, &releaser, reqwest::Method::GET, "/v1/proxy/k/whoami").send().await.unwrap();
     assert_eq!(error_code(r, 403).await, "access_denied");
 
@@ -137,7 +119,7 @@ async fn large_bodies_stream_both_ways_within_the_limits() {
     let up = upstream::start(("x-api-key", KEY.to_owned())).await;
     let limit = 48 * 1024 * 1024;
     api_key_connection(&app, "k", json!({"base_url": format!("{}/api", up.url), "allow_private": true, "max_body": limit})).await;
-    let token = agent_token(&app, "tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
+    let token = app.agent_token("tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
 
     // 40 MiB up, sent chunked as it is produced, and hashed by the upstream.
     let size = 40 * 1024 * 1024u64;
@@ -217,7 +199,7 @@ async fn private_and_metadata_addresses_path_escapes_and_redirects_are_refused()
         grants.push(json!({"connection": id, "owners": "any", "modes": ["proxy"]}));
     }
     api_key_connection(&app, "k", json!({"base_url": format!("{}/api", up.url), "allow_private": true})).await;
-    let token = agent_token(&app, "tool", json!(grants)).await;
+    let token = app.agent_token("tool", json!(grants)).await;
     for (id, _) in &refused {
         let r = call(&app, &token, reqwest::Method::GET, &format!("/v1/proxy/{id}/whoami")).send().await.unwrap();
         assert_eq!(error_code(r, 502).await, "egress_denied", "{id}");
@@ -271,7 +253,7 @@ async fn private_and_metadata_addresses_path_escapes_and_redirects_are_refused()
         "allowed_methods": ["GET"], "allowed_paths": ["/whoami", "/calendars/*/events"]}),
     )
     .await;
-    let token = agent_token(&app, "narrow-tool", json!([{"connection": "narrow", "owners": "any", "modes": ["proxy"]}])).await;
+    let token = app.agent_token("narrow-tool", json!([{"connection": "narrow", "owners": "any", "modes": ["proxy"]}])).await;
     let r = call(&app, &token, reqwest::Method::GET, "/v1/proxy/narrow/calendars/primary/events").send().await.unwrap();
     assert_eq!(r.status(), 200);
     let r = call(&app, &token, reqwest::Method::POST, "/v1/proxy/narrow/whoami").send().await.unwrap();
@@ -285,7 +267,7 @@ async fn a_slow_upstream_gets_a_gateway_timeout() {
     let app = TestApp::spawn().await;
     let up = upstream::start(("x-api-key", KEY.to_owned())).await;
     api_key_connection(&app, "k", json!({"base_url": format!("{}/api", up.url), "allow_private": true, "timeout": 1})).await;
-    let token = agent_token(&app, "tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
+    let token = app.agent_token("tool", json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}])).await;
     let r = call(&app, &token, reqwest::Method::GET, "/v1/proxy/k/slow?s=4").send().await.unwrap();
     assert_eq!(error_code(r, 504).await, "upstream_timeout");
     let r = call(&app, &token, reqwest::Method::GET, "/v1/proxy/k/whoami").send().await.unwrap();
@@ -306,7 +288,7 @@ async fn an_oauth_api_through_the_proxy_with_one_refresh_and_retry_after_a_401()
         .unwrap();
     expect(r, 200).await;
     assert_eq!(w.connect("user:alice", "alice").await.status(), 200);
-    let token = agent_token(app, "tool", json!([{"connection": "crm", "owners": "any", "modes": ["proxy"]}])).await;
+    let token = app.agent_token("tool", json!([{"connection": "crm", "owners": "any", "modes": ["proxy"]}])).await;
     let me = || call(app, &token, reqwest::Method::GET, "/v1/proxy/crm/me").send();
 
     // The provider's userinfo endpoint, called with alice's token that the agent never sees.
@@ -375,26 +357,8 @@ fn proxied_secrets_never_reach_responses_logs_or_audit() {
             .await
             .unwrap();
         assert_eq!(r.status(), 200);
-        let policy = json!({"grants": [{"connection": "k", "owners": "any", "modes": ["proxy"]}]});
-        let r = http
-            .post(url("/v1/admin/agents"))
-            .bearer_auth(&admin)
-            .json(&json!({"id": "tool", "name": "tool", "policy": policy}))
-            .send()
-            .await
-            .unwrap();
-        let secret = r.json::<Value>().await.unwrap()["client_secret"].as_str().unwrap().to_owned();
-        let t: Value = http
-            .post(url("/oauth2/token"))
-            .basic_auth("tool", Some(&secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        let token = t["access_token"].as_str().unwrap().to_owned();
+        let grants = json!([{"connection": "k", "owners": "any", "modes": ["proxy"]}]);
+        let token = register_agent(&http, &server.addr, &admin, "tool", grants).await;
         for (method, path) in
             [("GET", "whoami"), ("GET", "echo"), ("GET", "redirect"), ("POST", "upload"), ("GET", "slow?s=3"), ("GET", "../x")]
         {

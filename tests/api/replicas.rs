@@ -55,18 +55,7 @@ impl Cluster {
     }
 
     async fn agent_token(&self, i: usize, secret: &str) -> String {
-        let t: Value = self
-            .http
-            .post(format!("{}/oauth2/token", self.base(i)))
-            .basic_auth("svc", Some(secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        t["access_token"].as_str().unwrap().to_owned()
+        crate::helpers::client_credentials(&self.http, self.base(i), "svc", secret).await
     }
 
     async fn release(&self, i: usize, token: &str, query: &str) -> reqwest::Response {

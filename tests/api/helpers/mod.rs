@@ -251,21 +251,12 @@ impl TestApp {
     /// Registers agent `svc` allowed `connection` for any owner; returns a
     /// client-credentials agent token.
     pub async fn service_agent_token(&self, connection: &str) -> String {
-        let policy = serde_json::json!({"grants": [{"connection": connection, "owners": "any"}]});
-        let r = self.post_json("/v1/admin/agents", serde_json::json!({"id": "svc", "name": "svc", "policy": policy})).await;
-        let secret = r.json::<Value>().await.expect("agent")["client_secret"].as_str().expect("secret").to_owned();
-        let t: Value = self
-            .http
-            .post(self.url("/oauth2/token"))
-            .basic_auth("svc", Some(&secret))
-            .form(&[("grant_type", "client_credentials")])
-            .send()
-            .await
-            .expect("token request")
-            .json()
-            .await
-            .expect("token");
-        t["access_token"].as_str().expect("access_token").to_owned()
+        self.agent_token("svc", serde_json::json!([{"connection": connection, "owners": "any"}])).await
+    }
+
+    /// Registers agent `id` with `grants`; returns a client-credentials agent token.
+    pub async fn agent_token(&self, id: &str, grants: Value) -> String {
+        register_agent(&self.http, &self.addr, &self.token, id, grants).await
     }
 
     /// Direct SQL on this app's database.
@@ -276,6 +267,31 @@ impl TestApp {
     pub fn audit_count(&self) -> usize {
         self.vault.audit_tail(1_000_000).expect("audit").len()
     }
+}
+
+/// Registers agent `id` with `grants` through the admin API at `base`; returns a
+/// client-credentials agent token.
+pub async fn register_agent(http: &reqwest::Client, base: &str, admin: &str, id: &str, grants: Value) -> String {
+    let body = serde_json::json!({"id": id, "name": id, "policy": {"grants": grants}});
+    let r = http.post(format!("{base}/v1/admin/agents")).bearer_auth(admin).json(&body).send().await.expect("agent request");
+    assert_eq!(r.status(), 201, "agent {id}");
+    let secret = r.json::<Value>().await.expect("agent")["client_secret"].as_str().expect("secret").to_owned();
+    client_credentials(http, base, id, &secret).await
+}
+
+/// A client-credentials agent token from the server at `base`.
+pub async fn client_credentials(http: &reqwest::Client, base: &str, id: &str, secret: &str) -> String {
+    let t: Value = http
+        .post(format!("{base}/oauth2/token"))
+        .basic_auth(id, Some(secret))
+        .form(&[("grant_type", "client_credentials")])
+        .send()
+        .await
+        .expect("token request")
+        .json()
+        .await
+        .expect("token");
+    t["access_token"].as_str().expect("access_token").to_owned()
 }
 
 /// The real binary serving on an ephemeral port; killed on drop.
