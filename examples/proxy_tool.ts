@@ -2,7 +2,7 @@
 // OAuth token is injected by latchkey and never reaches the tool (or the model).
 //
 //   LATCHKEY_URL=http://127.0.0.1:8200 CLIENT_ID=reporting-tool CLIENT_SECRET=lks_... \
-//     node --experimental-strip-types proxy_tool.ts alice
+//     node --experimental-strip-types proxy_tool.ts alice     # Node 22.6 or newer; or compile it with tsc
 //
 // The grant for `google-calendar` lists "modes": ["proxy"] (or ["release", "proxy"]); the
 // catalog gives Google connections their API root (https://www.googleapis.com) as base URL.
@@ -36,9 +36,15 @@ async function viaProxy(token: string, connection: string, pathAndQuery: string,
   return r;
 }
 
-const user = process.argv[2] ?? "alice";
-const token = await agentToken();
-const r = await viaProxy(token, "google-calendar", "calendar/v3/calendars/primary/events?maxResults=5&orderBy=startTime&singleEvents=true", user);
-console.log(r.status);
-const events = await r.json();
-for (const e of events.items ?? []) console.log(e.start?.dateTime ?? e.start?.date, e.summary);
+async function main(user: string) {
+  const token = await agentToken();
+  const r = await viaProxy(token, "google-calendar", "calendar/v3/calendars/primary/events?maxResults=5&orderBy=startTime&singleEvents=true", user);
+  console.log(r.status);
+  const events = await r.json();
+  for (const e of events.items ?? []) console.log(e.start?.dateTime ?? e.start?.date, e.summary);
+}
+
+main(process.argv[2] ?? "alice").catch((e) => {
+  console.error(e instanceof Error ? e.message : e);
+  process.exit(1);
+});

@@ -1576,6 +1576,12 @@ async fn proxy_calls(v: &mut Responses, app: &TestApp) {
         assert_eq!(r.send().await.unwrap().status(), 200);
         grants.push(json!({"connection": id, "owners": "any", "modes": ["proxy"]}));
     }
+    // A connection as returned with every proxy member and a query-parameter key.
+    let full = json!({"id": "pxfull", "kind": "api_key", "api_key": {"header": "X-API-Key", "query_param": "api_key"},
+        "proxy": {"base_url": base, "allowed_methods": ["GET"], "allowed_paths": ["/a/**"], "timeout": 5, "max_body": 1024,
+                  "allow_private": true, "pass_cookies": true}});
+    let r = app.admin(Method::POST, "/v1/admin/connections").json(&full).send().await.unwrap();
+    assert_eq!(v.check("POST", "/v1/admin/connections", r).await.0, 201);
     let token = app.agent_token("proxier", json!(grants)).await;
     let path = "/v1/proxy/{connection}/{path}";
     for m in ["GET", "POST", "PUT", "PATCH", "DELETE"] {

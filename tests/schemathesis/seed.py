@@ -41,10 +41,13 @@ def main() -> None:
                    "client_id": "latchkey-test", "client_secret": client_secret, "scopes": ["crm:read", "crm:write"],
                    "return_to_allowlist": ["https://app.example.com/"], "scope_enforcement": "strict"},
     }, 201)
-    call("POST", "/v1/admin/connections", {"id": "internal-reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"}}, 201)
+    # Proxied to a loopback port where nothing listens (the run has no network): proxy calls the
+    # policy allows end in 502 `upstream_unavailable`, after the whole decision and audit path.
+    call("POST", "/v1/admin/connections", {"id": "internal-reporting", "kind": "api_key", "api_key": {"header": "X-API-Key"},
+                                           "proxy": {"base_url": "http://127.0.0.1:9/api", "allow_private": True, "timeout": 2}}, 201)
     call("PUT", "/v1/admin/connections/crm/credentials/user:alice", {"access_token": access, "refresh_token": refresh, "scope": "crm:read crm:write"}, 200)
     call("PUT", "/v1/admin/connections/internal-reporting/credentials/user:alice", {"api_key": api_key}, 200)
-    grants = [{"connection": "crm", "owners": "any", "connect": True}, {"connection": "internal-reporting", "owners": "any"}]
+    grants = [{"connection": "crm", "owners": "any", "connect": True}, {"connection": "internal-reporting", "owners": "any", "modes": ["release", "proxy"]}]
     # `support-bot` is the document's example agent, which the run may rotate, disable or
     # delete; the agent routes are called with a token of `fuzz-agent`, which no example names.
     call("POST", "/v1/admin/agents", {"id": "support-bot", "name": "Support bot", "policy": {"grants": grants}}, 201)
