@@ -49,9 +49,19 @@ fn assert_internal_error((status, body): &(u16, Value)) {
 }
 
 /// `integrity.violation` records in the audit trail (after the vault records what it found).
+/// The `integrity.violation` records, once there is one: the server's heartbeat thread may
+/// have taken the pending violations first and be writing them (bounded wait).
 fn violations_audited(app: &TestApp) -> Vec<Value> {
-    app.vault.record_violations();
-    app.vault.audit_tail(1000).unwrap().iter().map(|r| r.to_json()).filter(|r| r["action"] == "integrity.violation").collect()
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        app.vault.record_violations();
+        let found: Vec<Value> =
+            app.vault.audit_tail(1000).unwrap().iter().map(|r| r.to_json()).filter(|r| r["action"] == "integrity.violation").collect();
+        if !found.is_empty() || std::time::Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
 }
 
 /// An API-key connection `mail` with a credential for alice, and a token of agent `svc`
