@@ -13,6 +13,10 @@ uses per provider) — once with no added provider latency (latchkey's own ceili
 once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
 rotation). Prints Markdown tables (docs/performance.md keeps the latest).
 
+--open-loop-only offers API-key releases at fixed rates (2k, 5k, 10k/s; oha -q with
+--latency-correction, so that a stalled server is charged for the requests it delayed, unlike a
+closed-loop wrk run) in both audit durability modes, next to /healthz at the same rates.
+
 --proxy-only measures proxy mode next to a direct call to the same local upstream (bench/vault.rs
 `upstream`): latency at one connection (what a caller waits) and throughput at 64, in both
 audit durability modes, alternating direct and proxied runs.
@@ -363,6 +367,8 @@ def main():
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
     ap.add_argument("--proxy-only", action="store_true", help="only proxy mode against a direct call to the same upstream")
+    ap.add_argument("--open-loop-only", action="store_true", help="only releases at fixed offered rates (needs oha: cargo install oha)")
+    ap.add_argument("--rates", default="2000,5000,10000", help="offered rates of --open-loop-only, requests/s")
     ap.add_argument("--upstream-latency-ms", type=int, default=0, help="time the --proxy-only upstream takes per call (default 0: latchkey's own ceiling)")
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
                     help="where the scenarios keep their data (postgres: a fresh database per scenario on 127.0.0.1:5432)")
@@ -390,6 +396,9 @@ def main():
         return
     if a.proxy_only:
         proxy_scenarios(a)
+        return
+    if a.open_loop_only:
+        open_loop_scenarios(a)
         return
     if not a.refresh_only:
         release_scenarios(a)
@@ -454,6 +463,58 @@ def _proxy_scenarios(a, dbenv):
             os.killpg(upstream.pid, signal.SIGTERM)
         if work:
             shutil.rmtree(work, ignore_errors=True)
+
+
+def oha(url, rate, duration, headers=(), regex=False, conns=64):
+    """An open-loop run: `rate` requests/s offered whatever the answers' pace, latencies
+    corrected for the time a request waited to be sent (coordinated omission)."""
+    if not shutil.which("oha"):
+        sys.exit("oha is needed for --open-loop-only: cargo install oha")
+    cmd = ["oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(conns), "--latency-correction", "--no-tui", "--output-format", "json"]
+    for h in headers:
+        cmd += ["-H", h]
+    if regex:
+        cmd.append("--rand-regex-url")
+    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
+    d = json.loads(out)
+    pct = d["latencyPercentiles"]
+    codes = d.get("statusCodeDistribution", {})
+    # Requests still in flight when the run ends are reported as errors ("aborted due to deadline").
+    cut = sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" in e)
+    bad = sum(n for code, n in codes.items() if code != "200") + sum(d.get("errorDistribution", {}).values()) - cut
+    return {"rps": d["summary"]["requestsPerSec"], "p50": pct["p50"] * 1000, "p99": pct["p99"] * 1000, "p999": pct["p99.9"] * 1000, "errors": bad}
+
+
+def open_loop_scenarios(a):
+    with scenario_db(a.backend) as dbenv:
+        _open_loop_scenarios(a, dbenv)
+
+
+def _open_loop_scenarios(a, dbenv):
+    """API-key releases of random owners (t0–t9999) at fixed offered rates, and /healthz at
+    the same rates, per audit durability mode."""
+    work, _ = seed(20_000, 1, dbenv=dbenv)
+    try:
+        token = open(f"{work}/tokens.txt").readline().strip()
+        rates = [int(r) for r in a.rates.split(",")]
+        d = a.duration
+        print(f"\n## Open loop ({a.backend}; {machine()}; oha -c64 --latency-correction, {d} s per rate)\n")
+        print("| audit durability | target | offered (req/s) | achieved (req/s) | p50 (ms) | p99 (ms) | p99.9 (ms) | errors |")
+        print("|---|---|---:|---:|---:|---:|---:|---:|")
+        release_url = BASE + r"/v1/connections/svc/token\?tenant_id=t[1-9][0-9]{0,3}"
+        for durability in ("os", "fsync"):
+            server = start_server(work, dict(dbenv, LATCHKEY_AUDIT_DURABILITY=durability))
+            wrk("/", 2, "release.lua", {"LK_TOKEN": token, "LK_KIND": "api", "LK_HALF": "10000"})  # warm-up
+            for rate in rates:
+                for target, url, headers, regex in (("/healthz", BASE + "/healthz", (), False),
+                                                    ("API-key release", release_url, (f"Authorization: Bearer {token}",), True)):
+                    r = oha(url, rate, d, headers, regex)
+                    print(f"| {durability} | {target} | {rate:,} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['errors']} |")
+            for line in server_problems([server]):
+                print(f"server: {line}")
+            stop_server(server)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def release_scenarios(a):
