@@ -26,6 +26,7 @@ use crate::metrics::{status_class, Metrics};
 use crate::model::{ConnectionId, Scope};
 use crate::oauth::Refreshed;
 use crate::policy::{Mode, Principal, ReleaseRequest};
+use crate::secret::Secret;
 use crate::vault::{MinTtl, Narrowing, ProxyCall, ProxyTarget, ReleaseInput, Released, ReleasedSecret, Vault, VaultError};
 
 /// Why a proxied call got no upstream answer (after the policy allowed it).
@@ -156,9 +157,9 @@ fn idempotent(m: &reqwest::Method) -> bool {
 /// What the credential puts on the request.
 struct Injection {
     header: Option<(HeaderName, HeaderValue)>,
-    query: Option<(String, String)>,
+    query: Option<(String, Secret)>,
     /// The exact secret strings that must not come back in a response header.
-    secrets: Vec<String>,
+    secrets: Vec<Secret>,
 }
 
 fn injection(secret: &ReleasedSecret, target: &ProxyTarget) -> Result<Injection, ProxyError> {
@@ -170,16 +171,12 @@ fn injection(secret: &ReleasedSecret, target: &ProxyTarget) -> Result<Injection,
             let scheme = if token_type.eq_ignore_ascii_case("bearer") { "Bearer" } else { token_type.as_str() };
             let mut value = HeaderValue::from_str(&format!("{scheme} {}", access_token.expose())).map_err(|_| bad())?;
             value.set_sensitive(true);
-            Ok(Injection {
-                header: Some((reqwest::header::AUTHORIZATION, value)),
-                query: None,
-                secrets: vec![access_token.expose().to_owned()],
-            })
+            Ok(Injection { header: Some((reqwest::header::AUTHORIZATION, value)), query: None, secrets: vec![access_token.clone()] })
         }
         ReleasedSecret::ApiKey { api_key, header_name, header_value } => {
-            let secrets = vec![api_key.expose().to_owned(), header_value.expose().to_owned()];
+            let secrets = vec![api_key.clone(), header_value.clone()];
             if let Some(param) = &target.query_param {
-                return Ok(Injection { header: None, query: Some((param.clone(), api_key.expose().to_owned())), secrets });
+                return Ok(Injection { header: None, query: Some((param.clone(), api_key.clone())), secrets });
             }
             let name = HeaderName::from_bytes(header_name.as_bytes()).map_err(|_| bad())?;
             let mut value = HeaderValue::from_str(header_value.expose()).map_err(|_| bad())?;
@@ -193,7 +190,7 @@ fn injection(secret: &ReleasedSecret, target: &ProxyTarget) -> Result<Injection,
 /// that a server could read as the same name is dropped: compared case-insensitively, with
 /// `.` and spaces as `_` (PHP), `[…]` suffixes removed, and `;`-separated pairs inside one
 /// `&` part (servers that split on both). The upstream sees one key, the connection's.
-fn query_with(query: Option<&str>, inject: Option<&(String, String)>) -> Option<String> {
+fn query_with(query: Option<&str>, inject: Option<&(String, Secret)>) -> Option<String> {
     let Some((name, value)) = inject else { return query.map(str::to_owned) };
     let target = param_name_key(name);
     let mut parts: Vec<String> = query
@@ -208,7 +205,7 @@ fn query_with(query: Option<&str>, inject: Option<&(String, String)>) -> Option<
         })
         .map(str::to_owned)
         .collect();
-    let encoded: String = url::form_urlencoded::byte_serialize(value.as_bytes()).collect();
+    let encoded: String = url::form_urlencoded::byte_serialize(value.expose().as_bytes()).collect();
     parts.push(format!("{name}={encoded}"));
     Some(parts.join("&"))
 }
@@ -223,7 +220,7 @@ fn param_name_key(name: &str) -> String {
 /// `Set-Cookie` unless the connection passes cookies, no `WWW-Authenticate` (it describes
 /// the credential latchkey holds, not the agent's), and none that carries the secret back
 /// (an API echoing request headers, a `Location` with `?api_key=`).
-fn response_headers(headers: &HeaderMap, pass_cookies: bool, secrets: &[String]) -> Vec<(HeaderName, HeaderValue)> {
+fn response_headers(headers: &HeaderMap, pass_cookies: bool, secrets: &[Secret]) -> Vec<(HeaderName, HeaderValue)> {
     let named_in_connection: Vec<String> = headers
         .get_all(reqwest::header::CONNECTION)
         .iter()
@@ -250,23 +247,38 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
 }
 
-/// Whether a header value holds one of the secrets: as is, with JSON's `\/` escapes undone,
+/// Whether a header value holds one of the secrets: as is, with JSON's `\\/` escapes undone,
 /// or percent-decoded (either case of hex, `+` as a space or not, up to three times over).
-fn carries(value: &[u8], secrets: &[String]) -> bool {
+/// The other forms are built only for values that have the characters they undo.
+fn carries(value: &[u8], secrets: &[Secret]) -> bool {
+    let found = |form: &[u8]| secrets.iter().any(|s| contains(form, s.expose().as_bytes()));
+    if found(value) {
+        return true;
+    }
+    if contains(value, b"\\/") && found(String::from_utf8_lossy(value).replace("\\/", "/").as_bytes()) {
+        return true;
+    }
     let plus: Vec<u8> = value.iter().map(|b| if *b == b'+' { b' ' } else { *b }).collect();
-    let mut forms = vec![value.to_vec(), plus.clone(), String::from_utf8_lossy(value).replace("\\/", "/").into_bytes()];
-    for start in [value.to_vec(), plus] {
+    if value.contains(&b'+') && found(&plus) {
+        return true;
+    }
+    if !value.contains(&b'%') {
+        return false;
+    }
+    [value.to_vec(), plus].into_iter().any(|start| {
         let mut current = start;
         for _ in 0..3 {
-            let decoded = egress::percent_decode_lossy(&current);
+            let decoded: Vec<u8> = percent_encoding::percent_decode(&current).collect();
             if decoded == current {
-                break;
+                return false;
             }
-            forms.push(decoded.clone());
+            if found(&decoded) {
+                return true;
+            }
             current = decoded;
         }
-    }
-    forms.iter().any(|f| secrets.iter().any(|s| contains(f, s.as_bytes())))
+        false
+    })
 }
 
 /// Everything the outcome record needs, written once: when the body ends, fails, or the
@@ -442,7 +454,7 @@ impl Services {
         let target = released.proxy.as_ref().ok_or(VaultError::Internal("a proxy decision without a target"))?;
         let inject = injection(&released.secret, target)?;
         let path = format!("{}/{}", target.base.path().trim_end_matches('/'), target.path.as_str());
-        let record = OutcomeRecord {
+        let mut record = OutcomeRecord {
             vault: self.vault.clone(),
             metrics: self.metrics.clone(),
             started: Instant::now(),
@@ -520,14 +532,11 @@ impl Services {
         let status = resp.status().as_u16();
         let headers = response_headers(resp.headers(), target.pass_cookies, &inject.secrets);
         let content_length = resp.content_length().filter(|n| *n <= target.max_body);
+        record.detail.status = Some(status);
         if resp.content_length().is_some_and(|n| n > target.max_body) {
-            let mut record = record;
-            record.detail.status = Some(status);
             record.finish(0, Some("response larger than max_body"));
             return Err(ProxyError::ResponseTooLarge { limit: target.max_body });
         }
-        let mut record = record;
-        record.detail.status = Some(status);
         Ok(ProxyResponse {
             status,
             headers,
@@ -575,7 +584,7 @@ mod tests {
         h.insert("connection", HeaderValue::from_static("x-hop"));
         h.insert("x-hop", HeaderValue::from_static("1"));
         h.insert("transfer-encoding", HeaderValue::from_static("chunked"));
-        let secrets = vec!["sk-live-123".to_owned(), "sk/live".to_owned()];
+        let secrets = vec![Secret::new("sk-live-123".into()), Secret::new("sk/live".into())];
         let names = |v: Vec<(HeaderName, HeaderValue)>| v.into_iter().map(|(n, _)| n.as_str().to_owned()).collect::<Vec<_>>();
         assert_eq!(names(response_headers(&h, false, &secrets)), vec!["content-type"]);
         assert_eq!(names(response_headers(&h, true, &secrets)), vec!["content-type", "set-cookie"]);
@@ -583,7 +592,7 @@ mod tests {
 
     #[test]
     fn the_key_parameter_replaces_any_the_agent_sent() {
-        let key = ("api_key".to_owned(), "k 1&x".to_owned());
+        let key = ("api_key".to_owned(), Secret::new("k 1&x".into()));
         // Names a lenient server would read as the same parameter.
         for variant in ["API_KEY=mine", "api.key=mine", "api_key[]=mine", "a=1;api_key=mine", "Api%20Key=mine"] {
             assert_eq!(query_with(Some(variant), Some(&key)).as_deref(), Some("api_key=k+1%26x"), "{variant}");

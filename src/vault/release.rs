@@ -410,7 +410,7 @@ impl Vault {
             rec.reason = "no grant for this connection";
             return Err(ReleaseError::AccessDenied.into());
         };
-        let proxy_rules = match &input.proxy {
+        let proxy_checked = match &input.proxy {
             Some(call) => Some(proxy_rules(&spec, call, rec)?),
             None => None,
         };
@@ -527,7 +527,7 @@ impl Vault {
                 (released, remaining)
             }
         };
-        let proxy = match proxy_rules {
+        let proxy = match proxy_checked {
             Some((p, rel)) => Some(proxy_target(&p, rel, &secret, &spec, rec)?),
             None => None,
         };
@@ -553,11 +553,11 @@ impl Vault {
 
 /// Proxy mode, before the credential is read: the connection's proxy settings, and whether
 /// they allow this method and path.
-fn proxy_rules(
-    spec: &ConnectionSpec,
+fn proxy_rules<'s>(
+    spec: &'s ConnectionSpec,
     call: &ProxyCall,
     rec: &mut Record<'_>,
-) -> std::result::Result<(ProxySpec, crate::egress::RelPath), ReleaseError> {
+) -> std::result::Result<(std::borrow::Cow<'s, ProxySpec>, crate::egress::RelPath), ReleaseError> {
     let rel = match crate::egress::RelPath::parse(&call.path) {
         Ok(rel) => rel,
         Err(e) => {
@@ -579,7 +579,7 @@ fn proxy_rules(
         rec.path = Some(call.path.chars().take(256).collect());
         return Err(ReleaseError::PathNotAllowed("the connection's proxy settings do not allow this path".into()));
     }
-    Ok((p.into_owned(), rel))
+    Ok((p, rel))
 }
 
 /// Proxy mode, once the credential is open: the upstream base (a credential's
