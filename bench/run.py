@@ -13,9 +13,10 @@ uses per provider) — once with no added provider latency (latchkey's own ceili
 once with 20 ms (a realistic token endpoint). --full adds 10k/100k/1M credentials (RSS,
 rotation). Prints Markdown tables (docs/performance.md keeps the latest).
 
---open-loop-only offers API-key releases at fixed rates (2k, 5k, 10k/s; oha -q with
---latency-correction, so that a stalled server is charged for the requests it delayed, unlike a
-closed-loop wrk run) in both audit durability modes, next to /healthz at the same rates.
+--open-loop-only offers load at fixed rates (2k, 5k, 10k/s; bench/vault.rs `load`, which counts
+each request's latency from the moment it was due, so that a stalled server is charged for the
+requests it delayed, unlike a closed-loop wrk run), in both audit durability modes: /healthz,
+API-key, OAuth and first-use releases, and proxied calls (--targets picks some).
 
 --proxy-only measures proxy mode next to a direct call to the same local upstream (bench/vault.rs
 `upstream`): latency at one connection (what a caller waits) and throughput at 64, in both
@@ -367,7 +368,8 @@ def main():
     ap.add_argument("--flood-only", action="store_true", help="only admin latency under a bad-credential flood")
     ap.add_argument("--full-only", action="store_true", help="only the RSS and rotation sizes of --full")
     ap.add_argument("--proxy-only", action="store_true", help="only proxy mode against a direct call to the same upstream")
-    ap.add_argument("--open-loop-only", action="store_true", help="only releases at fixed offered rates (needs oha: cargo install oha)")
+    ap.add_argument("--open-loop-only", action="store_true", help="only fixed offered rates (open loop): /healthz, releases, proxied calls")
+    ap.add_argument("--targets", default=",".join(OPEN_LOOP_TARGETS), help="what --open-loop-only offers load to (comma-separated)")
     ap.add_argument("--rates", default="2000,5000,10000", help="offered rates of --open-loop-only, requests/s")
     ap.add_argument("--upstream-latency-ms", type=int, default=0, help="time the --proxy-only upstream takes per call (default 0: latchkey's own ceiling)")
     ap.add_argument("--backend", choices=("sqlite", "postgres"), default="sqlite",
@@ -465,24 +467,23 @@ def _proxy_scenarios(a, dbenv):
             shutil.rmtree(work, ignore_errors=True)
 
 
-def oha(url, rate, duration, headers=(), regex=False, conns=64):
-    """An open-loop run: `rate` requests/s offered whatever the answers' pace, latencies
-    corrected for the time a request waited to be sent (coordinated omission)."""
-    if not shutil.which("oha"):
-        sys.exit("oha is needed for --open-loop-only: cargo install oha")
-    cmd = ["oha", "-z", f"{duration}s", "-q", str(rate), "-c", str(conns), "--latency-correction", "--no-tui", "--output-format", "json"]
-    for h in headers:
-        cmd += ["-H", h]
-    if regex:
-        cmd.append("--rand-regex-url")
-    out = subprocess.run(cmd + [url], capture_output=True, text=True).stdout
-    d = json.loads(out)
-    pct = d["latencyPercentiles"]
-    codes = d.get("statusCodeDistribution", {})
-    # Requests still in flight when the run ends are reported as errors ("aborted due to deadline").
-    cut = sum(n for e, n in d.get("errorDistribution", {}).items() if "deadline" in e)
-    bad = sum(n for code, n in codes.items() if code != "200") + sum(d.get("errorDistribution", {}).values()) - cut
-    return {"rps": d["summary"]["requestsPerSec"], "p50": pct["p50"] * 1000, "p99": pct["p99"] * 1000, "p999": pct["p99.9"] * 1000, "errors": bad}
+def load(requests, rate, duration, conns=64):
+    """An open-loop run (bench/vault.rs `load`): `rate` requests/s offered whatever the
+    answers' pace, each request's latency counted from the moment it was due (so a stalled
+    server is charged for the requests it delayed: no coordinated omission). `requests` is a
+    list of (method, url, headers), used in turn."""
+    with tempfile.NamedTemporaryFile("w", suffix=".req", delete=False) as f:
+        for method, url, headers in requests:
+            f.write("\t".join([method, url, *headers]) + "\n")
+    try:
+        out = subprocess.run(["cargo", "bench", "-q", "--bench", "vault", "--", "load", "--rate", str(rate), "--duration", str(duration),
+                              "--conns", str(conns), "--requests", f.name], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    finally:
+        os.unlink(f.name)
+    return json.loads(out.strip().splitlines()[-1])
+
+
+OPEN_LOOP_TARGETS = ("healthz", "api", "oauth", "first-use", "proxy")
 
 
 def open_loop_scenarios(a):
@@ -491,30 +492,64 @@ def open_loop_scenarios(a):
 
 
 def _open_loop_scenarios(a, dbenv):
-    """API-key releases of random owners (t0–t9999) at fixed offered rates, and /healthz at
-    the same rates, per audit durability mode."""
-    work, _ = seed(20_000, 1, dbenv=dbenv)
+    """At fixed offered rates, per audit durability mode: /healthz, API-key and OAuth
+    releases of random owners (10,000 of each kind), first-use releases (an agent token the
+    server has not verified yet on every request), and proxied calls (an API key injected,
+    local upstream answering at once)."""
+    import random
+    rates = [int(r) for r in a.rates.split(",")]
+    targets = [t for t in a.targets.split(",") if t]
+    unknown = set(targets) - set(OPEN_LOOP_TARGETS)
+    if unknown:
+        sys.exit(f"unknown --targets {sorted(unknown)}; choose from {','.join(OPEN_LOOP_TARGETS)}")
+    d = a.duration
+    # First use needs a token per request, each used once per server (the verified-token cache
+    # is per process, and every durability mode starts a new server).
+    first_use = sum(rates) * d if "first-use" in targets else 1
+    upstream, up_url = start_upstream(0) if "proxy" in targets else (None, None)
+    work = None
     try:
-        token = open(f"{work}/tokens.txt").readline().strip()
-        rates = [int(r) for r in a.rates.split(",")]
-        d = a.duration
-        print(f"\n## Open loop ({a.backend}; {machine()}; oha -c64 --latency-correction, {d} s per rate)\n")
+        work, _ = seed(20_000, first_use, ["--upstream", up_url] if up_url else [], dbenv=dbenv)
+        tokens = [t.strip() for t in open(f"{work}/tokens.txt")]
+        auth = f"Authorization: Bearer {tokens[0]}"
+        rnd = random.Random(7)
+        owners = lambda: [rnd.randrange(10_000) for _ in range(20_000)]
+        fixed = {
+            "healthz": [("GET", BASE + "/healthz", [])],
+            "api": [("GET", f"{BASE}/v1/connections/svc/token?tenant_id=t{i}", [auth]) for i in owners()],
+            "oauth": [("GET", f"{BASE}/v1/connections/crm/token?user_id=u{i}", [auth]) for i in owners()],
+            "proxy": [("GET", f"{BASE}/v1/proxy/api/calendars/primary/events?maxResults=10", [auth, f"X-Latchkey-Tenant: t{i}"]) for i in owners()],
+        }
+        label = {"healthz": "`/healthz`", "api": "API-key release", "oauth": "OAuth release", "first-use": "first-use release",
+                 "proxy": "proxied call (upstream +0 ms)"}
+        print(f"\n## Open loop ({a.backend}; {machine()}; bench/vault.rs load, 64 connections, {d} s per rate)\n")
         print("| audit durability | target | offered (req/s) | achieved (req/s) | p50 (ms) | p99 (ms) | p99.9 (ms) | errors |")
         print("|---|---|---:|---:|---:|---:|---:|---:|")
-        release_url = BASE + r"/v1/connections/svc/token\?tenant_id=t[1-9][0-9]{0,3}"
         for durability in ("os", "fsync"):
             server = start_server(work, dict(dbenv, LATCHKEY_AUDIT_DURABILITY=durability))
-            wrk("/", 2, "release.lua", {"LK_TOKEN": token, "LK_KIND": "api", "LK_HALF": "10000"})  # warm-up
+            wrk("/", 2, "release.lua", {"LK_TOKEN": tokens[0], "LK_KIND": "api", "LK_HALF": "10000"})  # warm-up
+            next_token = 1
             for rate in rates:
-                for target, url, headers, regex in (("/healthz", BASE + "/healthz", (), False),
-                                                    ("API-key release", release_url, (f"Authorization: Bearer {token}",), True)):
-                    r = oha(url, rate, d, headers, regex)
-                    print(f"| {durability} | {target} | {rate:,} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['errors']} |")
+                for target in targets:
+                    if target == "first-use":
+                        n = rate * d
+                        reqs = [("GET", f"{BASE}/v1/connections/svc/token?tenant_id=t{rnd.randrange(10_000)}", [f"Authorization: Bearer {t}"])
+                                for t in tokens[next_token:next_token + n]]
+                        next_token += n
+                    else:
+                        reqs = fixed[target]
+                    r = load(reqs, rate, d)
+                    print(f"| {durability} | {label[target]} | {rate:,} | {r['rps']:,.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['p999']:.2f} | {r['errors']} |",
+                          flush=True)
             for line in server_problems([server]):
                 print(f"server: {line}")
             stop_server(server)
     finally:
-        shutil.rmtree(work, ignore_errors=True)
+        if upstream:
+            with contextlib.suppress(Exception):
+                os.killpg(upstream.pid, signal.SIGTERM)
+        if work:
+            shutil.rmtree(work, ignore_errors=True)
 
 
 def release_scenarios(a):

@@ -24,6 +24,9 @@ fn main() {
     if args.iter().any(|a| a == "upstream") {
         return upstream(&args);
     }
+    if args.iter().any(|a| a == "load") {
+        return load(&args);
+    }
     let sizes: Vec<usize> = args
         .iter()
         .position(|a| a == "--sizes")
@@ -338,4 +341,94 @@ fn provider(args: &[String]) {
         println!("LISTENING http://127.0.0.1:{port}/token");
         server.run().await.expect("provider");
     });
+}
+
+/// An open-loop load generator: `load --rate R --duration S [--conns C] --requests FILE`.
+/// Request `i` is due at `i / R` seconds whatever the answers' pace; its latency runs from
+/// that due time (so a stalled server is charged for the requests it delayed, the
+/// coordinated-omission correction), through waiting for one of C connections, to the end
+/// of the answer's body. FILE holds one request per line, used in turn:
+/// `METHOD<TAB>URL[<TAB>Name: value]...`. Prints one JSON object: achieved rate, p50, p99,
+/// p99.9 and max (ms), and the requests that failed or did not answer 2xx.
+fn load(args: &[String]) {
+    let rate: f64 = arg(args, "--rate").and_then(|v| v.parse().ok()).expect("--rate");
+    let secs: f64 = arg(args, "--duration").and_then(|v| v.parse().ok()).expect("--duration");
+    let conns: usize = arg(args, "--conns").and_then(|v| v.parse().ok()).unwrap_or(64);
+    let file = arg(args, "--requests").expect("--requests");
+    let requests: Vec<(reqwest::Method, String, reqwest::header::HeaderMap)> = std::fs::read_to_string(file)
+        .expect("requests file")
+        .lines()
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            let mut parts = l.split('\t');
+            let method = parts.next().and_then(|m| m.parse().ok()).expect("method");
+            let url = parts.next().expect("url").to_string();
+            let mut headers = reqwest::header::HeaderMap::new();
+            for h in parts {
+                let (name, value) = h.split_once(": ").expect("header");
+                headers.append(reqwest::header::HeaderName::from_bytes(name.as_bytes()).expect("name"), value.parse().expect("value"));
+            }
+            (method, url, headers)
+        })
+        .collect();
+    assert!(!requests.is_empty(), "no requests in {file}");
+    let requests = std::sync::Arc::new(requests);
+    let total = (rate * secs) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // One runtime thread sends and receives; this thread schedules. Requests are handed over
+    // when due by a sleeping thread (timer precision of tens of µs), not by the runtime's
+    // timer, whose 1 ms ticks would add up to 1 ms to every latency.
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let client = rt.block_on(async { reqwest::Client::builder().pool_max_idle_per_host(conns).no_proxy().build().expect("client") });
+    let slots = std::sync::Arc::new(tokio::sync::Semaphore::new(conns));
+    let results = std::sync::Arc::new(std::sync::Mutex::new((Vec::with_capacity(total as usize), 0u64)));
+    let start = Instant::now();
+    let mut tasks = Vec::with_capacity(total as usize);
+    let mut i = 0u64;
+    while i < total {
+        let due = start + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        let now = Instant::now();
+        while i < total && start + interval.mul_f64(i as f64) <= now {
+            let due = start + interval.mul_f64(i as f64);
+            let (client, slots, results, requests) = (client.clone(), slots.clone(), results.clone(), requests.clone());
+            tasks.push(rt.spawn(async move {
+                let _slot = slots.acquire().await.expect("semaphore");
+                let (method, url, headers) = &requests[(i as usize) % requests.len()];
+                let ok = match client.request(method.clone(), url).headers(headers.clone()).send().await {
+                    Ok(r) => r.status().is_success() && r.bytes().await.is_ok(),
+                    Err(_) => false,
+                };
+                let took = due.elapsed();
+                let mut g = results.lock().unwrap_or_else(|p| p.into_inner());
+                g.0.push(took.as_micros() as u64);
+                if !ok {
+                    g.1 += 1;
+                }
+            }));
+            i += 1;
+        }
+    }
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = start.elapsed();
+    let (latencies, failed) = std::mem::take(&mut *results.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut l = latencies;
+    l.sort_unstable();
+    let pct = |q: f64| l.get(((l.len() as f64 * q) as usize).min(l.len().saturating_sub(1))).copied().unwrap_or(0) as f64 / 1000.0;
+    println!(
+        "{{\"requests\": {}, \"rps\": {:.1}, \"p50\": {:.3}, \"p99\": {:.3}, \"p999\": {:.3}, \"max\": {:.3}, \"errors\": {failed}}}",
+        l.len(),
+        l.len() as f64 / elapsed.as_secs_f64(),
+        pct(0.5),
+        pct(0.99),
+        pct(0.999),
+        l.last().copied().unwrap_or(0) as f64 / 1000.0
+    );
 }

@@ -190,6 +190,10 @@ impl Application {
         .client_request_timeout(limits.request_timeout)
         .client_disconnect_timeout(std::time::Duration::from_secs(1))
         .keep_alive(std::time::Duration::from_secs(30))
+        // Answers leave at once: a proxied answer goes out in several writes (head, chunks),
+        // and with Nagle's algorithm the later ones waited for the client's delayed ACK
+        // (40 ms on Linux) — the proxy's p99 was 44 ms at any offered rate.
+        .tcp_nodelay(true)
         .max_connections(limits.max_connections)
         .listen(listener)?;
         if let Some(n) = opts.workers {

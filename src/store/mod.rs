@@ -166,6 +166,8 @@ pub struct Store {
     max_readers: Option<usize>,
     /// The row-integrity key (and what went wrong with it), shared by every connection.
     sealer: std::sync::Arc<integrity::Sealer>,
+    /// SQLite's WAL checkpoints, off the commit path (`None` on PostgreSQL).
+    _checkpointer: Option<sqlite::Checkpointer>,
 }
 
 impl std::fmt::Debug for Store {
@@ -214,8 +216,13 @@ impl Store {
                 )
             }
         };
+        let checkpointer = match location {
+            Location::Embedded(dir) => Some(sqlite::Checkpointer::start(dir)?),
+            Location::Postgres(_) => None,
+        };
         let sealer = std::sync::Arc::new(integrity::Sealer::default());
         Ok(Store {
+            _checkpointer: checkpointer,
             location: location.clone(),
             writer: group::GroupWriter::new(writer, open_writer, sealer.clone()),
             sealer,

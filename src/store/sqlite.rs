@@ -97,15 +97,16 @@ pub(super) fn open_writer(data_dir: &Path) -> Result<Owned, StoreError> {
         return Err(StoreError::NotInitialised(path.display().to_string()));
     }
     tighten_modes(data_dir, &path)?;
-    let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE)?;
+    let mut writer = Connection::open_with_flags(&path, OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     configure(&mut writer)?;
     writer.execute_batch("PRAGMA journal_mode = WAL;")?;
+    writer.execute_batch(WRITER_CHECKPOINTS)?;
     migrate(&mut writer)?;
     Ok(Owned::Lite(writer))
 }
 
 pub(super) fn open_reader(data_dir: &Path) -> Result<Owned, StoreError> {
-    let mut c = Connection::open_with_flags(db_path(data_dir), OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let mut c = Connection::open_with_flags(db_path(data_dir), OpenFlags::SQLITE_OPEN_READ_ONLY | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
     configure(&mut c)?;
     Ok(Owned::Lite(c))
 }
@@ -155,4 +156,124 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
         tx.commit()?;
     }
     super::check_min_binary_version(&super::sql::Conn::bare(super::sql::Db::Lite(c)))
+}
+
+/// How often the background checkpointer copies the log into the database file.
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// Log size (in pages) past which the checkpointer also restarts the log, holding the write
+/// lock for the short tail the passive checkpoints have not copied yet.
+const RESTART_AFTER_PAGES: i64 = 16_384;
+
+/// Moves the WAL checkpoint off the commit path. SQLite's automatic checkpoint runs inside
+/// the commit that crosses 1,000 log pages: that commit copies the pages and flushes the
+/// database file, and every release waiting on its batch stalls behind it (the `os` tail).
+/// The writer connection turns it off (`wal_autocheckpoint = 0`); this thread, on its own
+/// connection, runs passive checkpoints (no lock: commits go on meanwhile) and, once the
+/// log is long, a `RESTART` checkpoint, which takes the write lock for the little the
+/// passive ones left and lets the next commit start the log from its beginning again (a
+/// passive checkpoint alone never catches up with a steady stream of commits, so the log
+/// would grow without bound).
+pub(super) struct Checkpointer {
+    stop: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Checkpointer {
+    pub(super) fn start(data_dir: &Path) -> Result<Self, StoreError> {
+        Self::start_with(data_dir, CHECKPOINT_EVERY, RESTART_AFTER_PAGES)
+    }
+
+    pub(super) fn start_with(data_dir: &Path, every: Duration, restart_after: i64) -> Result<Self, StoreError> {
+        let mut c = Connection::open_with_flags(db_path(data_dir), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
+        configure(&mut c)?;
+        // NORMAL: a checkpoint flushes the log before it copies and the database file after.
+        c.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
+        let (stop, stopped) = std::sync::mpsc::channel();
+        let thread = std::thread::Builder::new()
+            .name("latchkey-checkpoint".into())
+            .spawn(move || loop {
+                match stopped.recv_timeout(every) {
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    _ => return,
+                }
+                if let Err(e) = checkpoint(&c, restart_after) {
+                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+                }
+            })
+            .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
+        Ok(Checkpointer { stop: Some(stop), thread: Some(thread) })
+    }
+}
+
+impl Drop for Checkpointer {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// One round: a passive checkpoint, then a restart if the log is still long.
+fn checkpoint(c: &Connection, restart_after: i64) -> Result<(), StoreError> {
+    let (_, log, _) = wal_checkpoint(c, "PASSIVE")?;
+    if log >= restart_after {
+        let started = std::time::Instant::now();
+        let (busy, log, done) = wal_checkpoint(c, "RESTART")?;
+        tracing::debug!(busy, log, done, took_ms = started.elapsed().as_millis() as u64, "WAL restarted");
+    }
+    Ok(())
+}
+
+/// `PRAGMA wal_checkpoint(mode)`: (whether it was blocked, log pages, pages copied).
+fn wal_checkpoint(c: &Connection, mode: &str) -> Result<(bool, i64, i64), StoreError> {
+    Ok(c.query_row(&format!("PRAGMA wal_checkpoint({mode})"), [], |r| Ok((r.get::<_, i64>(0)? != 0, r.get(1)?, r.get(2)?)))?)
+}
+
+/// The writer's settings that go with the checkpointer: no checkpoint inside a commit, and
+/// the log file cut back to 64 MiB when it restarts.
+const WRITER_CHECKPOINTS: &str = "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_size_limit = 67108864;";
+
+#[cfg(test)]
+mod checkpointer_tests {
+    use super::*;
+
+    fn wal_len(dir: &Path) -> u64 {
+        std::fs::metadata(dir.join("latchkey.db-wal")).map(|m| m.len()).unwrap_or(0)
+    }
+
+    /// With commits arriving without pause and a reader always in the middle of a read, the
+    /// log is still copied and restarted: its file stays bounded, and nothing is lost.
+    #[test]
+    fn the_log_stays_bounded_under_a_steady_stream_of_commits_and_readers() {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path()).unwrap();
+        let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
+        w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
+        let page_limit = 200;
+        let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(5), page_limit).unwrap();
+        let done = std::sync::atomic::AtomicBool::new(false);
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let Owned::Lite(r) = open_reader(dir.path()).unwrap() else { unreachable!() };
+                while !done.load(std::sync::atomic::Ordering::Relaxed) {
+                    let _: i64 = r.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+                }
+            });
+            let mut max = 0;
+            for _ in 0..3000 {
+                w.execute("INSERT INTO t VALUES (zeroblob(2000))", []).unwrap();
+                max = max.max(wal_len(dir.path()));
+            }
+            done.store(true, std::sync::atomic::Ordering::Relaxed);
+            // 3,000 commits of a page or more each make a log of over 12 MB without
+            // checkpoints; it restarts whenever it passes ~200 pages (plus what is appended
+            // between two rounds).
+            assert!(max < 2000 * 4200, "the log grew to {max} bytes");
+            let auto: i64 = w.query_row("PRAGMA wal_autocheckpoint", [], |r| r.get(0)).unwrap();
+            assert_eq!(auto, 0);
+        });
+        let n: i64 = w.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 3000);
+    }
 }

@@ -13,7 +13,7 @@ use crate::audit::Event;
 use crate::store::{self, Store};
 
 const MAX_BATCH: usize = 1024;
-const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(1000);
+const MIN_COMMIT_INTERVAL: std::time::Duration = std::time::Duration::from_micros(250);
 /// How long a record nobody waits for may wait for company (see [`AuditSink::append_lazy`]).
 const LAZY_WAIT: std::time::Duration = std::time::Duration::from_millis(50);
 
@@ -110,6 +110,9 @@ fn run(store: &Store, rx: Receiver<Job>) {
         // mean fewer fsyncs and, above all, fewer invalidations of every reader's page cache
         // (SQLite drops a connection's cache when another connection has committed). A caller
         // alone (the previous batch held one waited-for record at most) is committed at once.
+        // 250 µs: with no pause, saturated throughput fell by about a third (a commit per
+        // handful of releases); at 1 ms, every release under load waited ~0.5 ms more for
+        // nothing (open-loop p50 1.0–1.1 ms against 0.4–0.5 ms at 250 µs, same throughput).
         if last_waited > 1 {
             if let Some(wait) = MIN_COMMIT_INTERVAL.checked_sub(last_commit.elapsed()) {
                 std::thread::sleep(wait);
