@@ -158,8 +158,13 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
     super::check_min_binary_version(&super::sql::Conn::bare(super::sql::Db::Lite(c)))
 }
 
-/// How often the background checkpointer copies the log into the database file.
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the background checkpointer copies the log into the database file while commits
+/// arrive (five times as long once they stop). Small checkpoints often, not large ones now
+/// and then: a checkpoint flushes what it copies, and while that flush runs, commits that
+/// append to the log pages being written back wait for it. At 5k releases/s (`os`) the p99
+/// of six 10 s runs had a median of 3.9 ms with a checkpoint every 100 ms, 2.95 ms every
+/// 20 ms, and was worse at 1 s (4–10 ms).
+const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
 /// Log size (in pages) past which the checkpointer also restarts the log, holding the write
 /// lock for the short tail the passive checkpoints have not copied yet.
 const RESTART_AFTER_PAGES: i64 = 16_384;
@@ -191,13 +196,20 @@ impl Checkpointer {
         let (stop, stopped) = std::sync::mpsc::channel();
         let thread = std::thread::Builder::new()
             .name("latchkey-checkpoint".into())
-            .spawn(move || loop {
-                match stopped.recv_timeout(every) {
-                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
-                    _ => return,
-                }
-                if let Err(e) = checkpoint(&c, restart_after) {
-                    tracing::warn!(error = %e, "WAL checkpoint failed; retrying");
+            .spawn(move || {
+                let (mut wait, mut last_log) = (every, -1);
+                loop {
+                    match stopped.recv_timeout(wait) {
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        _ => return,
+                    }
+                    match checkpoint(&c, restart_after) {
+                        Ok(log) => {
+                            wait = if log == last_log { every * 5 } else { every };
+                            last_log = log;
+                        }
+                        Err(e) => tracing::warn!(error = %e, "WAL checkpoint failed; retrying"),
+                    }
                 }
             })
             .map_err(|e| StoreError::Io(format!("cannot start the checkpoint thread: {e}")))?;
@@ -214,15 +226,16 @@ impl Drop for Checkpointer {
     }
 }
 
-/// One round: a passive checkpoint, then a restart if the log is still long.
-fn checkpoint(c: &Connection, restart_after: i64) -> Result<(), StoreError> {
+/// One round: a passive checkpoint, then a restart if the log is still long. Returns the
+/// log's length in pages as the passive checkpoint found it (unchanged: no commits since).
+fn checkpoint(c: &Connection, restart_after: i64) -> Result<i64, StoreError> {
     let (_, log, _) = wal_checkpoint(c, "PASSIVE")?;
     if log >= restart_after {
         let started = std::time::Instant::now();
-        let (busy, log, done) = wal_checkpoint(c, "RESTART")?;
-        tracing::debug!(busy, log, done, took_ms = started.elapsed().as_millis() as u64, "WAL restarted");
+        let (busy, pages, done) = wal_checkpoint(c, "RESTART")?;
+        tracing::debug!(busy, pages, done, took_ms = started.elapsed().as_millis() as u64, "WAL restarted");
     }
-    Ok(())
+    Ok(log)
 }
 
 /// `PRAGMA wal_checkpoint(mode)`: (whether it was blocked, log pages, pages copied).
