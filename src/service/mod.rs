@@ -92,7 +92,7 @@ impl Services {
     /// the agent is still enabled is checked by each operation.)
     pub fn agent_principal(&self, token: &str) -> Option<crate::policy::Principal> {
         match self.tokens.verify(token, self.vault.clock().now()) {
-            Ok(claims) => Some(claims.principal()),
+            Ok(verified) => Some(verified.principal.clone()),
             Err(e) => {
                 tracing::debug!(reason = %e, "agent token refused");
                 None

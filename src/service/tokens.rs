@@ -268,7 +268,7 @@ mod tests {
         let new: crate::vault::NewAgent = serde_json::from_value(serde_json::json!({"id": "svc", "name": "svc"})).unwrap();
         let (_, secret) = s.vault.create_agent(&crate::vault::Actor::System, new).unwrap();
         let issued = s.issue_token(request("svc", secret.expose(), GrantType::ClientCredentials)).await.unwrap();
-        let claims = s.tokens.verify(issued.access_token.expose(), f.clock.now()).unwrap();
+        let claims = s.tokens.verify_claims(issued.access_token.expose(), f.clock.now()).unwrap();
         assert_eq!((claims.sub.as_str(), claims.client_id.as_str()), ("svc", "svc"));
         assert_eq!(issued.expires_in, MAX_TOKEN_TTL);
         assert_eq!(issued.issued_token_type, None);
