@@ -191,6 +191,10 @@ impl Checkpointer {
     pub(super) fn start_with(data_dir: &Path, every: Duration, restart_after: i64) -> Result<Self, StoreError> {
         let mut c = Connection::open_with_flags(db_path(data_dir), OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX)?;
         configure(&mut c)?;
+        // A restart holds the write lock while it waits for readers of older snapshots (a full
+        // integrity check reads one for seconds at a million credentials): it gives up after a
+        // few ms and tries again next round, so commits never wait on it for long.
+        c.busy_handler(Some(restart_busy))?;
         // NORMAL: a checkpoint flushes the log before it copies and the database file after.
         c.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
         let (stop, stopped) = std::sync::mpsc::channel();
@@ -198,12 +202,14 @@ impl Checkpointer {
             .name("latchkey-checkpoint".into())
             .spawn(move || {
                 let (mut wait, mut last_log) = (every, -1);
+                let mut restart_not_before = std::time::Instant::now();
                 loop {
                     match stopped.recv_timeout(wait) {
                         Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
                         _ => return,
                     }
-                    match checkpoint(&c, restart_after) {
+                    // After a restart that had to give up, the next waits a dozen rounds.
+                    match checkpoint(&c, restart_after, &mut restart_not_before, every * 12) {
                         Ok(log) => {
                             wait = if log == last_log { every * 5 } else { every };
                             last_log = log;
@@ -226,14 +232,49 @@ impl Drop for Checkpointer {
     }
 }
 
+/// How long a restart may wait for the write lock or for readers before it gives up, when
+/// the log is just past the restart point. The patience grows with the log (5 ms per
+/// multiple of the restart point, up to the busy timeout), so that readers which keep
+/// outlasting it hold the log back only until a restart is worth a longer stall.
+const RESTART_PATIENCE: Duration = Duration::from_millis(5);
+
+thread_local! {
+    /// The current restart's patience (the busy handler is a plain function, called on the
+    /// checkpoint thread).
+    static PATIENCE: std::cell::Cell<Duration> = const { std::cell::Cell::new(RESTART_PATIENCE) };
+}
+
+fn restart_busy(retries: i32) -> bool {
+    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= PATIENCE.get() {
+        return false;
+    }
+    std::thread::sleep(BUSY_POLL);
+    true
+}
+
 /// One round: a passive checkpoint, then a restart if the log is still long. Returns the
 /// log's length in pages as the passive checkpoint found it (unchanged: no commits since).
-fn checkpoint(c: &Connection, restart_after: i64) -> Result<i64, StoreError> {
+fn checkpoint(
+    c: &Connection,
+    restart_after: i64,
+    restart_not_before: &mut std::time::Instant,
+    backoff: Duration,
+) -> Result<i64, StoreError> {
     let (_, log, _) = wal_checkpoint(c, "PASSIVE")?;
-    if log >= restart_after {
-        let started = std::time::Instant::now();
-        let (busy, pages, done) = wal_checkpoint(c, "RESTART")?;
-        tracing::debug!(busy, pages, done, took_ms = started.elapsed().as_millis() as u64, "WAL restarted");
+    let started = std::time::Instant::now();
+    if log >= restart_after && started >= *restart_not_before {
+        let multiple = u32::try_from(log / restart_after.max(1)).unwrap_or(u32::MAX);
+        PATIENCE.set(RESTART_PATIENCE.saturating_mul(multiple).min(BUSY_TIMEOUT));
+        // Busy (a reader of an older snapshot, or a long write): tried again after a pause, so
+        // that a long reader costs commits one short wait per `backoff`, not one a round.
+        let (busy, pages, done) = match wal_checkpoint(c, "RESTART") {
+            Err(StoreError::Busy) => (true, log, 0),
+            other => other?,
+        };
+        if busy {
+            *restart_not_before = started + backoff;
+        }
+        tracing::debug!(busy, pages, done, took_ms = started.elapsed().as_millis() as u64, "WAL restart");
     }
     Ok(log)
 }
@@ -255,8 +296,8 @@ mod checkpointer_tests {
         std::fs::metadata(dir.join("latchkey.db-wal")).map(|m| m.len()).unwrap_or(0)
     }
 
-    /// With commits arriving without pause and a reader always in the middle of a read, the
-    /// log is still copied and restarted: its file stays bounded, and nothing is lost.
+    /// With commits arriving without pause and a reader always in the middle of a (short)
+    /// read, the log is still copied and restarted: its file stays bounded, nothing is lost.
     #[test]
     fn the_log_stays_bounded_under_a_steady_stream_of_commits_and_readers() {
         let dir = tempfile::tempdir().unwrap();
@@ -264,13 +305,14 @@ mod checkpointer_tests {
         let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
         w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
         let page_limit = 200;
-        let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(5), page_limit).unwrap();
+        let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(1), page_limit).unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
         std::thread::scope(|s| {
             s.spawn(|| {
                 let Owned::Lite(r) = open_reader(dir.path()).unwrap() else { unreachable!() };
+                // Point reads back to back, as releases make them.
                 while !done.load(std::sync::atomic::Ordering::Relaxed) {
-                    let _: i64 = r.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+                    let _: Option<i64> = r.query_row("SELECT max(rowid) FROM t", [], |r| r.get(0)).unwrap();
                 }
             });
             let mut max = 0;
@@ -288,5 +330,32 @@ mod checkpointer_tests {
         });
         let n: i64 = w.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
         assert_eq!(n, 3000);
+    }
+
+    /// A reader holding an old snapshot (as a full integrity check does for seconds) keeps
+    /// the log from restarting, but the restart's wait must not hold up commits meanwhile.
+    #[test]
+    fn a_long_reader_does_not_make_commits_wait_for_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path()).unwrap();
+        let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
+        w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
+        let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(2), 50).unwrap();
+        let Owned::Lite(r) = open_reader(dir.path()).unwrap() else { unreachable!() };
+        w.execute("INSERT INTO t VALUES (zeroblob(2000))", []).unwrap();
+        r.execute_batch("BEGIN").unwrap();
+        let _: i64 = r.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        // The reader's snapshot stays open through 500 commits, far past the restart point:
+        // every restart attempt waits for it, and without a bounded wait each would hold the
+        // write lock for the whole busy timeout (10 s).
+        let started = std::time::Instant::now();
+        for _ in 0..500 {
+            w.execute("INSERT INTO t VALUES (zeroblob(2000))", []).unwrap();
+        }
+        let took = started.elapsed();
+        r.execute_batch("COMMIT").unwrap();
+        assert!(took < Duration::from_secs(5), "500 commits took {took:?} behind the restart");
+        let n: i64 = w.query_row("SELECT count(*) FROM t", [], |r| r.get(0)).unwrap();
+        assert_eq!(n, 501);
     }
 }
