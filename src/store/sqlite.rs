@@ -42,7 +42,12 @@ pub(super) fn schema_version() -> u32 {
 }
 
 fn busy(retries: i32) -> bool {
-    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= BUSY_TIMEOUT {
+    poll_until(retries, BUSY_TIMEOUT)
+}
+
+/// A busy handler's step: sleeps one poll and asks for another try, until `limit` has passed.
+fn poll_until(retries: i32, limit: Duration) -> bool {
+    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= limit {
         return false;
     }
     std::thread::sleep(BUSY_POLL);
@@ -164,7 +169,7 @@ fn migrate(c: &mut Connection) -> Result<(), StoreError> {
 /// append to the log pages being written back wait for it. At 5k releases/s (`os`) the p99
 /// of six 10 s runs had a median of 3.9 ms with a checkpoint every 100 ms, 2.95 ms every
 /// 20 ms, and was worse at 1 s (4–10 ms).
-const CHECKPOINT_EVERY: std::time::Duration = std::time::Duration::from_millis(20);
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(20);
 /// Log size (in pages) past which the checkpointer also restarts the log, holding the write
 /// lock for the short tail the passive checkpoints have not copied yet.
 const RESTART_AFTER_PAGES: i64 = 16_384;
@@ -193,7 +198,7 @@ impl Checkpointer {
         configure(&mut c)?;
         // A restart holds the write lock while it waits for readers of older snapshots (a full
         // integrity check reads one for seconds at a million credentials): it gives up after a
-        // few ms and tries again next round, so commits never wait on it for long.
+        // few ms and tries again a dozen rounds later, so commits never wait on it for long.
         c.busy_handler(Some(restart_busy))?;
         // NORMAL: a checkpoint flushes the log before it copies and the database file after.
         c.execute_batch("PRAGMA synchronous = NORMAL; PRAGMA wal_autocheckpoint = 0;")?;
@@ -245,11 +250,7 @@ thread_local! {
 }
 
 fn restart_busy(retries: i32) -> bool {
-    if BUSY_POLL * u32::try_from(retries).unwrap_or(u32::MAX) >= PATIENCE.get() {
-        return false;
-    }
-    std::thread::sleep(BUSY_POLL);
-    true
+    poll_until(retries, PATIENCE.get())
 }
 
 /// One round: a passive checkpoint, then a restart if the log is still long. Returns the
@@ -265,12 +266,10 @@ fn checkpoint(
     if log >= restart_after && started >= *restart_not_before {
         let multiple = u32::try_from(log / restart_after.max(1)).unwrap_or(u32::MAX);
         PATIENCE.set(RESTART_PATIENCE.saturating_mul(multiple).min(BUSY_TIMEOUT));
-        // Busy (a reader of an older snapshot, or a long write): tried again after a pause, so
-        // that a long reader costs commits one short wait per `backoff`, not one a round.
-        let (busy, pages, done) = match wal_checkpoint(c, "RESTART") {
-            Err(StoreError::Busy) => (true, log, 0),
-            other => other?,
-        };
+        // Busy (a reader of an older snapshot, or a long write; the pragma reports it in its
+        // first column): tried again after a pause, so that a long reader costs commits one
+        // short wait per `backoff`, not one a round.
+        let (busy, pages, done) = wal_checkpoint(c, "RESTART")?;
         if busy {
             *restart_not_before = started + backoff;
         }
@@ -292,6 +291,15 @@ const WRITER_CHECKPOINTS: &str = "PRAGMA wal_autocheckpoint = 0; PRAGMA journal_
 mod checkpointer_tests {
     use super::*;
 
+    /// A new database's writer (as the store opens it), with a table `t (v BLOB)`.
+    fn database_with_table() -> (tempfile::TempDir, Connection) {
+        let dir = tempfile::tempdir().unwrap();
+        create(dir.path()).unwrap();
+        let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
+        w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
+        (dir, w)
+    }
+
     fn wal_len(dir: &Path) -> u64 {
         std::fs::metadata(dir.join("latchkey.db-wal")).map(|m| m.len()).unwrap_or(0)
     }
@@ -300,10 +308,7 @@ mod checkpointer_tests {
     /// read, the log is still copied and restarted: its file stays bounded, nothing is lost.
     #[test]
     fn the_log_stays_bounded_under_a_steady_stream_of_commits_and_readers() {
-        let dir = tempfile::tempdir().unwrap();
-        create(dir.path()).unwrap();
-        let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
-        w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
+        let (dir, w) = database_with_table();
         let page_limit = 200;
         let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(1), page_limit).unwrap();
         let done = std::sync::atomic::AtomicBool::new(false);
@@ -336,10 +341,7 @@ mod checkpointer_tests {
     /// the log from restarting, but the restart's wait must not hold up commits meanwhile.
     #[test]
     fn a_long_reader_does_not_make_commits_wait_for_a_restart() {
-        let dir = tempfile::tempdir().unwrap();
-        create(dir.path()).unwrap();
-        let Owned::Lite(w) = open_writer(dir.path()).unwrap() else { unreachable!() };
-        w.execute_batch("PRAGMA synchronous = NORMAL; CREATE TABLE t (v BLOB)").unwrap();
+        let (dir, w) = database_with_table();
         let _cp = Checkpointer::start_with(dir.path(), Duration::from_millis(2), 50).unwrap();
         let Owned::Lite(r) = open_reader(dir.path()).unwrap() else { unreachable!() };
         w.execute("INSERT INTO t VALUES (zeroblob(2000))", []).unwrap();
