@@ -42,7 +42,7 @@ pub struct Grant {
     pub scopes: Option<Vec<Scope>>,
     pub owners: OwnerRule,
     /// Upper bound on a lease, in seconds.
-    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "whole_u64")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "crate::model::whole_u64")]
     pub max_ttl: Option<u64>,
     /// Whether the holder may create connect links, which store (or replace) the owner's
     /// credential. Reading a credential never implies it.
@@ -359,14 +359,6 @@ pub fn lease_ttl(grant: &Grant, remaining: Option<i64>) -> i64 {
         (None, Some(r)) => r,
         (None, None) => DEFAULT_API_KEY_LEASE,
     }
-}
-
-/// [`crate::model::whole_number`], non-negative.
-fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
-    use serde::de::Error;
-    crate::model::whole_number(d)?
-        .map(|n| u64::try_from(n).map_err(|_| D::Error::custom("expected a non-negative whole number")))
-        .transpose()
 }
 
 #[cfg(test)]

@@ -82,10 +82,10 @@ pub struct ProxySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub allowed_paths: Option<Vec<String>>,
     /// Seconds for the whole upstream exchange, bodies included (default 30).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole_u64")]
     pub timeout: Option<u64>,
     /// Largest request body and largest response body, in bytes (default 10 MiB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none", deserialize_with = "super::whole_u64")]
     pub max_body: Option<u64>,
     /// Allows upstream addresses that are not public (private, loopback, link-local,
     /// metadata). Off by default: proxy mode is not a way into the vault's network.
@@ -582,6 +582,20 @@ mod tests {
         assert!(broken.apply(&spec).is_err());
         let secret = ConnectionPatch::from_json(json!({"oauth2": {"client_secret": "s"}})).unwrap();
         assert!(secret.apply(&spec).is_err(), "client_secret on an api_key connection");
+    }
+
+    /// Found by schemathesis: `12884.0` is an integer to JSON Schema (and to the OpenAPI
+    /// document), so the proxy's limits take it; a fraction is still refused.
+    #[test]
+    fn proxy_limits_take_whole_numbers_written_with_a_fraction() {
+        let spec = |proxy: serde_json::Value| {
+            NewConnection::from_json(json!({"id": "pm", "kind": "api_key", "api_key": {"header": "X-Key"}, "proxy": proxy}))
+        };
+        let c = spec(json!({"base_url": "https://api.example", "max_body": 12884.0, "timeout": 30.0})).unwrap();
+        let proxy = c.spec.proxy.unwrap();
+        assert_eq!((proxy.max_body, proxy.timeout), (Some(12884), Some(30)));
+        assert!(spec(json!({"base_url": "https://api.example", "max_body": 1.5})).is_err());
+        assert!(spec(json!({"base_url": "https://api.example", "timeout": -1})).is_err());
     }
 
     #[test]

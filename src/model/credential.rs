@@ -40,6 +40,12 @@ pub fn whole_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<i64
     }
 }
 
+/// [`whole_number`], non-negative.
+pub fn whole_u64<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<u64>, D::Error> {
+    use serde::de::Error;
+    whole_number(d)?.map(|n| u64::try_from(n).map_err(|_| D::Error::custom("expected a non-negative whole number"))).transpose()
+}
+
 /// The scopes an OAuth credential holds. `Unknown` when nobody said (a token imported
 /// without `scope`) or what was said could not be parsed: scope enforcement must then
 /// assume the credential holds more than any grant allows.
