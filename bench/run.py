@@ -36,6 +36,13 @@ PROVIDER_PORT = 8398
 UPSTREAM_PORT = 8397
 # The server binary; LATCHKEY_BIN measures another build (an older commit's, for before/after).
 BIN = os.environ.get("LATCHKEY_BIN", f"{ROOT}/target/release/latchkey")
+# The bench helper (seeding, endpoints, load); LATCHKEY_BENCH_BIN runs a built one
+# (target/release/deps/vault-*) instead of building the working tree's.
+BENCH_BIN = os.environ.get("LATCHKEY_BENCH_BIN")
+
+
+def bench_cmd(*args):
+    return [BENCH_BIN, *args] if BENCH_BIN else ["cargo", "bench", "-q", "--bench", "vault", "--", *args]
 # latchkey's concurrent token requests per provider host (MAX_PER_PROVIDER in src/oauth/mod.rs).
 PER_PROVIDER = 8
 # The second replica of the --replicas-only scenarios listens here (same public URL as the first).
@@ -143,7 +150,7 @@ def seed(n, tokens, extra=(), dbenv=None):
     """Seeds through the library into a new temporary directory (and the database of `dbenv`)."""
     work = tempfile.mkdtemp(prefix="latchkey-bench-")
     t = time.time()
-    r = subprocess.run(["cargo", "bench", "-q", "--bench", "vault", "--", "seed", "--dir", work, "--n", str(n), "--tokens", str(tokens),
+    r = subprocess.run([*bench_cmd("seed", "--dir", work), "--n", str(n), "--tokens", str(tokens),
                         "--public-url", BASE, *extra], cwd=ROOT, env=dict(os.environ, **(dbenv or {})), stdout=subprocess.DEVNULL,
                        stderr=subprocess.PIPE, text=True)
     if r.returncode != 0:
@@ -155,7 +162,7 @@ def seed(n, tokens, extra=(), dbenv=None):
 def start_helper(what, port, latency_ms):
     """A bench/vault.rs helper server (`provider`: a token endpoint; `upstream`: an API for
     proxy mode) answering after `latency_ms`; returns the process and its URL."""
-    p = subprocess.Popen(["cargo", "bench", "-q", "--bench", "vault", "--", what, "--port", str(port), "--latency-ms", str(latency_ms)],
+    p = subprocess.Popen([*bench_cmd(what, "--port", str(port), "--latency-ms", str(latency_ms))],
                          cwd=ROOT, stdout=subprocess.PIPE, text=True, start_new_session=True)
     line = p.stdout.readline()
     if not line.startswith("LISTENING"):
@@ -377,6 +384,8 @@ def main():
                     help="where the scenarios keep their data (postgres: a fresh database per scenario on 127.0.0.1:5432)")
     ap.add_argument("--replicas-only", action="store_true",
                     help="only SQLite vs PostgreSQL with 1 and 2 replicas: releases, refreshes (2 replicas), keys rotate")
+    ap.add_argument("--parts", default="releases,refresh,rotate",
+                    help="which --replicas-only scenarios to run (comma-separated: releases, refresh, rotate)")
     ap.add_argument("--rotate-n", type=int, default=100_000, help="credentials for the --replicas-only rotation")
     ap.add_argument("--refresh-n", type=int, default=None, help="due credentials for the --replicas-only refresh runs (30000 at +0 ms, 8000 at +20 ms)")
     a = ap.parse_args()
@@ -387,7 +396,8 @@ def main():
         subprocess.run(PG + ["-d", "postgres", "-c", "SELECT 1"], check=True, stdout=subprocess.DEVNULL)
     if "LATCHKEY_BIN" not in os.environ:
         sh(["cargo", "build", "-q", "--release", "--bin", "latchkey"])
-    sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
+    if not BENCH_BIN:
+        sh(["cargo", "bench", "-q", "--bench", "vault", "--no-run"])
     if a.replicas_only:
         replicas(a)
         return
@@ -477,8 +487,8 @@ def load(requests, rate, duration, conns=64):
         for method, url, headers in requests:
             f.write("\t".join([method, url, *headers]) + "\n")
     try:
-        out = subprocess.run(["cargo", "bench", "-q", "--bench", "vault", "--", "load", "--rate", str(rate), "--duration", str(duration),
-                              "--conns", str(conns), "--requests", f.name], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        out = subprocess.run([*bench_cmd("load", "--rate", str(rate), "--duration", str(duration),
+                              "--conns", str(conns), "--requests", f.name)], cwd=ROOT, capture_output=True, text=True, check=True).stdout
     finally:
         os.unlink(f.name)
     return json.loads(out.strip().splitlines()[-1])
@@ -683,8 +693,10 @@ def replicas(a):
     with two replicas sharing one database (releases); refreshes shared by two replicas;
     `keys rotate` of --rotate-n credentials on PostgreSQL (next to SQLite)."""
     half = a.n // 2
+    parts = set(a.parts.split(","))
     rel, problems = [], []
-    for label, backend, k in (("SQLite, 1 server", "sqlite", 1), ("PostgreSQL, 1 replica", "postgres", 1), ("PostgreSQL, 2 replicas", "postgres", 2)):
+    configurations = (("SQLite, 1 server", "sqlite", 1), ("PostgreSQL, 1 replica", "postgres", 1), ("PostgreSQL, 2 replicas", "postgres", 2))
+    for label, backend, k in configurations if "releases" in parts else ():
         ports = [PORT, PORT2][:k]
         with scenario_db(backend) as dbenv:
             work, seed_s = seed(a.n, 1, dbenv=dbenv)
@@ -705,14 +717,14 @@ def replicas(a):
         print(f"{label}: releases {sum(x['rps'] for x in r):,.0f} req/s", file=sys.stderr)
 
     ref = []
-    for latency, n in ((0, a.refresh_n or 30_000), (20, a.refresh_n or 8_000)):
+    for latency, n in ((0, a.refresh_n or 30_000), (20, a.refresh_n or 8_000)) if "refresh" in parts else ():
         r = refresh_scenario(n, latency, a.duration, "postgres", 2)
         problems += [f"refresh +{latency} ms: {x}" for x in r["problems"]]
         ref.append((latency, n, r))
         print(f"refresh +{latency} ms: {r['rate']:,.0f}/s", file=sys.stderr)
 
     rot = []
-    for label, backend in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")):
+    for label, backend in (("SQLite", "sqlite"), ("PostgreSQL", "postgres")) if "rotate" in parts else ():
         with scenario_db(backend) as dbenv:
             work, seed_s = seed(a.rotate_n, 1, dbenv=dbenv)  # as --full: half API-key, half OAuth credentials
             try:
@@ -737,10 +749,11 @@ def replicas(a):
         per = " (sum)" if len(r) > 1 else ""
         print(f"| {label} | {total(h):,.0f}{per} | {total(r):,.0f}{per} | {each(r, 'p50')} | {each(r, 'p99')} | {total(r) / total(h):.2f} "
               f"| {total(r, 'non2xx') + total(h, 'non2xx')}{f' (socket errors: {sock})' if sock else ''} | {seed_s:.1f} |")
-    sq, pg1, pg2 = (total(r) for _, _, r, _ in rel)
-    print(f"\n| measure | value | target |\n|---|---:|---|")
-    print(f"| PostgreSQL 1 replica ÷ SQLite, release req/s | {pg1 / sq:.2f} | ≥ 0.5 |")
-    print(f"| PostgreSQL 2 replicas ÷ 1 replica, release req/s | {pg2 / pg1:.2f} | |")
+    if rel:
+        sq, pg1, pg2 = (total(r) for _, _, r, _ in rel)
+        print(f"\n| measure | value | target |\n|---|---:|---|")
+        print(f"| PostgreSQL 1 replica ÷ SQLite, release req/s | {pg1 / sq:.2f} | ≥ 0.5 |")
+        print(f"| PostgreSQL 2 replicas ÷ 1 replica, release req/s | {pg2 / pg1:.2f} | |")
     print(f"\n| refresh, 2 replicas on one PostgreSQL database | provider direct req/s (wrk -c{PER_PROVIDER * 2}) | latchkey refreshes/s | ratio "
           f"| refreshes per replica | failed | stored twice | presented twice to the provider |\n|---|---:|---:|---:|---:|---:|---:|---:|")
     for latency, n, r in ref:

@@ -208,12 +208,31 @@ pub fn parse_line(line: &str, public: &[u8; 32], kid: &str) -> std::result::Resu
 /// returns its line (for the sink, once committed).
 pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
     let signer = c.sealer.signer(c)?;
-    let (audit_seq, audit_hash) = super::audit::head(c)?;
-    let ts_ms: i64 = c.query_opt("SELECT ts_ms FROM audit WHERE seq = ?1", params![audit_seq], |r| r.get(0))?.unwrap_or(0);
-    let head = super::integrity::head(c)?;
-    let generation = super::rows::config_generation(c)?;
-    let prev: Option<(i64, String)> =
-        c.query_opt("SELECT seq, body FROM audit_checkpoints ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    // Everything a checkpoint covers, in one statement (one round trip on PostgreSQL):
+    // the audit head, the configuration generation, the integrity state and the previous
+    // checkpoint.
+    let (audit_head, generation, head, prev) = c
+        .query_opt(
+            "SELECT a.seq, a.hash, a.ts_ms, g.value, s.seq, s.digest, s.generation, s.mac, p.seq, p.body \
+             FROM integrity_state s CROSS JOIN config_generation g \
+             LEFT JOIN (SELECT seq, hash, ts_ms FROM audit ORDER BY seq DESC LIMIT 1) a ON 1 = 1 \
+             LEFT JOIN (SELECT seq, body FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) p ON 1 = 1 \
+             WHERE s.id = 1 AND g.id = 1",
+            params![],
+            |r| {
+                let audit: Option<(i64, Vec<u8>, i64)> = match r.get::<Option<i64>>(0)? {
+                    Some(seq) => Some((seq, r.get(1)?, r.get(2)?)),
+                    None => None,
+                };
+                let prev: Option<(i64, String)> = match r.get::<Option<i64>>(8)? {
+                    Some(n) => Some((n, r.get(9)?)),
+                    None => None,
+                };
+                Ok((audit, r.get::<i64>(3)?, super::integrity::head_from_row(c, r, 4)?, prev))
+            },
+        )?
+        .ok_or_else(|| c.sealer.violation("the integrity state or the configuration generation row is missing".into()))?;
+    let (audit_seq, audit_hash, ts_ms) = audit_head.unwrap_or_else(|| (0, crate::audit::GENESIS.to_vec(), 0));
     let (n, prev_hash) = match &prev {
         Some((n, line)) => (n + 1, hex(&sha256(line.as_bytes()))),
         None => (1, hex(&[0u8; 32])),
@@ -232,9 +251,17 @@ pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
     .to_string();
     let sig = signer.sign(body.as_bytes());
     let line = format!("{},\"sig\":\"{}\"}}", &body[..body.len() - 1], b64url(&sig));
-    c.execute("INSERT INTO audit_checkpoints (seq, audit_seq, body) VALUES (?1, ?2, ?3)", params![n, audit_seq, line])?;
     // Only the newest is needed in the database (for the chain); the sink keeps them all.
-    c.execute("DELETE FROM audit_checkpoints WHERE seq < ?1", params![n])?;
+    // So the previous one is replaced in place: one statement.
+    let replaced = match &prev {
+        Some((m, _)) => {
+            c.execute("UPDATE audit_checkpoints SET seq = ?1, audit_seq = ?2, body = ?3 WHERE seq = ?4", params![n, audit_seq, line, m])?
+        }
+        None => 0,
+    };
+    if replaced == 0 {
+        c.execute("INSERT INTO audit_checkpoints (seq, audit_seq, body) VALUES (?1, ?2, ?3)", params![n, audit_seq, line])?;
+    }
     Ok((n, line))
 }
 

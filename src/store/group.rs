@@ -35,6 +35,9 @@ struct State {
     /// The open transaction's batch, if one is open.
     batch: Option<Arc<Batch>>,
     writes: usize,
+    /// The last write's savepoint is still open: it is released with the next statement
+    /// sent (the next savepoint, or the commit), not with a round trip of its own.
+    savepoint_open: bool,
 }
 
 /// The outcome of one transaction, shared by the writes it holds.
@@ -63,7 +66,11 @@ impl Batch {
 
 impl GroupWriter {
     pub fn new(conn: Owned, reopen: Reopen, sealer: Arc<Sealer>) -> Self {
-        GroupWriter { state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0 }), queued: AtomicUsize::new(0), sealer }
+        GroupWriter {
+            state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0, savepoint_open: false }),
+            queued: AtomicUsize::new(0),
+            sealer,
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -76,8 +83,10 @@ impl GroupWriter {
     /// Runs `f` in a savepoint of the shared transaction; returns once it is committed.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
         let mut st = self.lock();
-        let batch = match &st.batch {
-            Some(b) => b.clone(),
+        // The statement that opens this write's savepoint: sent with the transaction's
+        // `BEGIN` for the first write of a batch, else with the release of the last one.
+        let (batch, open) = match &st.batch {
+            Some(b) => (b.clone(), Some(if st.savepoint_open { "RELEASE write; SAVEPOINT write" } else { "SAVEPOINT write" })),
             None => {
                 if st.conn.as_ref().is_none_or(Owned::is_broken) {
                     st.conn = None;
@@ -85,22 +94,31 @@ impl GroupWriter {
                 }
                 let began = st.conn.as_ref().map_or(Err(StoreError::Unavailable), Owned::begin_write);
                 if let Err(e) = began {
+                    // Part of it may have run (a lock timeout after `BEGIN`): end whatever is
+                    // open, or the next write would find the transaction aborted.
+                    if let Some(c) = st.conn.as_ref() {
+                        let _ = c.conn(Sealer::none()).batch("ROLLBACK");
+                    }
                     st.conn.take_if(|c| c.is_broken());
                     return Err(e.into());
                 }
                 let b = Arc::new(Batch::default());
                 st.batch = Some(b.clone());
                 st.writes = 0;
-                b
+                (b, None)
             }
         };
         st.writes += 1;
+        st.savepoint_open = false;
         let out = match st.conn.as_ref() {
-            Some(conn) => run_in_savepoint(&conn.conn(&self.sealer), f),
+            Some(conn) => run_in_savepoint(&conn.conn(&self.sealer), open, f),
             None => Err(StoreError::Unavailable),
         };
         let out = match out {
-            Ok(out) => out,
+            Ok(out) => {
+                st.savepoint_open = matches!(out, Written::Done(Ok(_)));
+                out
+            }
             Err(broken) => {
                 // The savepoint itself could not be opened or closed: the transaction is
                 // in an unknown state, so nobody in this batch commits.
@@ -188,16 +206,22 @@ enum Written<T, E> {
     Panicked(Box<dyn std::any::Any + Send>),
 }
 
-/// `f` inside `SAVEPOINT`; rolled back to it if `f` fails or panics. `Err` only if the
-/// savepoint statements themselves fail.
-fn run_in_savepoint<T, E>(c: &Conn<'_>, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<Written<T, E>, StoreError> {
-    c.batch("SAVEPOINT write")?;
-    let out = catch_unwind(AssertUnwindSafe(|| f(c)));
-    let keep = matches!(out, Ok(Ok(_)));
-    if !keep {
-        c.batch("ROLLBACK TO write")?;
+/// `f` inside the savepoint `write`, which `open` opens (`None`: already open); rolled back
+/// to it if `f` fails or panics. A savepoint that `f` leaves with `Ok` stays open, to be
+/// released by whatever the writer sends next. `Err` only if the savepoint statements
+/// themselves fail.
+fn run_in_savepoint<T, E>(
+    c: &Conn<'_>,
+    open: Option<&str>,
+    f: impl FnOnce(&Conn<'_>) -> Result<T, E>,
+) -> Result<Written<T, E>, StoreError> {
+    if let Some(open) = open {
+        c.batch(open)?;
     }
-    c.batch("RELEASE write")?;
+    let out = catch_unwind(AssertUnwindSafe(|| f(c)));
+    if !matches!(out, Ok(Ok(_))) {
+        c.batch("ROLLBACK TO write; RELEASE write")?;
+    }
     Ok(match out {
         Ok(r) => Written::Done(r),
         Err(p) => Written::Panicked(p),

@@ -463,19 +463,30 @@ pub struct Head {
     pub generation: i64,
 }
 
+/// The integrity state's columns, as [`head_from_row`] reads them.
+const STATE_COLS: &str = "seq, digest, generation, mac";
+
 fn state(c: &Conn<'_>, k: &MacKey) -> Result<State> {
-    let row = c.query_opt("SELECT seq, digest, generation, mac FROM integrity_state WHERE id = 1", params![], |r| {
-        Ok((r.get::<i64>(0)?, r.get::<Vec<u8>>(1)?, r.get::<i64>(2)?, r.get::<Vec<u8>>(3)?))
-    })?;
-    let Some((seq, digest, generation, mac)) = row else {
-        return Err(c.sealer.violation("the integrity state row is missing".into()));
-    };
+    let row = c.query_opt(&format!("SELECT {STATE_COLS} FROM integrity_state WHERE id = 1"), params![], |r| state_row(c, k, r, 0))?;
+    row.ok_or_else(|| c.sealer.violation("the integrity state row is missing".into()))
+}
+
+/// The state in columns `at..at + 4` of `r` (see [`STATE_COLS`]), verified against its MAC.
+fn state_row(c: &Conn<'_>, k: &MacKey, r: &Row<'_>, at: usize) -> Result<State> {
+    let (seq, digest, generation, mac): (i64, Vec<u8>, i64, Vec<u8>) = (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?);
     let digest: [u8; 32 * TABLES.len()] = digest.try_into().map_err(|_| c.sealer.violation("the integrity state is malformed".into()))?;
     let st = State { seq, digest, generation };
     if !ct_eq(&st.mac(k), &mac) {
         return Err(c.sealer.violation("the integrity state does not match its MAC".into()));
     }
     Ok(st)
+}
+
+/// The verified integrity state read by the caller's own statement, in columns
+/// `at..at + 4` of `r` (`SELECT …, s.seq, s.digest, s.generation, s.mac FROM integrity_state s …`).
+pub fn head_from_row(c: &Conn<'_>, r: &Row<'_>, at: usize) -> Result<Head> {
+    let st = state_row(c, c.sealer.key(c)?, r, at)?;
+    Ok(Head { seq: st.seq, generation: st.generation })
 }
 
 fn write_state(c: &Conn<'_>, k: &MacKey, st: &mut State) -> Result<()> {

@@ -66,13 +66,14 @@ impl Owned {
         }
     }
 
-    /// Opens a write transaction that holds the write lock: SQLite's `BEGIN IMMEDIATE`;
-    /// on PostgreSQL the `write_lock` row, which serialises the writers of every replica
-    /// (and so the audit chain) without a lock order to get wrong.
+    /// Opens a write transaction that holds the write lock, and in it the savepoint `write`
+    /// for its first write (one round trip on PostgreSQL). The lock is SQLite's
+    /// `BEGIN IMMEDIATE`; on PostgreSQL the `write_lock` row, which serialises the writers
+    /// of every replica (and so the audit chain) without a lock order to get wrong.
     pub fn begin_write(&self) -> Result<()> {
         match self {
-            Owned::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE")?),
-            Owned::Pg(c) => c.batch("BEGIN; SELECT id FROM write_lock WHERE id = 1 FOR UPDATE"),
+            Owned::Lite(c) => Ok(c.execute_batch("BEGIN IMMEDIATE; SAVEPOINT write")?),
+            Owned::Pg(c) => c.batch("BEGIN; SELECT id FROM write_lock WHERE id = 1 FOR UPDATE; SAVEPOINT write"),
         }
     }
 }

@@ -295,6 +295,68 @@ async fn dropped_database_connections_answer_503_then_recover_without_a_restart(
     c.audit_verify();
 }
 
+/// A write that fails while taking the write lock (here: cancelled as it waits behind another
+/// session's lock, as a lock timeout would) must not leave the writer's transaction aborted:
+/// the next write, right after, succeeds. (It used to fail until the connection had been idle
+/// for ten seconds, which under steady load is never.)
+#[tokio::test]
+async fn a_write_that_fails_taking_the_write_lock_leaves_the_writer_usable() {
+    let c = Cluster::start(1);
+    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
+    assert_eq!(r.status(), 200);
+    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let token = c.agent_token(0, &secret).await;
+    assert_eq!(c.release(0, &token, "k/token?user_id=alice").await.status(), 200);
+    let db = c.dirs.pg.as_ref().unwrap();
+
+    // Another session holds the write lock until told to let go.
+    let (held_tx, held_rx) = std::sync::mpsc::channel();
+    let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+    let url = db.url.clone();
+    let holder = std::thread::spawn(move || {
+        let mut holder = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let mut t = holder.transaction().unwrap();
+        t.batch_execute("SELECT id FROM write_lock WHERE id = 1 FOR UPDATE").unwrap();
+        held_tx.send(()).unwrap();
+        go_rx.recv().unwrap();
+        t.commit().unwrap();
+    });
+    held_rx.recv().unwrap();
+    // A release now waits for the lock (its audit record cannot commit), and every wait for
+    // the lock is cancelled, as a lock timeout would end it, until the release has answered.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let canceller = std::thread::spawn({
+        let (admin_url, name, stop) = (crate::helpers::pg::server().admin_url.clone(), db.name.clone(), stop.clone());
+        move || {
+            let mut a = postgres::Client::connect(&admin_url, postgres::NoTls).unwrap();
+            let mut cancelled = 0;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                let sql = "SELECT count(pg_cancel_backend(pid)) FROM pg_stat_activity WHERE datname = $1 AND wait_event_type = 'Lock'";
+                cancelled += a.query_one(sql, &[&name]).unwrap().get::<_, i64>(0);
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            cancelled
+        }
+    });
+    let r = tokio::time::timeout(Duration::from_secs(15), c.release(0, &token, "k/token?user_id=alice")).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let cancelled = canceller.join().unwrap();
+    let r = r.expect("the release waiting for the lock answered");
+    assert!(cancelled > 0, "a write waited for the lock and was cancelled");
+    assert_eq!(r.status(), 503, "a release whose audit record cannot commit is refused");
+    assert!(!r.text().await.unwrap().contains("sk-a"));
+    go_tx.send(()).unwrap();
+    holder.join().unwrap();
+    // The writer is usable at once: no aborted transaction left behind.
+    for _ in 0..3 {
+        let r = c.release(0, &token, "k/token?user_id=alice").await;
+        assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    }
+    c.audit_verify();
+}
+
 #[test]
 fn an_unreachable_database_at_start_is_a_clear_error() {
     let dirs = Dirs::new();
