@@ -213,11 +213,11 @@ pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
     // checkpoint.
     let (audit_head, generation, head, prev) = c
         .query_opt(
-            "SELECT a.seq, a.hash, a.ts_ms, g.value, s.seq, s.digest, s.generation, s.mac, p.seq, p.body \
-             FROM integrity_state s CROSS JOIN config_generation g \
-             LEFT JOIN (SELECT seq, hash, ts_ms FROM audit ORDER BY seq DESC LIMIT 1) a ON 1 = 1 \
-             LEFT JOIN (SELECT seq, body FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) p ON 1 = 1 \
-             WHERE s.id = 1 AND g.id = 1",
+            // Scalar subqueries, each an index seek: SQLite would materialise derived tables.
+            "SELECT (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1), (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1), \
+             (SELECT ts_ms FROM audit ORDER BY seq DESC LIMIT 1), g.value, s.seq, s.digest, s.generation, s.mac, \
+             (SELECT seq FROM audit_checkpoints ORDER BY seq DESC LIMIT 1), (SELECT body FROM audit_checkpoints ORDER BY seq DESC LIMIT 1) \
+             FROM integrity_state s, config_generation g WHERE s.id = 1 AND g.id = 1",
             params![],
             |r| {
                 let audit: Option<(i64, Vec<u8>, i64)> = match r.get::<Option<i64>>(0)? {
