@@ -252,7 +252,8 @@ pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
     let sig = signer.sign(body.as_bytes());
     let line = format!("{},\"sig\":\"{}\"}}", &body[..body.len() - 1], b64url(&sig));
     // Only the newest is needed in the database (for the chain); the sink keeps them all.
-    // So the previous one is replaced in place: one statement.
+    // So the previous one is replaced in place: one statement. (Only one row has ever been
+    // kept: earlier versions deleted the older ones as they inserted.)
     let replaced = match &prev {
         Some((m, _)) => {
             c.execute("UPDATE audit_checkpoints SET seq = ?1, audit_seq = ?2, body = ?3 WHERE seq = ?4", params![n, audit_seq, line, m])?

@@ -128,6 +128,7 @@ impl GroupWriter {
                     st.conn = None;
                 }
                 st.batch = None;
+                st.savepoint_open = false;
                 drop(st);
                 batch.finish(Err(msg));
                 return Err(broken.into());
@@ -135,7 +136,7 @@ impl GroupWriter {
         };
         if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
             let outcome = match st.conn.as_ref() {
-                Some(c) => self.commit(&c.conn(&self.sealer)).map_err(|e| e.to_string()),
+                Some(c) => self.commit(&c.conn(&self.sealer), st.savepoint_open).map_err(|e| e.to_string()),
                 None => Err(StoreError::Unavailable.to_string()),
             };
             if outcome.is_err() {
@@ -145,6 +146,7 @@ impl GroupWriter {
                 }
             }
             st.batch = None;
+            st.savepoint_open = false;
             drop(st);
             // To the sink outside the writer: the next batch commits meanwhile, and batches
             // that committed during a flush share the next one.
@@ -167,9 +169,13 @@ impl GroupWriter {
     /// Commits the open transaction: with a checkpoint when it appended audit records,
     /// which goes to the sink once committed and before anyone in the batch returns.
     /// Returns the checkpoint for the sink, written by the caller once the writer is free.
-    fn commit(&self, c: &Conn<'_>) -> Result<Option<(i64, String)>, StoreError> {
+    ///
+    /// The last write's savepoint, if still open, is released explicitly in the same batch:
+    /// PostgreSQL answers `COMMIT` in an aborted transaction with a rollback and no error, but
+    /// a failing `RELEASE` is an error, and the `COMMIT` after it is then not run.
+    fn commit(&self, c: &Conn<'_>, savepoint_open: bool) -> Result<Option<(i64, String)>, StoreError> {
         let checkpoint = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c)?) } else { None };
-        c.batch("COMMIT")?;
+        c.batch(if savepoint_open { "RELEASE write; COMMIT" } else { "COMMIT" })?;
         Ok(checkpoint)
     }
 

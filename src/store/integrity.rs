@@ -463,15 +463,13 @@ pub struct Head {
     pub generation: i64,
 }
 
-/// The integrity state's columns, as [`head_from_row`] reads them.
-const STATE_COLS: &str = "seq, digest, generation, mac";
-
 fn state(c: &Conn<'_>, k: &MacKey) -> Result<State> {
-    let row = c.query_opt(&format!("SELECT {STATE_COLS} FROM integrity_state WHERE id = 1"), params![], |r| state_row(c, k, r, 0))?;
+    let row = c.query_opt("SELECT seq, digest, generation, mac FROM integrity_state WHERE id = 1", params![], |r| state_row(c, k, r, 0))?;
     row.ok_or_else(|| c.sealer.violation("the integrity state row is missing".into()))
 }
 
-/// The state in columns `at..at + 4` of `r` (see [`STATE_COLS`]), verified against its MAC.
+/// The state in columns `at..at + 4` of `r` (`seq, digest, generation, mac`), verified
+/// against its MAC.
 fn state_row(c: &Conn<'_>, k: &MacKey, r: &Row<'_>, at: usize) -> Result<State> {
     let (seq, digest, generation, mac): (i64, Vec<u8>, i64, Vec<u8>) = (r.get(at)?, r.get(at + 1)?, r.get(at + 2)?, r.get(at + 3)?);
     let digest: [u8; 32 * TABLES.len()] = digest.try_into().map_err(|_| c.sealer.violation("the integrity state is malformed".into()))?;

@@ -327,6 +327,14 @@ async fn a_write_that_fails_taking_the_write_lock_leaves_the_writer_usable() {
     // A release now waits for the lock (its audit record cannot commit), and every wait for
     // the lock is cancelled, as a lock timeout would end it, until the release has answered.
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // Stops the canceller however this test ends, so that it cannot cancel anything else.
+    struct Stop(std::sync::Arc<std::sync::atomic::AtomicBool>);
+    impl Drop for Stop {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+    let _stop_on_exit = Stop(stop.clone());
     let canceller = std::thread::spawn({
         let (admin_url, name, stop) = (crate::helpers::pg::server().admin_url.clone(), db.name.clone(), stop.clone());
         move || {
