@@ -13,6 +13,8 @@ pub struct Metrics {
     refreshes: Mutex<BTreeMap<(String, &'static str), u64>>,
     latency: Mutex<([u64; BUCKETS.len() + 1], f64, u64)>,
     releases: Mutex<BTreeMap<&'static str, u64>>,
+    /// PostgreSQL: where release decisions read their credential (`worker`, `pool`).
+    release_reads: Mutex<BTreeMap<&'static str, u64>>,
     /// Proxied calls by connection and upstream status class (or `refused`, `error`).
     proxy_calls: Mutex<BTreeMap<(String, &'static str), u64>>,
     /// Upstream latency of proxied calls by connection (to the response headers).
@@ -82,6 +84,12 @@ impl Metrics {
         *self.releases.lock().unwrap_or_else(|p| p.into_inner()).entry(decision).or_default() += 1;
     }
 
+    /// PostgreSQL: a release decision read its credential on the HTTP worker's own
+    /// connection (`worker`) or was made on the blocking pool (`pool`).
+    pub fn release_read(&self, path: &'static str) {
+        *self.release_reads.lock().unwrap_or_else(|p| p.into_inner()).entry(path).or_default() += 1;
+    }
+
     /// Prometheus text exposition; `by_status` is read from the store at scrape time.
     pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)], integrity_violations: u64) -> String {
         let mut out = String::new();
@@ -107,6 +115,17 @@ impl Metrics {
         for (decision, n) in self.releases.lock().unwrap_or_else(|p| p.into_inner()).iter() {
             let _ = writeln!(out, "latchkey_releases_total{{decision=\"{decision}\"}} {n}");
         }
+        let reads = self.release_reads.lock().unwrap_or_else(|p| p.into_inner());
+        if !reads.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP latchkey_release_reads_total PostgreSQL: release decisions by where their credential was read (worker: the HTTP worker's own connection; pool: the blocking pool).\n# TYPE latchkey_release_reads_total counter"
+            );
+            for (path, n) in reads.iter() {
+                let _ = writeln!(out, "latchkey_release_reads_total{{path=\"{path}\"}} {n}");
+            }
+        }
+        drop(reads);
         let _ = writeln!(
             out,
             "# HELP latchkey_proxy_requests_total Proxied calls by connection and upstream status class (refused: not forwarded; error: no upstream answer).\n# TYPE latchkey_proxy_requests_total counter"

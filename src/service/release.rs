@@ -18,12 +18,23 @@ impl Services {
         let outcome = loop {
             // On SQLite, decided on the worker, not the blocking pool: with the policy and
             // spec cached it is one point read from the page cache and an AES-GCM open,
-            // cheaper than a hop to a pool thread and back. On PostgreSQL it is a network
-            // round trip, which must not hold an async worker. Waiting for the audit commit
-            // holds no thread.
+            // cheaper than a hop to a pool thread and back. On PostgreSQL the read is a
+            // network round trip, which must not hold an async worker: it is made ahead on
+            // this worker's asynchronous connection, and the decision then runs here; when
+            // that cannot be done (configuration not cached, no connection), the whole
+            // decision runs on the blocking pool. Waiting for the audit commit holds no thread.
             let decision = if self.vault.store().is_remote() {
-                let owned = input.clone();
-                self.blocking(move |v| Ok(v.decide_release(&owned))).await?
+                match self.vault.prefetch_release(&input).await {
+                    Some(prefetched) => {
+                        self.metrics.release_read("worker");
+                        self.vault.decide_release_with(&input, Some(prefetched))
+                    }
+                    None => {
+                        self.metrics.release_read("pool");
+                        let owned = input.clone();
+                        self.blocking(move |v| Ok(v.decide_release(&owned))).await?
+                    }
+                }
             } else {
                 self.vault.decide_release(&input)
             };

@@ -335,6 +335,16 @@ pub fn verify(c: &Conn<'_>, t: &Table, r: &Row<'_>, at: usize) -> Result<()> {
     }
 }
 
+/// [`verify`] without a connection, with the key already loaded: `Ok(false)` when it is not
+/// (the caller reads again where it can be loaded).
+pub fn verify_loaded(sealer: &Sealer, t: &Table, r: &Row<'_>, at: usize) -> Result<bool> {
+    let Some(key) = sealer.key.get() else { return Ok(false) };
+    match checked_mac(key, t, r, at)? {
+        Some(_) => Ok(true),
+        None => Err(sealer.violation(format!("{} does not match its MAC", t.describe(r, at)))),
+    }
+}
+
 /// [`verify`] for a row of an outer join: absent (a NULL row version) is fine.
 pub fn verify_present(c: &Conn<'_>, t: &Table, r: &Row<'_>, at: usize) -> Result<()> {
     if r.get::<Option<i64>>(at)?.is_none() {

@@ -9,6 +9,7 @@
 //! a running server and other replicas write safely side by side. Concurrent writes of
 //! one process share a transaction and its commit ([`group`]).
 
+mod async_read;
 pub mod audit;
 pub mod checkpoint;
 mod group;
@@ -156,6 +157,8 @@ fn off_async<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 pub struct Store {
+    /// Distinguishes stores within a process (each worker's asynchronous reads are per store).
+    id: u64,
     location: Location,
     writer: group::GroupWriter,
     readers: Mutex<Vec<Owned>>,
@@ -221,7 +224,9 @@ impl Store {
             Location::Postgres(_) => None,
         };
         let sealer = std::sync::Arc::new(integrity::Sealer::default());
+        static STORES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Ok(Store {
+            id: STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             _checkpointer: checkpointer,
             location: location.clone(),
             writer: group::GroupWriter::new(writer, open_writer, sealer.clone()),

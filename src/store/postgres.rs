@@ -51,6 +51,8 @@ pub enum TlsMode {
 #[derive(Clone)]
 pub struct PgConfig {
     config: postgres::Config,
+    /// The same settings for the asynchronous client (see [`PgConfig::connect_async`]).
+    async_config: tokio_postgres::Config,
     tls: TlsMode,
     root_cert: Option<std::path::PathBuf>,
     shown: String,
@@ -108,6 +110,7 @@ impl PgConfig {
             rest.pop();
         }
         let mut config = postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
+        let mut async_config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
         // `postgres:` is not a special scheme, so the URL parser leaves IPv4 hosts as names.
         let loopback = match url.host() {
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -134,11 +137,17 @@ impl PgConfig {
             config.application_name("latchkey");
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
+        async_config
+            .ssl_mode(postgres::config::SslMode::Disable)
+            .connect_timeout(config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5)))
+            .application_name(config.get_application_name().unwrap_or("latchkey"))
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(30));
         let user = config.get_user().unwrap_or("");
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let db = config.get_dbname().unwrap_or("");
         let shown = format!("postgres://{}{}{host}{port}/{db}", user, if user.is_empty() { "" } else { "@" });
-        Ok(PgConfig { config, tls, root_cert, shown })
+        Ok(PgConfig { config, async_config, tls, root_cert, shown })
     }
 
     pub fn tls(&self) -> TlsMode {
@@ -170,6 +179,32 @@ impl PgConfig {
         // answers 503 rather than queueing without end.
         pg.batch("SET idle_in_transaction_session_timeout = '10s'; SET lock_timeout = '10s'")?;
         Ok(pg)
+    }
+
+    /// Opens an asynchronous connection, for reads only; its I/O runs as a task on the
+    /// calling runtime (an HTTP worker: no thread hop per statement, and the statements of
+    /// every request on that worker are pipelined on the one connection).
+    pub async fn connect_async(&self) -> Result<tokio_postgres::Client, StoreError> {
+        let failed = |e: tokio_postgres::Error| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e)));
+        match self.tls {
+            TlsMode::Disable => {
+                let (client, connection) = self.async_config.connect(postgres::NoTls).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(client)
+            }
+            TlsMode::Verify => {
+                let tls = RustlsConnect(Arc::new(self.client_tls()?));
+                let mut config = self.async_config.clone();
+                config.ssl_mode(postgres::config::SslMode::Require);
+                let (client, connection) = config.connect(tls).await.map_err(failed)?;
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                });
+                Ok(client)
+            }
+        }
     }
 
     fn client_tls(&self) -> Result<rustls::ClientConfig, StoreError> {

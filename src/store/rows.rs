@@ -361,8 +361,39 @@ fn meta_row(r: &Row<'_>, o: usize) -> Result<CredentialMeta> {
 }
 
 fn credential_row(c: &Conn<'_>, r: &Row<'_>, o: usize) -> Result<CredentialRow> {
-    integrity::verify(c, &CREDENTIALS, r, o + 29)?;
+    integrity::verify(c, &CREDENTIALS, r, o + CREDENTIAL_MAC_AT)?;
+    credential_fields(r, o)
+}
+
+/// Where the row version and MAC columns start in [`credential_cols`].
+const CREDENTIAL_MAC_AT: usize = 29;
+
+fn credential_fields(r: &Row<'_>, o: usize) -> Result<CredentialRow> {
     Ok(CredentialRow { meta: meta_row(r, o)?, dek: dek_row(r, o + 23)?, primary: r.get(o + 27)?, refresh: r.get(o + 28)? })
+}
+
+/// [`credential_at_generation`]'s statement (`?1` connection, `?2` owner): the configuration
+/// generation, then the credential's columns.
+pub(super) fn credential_at_generation_sql() -> &'static str {
+    // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
+    // Built once: this is the release path's statement.
+    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
+        format!(
+            "SELECT (SELECT value FROM config_generation WHERE id = 1), {} \
+             FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2",
+            credential_cols()
+        )
+    });
+    &SQL
+}
+
+/// A row of [`credential_at_generation_sql`], verified with the loaded row key; `None` when
+/// the key is not loaded yet.
+pub(super) fn credential_at_generation_row(sealer: &integrity::Sealer, r: &Row<'_>) -> Result<Option<(i64, CredentialRow)>> {
+    if !integrity::verify_loaded(sealer, &CREDENTIALS, r, 1 + CREDENTIAL_MAC_AT)? {
+        return Ok(None);
+    }
+    Ok(Some((r.get(0)?, credential_fields(r, 1)?)))
 }
 
 fn credential_cols() -> &'static str {
@@ -390,16 +421,8 @@ pub fn get_credential(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<
 /// are cached. Without a credential the generation is read by a second statement (a
 /// generation never goes back, so it is at least as new as the miss).
 pub fn credential_at_generation(c: &Conn<'_>, connection_id: &str, owner: &str) -> Result<(i64, Option<CredentialRow>)> {
-    // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
-    // Built once: this is the release path's statement.
-    static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
-        format!(
-            "SELECT (SELECT value FROM config_generation WHERE id = 1), {} \
-             FROM credentials k JOIN deks d ON d.id = k.dek_id WHERE k.connection_id = ?1 AND k.owner = ?2",
-            credential_cols()
-        )
-    });
-    let found = c.query_opt(&SQL, params![connection_id, owner], |r| Ok((r.get(0)?, credential_row(c, r, 1)?)))?;
+    let found =
+        c.query_opt(credential_at_generation_sql(), params![connection_id, owner], |r| Ok((r.get(0)?, credential_row(c, r, 1)?)))?;
     match found {
         Some((generation, row)) => Ok((generation, Some(row))),
         None => Ok((config_generation(c)?, None)),

@@ -181,6 +181,13 @@ pub struct ProxyCall {
     pub path: String,
 }
 
+/// A credential read ahead of its release decision ([`Vault::prefetch_release`]).
+pub struct Prefetched {
+    connection: String,
+    owner: String,
+    read: std::result::Result<(i64, Option<rows::CredentialRow>), crate::store::StoreError>,
+}
+
 /// The inputs of one release, as audited.
 #[derive(Debug, Clone)]
 pub struct ReleaseInput {
@@ -256,6 +263,34 @@ impl Vault {
     /// the connection's spec are cached). Nothing is released until
     /// [`commit_release`](Self::commit_release) has made the audit record durable.
     pub fn decide_release(&self, input: &ReleaseInput) -> Decision {
+        self.decide_release_with(input, None)
+    }
+
+    /// The owner whose credential a release of `input` reads, when the decision up to that
+    /// read can be made from the cached configuration alone (`None` otherwise: the agent,
+    /// its policy or the connection not cached, or a refusal on the way).
+    pub fn release_owner(&self, input: &ReleaseInput) -> Option<String> {
+        let (_, agent) = self.config.policy(&input.principal.agent_id)?;
+        if input.principal.epoch < agent.token_epoch {
+            return None;
+        }
+        self.config.spec(input.connection.as_str())?;
+        let (_, owner) = policy::authorize(&agent.policy, &input.connection, &input.principal, &input.request).ok()?;
+        Some(owner.to_string())
+    }
+
+    /// On PostgreSQL, reads the credential a release of `input` will need on this async
+    /// worker (see [`Store::credential_for_release`]), for [`Vault::decide_release_with`];
+    /// `None` when it cannot be read here.
+    pub async fn prefetch_release(&self, input: &ReleaseInput) -> Option<Prefetched> {
+        let owner = self.release_owner(input)?;
+        let read = self.store.credential_for_release(input.connection.as_str(), &owner).await.transpose()?;
+        Some(Prefetched { connection: input.connection.as_str().to_owned(), owner, read })
+    }
+
+    /// [`Vault::decide_release`], with the credential read ahead when it is the one the
+    /// decision asks for (any other read goes to the store as usual).
+    pub fn decide_release_with(&self, input: &ReleaseInput, mut prefetched: Option<Prefetched>) -> Decision {
         let p = &input.principal;
         let mut attempt = 0;
         let (outcome, rec) = loop {
@@ -271,7 +306,7 @@ impl Vault {
             };
             // Decided on an async worker: a master key not loaded yet is loaded by the
             // caller on the blocking pool (KeyNeeded), never derived here.
-            match crate::keys::without_loading(|| self.decide(input, &mut rec, attempt == MAX_ATTEMPTS)) {
+            match crate::keys::without_loading(|| self.decide(input, &mut rec, attempt == MAX_ATTEMPTS, &mut prefetched)) {
                 Ok(r) => break (Ok(r), rec),
                 Err(Refuse::Release(e)) => break (Err(e), rec),
                 Err(Refuse::Stale) => continue,
@@ -357,7 +392,13 @@ impl Vault {
         }
     }
 
-    fn decide(&self, input: &ReleaseInput, rec: &mut Record<'_>, last: bool) -> std::result::Result<Released, Refuse> {
+    fn decide(
+        &self,
+        input: &ReleaseInput,
+        rec: &mut Record<'_>,
+        last: bool,
+        prefetched: &mut Option<Prefetched>,
+    ) -> std::result::Result<Released, Refuse> {
         if self.integrity_failed() {
             return Err(internal(VaultError::Integrity("the vault failed an integrity check; refusing releases".into())).into());
         }
@@ -397,10 +438,11 @@ impl Vault {
         };
         let owner_name = rec.owner.insert(owner.to_string()).as_str();
         let (spec_generation, spec) = self.release_spec(input.connection.as_str()).map_err(internal)?;
-        let (now_generation, cred) = self
-            .store
-            .read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name))
-            .map_err(|e| internal(e.into()))?;
+        let read = match prefetched.take() {
+            Some(p) if p.connection == input.connection.as_str() && p.owner == owner_name => p.read,
+            _ => self.store.read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name)),
+        };
+        let (now_generation, cred) = read.map_err(|e| internal(e.into()))?;
         self.observe_generation(now_generation).map_err(internal)?;
         if (generation != now_generation || spec_generation != now_generation) && !last {
             return Err(Refuse::Stale);

@@ -295,6 +295,55 @@ async fn dropped_database_connections_answer_503_then_recover_without_a_restart(
     c.audit_verify();
 }
 
+/// Releases read their credential on the HTTP worker's own asynchronous connection once the
+/// configuration is cached, and that read trusts nothing the database says by itself: a
+/// row rewritten there is refused, and a credential deleted through another replica is gone
+/// for the next release at once (no cache of credentials anywhere).
+#[tokio::test]
+async fn releases_read_on_the_worker_connection_trust_no_rewritten_row_and_see_deletes_at_once() {
+    let c = Cluster::start(2);
+    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
+    assert_eq!(r.status(), 200);
+    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let token = c.agent_token(0, &secret).await;
+    for _ in 0..20 {
+        let r = c.release(0, &token, "k/token?user_id=alice").await;
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.json::<Value>().await.unwrap()["api_key"], "sk-a");
+    }
+    let reads = |text: &str, path: &str| -> u64 {
+        let line = format!("latchkey_release_reads_total{{path=\"{path}\"}} ");
+        text.lines().find_map(|l| l.strip_prefix(line.as_str())).map_or(0, |n| n.parse().unwrap())
+    };
+    let metrics = c.http.get(format!("{}/metrics", c.base(0))).send().await.unwrap().text().await.unwrap();
+    assert!(reads(&metrics, "worker") >= 19, "the configuration is cached after the first release:\n{metrics}");
+
+    // The database's writer points the credential elsewhere: the MAC no longer matches.
+    let db = c.dirs.pg.as_ref().unwrap();
+    let url = db.url.clone();
+    let sql = move |q: &'static str| {
+        let url = url.clone();
+        std::thread::spawn(move || postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute(q).unwrap()).join().unwrap()
+    };
+    sql("UPDATE credentials SET instance_url = 'https://attacker.example' WHERE owner = 'user:alice'");
+    let r = c.release(0, &token, "k/token?user_id=alice").await;
+    assert_eq!(r.status(), 500);
+    assert!(!r.text().await.unwrap().contains("sk-a"));
+    sql("UPDATE credentials SET instance_url = NULL WHERE owner = 'user:alice'");
+    assert_eq!(c.release(0, &token, "k/token?user_id=alice").await.status(), 200, "put back as it was, it is accepted");
+
+    // Deleted through replica 1: replica 0's very next release finds nothing.
+    let r = c.admin(1, reqwest::Method::DELETE, "/v1/admin/connections/k/credentials/user:alice", None).await;
+    assert!(r.status().is_success(), "{}", r.status());
+    let r = c.release(0, &token, "k/token?user_id=alice").await;
+    assert_eq!(r.status(), 404, "{}", r.text().await.unwrap());
+    let metrics = c.http.get(format!("{}/metrics", c.base(0))).send().await.unwrap().text().await.unwrap();
+    assert!(reads(&metrics, "worker") >= 22, "{metrics}");
+    c.audit_verify();
+}
+
 /// A write that fails while taking the write lock (here: cancelled as it waits behind another
 /// session's lock, as a lock timeout would) must not leave the writer's transaction aborted:
 /// the next write, right after, succeeds. (It used to fail until the connection had been idle
