@@ -24,10 +24,14 @@ impl Services {
             // that cannot be done (configuration not cached, no connection), the whole
             // decision runs on the blocking pool. Waiting for the audit commit holds no thread.
             let decision = if self.vault.store().is_remote() {
-                match self.vault.prefetch_release(&input).await {
-                    Some(prefetched) => {
+                let on_worker = match self.vault.prefetch_release(&input).await {
+                    Some(prefetched) => self.vault.decide_release_on_worker(&input, prefetched),
+                    None => None,
+                };
+                match on_worker {
+                    Some(decision) => {
                         self.metrics.release_read("worker");
-                        self.vault.decide_release_with(&input, Some(prefetched))
+                        decision
                     }
                     None => {
                         self.metrics.release_read("pool");

@@ -10,6 +10,7 @@
 //! one process share a transaction and its commit ([`group`]).
 
 mod async_read;
+pub use async_read::without_pool;
 pub mod audit;
 pub mod checkpoint;
 mod group;
@@ -266,6 +267,9 @@ impl Store {
     /// Runs `f` on a pooled read connection.
     pub fn read<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
         if self.is_remote() {
+            if async_read::refused_here() {
+                return Err(StoreError::Unavailable.into());
+            }
             off_async(|| self.read_here(f))
         } else {
             self.read_here(f)
@@ -346,6 +350,9 @@ impl Store {
     /// changes are rolled back and nothing else is affected.
     pub fn write<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
         if self.is_remote() {
+            if async_read::refused_here() {
+                return Err(StoreError::Unavailable.into());
+            }
             off_async(|| self.writer.write(f))
         } else {
             self.writer.write(f)

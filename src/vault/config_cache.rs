@@ -94,6 +94,11 @@ impl ConfigCache {
     /// other generation's entries go (also a lower one — a database restored under a
     /// running server must not leave newer-looking entries behind). `Err` with the
     /// highest generation seen when `generation` is lower: it went back.
+    /// The highest generation observed so far.
+    pub fn highest(&self) -> i64 {
+        self.lock().highest
+    }
+
     pub fn observe(&self, generation: i64) -> Result<(), i64> {
         let mut g = self.lock();
         if g.generation != generation {

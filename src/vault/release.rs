@@ -185,6 +185,8 @@ pub struct ProxyCall {
 pub struct Prefetched {
     connection: String,
     owner: String,
+    /// The highest configuration generation observed before the read was sent.
+    seen: i64,
     read: std::result::Result<(i64, Option<rows::CredentialRow>), crate::store::StoreError>,
 }
 
@@ -284,8 +286,18 @@ impl Vault {
     /// `None` when it cannot be read here.
     pub async fn prefetch_release(&self, input: &ReleaseInput) -> Option<Prefetched> {
         let owner = self.release_owner(input)?;
+        let seen = self.config.highest();
         let read = self.store.credential_for_release(input.connection.as_str(), &owner).await.transpose()?;
-        Some(Prefetched { connection: input.connection.as_str().to_owned(), owner, read })
+        Some(Prefetched { connection: input.connection.as_str().to_owned(), owner, seen, read })
+    }
+
+    /// [`Vault::decide_release_with`] on an async worker: `None` when the decision needed
+    /// the database beyond the prefetched read (a configuration change meanwhile, a narrowed
+    /// token, a refusal to confirm), and must be made again on the blocking pool. A blocking
+    /// call here would stall the worker and every read pipelined on its connection.
+    pub fn decide_release_on_worker(&self, input: &ReleaseInput, prefetched: Prefetched) -> Option<Decision> {
+        let (decision, refused) = crate::store::without_pool(|| self.decide_release_with(input, Some(prefetched)));
+        (!refused).then_some(decision)
     }
 
     /// [`Vault::decide_release`], with the credential read ahead when it is the one the
@@ -309,7 +321,11 @@ impl Vault {
             match crate::keys::without_loading(|| self.decide(input, &mut rec, attempt == MAX_ATTEMPTS, &mut prefetched)) {
                 Ok(r) => break (Ok(r), rec),
                 Err(Refuse::Release(e)) => break (Err(e), rec),
-                Err(Refuse::Stale) => continue,
+                Err(Refuse::Stale) => {
+                    // Read before the configuration moved on: not for the next attempt.
+                    prefetched = None;
+                    continue;
+                }
             }
         };
         let request_id = input.request_id.clone();
@@ -439,7 +455,17 @@ impl Vault {
         let owner_name = rec.owner.insert(owner.to_string()).as_str();
         let (spec_generation, spec) = self.release_spec(input.connection.as_str()).map_err(internal)?;
         let read = match prefetched.take() {
-            Some(p) if p.connection == input.connection.as_str() && p.owner == owner_name => p.read,
+            Some(p) if p.connection == input.connection.as_str() && p.owner == owner_name => {
+                // Read ahead, so possibly older than a generation another request has seen
+                // since: that is a stale read, not the generation going back (which a read at
+                // least as new as what was seen before it was sent would show).
+                if let Ok((g, _)) = &p.read {
+                    if *g >= p.seen && *g < self.config.highest() {
+                        return Err(Refuse::Stale);
+                    }
+                }
+                p.read
+            }
             _ => self.store.read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name)),
         };
         let (now_generation, cred) = read.map_err(|e| internal(e.into()))?;
