@@ -50,9 +50,8 @@ pub enum TlsMode {
 /// A parsed `postgres://` URL. Its `Display` never shows the password.
 #[derive(Clone)]
 pub struct PgConfig {
-    config: postgres::Config,
-    /// The same settings for the asynchronous client (see [`PgConfig::connect_async`]).
-    async_config: tokio_postgres::Config,
+    /// The asynchronous client's settings; the synchronous client's are made from them.
+    config: tokio_postgres::Config,
     tls: TlsMode,
     root_cert: Option<std::path::PathBuf>,
     shown: String,
@@ -109,8 +108,7 @@ impl PgConfig {
         if rest.ends_with('?') {
             rest.pop();
         }
-        let mut config = postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
-        let mut async_config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
+        let mut config = tokio_postgres::Config::from_str(&rest).map_err(|e| bad(e.to_string()))?;
         // `postgres:` is not a special scheme, so the URL parser leaves IPv4 hosts as names.
         let loopback = match url.host() {
             Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
@@ -137,17 +135,11 @@ impl PgConfig {
             config.application_name("latchkey");
         }
         config.keepalives(true).keepalives_idle(Duration::from_secs(30));
-        async_config
-            .ssl_mode(postgres::config::SslMode::Disable)
-            .connect_timeout(config.get_connect_timeout().copied().unwrap_or(Duration::from_secs(5)))
-            .application_name(config.get_application_name().unwrap_or("latchkey"))
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(30));
         let user = config.get_user().unwrap_or("");
         let port = url.port().map(|p| format!(":{p}")).unwrap_or_default();
         let db = config.get_dbname().unwrap_or("");
         let shown = format!("postgres://{}{}{host}{port}/{db}", user, if user.is_empty() { "" } else { "@" });
-        Ok(PgConfig { config, async_config, tls, root_cert, shown })
+        Ok(PgConfig { config, tls, root_cert, shown })
     }
 
     pub fn tls(&self) -> TlsMode {
@@ -157,10 +149,10 @@ impl PgConfig {
     /// Opens one connection (not migrated).
     pub fn connect(&self) -> Result<PgConn, StoreError> {
         let client = match self.tls {
-            TlsMode::Disable => self.config.connect(postgres::NoTls),
+            TlsMode::Disable => postgres::Config::from(self.config.clone()).connect(postgres::NoTls),
             TlsMode::Verify => {
                 let tls = RustlsConnect(Arc::new(self.client_tls()?));
-                let mut config = self.config.clone();
+                let mut config = postgres::Config::from(self.config.clone());
                 config.ssl_mode(postgres::config::SslMode::Require);
                 config.connect(tls)
             }
@@ -188,7 +180,7 @@ impl PgConfig {
         let failed = |e: tokio_postgres::Error| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e)));
         match self.tls {
             TlsMode::Disable => {
-                let (client, connection) = self.async_config.connect(postgres::NoTls).await.map_err(failed)?;
+                let (client, connection) = self.config.connect(postgres::NoTls).await.map_err(failed)?;
                 tokio::spawn(async move {
                     let _ = connection.await;
                 });
@@ -196,7 +188,7 @@ impl PgConfig {
             }
             TlsMode::Verify => {
                 let tls = RustlsConnect(Arc::new(self.client_tls()?));
-                let mut config = self.async_config.clone();
+                let mut config = self.config.clone();
                 config.ssl_mode(postgres::config::SslMode::Require);
                 let (client, connection) = config.connect(tls).await.map_err(failed)?;
                 tokio::spawn(async move {

@@ -62,6 +62,17 @@ impl Cluster {
         self.http.get(format!("{}/v1/connections/{query}", self.base(i))).bearer_auth(token).send().await.unwrap()
     }
 
+    /// An API-key connection `k` with key `sk-a` stored for user alice, and agent `svc`
+    /// allowed to release it for any owner (through replica 0); returns the agent's secret.
+    async fn api_key_for_alice(&self) -> String {
+        let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
+        assert_eq!(self.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
+        let r =
+            self.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
+        assert_eq!(r.status(), 200);
+        self.agent(json!([{"connection": "k", "owners": "any"}])).await
+    }
+
     /// An OAuth connection `crm` to `provider` (through replica 0).
     async fn oauth_connection(&self, provider: &Provider) {
         let conn = json!({"id": "crm", "kind": "oauth2", "oauth2": {
@@ -243,11 +254,7 @@ async fn background_refreshers_of_all_replicas_refresh_each_due_credential_once(
 #[tokio::test]
 async fn dropped_database_connections_answer_503_then_recover_without_a_restart() {
     let c = Cluster::start(2);
-    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
-    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
-    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
-    assert_eq!(r.status(), 200);
-    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let secret = c.api_key_for_alice().await;
     let tokens = [c.agent_token(0, &secret).await, c.agent_token(1, &secret).await];
     let db = c.dirs.pg.as_ref().unwrap();
     let admin_sql = |sql: String| {
@@ -302,11 +309,7 @@ async fn dropped_database_connections_answer_503_then_recover_without_a_restart(
 #[tokio::test]
 async fn releases_read_on_the_worker_connection_trust_no_rewritten_row_and_see_deletes_at_once() {
     let c = Cluster::start(2);
-    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
-    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
-    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
-    assert_eq!(r.status(), 200);
-    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let secret = c.api_key_for_alice().await;
     let token = c.agent_token(0, &secret).await;
     for _ in 0..20 {
         let r = c.release(0, &token, "k/token?user_id=alice").await;
@@ -351,11 +354,7 @@ async fn releases_read_on_the_worker_connection_trust_no_rewritten_row_and_see_d
 #[tokio::test]
 async fn a_write_that_fails_taking_the_write_lock_leaves_the_writer_usable() {
     let c = Cluster::start(1);
-    let conn = json!({"id": "k", "kind": "api_key", "api_key": {"header": "X-Key"}});
-    assert_eq!(c.admin(0, reqwest::Method::POST, "/v1/admin/connections", Some(conn)).await.status(), 201);
-    let r = c.admin(0, reqwest::Method::PUT, "/v1/admin/connections/k/credentials/user:alice", Some(json!({"api_key": "sk-a"}))).await;
-    assert_eq!(r.status(), 200);
-    let secret = c.agent(json!([{"connection": "k", "owners": "any"}])).await;
+    let secret = c.api_key_for_alice().await;
     let token = c.agent_token(0, &secret).await;
     assert_eq!(c.release(0, &token, "k/token?user_id=alice").await.status(), 200);
     let db = c.dirs.pg.as_ref().unwrap();
