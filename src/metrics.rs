@@ -91,7 +91,7 @@ impl Metrics {
     }
 
     /// Prometheus text exposition; `by_status` is read from the store at scrape time.
-    pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)], integrity_violations: u64) -> String {
+    pub fn render(&self, by_status: &[(crate::model::CredentialStatus, u64)], integrity_violations: u64, read_statements: u64) -> String {
         let mut out = String::new();
         let _ = writeln!(
             out,
@@ -124,6 +124,10 @@ impl Metrics {
             for (path, n) in reads.iter() {
                 let _ = writeln!(out, "latchkey_release_reads_total{{path=\"{path}\"}} {n}");
             }
+            let _ = writeln!(
+                out,
+                "# HELP latchkey_release_read_statements_total PostgreSQL: statements that read credentials on the HTTP workers' connections; reads that wait for one in flight are sent together in the next.\n# TYPE latchkey_release_read_statements_total counter\nlatchkey_release_read_statements_total {read_statements}"
+            );
         }
         drop(reads);
         let _ = writeln!(

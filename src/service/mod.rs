@@ -103,7 +103,7 @@ impl Services {
     /// Prometheus text for `/metrics`.
     pub async fn metrics_text(&self) -> vault::Result<String> {
         let by_status = self.blocking(|v| v.credentials_by_status()).await?;
-        Ok(self.metrics.render(&by_status, self.vault.integrity_violations()))
+        Ok(self.metrics.render(&by_status, self.vault.integrity_violations(), self.vault.release_read_statements()))
     }
 }
 

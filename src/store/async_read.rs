@@ -3,20 +3,28 @@
 //!
 //! Through the synchronous driver a release's read costs a hop to the blocking pool and
 //! back and a wake-up of a read backend per request. Here each worker thread keeps one
-//! asynchronous connection per store, whose I/O task runs on that worker: no thread hop,
-//! and the reads of all the requests the worker has in flight are pipelined on the one
-//! connection. Anything unusual (no connection yet and none to be had, the row key not
-//! loaded, an error of the connection) answers "not here", and the caller reads through
-//! the pool as before, which reports the error as usual.
+//! asynchronous connection per store, whose I/O task runs on that worker: no thread hop.
+//!
+//! Reads are batched per connection without waiting for company: a read sent while none is
+//! in flight goes at once, alone; reads that arrive while one is in flight wait for it, and
+//! are then sent together as one statement (one snapshot, one execution), led by the first
+//! of them. Under load most of a statement's cost in the server is per execution, not per
+//! row, so this is what keeps the database's share of a release small; an idle vault pays
+//! nothing for it.
+//!
+//! Anything unusual (no connection yet and none to be had, the row key not loaded, an
+//! error of the connection, a batch abandoned by its leader) answers "not here", and the
+//! caller reads through the pool as before, which reports the error as usual.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
+use super::batch::Batcher;
 use super::postgres::PgConfig;
 use super::rows::{self, CredentialRow};
-use super::sql::{dollar_placeholders, params, pg_params, Row};
+use super::sql::Row;
 use super::{Location, Store, StoreError};
 
 /// After a failed connection attempt, how long this worker reads through the pool instead
@@ -26,15 +34,38 @@ const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// A read that takes longer (a lock held by a migration, a half-open connection) gives up
 /// here; the pool then reads, and this worker opens a new connection next time.
 const READ_TIMEOUT: Duration = Duration::from_secs(2);
+/// Reads per statement at most; more waiting go in the next one.
+const MAX_BATCH: usize = 128;
+
+/// What a read found: `Ok(None)` "not here" (read through the pool); `Ok(Some((generation,
+/// credential)))`; an `Err` is a finding about the data (a row that fails its MAC).
+type Found = Result<Option<(i64, Option<CredentialRow>)>, StoreError>;
 
 struct Reader {
     client: tokio_postgres::Client,
-    credential: tokio_postgres::Statement,
-    generation: tokio_postgres::Statement,
+    /// [`batch_sql`], prepared.
+    batch: tokio_postgres::Statement,
+    /// Reads of `(connection, owner)`.
+    reads: Batcher<(String, String), Found>,
+}
+
+/// The batch statement: one row per requested `(connection, owner)`, in request order
+/// (`q.i`, the last column), with the configuration generation first (one snapshot for
+/// all); a credential that does not exist is a row of NULLs. `OFFSET 0` keeps the lateral
+/// subquery from being flattened: each pair is an index lookup, whatever the plan thinks
+/// of the array's length.
+fn batch_sql() -> String {
+    format!(
+        "SELECT (SELECT value FROM config_generation WHERE id = 1), x.*, q.i \
+         FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(connection_id, owner, i) \
+         LEFT JOIN LATERAL (SELECT {} FROM credentials k JOIN deks d ON d.id = k.dek_id \
+         WHERE k.connection_id = q.connection_id AND k.owner = q.owner OFFSET 0) x ON true",
+        rows::credential_cols()
+    )
 }
 
 enum Slot {
-    Ready(Arc<Reader>),
+    Ready(Rc<Reader>),
     /// A request of this worker is opening the connection: the others read through the pool.
     Connecting,
     /// The last attempt failed at this time; the next waits for the backoff.
@@ -75,32 +106,46 @@ pub(super) fn refused_here() -> bool {
 }
 
 impl Store {
-    /// [`rows::credential_at_generation`] on this worker's asynchronous connection.
-    /// `Ok(None)`: not here; read through the pool. An `Err` is a finding about the data
-    /// (a row that fails its MAC), not about the connection.
-    pub async fn credential_for_release(
-        &self,
-        connection_id: &str,
-        owner: &str,
-    ) -> Result<Option<(i64, Option<CredentialRow>)>, StoreError> {
+    /// [`rows::credential_at_generation`] on this worker's asynchronous connection, batched
+    /// with the other reads of this worker that wait meanwhile (see the module comment).
+    pub async fn credential_for_release(&self, connection_id: &str, owner: &str) -> Found {
         let Location::Postgres(cfg) = &self.location else { return Ok(None) };
         let Some(reader) = self.async_reader(cfg).await else { return Ok(None) };
-        let params = params![connection_id, owner];
-        let found = match tokio::time::timeout(READ_TIMEOUT, reader.client.query_opt(&reader.credential, &pg_params(params))).await {
-            Ok(Ok(found)) => found,
-            _ => return Ok(self.forget_async_reader(&reader)),
-        };
-        match found {
-            Some(row) => Ok(rows::credential_at_generation_row(&self.sealer, &Row::Pg(&row))?.map(|(g, c)| (g, Some(c)))),
-            // No credential: the generation from a second statement, as the pool's read does.
-            None => match tokio::time::timeout(READ_TIMEOUT, reader.client.query_one(&reader.generation, &[])).await {
-                Ok(Ok(row)) => Ok(Some((Row::Pg(&row).get(0)?, None))),
-                _ => Ok(self.forget_async_reader(&reader)),
-            },
-        }
+        let read = (connection_id.to_owned(), owner.to_owned());
+        reader.reads.run(read, |reads| self.read_batch(&reader, reads)).await.unwrap_or(Ok(None))
     }
 
-    async fn async_reader(&self, cfg: &PgConfig) -> Option<Arc<Reader>> {
+    /// Statements [`Store::credential_for_release`] has sent: its reads divided by this are
+    /// the mean batch.
+    pub fn release_read_statements(&self) -> u64 {
+        self.read_statements.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// One statement for `reads`; an outcome per read, in order. A failed or late
+    /// statement forgets the connection and answers "not here" for every read.
+    async fn read_batch(&self, reader: &Rc<Reader>, reads: Vec<(String, String)>) -> Vec<Found> {
+        let connections: Vec<&str> = reads.iter().map(|r| r.0.as_str()).collect();
+        let owners: Vec<&str> = reads.iter().map(|r| r.1.as_str()).collect();
+        let mut found: Vec<Found> = reads.iter().map(|_| Ok(None)).collect();
+        self.read_statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let rows = match tokio::time::timeout(READ_TIMEOUT, reader.client.query(&reader.batch, &[&connections, &owners])).await {
+            Ok(Ok(rows)) => rows,
+            _ => {
+                self.forget_async_reader(reader);
+                return found;
+            }
+        };
+        for row in &rows {
+            let r = Row::Pg(row);
+            let Some(at) = row.len().checked_sub(1) else { continue };
+            let Some(i) = r.get::<i64>(at).ok().and_then(|i| usize::try_from(i).ok()).and_then(|i| i.checked_sub(1)) else { continue };
+            let (Some(slot), Some((connection, owner))) = (found.get_mut(i), reads.get(i)) else { continue };
+            *slot = read_row(&self.sealer, &r, connection, owner);
+        }
+        found
+    }
+
+    async fn async_reader(&self, cfg: &PgConfig) -> Option<Rc<Reader>> {
         // `None`: open one now (this request does, the slot says so meanwhile).
         let (cached, backoff) = READERS.with(|r| {
             let mut r = r.borrow_mut();
@@ -136,9 +181,11 @@ impl Store {
         let abandoned = Abandoned(self.id, backoff);
         let made = async {
             let client = cfg.connect_async().await?;
-            let credential = client.prepare(&dollar_placeholders(rows::credential_at_generation_sql())).await?;
-            let generation = client.prepare("SELECT value FROM config_generation WHERE id = 1").await?;
-            Ok::<_, StoreError>(Arc::new(Reader { client, credential, generation }))
+            // This connection runs one statement, whose best plan does not depend on the
+            // arrays' contents: planning it again per execution would cost more than running it.
+            client.batch_execute("SET plan_cache_mode = force_generic_plan").await?;
+            let batch = client.prepare(&batch_sql()).await?;
+            Ok::<_, StoreError>(Rc::new(Reader { client, batch, reads: Batcher::new(MAX_BATCH) }))
         }
         .await;
         let slot = match &made {
@@ -155,15 +202,28 @@ impl Store {
 
     /// Drops this worker's connection after an error or a timeout, unless another request
     /// has replaced it already (the next read opens a new one).
-    fn forget_async_reader<T>(&self, failed: &Arc<Reader>) -> Option<T> {
+    fn forget_async_reader(&self, failed: &Rc<Reader>) {
         READERS.with(|r| {
             let mut r = r.borrow_mut();
-            if matches!(r.get(&self.id), Some(Slot::Ready(current)) if Arc::ptr_eq(current, failed)) {
+            if matches!(r.get(&self.id), Some(Slot::Ready(current)) if Rc::ptr_eq(current, failed)) {
                 r.remove(&self.id);
             }
         });
-        None
     }
+}
+
+/// One row of [`batch_sql`] for the read of `(connection, owner)`.
+fn read_row(sealer: &super::integrity::Sealer, r: &Row<'_>, connection: &str, owner: &str) -> Found {
+    // No credential: NULLs from the credential's id on.
+    if r.get::<Option<String>>(1)?.is_none() {
+        return Ok(Some((r.get(0)?, None)));
+    }
+    Ok(match rows::credential_at_generation_row(sealer, r)? {
+        // The statement joins on the pair; checked again here, as the decision trusts it.
+        Some((generation, c)) if c.meta.connection_id == connection && c.meta.owner == owner => Some((generation, Some(c))),
+        // The row key is not loaded yet (or, impossibly, another row): the pool reads.
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -10,6 +10,7 @@
 //! one process share a transaction and its commit ([`group`]).
 
 mod async_read;
+mod batch;
 pub use async_read::without_pool;
 pub mod audit;
 pub mod checkpoint;
@@ -170,6 +171,8 @@ pub struct Store {
     max_readers: Option<usize>,
     /// The row-integrity key (and what went wrong with it), shared by every connection.
     sealer: std::sync::Arc<integrity::Sealer>,
+    /// Statements that read credentials for releases on HTTP workers' connections (a metric).
+    read_statements: std::sync::atomic::AtomicU64,
     /// SQLite's WAL checkpoints, off the commit path (`None` on PostgreSQL).
     _checkpointer: Option<sqlite::Checkpointer>,
 }
@@ -229,6 +232,7 @@ impl Store {
         Ok(Store {
             id: STORES.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             _checkpointer: checkpointer,
+            read_statements: std::sync::atomic::AtomicU64::new(0),
             location: location.clone(),
             writer: group::GroupWriter::new(writer, open_writer, sealer.clone()),
             sealer,

@@ -396,7 +396,7 @@ pub(super) fn credential_at_generation_row(sealer: &integrity::Sealer, r: &Row<'
     Ok(Some((r.get(0)?, credential_fields(r, 1)?)))
 }
 
-fn credential_cols() -> &'static str {
+pub(super) fn credential_cols() -> &'static str {
     static COLS: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
         format!(
             "k.id, k.connection_id, k.owner, k.kind, k.status, k.secret_version, k.token_type, k.scopes, k.expires_at, \

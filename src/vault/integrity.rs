@@ -107,6 +107,12 @@ impl Vault {
         found.len()
     }
 
+    /// PostgreSQL: statements that read credentials for releases on the HTTP workers'
+    /// connections, each for one or more releases (a metric).
+    pub fn release_read_statements(&self) -> u64 {
+        self.store.release_read_statements()
+    }
+
     /// Integrity violations this process has found (a metric).
     pub fn integrity_violations(&self) -> u64 {
         self.store.sealer().violation_count()

@@ -347,6 +347,68 @@ async fn releases_read_on_the_worker_connection_trust_no_rewritten_row_and_see_d
     c.audit_verify();
 }
 
+/// Concurrent releases on a replica are read in batches (the reads that wait for the one in
+/// flight go together in one statement): each request still gets its own owner's key, never
+/// a neighbour's; an owner with none gets 404 from the same statement; a row rewritten in the
+/// database fails its own request only.
+#[tokio::test]
+async fn concurrent_releases_read_in_batches_each_get_their_own_owners_row() {
+    let c = Cluster::start(1);
+    let secret = c.api_key_for_alice().await;
+    const OWNERS: usize = 30;
+    for i in 0..OWNERS {
+        let path = format!("/v1/admin/connections/k/credentials/user:u{i}");
+        let r = c.admin(0, reqwest::Method::PUT, &path, Some(json!({"api_key": format!("sk-{i}")}))).await;
+        assert_eq!(r.status(), 200);
+    }
+    let token = c.agent_token(0, &secret).await;
+    let db = c.dirs.pg.as_ref().unwrap();
+    let url = db.url.clone();
+    std::thread::spawn(move || {
+        let mut sql = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        sql.batch_execute("UPDATE credentials SET instance_url = 'https://attacker.example' WHERE owner = 'user:u7'").unwrap();
+    })
+    .join()
+    .unwrap();
+
+    let metric = |text: &str, name: &str| -> u64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')).map_or(0, |n| n.parse().unwrap())
+    };
+    assert_eq!(c.release(0, &token, "k/token?user_id=u0").await.status(), 200, "caches the policy and the connection");
+    // Owners u30..u39 have no credential.
+    for round in 0..3 {
+        let mut all = tokio::task::JoinSet::new();
+        for n in 0..120 {
+            let who = (n * 7 + round) % (OWNERS + 10);
+            let r = c.http.get(format!("{}/v1/connections/k/token?user_id=u{who}", c.base(0))).bearer_auth(&token).send();
+            all.spawn(async move {
+                let r = r.await.unwrap();
+                (who, r.status().as_u16(), r.text().await.unwrap())
+            });
+        }
+        while let Some(done) = all.join_next().await {
+            let (who, status, body) = done.unwrap();
+            match who {
+                7 => {
+                    assert_eq!(status, 500, "the rewritten row: {body}");
+                    assert!(!body.contains("sk-"), "{body}");
+                }
+                w if w < OWNERS => {
+                    assert_eq!(status, 200, "u{w}: {body}");
+                    assert_eq!(serde_json::from_str::<Value>(&body).unwrap()["api_key"], format!("sk-{w}"), "u{w} got another's key");
+                }
+                w => assert_eq!(status, 404, "u{w} has no credential: {body}"),
+            }
+        }
+    }
+    let metrics = c.http.get(format!("{}/metrics", c.base(0))).send().await.unwrap().text().await.unwrap();
+    let reads = metric(&metrics, "latchkey_release_reads_total{path=\"worker\"}");
+    let statements = metric(&metrics, "latchkey_release_read_statements_total");
+    assert!(reads >= 200 && statements > 0, "{metrics}");
+    assert!(statements < reads, "some reads were batched: {reads} reads in {statements} statements");
+    c.audit_verify();
+}
+
 /// A write that fails while taking the write lock (here: cancelled as it waits behind another
 /// session's lock, as a lock timeout would) must not leave the writer's transaction aborted:
 /// the next write, right after, succeeds. (It used to fail until the connection had been idle
