@@ -49,14 +49,14 @@ struct Reader {
     reads: Batcher<(String, String), Found>,
 }
 
-/// The batch statement: one row per requested `(connection, owner)`, in request order
-/// (`q.i`, the last column), with the configuration generation first (one snapshot for
-/// all); a credential that does not exist is a row of NULLs. `OFFSET 0` keeps the lateral
+/// The batch statement: one row per requested `(connection, owner)`, ending with the pair
+/// asked for and its position (`q.i`), with the configuration generation first (one
+/// snapshot for all); a credential that does not exist is a row of NULLs. `OFFSET 0` keeps the lateral
 /// subquery from being flattened: each pair is an index lookup, whatever the plan thinks
 /// of the array's length.
 fn batch_sql() -> String {
     format!(
-        "SELECT (SELECT value FROM config_generation WHERE id = 1), x.*, q.i \
+        "SELECT (SELECT value FROM config_generation WHERE id = 1), x.*, q.connection_id, q.owner, q.i \
          FROM unnest($1::text[], $2::text[]) WITH ORDINALITY AS q(connection_id, owner, i) \
          LEFT JOIN LATERAL (SELECT {} FROM credentials k JOIN deks d ON d.id = k.dek_id \
          WHERE k.connection_id = q.connection_id AND k.owner = q.owner OFFSET 0) x ON true",
@@ -122,11 +122,16 @@ impl Store {
     }
 
     /// One statement for `reads`; an outcome per read, in order. A failed or late
-    /// statement forgets the connection and answers "not here" for every read.
+    /// statement forgets the connection and answers "not here" for every read, and so does
+    /// a connection already forgotten (reads queued on it before a timeout do not wait for
+    /// a timeout each).
     async fn read_batch(&self, reader: &Rc<Reader>, reads: Vec<(String, String)>) -> Vec<Found> {
+        let mut found: Vec<Found> = reads.iter().map(|_| Ok(None)).collect();
+        if reader.client.is_closed() || !self.is_current(reader) {
+            return found;
+        }
         let connections: Vec<&str> = reads.iter().map(|r| r.0.as_str()).collect();
         let owners: Vec<&str> = reads.iter().map(|r| r.1.as_str()).collect();
-        let mut found: Vec<Found> = reads.iter().map(|_| Ok(None)).collect();
         self.read_statements.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let rows = match tokio::time::timeout(READ_TIMEOUT, reader.client.query(&reader.batch, &[&connections, &owners])).await {
             Ok(Ok(rows)) => rows,
@@ -135,14 +140,27 @@ impl Store {
                 return found;
             }
         };
+        let mut answered = vec![false; reads.len()];
         for row in &rows {
             let r = Row::Pg(row);
-            let Some(at) = row.len().checked_sub(1) else { continue };
-            let Some(i) = r.get::<i64>(at).ok().and_then(|i| usize::try_from(i).ok()).and_then(|i| i.checked_sub(1)) else { continue };
-            let (Some(slot), Some((connection, owner))) = (found.get_mut(i), reads.get(i)) else { continue };
-            *slot = read_row(&self.sealer, &r, connection, owner);
+            let Some(at) = row.len().checked_sub(3) else { continue };
+            let Some(i) = r.get::<i64>(at + 2).ok().and_then(|i| usize::try_from(i).ok()).and_then(|i| i.checked_sub(1)) else { continue };
+            let (Some(slot), Some((connection, owner)), Some(seen)) = (found.get_mut(i), reads.get(i), answered.get_mut(i)) else {
+                continue;
+            };
+            // A row answers the read at its position only if it echoes that read's pair; a
+            // second row for one read (the unique key broken) leaves it to the pool, which
+            // reports it.
+            let echoed = r.get::<String>(at).ok().as_ref() == Some(connection) && r.get::<String>(at + 1).ok().as_ref() == Some(owner);
+            *slot = if *seen || !echoed { Ok(None) } else { read_row(&self.sealer, &r, connection, owner) };
+            *seen = true;
         }
         found
+    }
+
+    /// Whether `reader` is still this worker's connection (not forgotten after an error).
+    fn is_current(&self, reader: &Rc<Reader>) -> bool {
+        READERS.with(|r| matches!(r.borrow().get(&self.id), Some(Slot::Ready(current)) if Rc::ptr_eq(current, reader)))
     }
 
     async fn async_reader(&self, cfg: &PgConfig) -> Option<Rc<Reader>> {

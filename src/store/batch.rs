@@ -257,18 +257,61 @@ mod tests {
             let (b, s) = (Rc::new(Batcher::new(100)), Rc::new(Server::default()));
             let first = spawn(&b, &s, 1);
             settle().await;
-            let second = spawn(&b, &s, 2);
+            // Request 2 is polled once by hand: it queues, and is then never polled again.
+            let mut second = Box::pin(b.run(2, |batch| s.exec(batch)));
+            let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+            assert!(second.as_mut().poll(&mut cx).is_pending());
             let third = spawn(&b, &s, 3);
             settle().await;
-            // The batch is answered, and request 2 goes away before it runs again.
+            // The batch is answered: request 1 hands the lead to request 2, which goes away
+            // before it runs.
             s.open(0);
-            second.abort();
             assert_eq!(first.await.unwrap(), Some(10));
+            assert_eq!(s.ran.borrow().len(), 1, "the lead is request 2's, untaken");
+            drop(second);
             settle().await;
             assert_eq!(s.ran.borrow()[1], [3], "request 3 leads in its place");
             s.open(1);
             assert_eq!(third.await.unwrap(), Some(30));
             assert_eq!(s.ran.borrow().len(), 2, "request 2 never ran");
         });
+    }
+
+    #[test]
+    fn a_request_the_batch_gave_no_answer_for_gets_none() {
+        local(async {
+            let b: Rc<Batcher<u32, u32>> = Rc::new(Batcher::new(100));
+            let (open, gate) = oneshot::channel::<()>();
+            let lead = tokio::task::spawn_local({
+                let b = b.clone();
+                async move {
+                    b.run(1, |batch| async move {
+                        let _ = gate.await;
+                        batch.into_iter().take(2).collect()
+                    })
+                    .await
+                }
+            });
+            settle().await;
+            let queued: Vec<_> = (2..=4)
+                .map(|q| {
+                    let b = b.clone();
+                    tokio::task::spawn_local(async move { b.run(q, |batch| async move { batch.into_iter().take(2).collect() }).await })
+                })
+                .collect();
+            settle().await;
+            let _ = open.send(());
+            assert_eq!(lead.await.unwrap(), Some(1));
+            let got: Vec<Option<u32>> = join_in_order(queued).await;
+            assert_eq!(got, [Some(2), Some(3), None], "two answers for a batch of three");
+        });
+    }
+
+    async fn join_in_order(hs: Vec<tokio::task::JoinHandle<Option<u32>>>) -> Vec<Option<u32>> {
+        let mut out = Vec::new();
+        for h in hs {
+            out.push(h.await.unwrap());
+        }
+        out
     }
 }
