@@ -85,7 +85,7 @@ thread_local! {
 }
 
 /// Runs `f` (a decision on an async worker) with every PostgreSQL call of the store refused:
-/// a blocking call there would stall the worker and every request pipelined on its
+/// a blocking call there would stall the worker and every request waiting on its
 /// connection. Returns whether one was refused, in which case the caller discards `f`'s
 /// result and decides again on the blocking pool.
 pub fn without_pool<T>(f: impl FnOnce() -> T) -> (T, bool) {

@@ -174,8 +174,8 @@ impl PgConfig {
     }
 
     /// Opens an asynchronous connection, for reads only; its I/O runs as a task on the
-    /// calling runtime (an HTTP worker: no thread hop per statement, and the statements of
-    /// every request on that worker are pipelined on the one connection).
+    /// calling runtime (an HTTP worker: no thread hop per statement, and the reads of every
+    /// request on that worker share the one connection, batched; see `store::batch`).
     pub async fn connect_async(&self) -> Result<tokio_postgres::Client, StoreError> {
         let failed = |e: tokio_postgres::Error| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e)));
         match self.tls {

@@ -294,7 +294,7 @@ impl Vault {
     /// [`Vault::decide_release_with`] on an async worker: `None` when the decision needed
     /// the database beyond the prefetched read (a configuration change meanwhile, a narrowed
     /// token, a refusal to confirm), and must be made again on the blocking pool. A blocking
-    /// call here would stall the worker and every read pipelined on its connection.
+    /// call here would stall the worker and every read waiting on its connection.
     pub fn decide_release_on_worker(&self, input: &ReleaseInput, prefetched: Prefetched) -> Option<Decision> {
         let (decision, refused) = crate::store::without_pool(|| self.decide_release_with(input, Some(prefetched)));
         (!refused).then_some(decision)
