@@ -31,11 +31,38 @@ pub fn append(c: &Conn<'_>, event: &Event, ts_ms: i64) -> Result<i64, StoreError
 /// Returns their sequence numbers.
 pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event, i64)>) -> Result<Vec<i64>, StoreError> {
     let key = c.sealer.chain_key(c)?;
-    // The transaction commits with a checkpoint that covers these records.
-    c.sealer.mark_audit();
     let last: Option<(i64, Vec<u8>)> =
         c.query_opt("SELECT seq, hash FROM audit ORDER BY seq DESC LIMIT 1", params![], |r| Ok((r.get(0)?, r.get(1)?)))?;
-    let (mut seq, mut prev) = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
+    let head = last.unwrap_or_else(|| (0, GENESIS.to_vec()));
+    Ok(append_after(c, key, head, events)?.into_iter().map(|(seq, _, _)| seq).collect())
+}
+
+/// [`append_all`], reading the chain head with everything the commit's checkpoint covers
+/// (one statement, as cheap as the head alone on PostgreSQL: one round trip). Returns that
+/// state as it is after the appends: valid for the checkpoint as long as nothing else is
+/// written in the transaction after them, which saves the commit reading it again.
+pub fn append_all_for_checkpoint<'a>(
+    c: &Conn<'_>,
+    events: impl IntoIterator<Item = (&'a Event, i64)>,
+) -> Result<(Vec<i64>, super::checkpoint::State), StoreError> {
+    let key = c.sealer.chain_key(c)?;
+    let mut state = super::checkpoint::read_state(c)?;
+    let appended = append_after(c, key, state.audit_head(), events)?;
+    if let Some((seq, hash, ts_ms)) = appended.last() {
+        state.appended(*seq, hash.clone(), *ts_ms);
+    }
+    Ok((appended.into_iter().map(|(seq, _, _)| seq).collect(), state))
+}
+
+/// Appends `events` after the record `(seq, hash)`; returns each record's sequence, hash and time.
+fn append_after<'a>(
+    c: &Conn<'_>,
+    key: &crate::crypto::MacKey,
+    (mut seq, mut prev): (i64, Vec<u8>),
+    events: impl IntoIterator<Item = (&'a Event, i64)>,
+) -> Result<Vec<(i64, Vec<u8>, i64)>, StoreError> {
+    // The transaction commits with a checkpoint that covers these records.
+    c.sealer.mark_audit();
     // Linked first, then written in multi-row statements: a batch of releases costs a few
     // statements, not one each (a round trip each on PostgreSQL).
     let mut links = Vec::new();
@@ -62,7 +89,7 @@ pub fn append_all<'a>(c: &Conn<'_>, events: impl IntoIterator<Item = (&'a Event,
         }
         c.execute(&insert_sql(chunk.len()), &values)?;
     }
-    Ok(links.iter().map(|l| l.0).collect())
+    Ok(links.into_iter().map(|(seq, ts_ms, _, _, hash)| (seq, hash.to_vec(), ts_ms)).collect())
 }
 
 const COL_COUNT: usize = 9;

@@ -204,14 +204,31 @@ pub fn parse_line(line: &str, public: &[u8; 32], kid: &str) -> std::result::Resu
     Ok(cp)
 }
 
-/// Writes the checkpoint of the current state in the caller's write transaction and
-/// returns its line (for the sink, once committed).
-pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
-    let signer = c.sealer.signer(c)?;
-    // Everything a checkpoint covers, in one statement (one round trip on PostgreSQL):
-    // the audit head, the configuration generation, the integrity state and the previous
-    // checkpoint.
-    let (audit_head, generation, head, prev) = c
+/// Everything a checkpoint covers, as read in a write transaction: the audit head (sequence,
+/// hash, time), the configuration generation, the integrity state and the previous checkpoint.
+#[derive(Debug, Clone)]
+pub struct State {
+    audit: Option<(i64, Vec<u8>, i64)>,
+    generation: i64,
+    head: super::integrity::Head,
+    prev: Option<(i64, String)>,
+}
+
+impl State {
+    /// The audit trail's last record: sequence and hash (0 and the genesis hash when empty).
+    pub fn audit_head(&self) -> (i64, Vec<u8>) {
+        self.audit.as_ref().map_or_else(|| (0, crate::audit::GENESIS.to_vec()), |(seq, hash, _)| (*seq, hash.clone()))
+    }
+
+    /// The state once records up to `seq` (with `hash`, at `ts_ms`) are appended.
+    pub fn appended(&mut self, seq: i64, hash: Vec<u8>, ts_ms: i64) {
+        self.audit = Some((seq, hash, ts_ms));
+    }
+}
+
+/// Reads what a checkpoint covers, in one statement (one round trip on PostgreSQL).
+pub fn read_state(c: &Conn<'_>) -> Result<State> {
+    let (audit, generation, head, prev) = c
         .query_opt(
             // Scalar subqueries, each an index seek: SQLite would materialise derived tables.
             "SELECT (SELECT seq FROM audit ORDER BY seq DESC LIMIT 1), (SELECT hash FROM audit ORDER BY seq DESC LIMIT 1), \
@@ -232,7 +249,19 @@ pub fn write(c: &Conn<'_>) -> Result<(i64, String)> {
             },
         )?
         .ok_or_else(|| c.sealer.violation("the integrity state or the configuration generation row is missing".into()))?;
-    let (audit_seq, audit_hash, ts_ms) = audit_head.unwrap_or_else(|| (0, crate::audit::GENESIS.to_vec(), 0));
+    Ok(State { audit, generation, head, prev })
+}
+
+/// Writes the checkpoint of the current state in the caller's write transaction and
+/// returns its line (for the sink, once committed). `known`: the state as read in this
+/// transaction after its last change (see `Store::append_audit`), which saves reading it again.
+pub fn write(c: &Conn<'_>, known: Option<State>) -> Result<(i64, String)> {
+    let signer = c.sealer.signer(c)?;
+    let State { audit, generation, head, prev } = match known {
+        Some(state) => state,
+        None => read_state(c)?,
+    };
+    let (audit_seq, audit_hash, ts_ms) = audit.unwrap_or_else(|| (0, crate::audit::GENESIS.to_vec(), 0));
     let (n, prev_hash) = match &prev {
         Some((n, line)) => (n + 1, hex(&sha256(line.as_bytes()))),
         None => (1, hex(&[0u8; 32])),

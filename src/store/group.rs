@@ -38,6 +38,10 @@ struct State {
     /// The last write's savepoint is still open: it is released with the next statement
     /// sent (the next savepoint, or the commit), not with a round trip of its own.
     savepoint_open: bool,
+    /// What the commit's checkpoint covers, when the batch's last write was an audit append
+    /// that read it ([`GroupWriter::write_audit`]) and succeeded: nothing has changed it since,
+    /// so the commit need not read it again. Any other write clears it.
+    checkpoint: Option<super::checkpoint::State>,
 }
 
 /// The outcome of one transaction, shared by the writes it holds.
@@ -67,7 +71,7 @@ impl Batch {
 impl GroupWriter {
     pub fn new(conn: Owned, reopen: Reopen, sealer: Arc<Sealer>) -> Self {
         GroupWriter {
-            state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0, savepoint_open: false }),
+            state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0, savepoint_open: false, checkpoint: None }),
             queued: AtomicUsize::new(0),
             sealer,
         }
@@ -82,6 +86,19 @@ impl GroupWriter {
 
     /// Runs `f` in a savepoint of the shared transaction; returns once it is committed.
     pub fn write<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
+        self.write_with(|c| f(c).map(|v| (v, None)))
+    }
+
+    /// [`GroupWriter::write`] for a write that appends audit records and nothing else, and
+    /// returns the checkpoint state as it left it ([`super::audit::append_all_for_checkpoint`]).
+    pub fn write_audit<T>(&self, f: impl FnOnce(&Conn<'_>) -> Result<(T, super::checkpoint::State), StoreError>) -> Result<T, StoreError> {
+        self.write_with(|c| f(c).map(|(v, state)| (v, Some(state))))
+    }
+
+    fn write_with<T, E: From<StoreError>>(
+        &self,
+        f: impl FnOnce(&Conn<'_>) -> Result<(T, Option<super::checkpoint::State>), E>,
+    ) -> Result<T, E> {
         let mut st = self.lock();
         // The statement that opens this write's savepoint: sent with the transaction's
         // `BEGIN` for the first write of a batch, else with the release of the last one.
@@ -110,15 +127,19 @@ impl GroupWriter {
         };
         st.writes += 1;
         st.savepoint_open = false;
+        st.checkpoint = None;
         let out = match st.conn.as_ref() {
             Some(conn) => run_in_savepoint(&conn.conn(&self.sealer), open, f),
             None => Err(StoreError::Unavailable),
         };
         let out = match out {
-            Ok(out) => {
-                st.savepoint_open = matches!(out, Written::Done(Ok(_)));
-                out
+            Ok(Written::Done(Ok((v, checkpoint)))) => {
+                st.savepoint_open = true;
+                st.checkpoint = checkpoint;
+                Written::Done(Ok(v))
             }
+            Ok(Written::Done(Err(e))) => Written::Done(Err(e)),
+            Ok(Written::Panicked(p)) => Written::Panicked(p),
             Err(broken) => {
                 // The savepoint itself could not be opened or closed: the transaction is
                 // in an unknown state, so nobody in this batch commits.
@@ -135,8 +156,9 @@ impl GroupWriter {
             }
         };
         if self.queued.load(Ordering::SeqCst) == 0 || st.writes >= MAX_BATCH {
+            let known = st.checkpoint.take();
             let outcome = match st.conn.as_ref() {
-                Some(c) => self.commit(&c.conn(&self.sealer), st.savepoint_open).map_err(|e| e.to_string()),
+                Some(c) => self.commit(&c.conn(&self.sealer), st.savepoint_open, known).map_err(|e| e.to_string()),
                 None => Err(StoreError::Unavailable.to_string()),
             };
             if outcome.is_err() {
@@ -173,8 +195,15 @@ impl GroupWriter {
     /// The last write's savepoint, if still open, is released explicitly in the same batch:
     /// PostgreSQL answers `COMMIT` in an aborted transaction with a rollback and no error, but
     /// a failing `RELEASE` is an error, and the `COMMIT` after it is then not run.
-    fn commit(&self, c: &Conn<'_>, savepoint_open: bool) -> Result<Option<(i64, String)>, StoreError> {
-        let checkpoint = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c)?) } else { None };
+    ///
+    /// `known`: the checkpoint state as the batch's last write left it, if it read it.
+    fn commit(
+        &self,
+        c: &Conn<'_>,
+        savepoint_open: bool,
+        known: Option<super::checkpoint::State>,
+    ) -> Result<Option<(i64, String)>, StoreError> {
+        let checkpoint = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c, known)?) } else { None };
         c.batch(if savepoint_open { "RELEASE write; COMMIT" } else { "COMMIT" })?;
         Ok(checkpoint)
     }

@@ -10,7 +10,7 @@ use std::sync::mpsc::{self, Receiver, Sender};
 use std::sync::{Arc, Mutex};
 
 use crate::audit::Event;
-use crate::store::{self, Store};
+use crate::store::Store;
 
 const MAX_BATCH: usize = 1024;
 /// How long a record nobody waits for may wait for company (see [`AuditSink::append_lazy`]).
@@ -119,7 +119,7 @@ fn run(store: &Store, rx: Receiver<Job>) {
         batch.extend(rx.try_iter().take(room));
         last_commit = std::time::Instant::now();
         last_waited = batch.iter().filter(|j| j.done.is_some()).count();
-        let written = store.write(|tx| store::audit::append_all(tx, batch.iter().filter_map(|j| j.event.as_ref().map(|e| (e, j.ts_ms)))));
+        let written = store.append_audit(batch.iter().filter_map(|j| j.event.as_ref().map(|e| (e, j.ts_ms))));
         match written {
             Ok(seqs) => {
                 let mut seqs = seqs.into_iter();

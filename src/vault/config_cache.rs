@@ -90,22 +90,28 @@ impl ConfigCache {
         }
     }
 
-    /// Records that the database's configuration is at `generation`, as just read: any
-    /// other generation's entries go (also a lower one — a database restored under a
-    /// running server must not leave newer-looking entries behind). `Err` with the
-    /// highest generation seen when `generation` is lower: it went back.
     /// The highest generation observed so far.
     pub fn highest(&self) -> i64 {
         self.lock().highest
     }
 
-    pub fn observe(&self, generation: i64) -> Result<(), i64> {
+    /// Records that a read begun when `seen` was the highest generation observed found the
+    /// configuration at `generation`. `Err(seen)` when `generation` is lower than `seen`: the
+    /// database went back (a backup restored under a running server); its entries go, so that
+    /// nothing newer-looking stays. A read merely older than a generation another read observed
+    /// while it ran (concurrent reads finish in any order) is no such sign, and changes nothing.
+    /// Otherwise any other generation's entries go.
+    pub fn observe(&self, generation: i64, seen: i64) -> Result<(), i64> {
         let mut g = self.lock();
-        if g.generation != generation {
-            *g = Inner { generation, highest: g.highest.max(generation), ..Inner::default() };
+        if generation < seen {
+            *g = Inner { generation, highest: g.highest, ..Inner::default() };
+            return Err(seen);
         }
         if generation < g.highest {
-            return Err(g.highest);
+            return Ok(());
+        }
+        if g.generation != generation {
+            *g = Inner { generation, highest: generation, ..Inner::default() };
         }
         Ok(())
     }
@@ -124,15 +130,18 @@ mod tests {
         let c = ConfigCache::default();
         c.put_policy(3, "a", policy());
         assert_eq!(c.policy("a").map(|(g, _)| g), Some(3));
-        c.observe(3).unwrap();
+        c.observe(3, 3).unwrap();
         assert!(c.policy("a").is_some());
-        c.observe(4).unwrap();
+        c.observe(4, 3).unwrap();
         assert!(c.policy("a").is_none(), "a newer generation drops everything");
         c.put_policy(3, "a", policy());
         assert!(c.policy("a").is_none(), "an entry read at an older generation is not kept");
-        assert_eq!(c.observe(2), Err(4), "a generation that went back is reported");
-        assert!(c.policy("a").is_none(), "and nothing newer-looking is kept");
-        assert_eq!(c.observe(4), Ok(()));
+        c.put_policy(4, "b", policy());
+        assert_eq!(c.observe(3, 3), Ok(()), "a read begun before generation 4 was seen may still find 3");
+        assert!(c.policy("b").is_some(), "and leaves the newer entries alone");
+        assert_eq!(c.observe(2, 4), Err(4), "a read begun after 4 was seen that finds 2: it went back");
+        assert!(c.policy("b").is_none(), "and nothing newer-looking is kept");
+        assert_eq!(c.observe(4, 4), Ok(()));
     }
 
     #[test]

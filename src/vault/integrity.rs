@@ -118,10 +118,11 @@ impl Vault {
         self.store.sealer().violation_count()
     }
 
-    /// Called with every configuration generation read: one lower than a generation
-    /// already seen means the database was rolled back under a running server.
-    pub(super) fn observe_generation(&self, generation: i64) -> Result<()> {
-        match self.config.observe(generation) {
+    /// Called with every configuration generation read, and the highest generation observed
+    /// when that read began (`ConfigCache::highest`): one lower than that means the database
+    /// was rolled back under a running server.
+    pub(super) fn observe_generation(&self, generation: i64, seen: i64) -> Result<()> {
+        match self.config.observe(generation, seen) {
             Ok(()) => Ok(()),
             Err(seen) => {
                 Err(self.store.sealer().violation(format!("the configuration generation went back from {seen} to {generation}")).into())

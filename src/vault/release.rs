@@ -360,6 +360,7 @@ impl Vault {
             return Ok((g, Some(p)));
         }
         // A cache miss (once per configuration change): the agents table against its digest too.
+        let seen = self.config.highest();
         let (generation, row) = self.store.snapshot(|c| {
             crate::store::integrity::verify_table(c, &crate::store::integrity::AGENTS)?;
             identity::agent_policy_at_generation(c, agent)
@@ -372,7 +373,7 @@ impl Vault {
                 Ok((generation, Some(agent_policy)))
             }
             _ => {
-                self.observe_generation(generation)?;
+                self.observe_generation(generation, seen)?;
                 Ok((generation, None))
             }
         }
@@ -383,12 +384,13 @@ impl Vault {
         if let Some((g, s)) = self.config.spec(connection) {
             return Ok((g, Some(s)));
         }
+        let seen = self.config.highest();
         let (generation, spec) = self.store.snapshot(|c| {
             crate::store::integrity::verify_table(c, &crate::store::integrity::CONNECTIONS)?;
             rows::connection_spec_at_generation(c, connection)
         })?;
         let Some(spec) = spec else {
-            self.observe_generation(generation)?;
+            self.observe_generation(generation, seen)?;
             return Ok((generation, None));
         };
         let spec: Arc<ConnectionSpec> = Arc::new(serde_json::from_str(&spec).map_err(|e| VaultError::Integrity(e.to_string()))?);
@@ -399,8 +401,9 @@ impl Vault {
     /// `Stale` unless the configuration is still at `generation` (checked before a refusal
     /// that was decided from cached configuration alone). `last` accepts what was read.
     fn still_current(&self, generation: i64, last: bool) -> std::result::Result<(), Refuse> {
+        let seen = self.config.highest();
         let now = self.store.read(rows::config_generation).map_err(|e| internal(e.into()))?;
-        self.observe_generation(now).map_err(internal)?;
+        self.observe_generation(now, seen).map_err(internal)?;
         if now == generation || last {
             Ok(())
         } else {
@@ -454,7 +457,7 @@ impl Vault {
         };
         let owner_name = rec.owner.insert(owner.to_string()).as_str();
         let (spec_generation, spec) = self.release_spec(input.connection.as_str()).map_err(internal)?;
-        let read = match prefetched.take() {
+        let (read, seen) = match prefetched.take() {
             Some(p) if p.connection == input.connection.as_str() && p.owner == owner_name => {
                 // Read ahead, so possibly older than a generation another request has seen
                 // since: that is a stale read, not the generation going back (which a read at
@@ -464,12 +467,15 @@ impl Vault {
                         return Err(Refuse::Stale);
                     }
                 }
-                p.read
+                (p.read, p.seen)
             }
-            _ => self.store.read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name)),
+            _ => {
+                let seen = self.config.highest();
+                (self.store.read(|c| rows::credential_at_generation(c, input.connection.as_str(), owner_name)), seen)
+            }
         };
         let (now_generation, cred) = read.map_err(|e| internal(e.into()))?;
-        self.observe_generation(now_generation).map_err(internal)?;
+        self.observe_generation(now_generation, seen).map_err(internal)?;
         if (generation != now_generation || spec_generation != now_generation) && !last {
             return Err(Refuse::Stale);
         }
@@ -713,6 +719,10 @@ fn refused(rec: &mut Record<'_>, refused: Vec<Scope>) -> ReleaseError {
 fn internal(e: VaultError) -> ReleaseError {
     if let VaultError::Keys(crate::keys::KeyError::NotLoaded(version)) = e {
         return ReleaseError::KeyNeeded { version };
+    }
+    if let VaultError::Store(crate::store::StoreError::RefusedHere) = e {
+        // Decided on an async worker, which made no database call: decided again on the pool.
+        return ReleaseError::Internal;
     }
     tracing::error!(error = %e, "release failed");
     ReleaseError::Internal

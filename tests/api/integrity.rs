@@ -384,6 +384,86 @@ async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_shor
     assert_internal_error(&release(&app, &token).await);
 }
 
+/// Under concurrent releases and configuration changes, every checkpoint covers what its
+/// transaction committed: once all is quiet, the last one names the trail's last record, the
+/// current configuration generation and the integrity state's last write, and along the sink
+/// nothing ever goes back. (A release's commit reuses the state its append read; a change
+/// in the same transaction must make the commit read it again.)
+#[tokio::test]
+async fn checkpoints_cover_what_concurrent_releases_and_changes_committed() {
+    let app = TestApp::spawn().await;
+    let file = app._dirs.root.path().join("checkpoints.jsonl");
+    let sink = latchkey::store::checkpoint::Sink::new(Some(file.clone()), false, latchkey::store::checkpoint::Durability::Os);
+    app.vault.configure_checkpoints(sink).unwrap();
+    let token = mail_setup(&app).await;
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut releases = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let (http, url, token, stop) = (app.http.clone(), app.url("/v1/connections/mail/token?user_id=alice"), token.clone(), stop.clone());
+        releases.spawn(async move {
+            let mut ok = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let r = http.get(&url).bearer_auth(&token).send().await.unwrap();
+                let status = r.status();
+                if status != 200 {
+                    return Err(r.text().await.unwrap());
+                }
+                ok += 1;
+            }
+            Ok(ok)
+        });
+    }
+    // Each new connection bumps the configuration generation and seals a row.
+    for i in 0..40 {
+        let r =
+            app.post_json("/v1/admin/connections", json!({"id": format!("c{i}"), "kind": "api_key", "api_key": {"header": "X-Key"}})).await;
+        assert_eq!(r.status(), 201);
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut released = 0;
+    while let Some(n) = releases.join_next().await {
+        match n.unwrap() {
+            Ok(n) => released += n,
+            Err(body) => {
+                let rid = serde_json::from_str::<Value>(&body).unwrap()["request_id"].as_str().unwrap().to_owned();
+                let db = app.sql();
+                panic!(
+                    "{body}: {:?}",
+                    db.text(&format!("SELECT action || ' ' || outcome || ' ' || detail FROM audit WHERE detail LIKE '%{rid}%'"))
+                );
+            }
+        }
+    }
+    assert!(released > 40, "releases ran alongside the changes: {released}");
+    // A last release alone: its commit is an append and nothing else.
+    assert_eq!(release(&app, &token).await.0, 200);
+
+    let jwk: Value = app.get("/.well-known/latchkey-audit-key").await.json().await.unwrap();
+    let public: [u8; 32] = latchkey::crypto::b64url_decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
+    let kid = jwk["kid"].as_str().unwrap();
+    let lines = std::fs::read_to_string(&file).unwrap();
+    let cps: Vec<_> = lines.lines().map(|l| latchkey::store::checkpoint::parse_line(l, &public, kid).unwrap()).collect();
+    assert!(cps.len() > 10, "{} checkpoints", cps.len());
+    for w in cps.windows(2) {
+        // The sink may skip a checkpoint that a newer one covers (grouped flushes).
+        assert!(w[1].n > w[0].n, "one chain, in order");
+        assert!(w[1].audit_seq > w[0].audit_seq, "{:?} then {:?}", w[0], w[1]);
+        assert!(w[1].config_generation >= w[0].config_generation && w[1].integrity_seq >= w[0].integrity_seq, "{:?} then {:?}", w[0], w[1]);
+    }
+    let db = app.sql();
+    let last = cps.last().unwrap();
+    assert_eq!(last.audit_seq, db.int("SELECT max(seq) FROM audit").unwrap());
+    assert_eq!(last.config_generation, db.int("SELECT value FROM config_generation WHERE id = 1").unwrap());
+    assert_eq!(last.integrity_seq, db.int("SELECT seq FROM integrity_state WHERE id = 1").unwrap());
+    let first_generation = cps.first().unwrap().config_generation;
+    assert!(
+        last.config_generation >= first_generation + 40,
+        "the 40 changes are covered: {first_generation} -> {}",
+        last.config_generation
+    );
+}
+
 /// Releases under load, the server SIGKILLed mid-stream: every release a client received
 /// has its record in the audit trail afterwards, in both durability modes, and the server
 /// starts again (the database is not behind its checkpoints).
