@@ -206,7 +206,7 @@ pub fn parse_line(line: &str, public: &[u8; 32], kid: &str) -> std::result::Resu
 
 /// Everything a checkpoint covers, as read in a write transaction: the audit head (sequence,
 /// hash, time), the configuration generation, the integrity state and the previous checkpoint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct State {
     audit: Option<(i64, Vec<u8>, i64)>,
     generation: i64,
@@ -218,6 +218,12 @@ impl State {
     /// The audit trail's last record: sequence and hash (0 and the genesis hash when empty).
     pub fn audit_head(&self) -> (i64, Vec<u8>) {
         self.audit.as_ref().map_or_else(|| (0, crate::audit::GENESIS.to_vec()), |(seq, hash, _)| (*seq, hash.clone()))
+    }
+
+    /// An empty database's state (for tests of what carries it).
+    #[cfg(test)]
+    pub(super) fn empty() -> State {
+        State { audit: None, generation: 0, head: super::integrity::Head { seq: 0, generation: 0 }, prev: None }
     }
 
     /// The state once records up to `seq` (with `hash`, at `ts_ms`) are appended.
@@ -258,7 +264,15 @@ pub fn read_state(c: &Conn<'_>) -> Result<State> {
 pub fn write(c: &Conn<'_>, known: Option<State>) -> Result<(i64, String)> {
     let signer = c.sealer.signer(c)?;
     let State { audit, generation, head, prev } = match known {
-        Some(state) => state,
+        Some(state) => {
+            // Debug builds (the tests) check the reuse against a fresh read, so that every
+            // test that commits audit records checks it.
+            #[cfg(debug_assertions)]
+            if read_state(c)? != state {
+                return Err(StoreError::Corrupt("the checkpoint state reused at commit is not the state read now".into()));
+            }
+            state
+        }
         None => read_state(c)?,
     };
     let (audit_seq, audit_hash, ts_ms) = audit.unwrap_or_else(|| (0, crate::audit::GENESIS.to_vec(), 0));

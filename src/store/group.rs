@@ -24,6 +24,9 @@ pub(super) struct GroupWriter {
     /// Threads waiting for `state`: while any are, the current holder leaves the commit to them.
     queued: AtomicUsize,
     sealer: Arc<Sealer>,
+    /// Whether each commit had the checkpoint state from the batch's last write.
+    #[cfg(test)]
+    known_at_commit: Mutex<Vec<bool>>,
 }
 
 type Reopen = Box<dyn Fn() -> Result<Owned, StoreError> + Send + Sync>;
@@ -74,6 +77,8 @@ impl GroupWriter {
             state: Mutex::new(State { conn: Some(conn), reopen, batch: None, writes: 0, savepoint_open: false, checkpoint: None }),
             queued: AtomicUsize::new(0),
             sealer,
+            #[cfg(test)]
+            known_at_commit: Mutex::default(),
         }
     }
 
@@ -203,6 +208,8 @@ impl GroupWriter {
         savepoint_open: bool,
         known: Option<super::checkpoint::State>,
     ) -> Result<Option<(i64, String)>, StoreError> {
+        #[cfg(test)]
+        self.known_at_commit.lock().unwrap_or_else(|p| p.into_inner()).push(known.is_some());
         let checkpoint = if self.sealer.take_audit_dirty() { Some(super::checkpoint::write(c, known)?) } else { None };
         c.batch(if savepoint_open { "RELEASE write; COMMIT" } else { "COMMIT" })?;
         Ok(checkpoint)
@@ -301,6 +308,55 @@ mod tests {
             }
         });
         assert_eq!(count(&w), 8 * 45, "failed writes left nothing, the others all committed");
+    }
+
+    /// Runs `first` while another writer is said to be waiting (so it leaves the commit to the
+    /// next write), then `second`, which commits the batch holding both.
+    fn one_batch(w: &GroupWriter, first: impl FnOnce(&GroupWriter) + Send, second: impl FnOnce(&GroupWriter)) {
+        w.queued.fetch_add(1, Ordering::SeqCst);
+        std::thread::scope(|s| {
+            let first = s.spawn(|| first(w));
+            // Until the first write has run and waits for its batch to commit.
+            while w.state.lock().unwrap().batch.is_none() {
+                std::thread::yield_now();
+            }
+            w.queued.fetch_sub(1, Ordering::SeqCst);
+            second(w);
+            first.join().unwrap();
+        });
+    }
+
+    fn audit_write(w: &GroupWriter, v: i64) {
+        let state = super::super::checkpoint::State::empty();
+        w.write_audit(|c| Ok((c.execute("INSERT INTO t (v) VALUES (?1)", super::super::sql::params![v])?, state))).unwrap();
+    }
+
+    fn other_write(w: &GroupWriter, v: i64) {
+        w.write(|c| c.execute("INSERT INTO t (v) VALUES (?1)", super::super::sql::params![v])).unwrap();
+    }
+
+    #[test]
+    fn the_commit_reuses_the_checkpoint_state_only_when_the_batch_ends_with_the_append_that_read_it() {
+        let (_d, w) = writer();
+        one_batch(&w, |w| audit_write(w, 1), |w| other_write(w, 2));
+        one_batch(&w, |w| other_write(w, 3), |w| audit_write(w, 4));
+        audit_write(&w, 5);
+        other_write(&w, 6);
+        // An append that fails (a duplicate) after one that succeeded: no state at commit.
+        one_batch(
+            &w,
+            |w| audit_write(w, 7),
+            |w| {
+                let state = super::super::checkpoint::State::empty();
+                assert!(w.write_audit(|c| Ok((c.execute("INSERT INTO t (v) VALUES (7)", &[])?, state))).is_err());
+            },
+        );
+        assert_eq!(
+            *w.known_at_commit.lock().unwrap(),
+            [false, true, true, false, false],
+            "a write after the append, or a failed one, makes the commit read the state again"
+        );
+        assert_eq!(count(&w), 7);
     }
 
     #[test]

@@ -141,6 +141,8 @@ mod tests {
         assert!(c.policy("b").is_some(), "and leaves the newer entries alone");
         assert_eq!(c.observe(2, 4), Err(4), "a read begun after 4 was seen that finds 2: it went back");
         assert!(c.policy("b").is_none(), "and nothing newer-looking is kept");
+        assert_eq!(c.highest(), 4, "what was seen stays seen");
+        assert_eq!(c.observe(3, c.highest()), Err(4), "so the next read that finds less is refused too");
         assert_eq!(c.observe(4, 4), Ok(()));
     }
 
