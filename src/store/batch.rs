@@ -165,6 +165,10 @@ mod tests {
         }
     }
 
+    fn batcher_and_server(max: usize) -> (Rc<Batcher<u32, u32>>, Rc<Server>) {
+        (Rc::new(Batcher::new(max)), Rc::new(Server::default()))
+    }
+
     fn spawn(b: &Rc<Batcher<u32, u32>>, s: &Rc<Server>, q: u32) -> tokio::task::JoinHandle<Option<u32>> {
         let (b, s) = (b.clone(), s.clone());
         tokio::task::spawn_local(async move { b.run(q, |batch| s.exec(batch)).await })
@@ -173,7 +177,7 @@ mod tests {
     #[test]
     fn a_lone_request_runs_at_once_and_those_arriving_meanwhile_run_together_each_with_its_own_answer() {
         local(async {
-            let (b, s) = (Rc::new(Batcher::new(100)), Rc::new(Server::default()));
+            let (b, s) = batcher_and_server(100);
             let first = spawn(&b, &s, 1);
             settle().await;
             assert_eq!(*s.ran.borrow(), [vec![1]], "alone, at once");
@@ -200,7 +204,7 @@ mod tests {
     #[test]
     fn a_batch_holds_at_most_max_requests() {
         local(async {
-            let (b, s) = (Rc::new(Batcher::new(3)), Rc::new(Server::default()));
+            let (b, s) = batcher_and_server(3);
             let hs: Vec<_> = (1..=8).map(|q| spawn(&b, &s, q)).collect();
             for i in 0..4 {
                 settle().await;
@@ -216,7 +220,7 @@ mod tests {
     #[test]
     fn a_leader_dropped_mid_batch_fails_only_its_batch_and_the_next_queued_request_leads() {
         local(async {
-            let (b, s) = (Rc::new(Batcher::new(100)), Rc::new(Server::default()));
+            let (b, s) = batcher_and_server(100);
             let first = spawn(&b, &s, 1);
             settle().await;
             let second = spawn(&b, &s, 2);
@@ -254,7 +258,7 @@ mod tests {
     #[test]
     fn a_queued_request_dropped_just_after_being_given_the_lead_hands_it_on() {
         local(async {
-            let (b, s) = (Rc::new(Batcher::new(100)), Rc::new(Server::default()));
+            let (b, s) = batcher_and_server(100);
             let first = spawn(&b, &s, 1);
             settle().await;
             // Request 2 is polled once by hand: it queues, and is then never polled again.

@@ -272,16 +272,21 @@ impl Store {
         }
     }
 
+    /// Runs `f`, a database call: on PostgreSQL off the async worker, and refused during a
+    /// decision made on the worker ([`without_pool`]).
+    fn call<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce() -> Result<T, E> + Send) -> Result<T, E> {
+        if !self.is_remote() {
+            return f();
+        }
+        if async_read::refused_here() {
+            return Err(StoreError::RefusedHere.into());
+        }
+        off_async(f)
+    }
+
     /// Runs `f` on a pooled read connection.
     pub fn read<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
-        if self.is_remote() {
-            if async_read::refused_here() {
-                return Err(StoreError::RefusedHere.into());
-            }
-            off_async(|| self.read_here(f))
-        } else {
-            self.read_here(f)
-        }
+        self.call(|| self.read_here(f))
     }
 
     fn read_here<T, E: From<StoreError>>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E>) -> Result<T, E> {
@@ -357,14 +362,7 @@ impl Store {
     /// concurrent writers); returns once its changes are committed. If `f` fails, its
     /// changes are rolled back and nothing else is affected.
     pub fn write<T: Send, E: From<StoreError> + Send>(&self, f: impl FnOnce(&Conn<'_>) -> Result<T, E> + Send) -> Result<T, E> {
-        if self.is_remote() {
-            if async_read::refused_here() {
-                return Err(StoreError::RefusedHere.into());
-            }
-            off_async(|| self.writer.write(f))
-        } else {
-            self.writer.write(f)
-        }
+        self.call(|| self.writer.write(f))
     }
 
     /// Appends audit records in a write of their own, group-committed like [`Store::write`];
@@ -374,15 +372,7 @@ impl Store {
         &self,
         events: impl IntoIterator<Item = (&'a crate::audit::Event, i64)> + Send,
     ) -> Result<Vec<i64>, StoreError> {
-        let write = || self.writer.write_audit(|c| audit::append_all_for_checkpoint(c, events));
-        if self.is_remote() {
-            if async_read::refused_here() {
-                return Err(StoreError::RefusedHere);
-            }
-            off_async(write)
-        } else {
-            write()
-        }
+        self.call(|| self.writer.write_audit(|c| audit::append_all_for_checkpoint(c, events)))
     }
 
     /// The row-integrity key slot and its violation record.

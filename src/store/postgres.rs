@@ -179,22 +179,12 @@ impl PgConfig {
     pub async fn connect_async(&self) -> Result<tokio_postgres::Client, StoreError> {
         let failed = |e: tokio_postgres::Error| StoreError::Connect(format!("cannot connect to {}: {}", self.shown, describe(&e)));
         match self.tls {
-            TlsMode::Disable => {
-                let (client, connection) = self.config.connect(postgres::NoTls).await.map_err(failed)?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(client)
-            }
+            TlsMode::Disable => Ok(drive(self.config.connect(postgres::NoTls).await.map_err(failed)?)),
             TlsMode::Verify => {
                 let tls = RustlsConnect(Arc::new(self.client_tls()?));
                 let mut config = self.config.clone();
                 config.ssl_mode(postgres::config::SslMode::Require);
-                let (client, connection) = config.connect(tls).await.map_err(failed)?;
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                });
-                Ok(client)
+                Ok(drive(config.connect(tls).await.map_err(failed)?))
             }
         }
     }
@@ -240,6 +230,18 @@ impl PgConfig {
         unlocked?;
         Ok(Owned::Pg(Box::new(pg)))
     }
+}
+
+/// Runs a new asynchronous connection's I/O as a task on the calling runtime; returns its client.
+fn drive<S, T>((client, connection): (tokio_postgres::Client, tokio_postgres::Connection<S, T>)) -> tokio_postgres::Client
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    client
 }
 
 fn migrate(c: &Conn<'_>) -> Result<(), StoreError> {

@@ -374,7 +374,7 @@ fn credential_fields(r: &Row<'_>, o: usize) -> Result<CredentialRow> {
 
 /// [`credential_at_generation`]'s statement (`?1` connection, `?2` owner): the configuration
 /// generation, then the credential's columns.
-pub(super) fn credential_at_generation_sql() -> &'static str {
+fn credential_at_generation_sql() -> &'static str {
     // A scalar subquery, not a LEFT JOIN onto a nested join (SQLite materialises that).
     // Built once: this is the release path's statement.
     static SQL: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {

@@ -142,7 +142,7 @@ impl Drop for PgConn {
 }
 
 /// `?N` → `$N`: the statements are written in SQLite's numbered form.
-pub(super) fn dollar_placeholders(sql: &str) -> String {
+fn dollar_placeholders(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut chars = sql.chars().peekable();
     let mut in_string = false;
@@ -272,7 +272,7 @@ impl postgres::types::ToSql for P<'_> {
     postgres::types::to_sql_checked!();
 }
 
-pub(super) fn pg_params<'p>(params: &'p [P<'p>]) -> Vec<&'p (dyn postgres::types::ToSql + Sync)> {
+fn pg_params<'p>(params: &'p [P<'p>]) -> Vec<&'p (dyn postgres::types::ToSql + Sync)> {
     params.iter().map(|p| p as &(dyn postgres::types::ToSql + Sync)).collect()
 }
 

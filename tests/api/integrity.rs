@@ -355,27 +355,39 @@ fn a_restored_old_database_is_refused() {
     assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
 }
 
-#[tokio::test]
-async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_short() {
-    let app = TestApp::spawn().await;
+/// Sends the in-process app's checkpoints to a file (outside its data directory); returns its path.
+fn configure_checkpoint_file(app: &TestApp) -> PathBuf {
     let file = app._dirs.root.path().join("checkpoints.jsonl");
     let sink = latchkey::store::checkpoint::Sink::new(Some(file.clone()), false, latchkey::store::checkpoint::Durability::Os);
     app.vault.configure_checkpoints(sink).unwrap();
+    file
+}
+
+/// The published checkpoint key: its public half and id.
+async fn audit_key(app: &TestApp) -> ([u8; 32], String) {
+    let jwk: Value = app.get("/.well-known/latchkey-audit-key").await.json().await.unwrap();
+    let public = latchkey::crypto::b64url_decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
+    (public, jwk["kid"].as_str().unwrap().to_owned())
+}
+
+#[tokio::test]
+async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_short() {
+    let app = TestApp::spawn().await;
+    let file = configure_checkpoint_file(&app);
     let token = mail_setup(&app).await;
     let db = app.sql();
     // Every release returned after its record's checkpoint was written.
     let last = std::fs::read_to_string(&file).unwrap().lines().last().unwrap().to_owned();
     let head = db.int("SELECT max(seq) FROM audit").unwrap();
     // Signed with the published key, and covering the newest record.
-    let jwk: Value = app.get("/.well-known/latchkey-audit-key").await.json().await.unwrap();
-    let public: [u8; 32] = latchkey::crypto::b64url_decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
-    let cp = latchkey::store::checkpoint::parse_line(&last, &public, jwk["kid"].as_str().unwrap()).unwrap();
+    let (public, kid) = audit_key(&app).await;
+    let cp = latchkey::store::checkpoint::parse_line(&last, &public, &kid).unwrap();
     assert_eq!(cp.audit_seq, head);
     let other = [7u8; 32];
-    assert!(latchkey::store::checkpoint::parse_line(&last, &other, jwk["kid"].as_str().unwrap()).is_err());
+    assert!(latchkey::store::checkpoint::parse_line(&last, &other, &kid).is_err());
     let forged = last.replace(&format!("\"audit_seq\":{head}"), &format!("\"audit_seq\":{}", head + 1));
     assert_ne!(forged, last);
-    assert!(latchkey::store::checkpoint::parse_line(&forged, &public, jwk["kid"].as_str().unwrap()).is_err(), "edits break the signature");
+    assert!(latchkey::store::checkpoint::parse_line(&forged, &public, &kid).is_err(), "edits break the signature");
 
     db.exec(&format!("DELETE FROM audit WHERE seq = {head}"));
     let e = app.vault.check_integrity().unwrap_err().to_string();
@@ -392,9 +404,7 @@ async fn a_running_server_checkpoints_every_batch_and_fails_closed_when_cut_shor
 #[tokio::test]
 async fn checkpoints_cover_what_concurrent_releases_and_changes_committed() {
     let app = TestApp::spawn().await;
-    let file = app._dirs.root.path().join("checkpoints.jsonl");
-    let sink = latchkey::store::checkpoint::Sink::new(Some(file.clone()), false, latchkey::store::checkpoint::Durability::Os);
-    app.vault.configure_checkpoints(sink).unwrap();
+    let file = configure_checkpoint_file(&app);
     let token = mail_setup(&app).await;
 
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -425,25 +435,16 @@ async fn checkpoints_cover_what_concurrent_releases_and_changes_committed() {
     while let Some(n) = releases.join_next().await {
         match n.unwrap() {
             Ok(n) => released += n,
-            Err(body) => {
-                let rid = serde_json::from_str::<Value>(&body).unwrap()["request_id"].as_str().unwrap().to_owned();
-                let db = app.sql();
-                panic!(
-                    "{body}: {:?}",
-                    db.text(&format!("SELECT action || ' ' || outcome || ' ' || detail FROM audit WHERE detail LIKE '%{rid}%'"))
-                );
-            }
+            Err(body) => panic!("a release failed: {body}"),
         }
     }
     assert!(released > 40, "releases ran alongside the changes: {released}");
     // A last release alone: its commit is an append and nothing else.
     assert_eq!(release(&app, &token).await.0, 200);
 
-    let jwk: Value = app.get("/.well-known/latchkey-audit-key").await.json().await.unwrap();
-    let public: [u8; 32] = latchkey::crypto::b64url_decode(jwk["x"].as_str().unwrap()).unwrap().try_into().unwrap();
-    let kid = jwk["kid"].as_str().unwrap();
+    let (public, kid) = audit_key(&app).await;
     let lines = std::fs::read_to_string(&file).unwrap();
-    let cps: Vec<_> = lines.lines().map(|l| latchkey::store::checkpoint::parse_line(l, &public, kid).unwrap()).collect();
+    let cps: Vec<_> = lines.lines().map(|l| latchkey::store::checkpoint::parse_line(l, &public, &kid).unwrap()).collect();
     assert!(cps.len() > 10, "{} checkpoints", cps.len());
     for w in cps.windows(2) {
         // The sink may skip a checkpoint that a newer one covers (grouped flushes).
