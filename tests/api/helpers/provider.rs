@@ -36,20 +36,39 @@ impl Provider {
             std::path::Path::new(dir).join("node_modules/oidc-provider").exists(),
             "the test OAuth provider is not installed: run `npm ci --prefix tests/provider`"
         );
-        let mut child = Command::new("node")
-            .arg(format!("{dir}/server.mjs"))
-            .env("PORT", "0")
-            .env("CLIENTS", clients.to_string())
-            .env("ACCESS_TTL", access_ttl.to_string())
-            .env("ACCOUNT_CLAIMS", account_claims.to_string())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start node tests/provider/server.mjs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut line).expect("provider output");
-        let url = line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("unexpected provider output: {line}")).to_owned();
-        Provider { child, url }
+        // A provider that never says it listens (seen once: node stalled before its first
+        // write) is stopped and started again, rather than holding the test for ever.
+        for _ in 0..3 {
+            let mut child = Command::new("node")
+                .arg(format!("{dir}/server.mjs"))
+                .env("PORT", "0")
+                .env("CLIENTS", clients.to_string())
+                .env("ACCESS_TTL", access_ttl.to_string())
+                .env("ACCOUNT_CLAIMS", account_claims.to_string())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start node tests/provider/server.mjs");
+            let stdout = child.stdout.take().expect("stdout");
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut line = String::new();
+                let _ = tx.send(BufReader::new(stdout).read_line(&mut line).map(|_| line));
+            });
+            match rx.recv_timeout(std::time::Duration::from_secs(30)) {
+                Ok(line) => {
+                    let line = line.expect("provider output");
+                    let url =
+                        line.trim().strip_prefix("LISTENING ").unwrap_or_else(|| panic!("unexpected provider output: {line}")).to_owned();
+                    return Provider { child, url };
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                }
+            }
+        }
+        panic!("the test OAuth provider did not start within 30 s, three times");
     }
 
     pub async fn stats(&self) -> Value {
